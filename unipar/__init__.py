@@ -1,0 +1,26 @@
+"""unipar: one Ray-style API for parallel and distributed Python, on several engines.
+
+Importing unipar starts nothing and imports no engine library (no dask, pyspark or ray).
+"""
+
+from . import exceptions
+from .api import (available_resources, backend_name, cancel, cluster_resources, get, get_actor,
+                  init, is_initialized, kill, nodes, put, shutdown, wait)
+from .exceptions import (ActorDiedError, BackendUnavailableError, GetTimeoutError,
+                         InfeasibleResourcesError, ObjectLostError, ObjectStoreFullError,
+                         TaskCancelledError, TaskError, UniparError, WorkerCrashedError)
+from .refs import ObjectRef
+from .remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, method, remote
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__", "exceptions",
+    "init", "shutdown", "is_initialized", "backend_name",
+    "remote", "method", "get", "put", "wait", "cancel", "kill", "get_actor",
+    "nodes", "cluster_resources", "available_resources",
+    "ObjectRef", "ActorHandle", "ActorClass", "ActorMethod", "RemoteFunction",
+    "UniparError", "TaskError", "GetTimeoutError", "ActorDiedError", "WorkerCrashedError",
+    "ObjectLostError", "ObjectStoreFullError", "TaskCancelledError", "BackendUnavailableError",
+    "InfeasibleResourcesError",
+]

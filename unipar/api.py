@@ -1,0 +1,248 @@
+"""The public functions: a thin, backend-neutral layer over :class:`~unipar.backends.base.Backend`.
+
+Everything that must behave the same on every engine is decided here, once: argument checks,
+``get(ref)`` vs ``get([refs])``, ``wait`` ordering and duplicates, resource feasibility,
+auto-initialisation, idempotent shutdown.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from typing import Any, Sequence
+
+from . import _state, config
+from .backends import load_backend
+from .backends.base import ActorCall, ActorSpec, Backend, TaskSpec
+from .exceptions import InfeasibleResourcesError
+from .options import InitOptions, resource_demand
+from .refs import ObjectRef
+from .remote import ActorHandle
+
+__all__ = [
+    "init", "shutdown", "is_initialized", "backend_name",
+    "get", "put", "wait", "cancel", "kill", "get_actor",
+    "nodes", "cluster_resources", "available_resources",
+]
+
+log = logging.getLogger("unipar")
+
+_totals: dict[str, float] = {}  # cluster totals as last seen, for the feasibility check
+_atexit_registered = False
+
+
+def init(address: str | None = None, *, backend: str | None = None, num_cpus: int | None = None,
+         num_gpus: int | None = None, resources: dict[str, float] | None = None,
+         object_store_memory: int | None = None, log_to_driver: bool = True,
+         ignore_reinit_error: bool = False, backend_options: dict[str, Any] | None = None) -> None:
+    """Start or connect to a backend for this process.
+
+    Backend: ``backend``, else ``UNIPAR_BACKEND``, else ``"native"``. Address: ``address``, else
+    ``UNIPAR_ADDRESS``, else a new local cluster. ``num_cpus`` etc. size a local cluster.
+
+    Raises:
+        RuntimeError: already initialised (pass ``ignore_reinit_error=True`` to allow it).
+        ValueError: an unknown backend name.
+        BackendUnavailableError: the backend's extra or service is missing.
+    """
+    global _atexit_registered
+    with _state.lock:
+        if _state.current() is not None:
+            if ignore_reinit_error:
+                return
+            raise RuntimeError(
+                f"unipar is already initialised (backend {_state.current().name!r}); call "
+                "unipar.shutdown() first, or pass ignore_reinit_error=True")
+        options = InitOptions(
+            address=address if address is not None else config.address(),
+            num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
+            object_store_memory=object_store_memory, log_to_driver=log_to_driver,
+            backend_options=backend_options or {})
+        name = backend or config.backend_name()
+        instance: Backend = load_backend(name)()
+        try:
+            instance.start(options)
+        except BaseException:
+            instance.shutdown()
+            raise
+        _state.install(instance)
+        _totals.clear()
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        log.info("unipar started backend %r", instance.name)
+
+
+def shutdown() -> None:
+    """Stop the backend this process started. Safe to call any number of times."""
+    with _state.lock:
+        backend = _state.current()
+        _state.install(None)
+        _totals.clear()
+    if backend is not None:
+        backend.shutdown()
+
+
+def is_initialized() -> bool:
+    return _state.current() is not None
+
+
+def backend_name() -> str | None:
+    """The name of the running backend (``"native"``, ``"dask"``, ...), or None before init."""
+    backend = _state.current()
+    return backend.name if backend is not None else None
+
+
+def _backend() -> Backend:
+    backend = _state.current()
+    if backend is None:
+        init(ignore_reinit_error=True)  # the first use initialises, as in Ray
+        backend = _state.current()
+        assert backend is not None
+    return backend
+
+
+# -- tasks and actors --------------------------------------------------------------------------
+
+def _check_feasible(backend: Backend, demand: dict[str, float], what: str) -> None:
+    if not demand:
+        return
+    if not _totals or any(_totals.get(k, 0.0) < v for k, v in demand.items()):
+        _totals.clear()
+        _totals.update(backend.cluster_resources())
+    missing = {k: v for k, v in demand.items() if _totals.get(k, 0.0) < v}
+    if missing:
+        have = {k: _totals.get(k, 0.0) for k in missing}
+        raise InfeasibleResourcesError(
+            f"{what} asks for {missing} but the whole cluster has {have}; it could never run. "
+            "Ask for less, or start the cluster with more (unipar.init(num_cpus=..., "
+            "num_gpus=..., resources={...}) or more nodes).")
+
+
+def _submit(spec: TaskSpec) -> list[ObjectRef]:
+    backend = _backend()
+    _check_feasible(backend, resource_demand(spec.options), f"task {spec.name}")
+    return [ObjectRef(h) for h in backend.submit(spec)]
+
+
+def _create_actor(spec: ActorSpec) -> Any:
+    backend = _backend()
+    _check_feasible(backend, resource_demand(spec.options), f"actor {spec.meta.class_name}")
+    return backend.create_actor(spec)
+
+
+def _call_actor(actor_id: Any, call: ActorCall) -> list[ObjectRef]:
+    return [ObjectRef(h) for h in _backend().call_actor(actor_id, call)]
+
+
+# -- objects ------------------------------------------------------------------------------------
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or timeout < 0):
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+
+
+def _as_ref_list(refs: Any, fn: str) -> list[ObjectRef]:
+    if not isinstance(refs, (list, tuple)):
+        raise TypeError(f"{fn}() takes an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
+    for item in refs:
+        if not isinstance(item, ObjectRef):
+            raise TypeError(f"{fn}() takes ObjectRefs (from .remote() or put()), but the list "
+                            f"holds a {type(item).__name__}: {item!r:.80}")
+    return list(refs)
+
+
+def put(value: Any) -> ObjectRef:
+    """Store a snapshot of ``value`` and return one ref to it (one, even for a list)."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself, or wrap it "
+                        "in a list to store a reference to it")
+    return ObjectRef(_backend().put(value))
+
+
+def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The value of a ref, or a list of values for a list (or tuple) of refs, in order.
+
+    Raises:
+        TaskError: the task raised (also an instance of the original exception type).
+        GetTimeoutError: not all values were ready within ``timeout`` seconds.
+        TypeError: something that is not an ObjectRef was given.
+    """
+    _check_timeout(timeout)
+    if isinstance(refs, ObjectRef):
+        return _backend().get([refs._handle], timeout)[0]
+    ref_list = _as_ref_list(refs, "get")
+    if not ref_list:
+        return []
+    return _backend().get([r._handle for r in ref_list], timeout)
+
+
+def wait(refs: ObjectRef | Sequence[ObjectRef], *, num_returns: int = 1,
+         timeout: float | None = None, fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` refs are done or ``timeout`` passes; returns ``(ready, not_ready)``.
+
+    Both lists keep the order of ``refs``. A repeated ref counts once toward ``num_returns`` and
+    each occurrence lands in the list its ref belongs to. ``timeout=0`` polls. ``ready`` holds at
+    most ``num_returns`` distinct refs, the first ones in input order that are done.
+    """
+    _check_timeout(timeout)
+    ref_list = [refs] if isinstance(refs, ObjectRef) else _as_ref_list(refs, "wait")
+    distinct = list(dict.fromkeys(ref_list))
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
+        raise ValueError(f"num_returns must be an integer >= 0, got {num_returns!r}")
+    if num_returns > len(distinct):
+        raise ValueError(f"num_returns={num_returns} is more than the {len(distinct)} distinct "
+                         "refs given")
+    if not distinct or num_returns == 0:
+        return [], ref_list
+    done = _backend().wait([r._handle for r in distinct], num_returns, timeout, fetch_local)
+    ready_set = {distinct[i] for i in sorted(done)[:num_returns]}
+    ready = [r for r in ref_list if r in ready_set]
+    not_ready = [r for r in ref_list if r not in ready_set]
+    return ready, not_ready
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task behind ``ref``; its ``get`` raises TaskCancelledError. Finished tasks stay."""
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+    _backend().cancel(ref._handle, force, recursive)
+
+
+# -- actors -------------------------------------------------------------------------------------
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Stop an actor now; its pending and later calls raise ActorDiedError."""
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
+    _backend().kill_actor(actor._actor_id, no_restart)
+
+
+def get_actor(name: str) -> ActorHandle:
+    """The handle of the live actor started with ``.options(name=name)``.
+
+    Raises:
+        ValueError: no live actor has that name.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"get_actor() takes an actor name (a non-empty string), got {name!r}")
+    actor_id, meta = _backend().get_actor(name)
+    return ActorHandle(actor_id, meta)
+
+
+# -- cluster ------------------------------------------------------------------------------------
+
+def nodes() -> list[dict[str, Any]]:
+    """One dict per node: ``NodeID``, ``Alive``, ``NodeManagerAddress``, ``Resources``."""
+    return _backend().nodes()
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of the cluster, e.g. ``{"CPU": 4.0, "GPU": 0.0}``."""
+    return _backend().cluster_resources()
+
+
+def available_resources() -> dict[str, float]:
+    """Resources not held by running tasks or live actors."""
+    return _backend().available_resources()

@@ -1,0 +1,307 @@
+"""The ``local`` backend: every task and actor call runs in the calling process, at once.
+
+For debugging: ``pdb.set_trace()`` and ``print`` inside a task work as in plain Python, and a
+traceback points at the user's line. It keeps unipar's semantics where one process can: values
+are copied (pickled) on ``put``, on argument passing and on ``get``, so mutation never leaks;
+nested refs stay refs; errors propagate to dependents.
+
+What one process cannot do is listed in docs/backends.md: a task that never ends blocks the
+caller at ``.remote()`` (so ``get(timeout=...)`` cannot save it), actors never run in parallel,
+``cancel`` finds every task already finished, and ``print`` carries no prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import cloudpickle
+
+from ..exceptions import ActorDiedError, ObjectLostError, UniparError, capture_remote
+from ..options import InitOptions, TaskOptions, resource_demand
+from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, is_ref, unwrap
+
+_STORES: dict[str, "_Store"] = {}
+
+
+class _Failed:
+    """A stored failure: ``get`` re-raises ``error``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Store:
+    """Pickled values by object id, freed when the last LocalRef to them goes away."""
+
+    def __init__(self, session: str) -> None:
+        self.session = session
+        self.values: dict[int, Any] = {}   # bytes, or _Failed
+        self.counts: dict[int, int] = {}
+        self.lock = threading.Lock()
+        self.ids = itertools.count(1)
+
+    def new(self, value: Any) -> "LocalRef":
+        oid = next(self.ids)
+        with self.lock:
+            self.values[oid] = value
+        return LocalRef(self.session, oid)
+
+    def incref(self, oid: int) -> None:
+        with self.lock:
+            self.counts[oid] = self.counts.get(oid, 0) + 1
+
+    def decref(self, oid: int) -> None:
+        with self.lock:
+            left = self.counts.get(oid, 0) - 1
+            if left <= 0:
+                self.counts.pop(oid, None)
+                self.values.pop(oid, None)
+            else:
+                self.counts[oid] = left
+
+    def load(self, oid: int) -> Any:
+        try:
+            value = self.values[oid]
+        except KeyError:
+            raise ObjectLostError(f"object {oid} is not in the local store") from None
+        if isinstance(value, _Failed):
+            raise value.error
+        return cloudpickle.loads(value)
+
+
+class LocalRef:
+    """The local backend's handle: a session id and an object id, counted while alive."""
+
+    __slots__ = ("session", "oid", "__weakref__")
+
+    def __init__(self, session: str, oid: int) -> None:
+        self.session = session
+        self.oid = oid
+        store = _STORES.get(session)
+        if store is not None:
+            store.incref(oid)
+
+    def __del__(self) -> None:
+        store = _STORES.get(self.session)
+        if store is not None:
+            store.decref(self.oid)
+
+    def __reduce__(self):
+        return (LocalRef, (self.session, self.oid))
+
+    def __hash__(self) -> int:
+        return hash((self.session, self.oid))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LocalRef) and (self.session, self.oid) == (other.session, other.oid)
+
+    def __repr__(self) -> str:
+        return f"local:{self.oid}"
+
+    def store(self) -> _Store:
+        store = _STORES.get(self.session)
+        if store is None:
+            raise ObjectLostError(f"object {self.oid} belongs to a local session that was shut down")
+        return store
+
+
+@dataclass(frozen=True)
+class LocalActorId:
+    session: str
+    number: int
+
+
+class _Actor:
+    def __init__(self, spec: ActorSpec) -> None:
+        self.spec = spec
+        self.instance: Any = None
+        self.error: BaseException | None = None
+        self.dead_reason: str | None = None
+
+
+def _copy(value: Any) -> Any:
+    # A snapshot: what the task sees must not change when the caller mutates the original.
+    return cloudpickle.loads(cloudpickle.dumps(value))
+
+
+def _run_coroutine(coro: Any) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # Called from inside an event loop (e.g. an async driver): run it on a helper thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class LocalBackend(Backend):
+    """Runs everything in the calling thread, eagerly, with copy semantics."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._session = uuid.uuid4().hex
+        self._store: _Store | None = None
+        self._actors: dict[LocalActorId, _Actor] = {}
+        self._names: dict[str, LocalActorId] = {}
+        self._actor_ids = itertools.count(1)
+        self._totals: dict[str, float] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, options: InitOptions) -> None:
+        if options.address not in (None, "local"):
+            raise ValueError(f"the local backend runs in this process and takes no address "
+                             f"(got {options.address!r}); unset UNIPAR_ADDRESS")
+        self._totals = {"CPU": float(options.num_cpus or os.cpu_count() or 1),
+                        "GPU": float(options.num_gpus or 0)}
+        self._totals.update({k: float(v) for k, v in options.resources.items()})
+        self._store = _STORES[self._session] = _Store(self._session)
+
+    def shutdown(self) -> None:
+        _STORES.pop(self._session, None)
+        self._store = None
+        self._actors.clear()
+        self._names.clear()
+
+    # -- objects -----------------------------------------------------------------------------
+    def _live_store(self) -> _Store:
+        if self._store is None:
+            raise UniparError("the local backend is shut down")
+        return self._store
+
+    def put(self, value: Any) -> LocalRef:
+        return self._live_store().new(cloudpickle.dumps(value))
+
+    def get(self, handles: Sequence[LocalRef], timeout: float | None) -> list[Any]:
+        return [h.store().load(h.oid) for h in handles]
+
+    def wait(self, handles: Sequence[LocalRef], num_returns: int, timeout: float | None,
+             fetch_local: bool) -> set[int]:
+        return set(range(len(handles)))  # everything ran at .remote()
+
+    def cancel(self, handle: LocalRef, force: bool, recursive: bool) -> None:
+        return None  # every task finished before its ref was returned
+
+    def future(self, handle: LocalRef) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            fut.set_result(self.get([handle], None)[0])
+        except BaseException as exc:  # the future carries what get() would raise
+            fut.set_exception(exc)
+        return fut
+
+    # -- tasks -------------------------------------------------------------------------------
+    def _resolve(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Copy arguments, replacing top-level refs by their values (raising their errors)."""
+        def one(value: Any) -> Any:
+            if is_ref(value):
+                handle = unwrap(value)
+                return handle.store().load(handle.oid)
+            return _copy(value)
+        return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
+
+    def _outputs(self, result: Any, num_returns: int, name: str) -> list[Any]:
+        if num_returns == 1:
+            return [result]
+        if num_returns == 0:
+            return []
+        if not isinstance(result, (tuple, list)) or len(result) != num_returns:
+            got = f"{len(result)} values" if isinstance(result, (tuple, list)) else type(result).__name__
+            raise ValueError(f"{name} was declared with num_returns={num_returns} but returned {got}")
+        return list(result)
+
+    def _store_outputs(self, call: Callable[[], Any], num_returns: int, name: str,
+                       options: TaskOptions | None = None) -> list[LocalRef]:
+        store = self._live_store()
+        attempts = 1 + (max(options.max_retries, 0) if options else 0)
+        for attempt in range(attempts):
+            try:
+                values = self._outputs(call(), num_returns, name)
+                return [store.new(cloudpickle.dumps(v)) for v in values]
+            except Exception as exc:
+                if options is not None and attempt + 1 < attempts and options.should_retry(exc):
+                    continue
+                failed = _Failed(capture_remote(exc, f"{name} (local, pid={os.getpid()})"))
+                return [store.new(failed) for _ in range(max(num_returns, 1))][:num_returns]
+        raise AssertionError("unreachable")
+
+    def submit(self, spec: TaskSpec) -> list[LocalRef]:
+        def call() -> Any:
+            args, kwargs = self._resolve(spec.args, dict(spec.kwargs))
+            return spec.function(*args, **kwargs)
+        return self._store_outputs(call, spec.options.num_returns, spec.name, spec.options)
+
+    # -- actors ------------------------------------------------------------------------------
+    def create_actor(self, spec: ActorSpec) -> LocalActorId:
+        name = spec.options.name
+        if name is not None and name in self._names:
+            if spec.options.get_if_exists:
+                return self._names[name]
+            raise ValueError(f"an actor named {name!r} already exists; use "
+                             "get_actor(name) or .options(name=..., get_if_exists=True)")
+        actor_id = LocalActorId(self._session, next(self._actor_ids))
+        actor = self._actors[actor_id] = _Actor(spec)
+        try:
+            args, kwargs = self._resolve(spec.args, dict(spec.kwargs))
+            actor.instance = spec.cls(*args, **kwargs)
+        except Exception as exc:
+            actor.error = capture_remote(exc, f"{spec.meta.class_name}.__init__ (local)")
+            actor.dead_reason = f"its constructor raised {type(exc).__name__}: {exc}"
+        if name is not None:
+            self._names[name] = actor_id
+        return actor_id
+
+    def call_actor(self, actor_id: LocalActorId, call: ActorCall) -> list[LocalRef]:
+        actor = self._actors.get(actor_id)
+        label = f"{actor.spec.meta.class_name}.{call.method}" if actor else call.method
+
+        def run() -> Any:
+            if actor is None or actor.dead_reason is not None:
+                reason = actor.dead_reason if actor else "it was killed or its session ended"
+                raise ActorDiedError(f"actor {label.split('.')[0]} is dead: {reason}") from (
+                    actor.error if actor else None)
+            args, kwargs = self._resolve(call.args, dict(call.kwargs))
+            result = getattr(actor.instance, call.method)(*args, **kwargs)
+            return _run_coroutine(result) if asyncio.iscoroutine(result) else result
+        return self._store_outputs(run, call.num_returns, label)
+
+    def kill_actor(self, actor_id: LocalActorId, no_restart: bool) -> None:
+        actor = self._actors.get(actor_id)
+        if actor is None:
+            return
+        actor.dead_reason = "it was killed with unipar.kill()"
+        actor.instance = None
+        name = actor.spec.options.name
+        if name is not None and self._names.get(name) == actor_id:
+            del self._names[name]
+
+    def get_actor(self, name: str) -> tuple[LocalActorId, ActorMeta]:
+        actor_id = self._names.get(name)
+        if actor_id is None:
+            raise ValueError(f"no live actor is named {name!r}")
+        return actor_id, self._actors[actor_id].spec.meta
+
+    # -- cluster -----------------------------------------------------------------------------
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"NodeID": self._session[:16], "Alive": True, "NodeManagerAddress": "127.0.0.1",
+                 "Resources": dict(self._totals)}]
+
+    def cluster_resources(self) -> dict[str, float]:
+        return dict(self._totals)
+
+    def available_resources(self) -> dict[str, float]:
+        free = dict(self._totals)
+        for actor in self._actors.values():
+            if actor.dead_reason is None:
+                for key, amount in resource_demand(actor.spec.options).items():
+                    free[key] = free.get(key, 0.0) - amount
+        return free

@@ -1,0 +1,216 @@
+"""The backend seam: one abstract class every engine adapter implements.
+
+Everything shared lives *above* this seam, in the public API: option checks, wrapping handles
+in :class:`~unipar.ObjectRef`, ``get(ref)`` vs ``get([refs])``, ``wait`` ordering, duplicate refs,
+resource feasibility. A backend sees only:
+
+* **handles** — its own objects naming one value (a Dask ``Future``, a Ray ``ObjectRef``, an id).
+  Handles must be hashable, picklable, compare equal iff they name the same value, and stay
+  usable when unpickled inside this backend's workers (tasks pass refs to tasks).
+* **actor ids** — its own picklable objects naming one actor, usable from any worker.
+
+Data flow of one task::
+
+    f.remote(x, ref)  --api-->  TaskSpec(function, args=(x, ref), ...)  --submit-->  [handle]
+                                            top-level ObjectRefs in args are the backend's to
+                                            resolve to values before the function runs; refs
+                                            nested in containers stay refs (use unwrap()).
+    unipar.get(ref)   --api-->  backend.get([handle], timeout)  -->  [value]  or raises
+
+Remote exceptions: a backend raises what :func:`unipar.exceptions.capture_remote` made where the
+task ran (an instance of ``TaskError`` and of the user's exception type); a task whose argument
+failed fails with that same error.
+
+Worker side: code running inside a task calls ``unipar.get``/``.remote()`` too. A backend makes
+that work by calling :func:`install_worker_backend` with a backend object valid in that process
+before user code runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Hashable, Mapping, Sequence
+
+from .. import _state
+from ..options import ActorOptions, InitOptions, TaskOptions
+
+__all__ = [
+    "Backend",
+    "TaskSpec",
+    "ActorSpec",
+    "ActorCall",
+    "ActorMeta",
+    "install_worker_backend",
+    "is_ref",
+    "unwrap",
+    "wrap",
+]
+
+
+@dataclass(frozen=True)
+class ActorMeta:
+    """What a handle needs to know about its actor's class, kept with every handle."""
+
+    class_name: str
+    methods: Mapping[str, "MethodMeta"]
+    is_async: bool = False  # any ``async def`` method: the actor runs an event loop
+
+
+@dataclass(frozen=True)
+class MethodMeta:
+    is_async: bool = False
+    num_returns: int = 1
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One ``f.remote(*args, **kwargs)`` call.
+
+    ``function_id`` is stable for one remote function in one process (backends may cache the
+    pickled function by it). ``args``/``kwargs`` are the user's objects; ObjectRefs among them are
+    public :class:`~unipar.ObjectRef` instances.
+    """
+
+    function: Callable[..., Any]
+    function_id: str
+    name: str
+    args: tuple
+    kwargs: Mapping[str, Any]
+    options: TaskOptions
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """One ``Cls.remote(*args, **kwargs)`` call."""
+
+    cls: type
+    class_id: str
+    args: tuple
+    kwargs: Mapping[str, Any]
+    options: ActorOptions
+    meta: ActorMeta
+
+
+@dataclass(frozen=True)
+class ActorCall:
+    """One ``handle.method.remote(*args, **kwargs)`` call; args follow TaskSpec's rules."""
+
+    method: str
+    args: tuple
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    num_returns: int = 1
+
+
+class Backend(ABC):
+    """An engine adapter. Every method is abstract: a backend that forgets one fails at init.
+
+    Contracts shared by all methods: timeouts are seconds (``None`` waits forever, ``0`` polls);
+    a blocking call inside a task must not hold the task's slot while it waits (nested tasks
+    must not deadlock the cluster).
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def start(self, options: InitOptions) -> None:
+        """Connect to ``options.address`` or start a local cluster.
+
+        Raises:
+            BackendUnavailableError: a library or service is missing; the message says how to fix it.
+        """
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Stop what ``start`` started (processes, threads, shared memory). Idempotent."""
+
+    @abstractmethod
+    def submit(self, spec: TaskSpec) -> list[Hashable]:
+        """Start one task; return ``spec.options.num_returns`` handles (none for 0)."""
+
+    @abstractmethod
+    def put(self, value: Any) -> Hashable:
+        """Store a snapshot of ``value``; later changes to ``value`` must not show."""
+
+    @abstractmethod
+    def get(self, handles: Sequence[Hashable], timeout: float | None) -> list[Any]:
+        """Values of ``handles`` in order; raises the first failure, or GetTimeoutError."""
+
+    @abstractmethod
+    def wait(self, handles: Sequence[Hashable], num_returns: int, timeout: float | None,
+             fetch_local: bool) -> set[int]:
+        """Block until ``num_returns`` of the (distinct) handles are done, or the timeout passes.
+
+        Returns the indices of the handles that are done (failed counts as done); it may hold
+        more than ``num_returns``. Never raises on timeout.
+        """
+
+    @abstractmethod
+    def cancel(self, handle: Hashable, force: bool, recursive: bool) -> None:
+        """Cancel an unfinished task; its ``get`` then raises TaskCancelledError.
+
+        ``force`` kills the process running it. A finished task is left as it is.
+        """
+
+    @abstractmethod
+    def future(self, handle: Hashable) -> concurrent.futures.Future:
+        """A Future that resolves to the value (or the exception ``get`` would raise)."""
+
+    @abstractmethod
+    def create_actor(self, spec: ActorSpec) -> Any:
+        """Start an actor (or find the named one when ``get_if_exists``); return its id.
+
+        Raises:
+            ValueError: the name is taken and ``get_if_exists`` is False.
+        """
+
+    @abstractmethod
+    def call_actor(self, actor_id: Any, call: ActorCall) -> list[Hashable]:
+        """Queue a method call; calls from one handle run in submission order."""
+
+    @abstractmethod
+    def kill_actor(self, actor_id: Any, no_restart: bool) -> None:
+        """Stop the actor; pending and later calls raise ActorDiedError."""
+
+    @abstractmethod
+    def get_actor(self, name: str) -> tuple[Any, ActorMeta]:
+        """The id and meta of the live actor called ``name``.
+
+        Raises:
+            ValueError: no live actor has that name.
+        """
+
+    @abstractmethod
+    def nodes(self) -> list[dict[str, Any]]:
+        """One dict per node: ``NodeID``, ``Alive``, ``NodeManagerAddress``, ``Resources``."""
+
+    @abstractmethod
+    def cluster_resources(self) -> dict[str, float]:
+        """Total resources of live nodes (``CPU``, ``GPU``, custom names)."""
+
+    @abstractmethod
+    def available_resources(self) -> dict[str, float]:
+        """Resources not held by running tasks or live actors right now."""
+
+
+def install_worker_backend(backend: Backend | None) -> None:
+    """Make ``backend`` the one the public API uses in this (worker) process."""
+    _state.install(backend)
+
+
+def is_ref(value: Any) -> bool:
+    """Whether ``value`` is a public ObjectRef (top-level args that are refs get resolved)."""
+    from ..refs import ObjectRef
+    return isinstance(value, ObjectRef)
+
+
+def unwrap(ref: Any) -> Hashable:
+    """The backend handle inside a public ObjectRef."""
+    return ref._handle
+
+
+def wrap(handle: Hashable) -> Any:
+    """A public ObjectRef around a backend handle."""
+    from ..refs import ObjectRef
+    return ObjectRef(handle)

@@ -1,0 +1,70 @@
+"""The ``unipar`` command: a table of sub-commands, each defined in the module that owns it.
+
+A command module exposes ``configure(parser)``, which adds its arguments and sets
+``parser.set_defaults(func=...)``; ``func(args) -> int`` is the exit status. Modules load only
+when their command runs, so ``unipar --version`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable
+
+from . import __version__
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    from .backends import backend_table
+    from .config import DEFAULT_BACKEND
+    rows = backend_table()
+    width = max(len(r["name"]) for r in rows) + (len(" (default)"))
+    print(f"{'backend':<{width}}  {'installed':<9}  how to install / what it is")
+    for row in rows:
+        name = str(row["name"]) + (" (default)" if row["name"] == DEFAULT_BACKEND else "")
+        hint = row["install"] if not row["installed"] and row["install"] else row["description"]
+        print(f"{name:<{width}}  {'yes' if row['installed'] else 'no':<9}  {hint}")
+    return 0
+
+
+def _configure_backends(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(func=_cmd_backends)
+
+
+# name -> (help, "module:configure"); the module is imported only to build that sub-parser.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "backends": ("list the backends, whether each is installed, and how to install it",
+                 "unipar.cli:_configure_backends"),
+}
+
+
+def _load(target: str) -> Callable[[argparse.ArgumentParser], None]:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unipar", description="unipar: one API, many engines")
+    parser.add_argument("--version", action="version", version=f"unipar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in (argv or []) if a in COMMANDS), None)
+    for name, (help_text, target) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _load(target)(command_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""One exception hierarchy for every backend.
+
+A remote exception comes back from ``get()`` as an instance of *both* :class:`TaskError` and
+the user's own class, so ``except ZeroDivisionError`` and ``except unipar.TaskError`` both catch
+it, and ``str(err)`` carries the remote traceback. Backends build these with
+:func:`capture_remote` on the worker (or wherever the exception was caught) and raise them as is:
+the instances pickle, so they survive any transport.
+"""
+
+from __future__ import annotations
+
+import traceback
+import cloudpickle
+
+__all__ = [
+    "UniparError",
+    "TaskError",
+    "GetTimeoutError",
+    "ActorDiedError",
+    "WorkerCrashedError",
+    "ObjectLostError",
+    "ObjectStoreFullError",
+    "TaskCancelledError",
+    "BackendUnavailableError",
+    "InfeasibleResourcesError",
+    "capture_remote",
+]
+
+
+class UniparError(Exception):
+    """Base of every error unipar raises on its own account."""
+
+
+class GetTimeoutError(UniparError, TimeoutError):
+    """``get``/``wait``-style call ran past its ``timeout``; the task itself goes on running."""
+
+
+class ActorDiedError(UniparError):
+    """The actor was killed, crashed, or its process or node was lost (and was not restarted)."""
+
+
+class WorkerCrashedError(UniparError):
+    """The process running the task died (segfault, OOM kill, lost node) and retries ran out."""
+
+
+class ObjectLostError(UniparError):
+    """The object's value is gone (its node was lost, or the session that owned it ended)."""
+
+
+class ObjectStoreFullError(UniparError, MemoryError):
+    """The object store is full and spilling to disk could not make room."""
+
+
+class TaskCancelledError(UniparError):
+    """The task was cancelled with ``unipar.cancel`` before it produced a result."""
+
+
+class InfeasibleResourcesError(UniparError, ValueError):
+    """A task or actor asks for more resources than the whole cluster has; it could never run."""
+
+
+class BackendUnavailableError(UniparError, ImportError):
+    """The chosen backend cannot start: an extra is not installed or a service is unreachable.
+
+    The message names what is missing and how to get it (for example
+    ``pip install 'unipar[dask]'``).
+    """
+
+
+class TaskError(UniparError):
+    """A remote task or actor method raised.
+
+    ``get()`` raises an instance whose class derives from both ``TaskError`` and the type of the
+    original exception (``cause``), so both ``except TaskError`` and ``except ZeroDivisionError``
+    catch it. ``remote_traceback`` holds the traceback text from where it ran.
+    """
+
+    def __init__(self, cause: BaseException | None = None, remote_traceback: str = "",
+                 where: str = "") -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.remote_traceback = remote_traceback
+        self.where = where
+
+    def __str__(self) -> str:
+        kind = type(self.cause).__name__ if self.cause is not None else "Exception"
+        head = f"{kind}: {self.cause}" if self.cause is not None else "remote task failed"
+        where = f" (raised in {self.where})" if self.where else ""
+        tb = f"\n\nRemote traceback{where}:\n{self.remote_traceback.rstrip()}" if self.remote_traceback else ""
+        return head + tb
+
+    def __reduce__(self):
+        # Dual classes are made at run time, so pickle the recipe, not the class.
+        return (_rebuild_task_error, (_dumps_cause(self.cause), self.remote_traceback, self.where))
+
+    @classmethod
+    def from_cause(cls, cause: BaseException, remote_traceback: str = "", where: str = "") -> "TaskError":
+        """An instance of TaskError *and* ``type(cause)`` (falls back to plain TaskError)."""
+        if isinstance(cause, TaskError):
+            return cause
+        dual = _dual_class(type(cause))
+        err = TaskError.__new__(dual) if dual is not None else TaskError.__new__(TaskError)
+        TaskError.__init__(err, cause, remote_traceback, where)
+        err.args = cause.args
+        if dual is not None:
+            # Attributes the user's exception carries (errno, filename, custom fields) stay readable.
+            for key, value in getattr(cause, "__dict__", {}).items():
+                err.__dict__.setdefault(key, value)
+        return err
+
+
+_DUAL_CACHE: dict[type, type | None] = {}
+
+
+def _dual_class(cause_type: type) -> type | None:
+    if cause_type in _DUAL_CACHE:
+        return _DUAL_CACHE[cause_type]
+    try:
+        dual = type(f"TaskError({cause_type.__name__})", (TaskError, cause_type), {
+            "__init__": TaskError.__init__,
+            "__str__": TaskError.__str__,
+            "__reduce__": TaskError.__reduce__,
+            "__module__": cause_type.__module__,
+        })
+        dual.__qualname__ = dual.__name__
+    except TypeError:  # final classes, incompatible layouts
+        dual = None
+    _DUAL_CACHE[cause_type] = dual
+    return dual
+
+
+def _dumps_cause(cause: BaseException | None) -> bytes:
+    try:
+        return cloudpickle.dumps(cause)
+    except Exception:  # an exception holding an unpicklable field
+        return cloudpickle.dumps(RuntimeError(f"{type(cause).__name__}: {cause}"))
+
+
+def _rebuild_task_error(cause_bytes: bytes, remote_traceback: str, where: str) -> TaskError:
+    try:
+        cause = cloudpickle.loads(cause_bytes)
+    except Exception as exc:  # the class is not importable here
+        cause = RuntimeError(f"unpicklable remote exception ({exc})")
+    return TaskError.from_cause(cause, remote_traceback, where)
+
+
+def capture_remote(exc: BaseException, where: str = "") -> UniparError:
+    """Turn an exception caught where a task ran into the error ``get()`` must raise.
+
+    Errors unipar raised itself (a dependency's ``TaskError``, ``ActorDiedError``, ...) pass through
+    unchanged, so a task that depends on a failed task fails with the same error.
+    """
+    if isinstance(exc, UniparError):
+        return exc
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return TaskError.from_cause(exc, tb, where)
+

@@ -1,0 +1,188 @@
+"""Validated, frozen option objects for tasks, actors, actor methods and ``init``.
+
+Every option is checked here, once, so backends receive values they can trust and users get one
+error message per mistake whichever backend runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = ["TaskOptions", "ActorOptions", "MethodOptions", "InitOptions", "resource_demand"]
+
+
+def _check_number(name: str, value: Any, *, minimum: float = 0.0, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+        want = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {want} >= {minimum:g}, got {value!r}")
+
+
+def _check_resources(resources: Any) -> None:
+    if resources is None:
+        return
+    if not isinstance(resources, Mapping):
+        raise TypeError(f"resources must be a dict of name -> amount, got {type(resources).__name__}")
+    for key, amount in resources.items():
+        if not isinstance(key, str):
+            raise TypeError(f"resource names must be strings, got {key!r}")
+        if key in ("CPU", "GPU"):
+            raise ValueError(f"use num_cpus/num_gpus instead of resources={{{key!r}: ...}}")
+        _check_number(f"resources[{key!r}]", amount)
+
+
+class _Options:
+    """Shared behaviour: ``merge(**overrides)`` validates names and values."""
+
+    def merge(self, **overrides: Any):
+        names = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {', '.join(unknown)} for {type(self).__name__}; "
+                f"valid options: {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **overrides)  # type: ignore[type-var]
+
+    @classmethod
+    def create(cls, **options: Any):
+        return cls().merge(**options)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class TaskOptions(_Options):
+    """Options of a remote function (``@remote(...)`` or ``f.options(...)``).
+
+    ``max_retries`` counts re-runs after a *system* failure (the worker died); application
+    exceptions are retried only when ``retry_exceptions`` is True or lists their types.
+    """
+
+    num_returns: int = 1
+    num_cpus: float = 1
+    num_gpus: float = 0
+    resources: Mapping[str, float] = field(default_factory=dict)
+    max_retries: int = 3
+    retry_exceptions: bool | tuple[type, ...] = False
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_number("num_returns", self.num_returns, integer=True)
+        _check_number("num_cpus", self.num_cpus)
+        _check_number("num_gpus", self.num_gpus)
+        _check_resources(self.resources)
+        if self.max_retries != -1:
+            _check_number("max_retries", self.max_retries, integer=True)
+        _check_retry_exceptions(self)
+        if self.name is not None and not isinstance(self.name, str):
+            raise TypeError(f"name must be a string, got {self.name!r}")
+        object.__setattr__(self, "resources", dict(self.resources or {}))
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether an application exception ``exc`` may be retried under these options."""
+        if self.retry_exceptions is True:
+            return True
+        if isinstance(self.retry_exceptions, tuple):
+            return isinstance(exc, self.retry_exceptions)
+        return False
+
+
+def _check_retry_exceptions(opts: TaskOptions) -> None:
+    value = opts.retry_exceptions
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in value):
+        object.__setattr__(opts, "retry_exceptions", tuple(value))
+        return
+    raise TypeError("retry_exceptions must be True, False or a list of exception classes, "
+                    f"got {value!r}")
+
+
+@dataclass(frozen=True)
+class ActorOptions(_Options):
+    """Options of an actor class.
+
+    An actor holds ``num_cpus`` (default 0, as Ray's actors hold no CPU while they run),
+    ``num_gpus`` and ``resources`` for its whole life.
+    """
+
+    num_cpus: float = 0
+    num_gpus: float = 0
+    resources: Mapping[str, float] = field(default_factory=dict)
+    max_restarts: int = 0
+    max_task_retries: int = 0
+    max_concurrency: int | None = None
+    name: str | None = None
+    get_if_exists: bool = False
+    lifetime: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_number("num_cpus", self.num_cpus)
+        _check_number("num_gpus", self.num_gpus)
+        _check_resources(self.resources)
+        for name in ("max_restarts", "max_task_retries"):
+            value = getattr(self, name)
+            if value != -1:
+                _check_number(name, value, integer=True)
+        if self.max_concurrency is not None:
+            _check_number("max_concurrency", self.max_concurrency, minimum=1, integer=True)
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise ValueError(f"actor name must be a non-empty string, got {self.name!r}")
+        if self.get_if_exists and self.name is None:
+            raise ValueError("get_if_exists=True needs a name: use .options(name=..., get_if_exists=True)")
+        if self.lifetime not in (None, "detached", "non_detached"):
+            raise ValueError(f"lifetime must be None, 'detached' or 'non_detached', got {self.lifetime!r}")
+        object.__setattr__(self, "resources", dict(self.resources or {}))
+
+    def concurrency(self, is_async: bool) -> int:
+        """Calls that may run at once: 1 for plain actors, 1000 for async ones (Ray's defaults)."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        return 1000 if is_async else 1
+
+
+@dataclass(frozen=True)
+class MethodOptions(_Options):
+    """Options of one actor method (``@unipar.method(num_returns=2)`` or ``.options(...)``)."""
+
+    num_returns: int = 1
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_number("num_returns", self.num_returns, integer=True)
+
+
+@dataclass(frozen=True)
+class InitOptions(_Options):
+    """What ``unipar.init`` was asked for; every backend receives the same object.
+
+    ``backend_options`` carries engine-specific settings (for example a Spark conf dict) that
+    the named backend documents.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    resources: Mapping[str, float] = field(default_factory=dict)
+    object_store_memory: int | None = None
+    log_to_driver: bool = True
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None:
+            _check_number("num_cpus", self.num_cpus, minimum=1, integer=True)
+        if self.num_gpus is not None:
+            _check_number("num_gpus", self.num_gpus, integer=True)
+        if self.object_store_memory is not None:
+            _check_number("object_store_memory", self.object_store_memory, minimum=1, integer=True)
+        _check_resources(self.resources)
+        object.__setattr__(self, "resources", dict(self.resources or {}))
+        object.__setattr__(self, "backend_options", dict(self.backend_options or {}))
+
+
+def resource_demand(opts: TaskOptions | ActorOptions) -> dict[str, float]:
+    """The resources a task or actor asks for, as one dict with ``CPU``/``GPU`` keys."""
+    demand = {"CPU": float(opts.num_cpus), "GPU": float(opts.num_gpus)}
+    demand.update({k: float(v) for k, v in opts.resources.items()})
+    return {k: v for k, v in demand.items() if v > 0}

@@ -1,0 +1,49 @@
+"""``ObjectRef``: the public, backend-neutral name of one value that exists or will exist."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Hashable
+
+__all__ = ["ObjectRef"]
+
+
+class ObjectRef:
+    """A reference to a task result or a ``put`` value.
+
+    Hashable and comparable (two refs are equal when they name the same value), picklable (a ref
+    inside a list, dict or object passed to a task arrives as a ref), awaitable in asyncio and
+    convertible to a ``concurrent.futures.Future`` with :meth:`future`.
+    """
+
+    __slots__ = ("_handle", "__weakref__")
+
+    def __init__(self, handle: Hashable) -> None:
+        self._handle = handle
+
+    def __hash__(self) -> int:
+        return hash(self._handle)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and self._handle == other._handle
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._handle!r})"
+
+    def __reduce__(self):
+        return (ObjectRef, (self._handle,))
+
+    def __bool__(self) -> bool:
+        return True
+
+    def future(self) -> concurrent.futures.Future:
+        """A Future resolving to the value, or raising what ``unipar.get`` would raise.
+
+        Cancelling the Future does not cancel the task; use ``unipar.cancel(ref)``.
+        """
+        from .api import _backend
+        return _backend().future(self._handle)
+
+    def __await__(self):
+        return asyncio.wrap_future(self.future()).__await__()

@@ -1,0 +1,197 @@
+"""``@remote`` and what it makes: remote functions, actor classes, actor handles and methods."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import os
+from typing import Any, Callable
+
+from .backends.base import ActorCall, ActorMeta, ActorSpec, MethodMeta, TaskSpec
+from .options import ActorOptions, MethodOptions, TaskOptions
+from .refs import ObjectRef
+
+__all__ = ["remote", "method", "RemoteFunction", "ActorClass", "ActorHandle", "ActorMethod"]
+
+_ids = itertools.count()
+
+
+def _new_id(kind: str) -> str:
+    # Unique per process and per definition: backends cache pickled code by it.
+    return f"{kind}-{os.getpid()}-{next(_ids)}"
+
+
+def _returns(refs: list[ObjectRef], num_returns: int) -> Any:
+    if num_returns == 1:
+        return refs[0]
+    if num_returns == 0:
+        return None
+    return refs
+
+
+class RemoteFunction:
+    """A function run as a task by ``.remote(...)``; made by ``@unipar.remote``."""
+
+    def __init__(self, function: Callable[..., Any], options: TaskOptions,
+                 function_id: str | None = None) -> None:
+        self._function = function
+        self._options = options
+        self._function_id = function_id or _new_id("fn")
+        self._name = f"{function.__module__}.{function.__qualname__}"
+        self.__doc__ = function.__doc__
+        self.__name__ = getattr(function, "__name__", "remote_function")
+        self.__qualname__ = getattr(function, "__qualname__", self.__name__)
+        self.__module__ = function.__module__
+        self.__wrapped__ = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Remote functions cannot be called directly; use {self.__name__}.remote(...) "
+            f"to run it as a task (or {self.__name__}.__wrapped__(...) to call the plain function).")
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Start one task; returns an ObjectRef (a list of them when ``num_returns`` > 1)."""
+        from .api import _submit
+        spec = TaskSpec(self._function, self._function_id, self._options.name or self._name,
+                        args, kwargs, self._options)
+        return _returns(_submit(spec), self._options.num_returns)
+
+    def options(self, **options: Any) -> "RemoteFunction":
+        """A copy with some options changed, e.g. ``f.options(num_cpus=2).remote(x)``."""
+        return RemoteFunction(self._function, self._options.merge(**options), self._function_id)
+
+    def __reduce__(self):
+        # A remote function captured by a task (tasks that start tasks) keeps its id.
+        return (RemoteFunction, (self._function, self._options, self._function_id))
+
+    def __repr__(self) -> str:
+        return f"<unipar remote function {self._name}>"
+
+
+def _actor_meta(cls: type) -> ActorMeta:
+    methods: dict[str, MethodMeta] = {}
+    for name, member in inspect.getmembers(cls):
+        if not callable(member) or (name.startswith("__") and name != "__call__"):
+            continue
+        opts: MethodOptions = getattr(member, "__unipar_method_options__", MethodOptions())
+        is_async = inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
+        methods[name] = MethodMeta(is_async=is_async, num_returns=opts.num_returns)
+    return ActorMeta(cls.__name__, methods, any(m.is_async for m in methods.values()))
+
+
+class ActorClass:
+    """A class whose instances live in a worker; ``.remote(...)`` starts one."""
+
+    def __init__(self, cls: type, options: ActorOptions, class_id: str | None = None,
+                 meta: ActorMeta | None = None) -> None:
+        self._cls = cls
+        self._options = options
+        self._class_id = class_id or _new_id("cls")
+        self._meta = meta or _actor_meta(cls)
+        self.__doc__ = cls.__doc__
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__module__ = cls.__module__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actor classes cannot be instantiated directly; use {self.__name__}.remote(...) "
+            "to start an actor.")
+
+    def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
+        """Start an actor (or return the named one when ``get_if_exists=True``)."""
+        from .api import _create_actor
+        spec = ActorSpec(self._cls, self._class_id, args, kwargs, self._options, self._meta)
+        return ActorHandle(_create_actor(spec), self._meta)
+
+    def options(self, **options: Any) -> "ActorClass":
+        return ActorClass(self._cls, self._options.merge(**options), self._class_id, self._meta)
+
+    def __reduce__(self):
+        return (ActorClass, (self._cls, self._options, self._class_id, self._meta))
+
+    def __repr__(self) -> str:
+        return f"<unipar actor class {self._cls.__module__}.{self._cls.__qualname__}>"
+
+
+class ActorHandle:
+    """A handle to a live actor; picklable, so it can be passed to tasks and other actors."""
+
+    def __init__(self, actor_id: Any, meta: ActorMeta) -> None:
+        self._actor_id = actor_id
+        self._meta = meta
+
+    def __getattr__(self, name: str) -> "ActorMethod":
+        meta = self.__dict__.get("_meta")
+        if meta is None or name.startswith("__"):
+            raise AttributeError(name)
+        if name not in meta.methods:
+            raise AttributeError(f"actor {meta.class_name} has no method {name!r}; "
+                                 f"methods: {', '.join(sorted(meta.methods)) or 'none'}")
+        return ActorMethod(self, name, MethodOptions(num_returns=meta.methods[name].num_returns))
+
+    def __reduce__(self):
+        return (ActorHandle, (self._actor_id, self._meta))
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and self._actor_id == other._actor_id
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self._meta.class_name}, {self._actor_id!r})"
+
+
+class ActorMethod:
+    """``handle.method``: call it with ``.remote(...)``."""
+
+    def __init__(self, handle: ActorHandle, name: str, options: MethodOptions) -> None:
+        self._handle = handle
+        self._name = name
+        self._options = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        from .api import _call_actor
+        call = ActorCall(self._name, args, kwargs, self._options.num_returns)
+        refs = _call_actor(self._handle._actor_id, call)
+        return _returns(refs, self._options.num_returns)
+
+    def options(self, **options: Any) -> "ActorMethod":
+        return ActorMethod(self._handle, self._name, self._options.merge(**options))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"Actor methods cannot be called directly; use "
+                        f"actor.{self._name}.remote(...)")
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a remote function, or a class an actor class.
+
+    Use bare (``@unipar.remote``) or with options (``@unipar.remote(num_cpus=2)``).
+    """
+    if len(args) == 1 and not options and (inspect.isfunction(args[0]) or inspect.isclass(args[0])
+                                           or callable(args[0])):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("@unipar.remote takes a function or class, or keyword options only: "
+                        "@unipar.remote or @unipar.remote(num_cpus=2)")
+    return lambda target: _make_remote(target, options)
+
+
+def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    if inspect.isclass(target):
+        return ActorClass(target, ActorOptions.create(**options))
+    if callable(target):
+        return RemoteFunction(target, TaskOptions.create(**options))
+    raise TypeError(f"@unipar.remote needs a function or a class, got {type(target).__name__}")
+
+
+def method(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Set options of one actor method: ``@unipar.method(num_returns=2)``."""
+    opts = MethodOptions.create(**options)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__unipar_method_options__ = opts  # type: ignore[attr-defined]
+        return fn
+    return decorate
