@@ -77,7 +77,7 @@ class TaskError(UniparError):
 
     def __init__(self, cause: BaseException | None = None, remote_traceback: str = "",
                  where: str = "") -> None:
-        super().__init__(cause)
+        BaseException.__init__(self, cause)  # not super(): a dual class would reach the user's __init__
         self.cause = cause
         self.remote_traceback = remote_traceback
         self.where = where

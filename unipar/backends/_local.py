@@ -200,13 +200,28 @@ class LocalBackend(Backend):
         return fut
 
     # -- tasks -------------------------------------------------------------------------------
-    def _resolve(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """Copy arguments, replacing top-level refs by their values (raising their errors)."""
+    @staticmethod
+    def _snapshot(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Copy every argument that is not a top-level ref, now, as a remote engine would."""
+        def one(where: str, value: Any) -> Any:
+            if is_ref(value):
+                return value
+            try:
+                return _copy(value)
+            except Exception as exc:
+                raise TypeError(f"could not serialize {where} ({type(value).__name__}) with "
+                                f"cloudpickle: {exc}; pass picklable values only") from exc
+        return (tuple(one(f"argument {i}", a) for i, a in enumerate(args)),
+                {k: one(f"argument {k!r}", v) for k, v in kwargs.items()})
+
+    @staticmethod
+    def _resolve(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Replace top-level refs by their values (raising the error of a failed one)."""
         def one(value: Any) -> Any:
             if is_ref(value):
                 handle = unwrap(value)
                 return handle.store().load(handle.oid)
-            return _copy(value)
+            return value
         return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
 
     def _outputs(self, result: Any, num_returns: int, name: str) -> list[Any]:
@@ -235,8 +250,10 @@ class LocalBackend(Backend):
         raise AssertionError("unreachable")
 
     def submit(self, spec: TaskSpec) -> list[LocalRef]:
+        snapshot = self._snapshot(spec.args, dict(spec.kwargs))
+
         def call() -> Any:
-            args, kwargs = self._resolve(spec.args, dict(spec.kwargs))
+            args, kwargs = self._resolve(*snapshot)
             return spec.function(*args, **kwargs)
         return self._store_outputs(call, spec.options.num_returns, spec.name, spec.options)
 
@@ -248,10 +265,11 @@ class LocalBackend(Backend):
                 return self._names[name]
             raise ValueError(f"an actor named {name!r} already exists; use "
                              "get_actor(name) or .options(name=..., get_if_exists=True)")
+        snapshot = self._snapshot(spec.args, dict(spec.kwargs))
         actor_id = LocalActorId(self._session, next(self._actor_ids))
         actor = self._actors[actor_id] = _Actor(spec)
         try:
-            args, kwargs = self._resolve(spec.args, dict(spec.kwargs))
+            args, kwargs = self._resolve(*snapshot)
             actor.instance = spec.cls(*args, **kwargs)
         except Exception as exc:
             actor.error = capture_remote(exc, f"{spec.meta.class_name}.__init__ (local)")
@@ -263,13 +281,14 @@ class LocalBackend(Backend):
     def call_actor(self, actor_id: LocalActorId, call: ActorCall) -> list[LocalRef]:
         actor = self._actors.get(actor_id)
         label = f"{actor.spec.meta.class_name}.{call.method}" if actor else call.method
+        snapshot = self._snapshot(call.args, dict(call.kwargs))
 
         def run() -> Any:
             if actor is None or actor.dead_reason is not None:
                 reason = actor.dead_reason if actor else "it was killed or its session ended"
                 raise ActorDiedError(f"actor {label.split('.')[0]} is dead: {reason}") from (
                     actor.error if actor else None)
-            args, kwargs = self._resolve(call.args, dict(call.kwargs))
+            args, kwargs = self._resolve(*snapshot)
             result = getattr(actor.instance, call.method)(*args, **kwargs)
             return _run_coroutine(result) if asyncio.iscoroutine(result) else result
         return self._store_outputs(run, call.num_returns, label)

@@ -1,0 +1,48 @@
+"""The one place that says what a backend cannot do, and why.
+
+Each entry turns a conformance test into a strict expected failure on that backend (an XPASS
+fails the run, so this table stays true). The same reasons are written in docs/backends.md.
+Keys are test function names, without the backend parameter.
+"""
+
+# Backends whose adapter is not built yet, with the issue that builds it.
+NOT_BUILT: dict[str, int] = {}
+
+# Tests that would block forever on a backend: expected failures that are not run.
+NOT_RUN: dict[str, dict[str, str]] = {
+    "local": {
+        "test_get_timeout_on_never_ending_task":
+            "local runs each task to completion inside .remote(): a task that never ends "
+            "never returns control, so no timeout can apply",
+        "test_wait_partial_on_timeout_and_poll":
+            "local runs each task to completion inside .remote(): a task that never ends "
+            "never returns control, so wait() cannot return early",
+        "test_cancel_pending_task":
+            "local runs each task inside .remote(): no task is ever pending, and the blockers "
+            "this test starts would never return",
+        "test_cancel_running_task_force":
+            "local runs each task inside .remote(): there is no running task to cancel",
+    },
+}
+
+LIMITS: dict[str, dict[str, str]] = {
+    "local": {
+        "test_actor_max_concurrency_runs_calls_together":
+            "one thread runs every call in turn: two calls cannot be in progress at once",
+        "test_actors_run_in_parallel":
+            "one thread runs every actor call in turn: two actors never run at once",
+        "test_async_actor_interleaves_calls":
+            "each async call runs to completion on its own event loop before the next is queued",
+        "test_worker_print_is_prefixed":
+            "tasks print straight to this process's stdout, unprefixed, so pdb and print work "
+            "as in plain Python",
+    },
+    "native": {
+    },
+    "dask": {
+    },
+    "spark": {
+    },
+    "ray": {
+    },
+}
