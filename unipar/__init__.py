@@ -7,7 +7,7 @@ from . import exceptions
 from .api import (available_resources, backend_name, cancel, cluster_resources, get, get_actor,
                   init, is_initialized, kill, nodes, put, shutdown, wait)
 from .exceptions import (ActorDiedError, BackendUnavailableError, GetTimeoutError,
-                         InfeasibleResourcesError, ObjectLostError, ObjectStoreFullError,
+                         InfeasibleResourcesError, ObjectLostError, ResourcesBusyWarning, ObjectStoreFullError,
                          TaskCancelledError, TaskError, UniparError, WorkerCrashedError)
 from .refs import ObjectRef
 from .remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, method, remote
@@ -22,5 +22,5 @@ __all__ = [
     "ObjectRef", "ActorHandle", "ActorClass", "ActorMethod", "RemoteFunction",
     "UniparError", "TaskError", "GetTimeoutError", "ActorDiedError", "WorkerCrashedError",
     "ObjectLostError", "ObjectStoreFullError", "TaskCancelledError", "BackendUnavailableError",
-    "InfeasibleResourcesError",
+    "InfeasibleResourcesError", "ResourcesBusyWarning",
 ]

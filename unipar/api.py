@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import atexit
 import logging
+import warnings
 from typing import Any, Sequence
 
 from . import _state, config
 from .backends import load_backend
 from .backends.base import ActorCall, ActorSpec, Backend, TaskSpec
-from .exceptions import InfeasibleResourcesError
+from .exceptions import InfeasibleResourcesError, ResourcesBusyWarning
 from .options import InitOptions, resource_demand
 from .refs import ObjectRef
 from .remote import ActorHandle
@@ -125,9 +126,26 @@ def _submit(spec: TaskSpec) -> list[ObjectRef]:
     return [ObjectRef(h) for h in backend.submit(spec)]
 
 
+def _warn_if_busy(backend: Backend, demand: dict[str, float], what: str) -> None:
+    free = backend.available_resources()
+    short = {k: v for k, v in demand.items() if free.get(k, 0.0) < v}
+    if short:
+        warnings.warn(
+            f"{what} waits for {short}: only {({k: max(free.get(k, 0.0), 0.0) for k in short})} "
+            f"of {({k: _totals.get(k, 0.0) for k in short})} are free, the rest held by running "
+            "tasks and live actors. It starts when they release them (unipar.kill(actor) frees "
+            "an actor's).", ResourcesBusyWarning, stacklevel=4)
+
+
 def _create_actor(spec: ActorSpec) -> Any:
     backend = _backend()
-    _check_feasible(backend, resource_demand(spec.options), f"actor {spec.meta.class_name}")
+    what = f"actor {spec.meta.class_name}"
+    demand = resource_demand(spec.options)
+    _check_feasible(backend, demand, what)
+    if demand:
+        # Actors hold resources for life: a user who starts more than fit must hear why the
+        # next one does not start, instead of a silent hang.
+        _warn_if_busy(backend, demand, what)
     return backend.create_actor(spec)
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "TaskCancelledError",
     "BackendUnavailableError",
     "InfeasibleResourcesError",
+    "ResourcesBusyWarning",
     "capture_remote",
 ]
 
@@ -57,6 +58,10 @@ class TaskCancelledError(UniparError):
 
 class InfeasibleResourcesError(UniparError, ValueError):
     """A task or actor asks for more resources than the whole cluster has; it could never run."""
+
+
+class ResourcesBusyWarning(UserWarning):
+    """An actor asks for resources that running tasks and live actors hold: it waits for them."""
 
 
 class BackendUnavailableError(UniparError, ImportError):

@@ -42,3 +42,18 @@ def test_actor_holds_its_cpus(unipar_backend):
     unipar.kill(holder)
     unipar.testing.wait_for(lambda: unipar.available_resources().get("CPU", 0) == before,
                             timeout=30, message="the killed actor's CPU to come back")
+
+
+def test_actor_waiting_for_held_cpus_is_announced(unipar_backend):
+    cpus = int(unipar.cluster_resources()["CPU"])
+    holders = [Holder.options(num_cpus=1).remote() for _ in range(cpus)]
+    try:
+        assert unipar.get([h.ping.remote() for h in holders], timeout=120) == ["pong"] * cpus
+        with pytest.warns(unipar.ResourcesBusyWarning, match="CPU"):
+            waiting = Holder.options(num_cpus=1).remote()
+        unipar.kill(holders.pop())
+        assert unipar.get(waiting.ping.remote(), timeout=120) == "pong"
+        holders.append(waiting)
+    finally:
+        for holder in holders:
+            unipar.kill(holder)
