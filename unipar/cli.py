@@ -36,6 +36,12 @@ def _configure_backends(parser: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[str, str]] = {
     "backends": ("list the backends, whether each is installed, and how to install it",
                  "unipar.cli:_configure_backends"),
+    "run": ("run a script with a backend selected (like UNIPAR_BACKEND=NAME python script.py)",
+            "unipar.compare:configure_run"),
+    "compare": ("run a script on several backends; check outputs agree; compare time and memory",
+                "unipar.compare:configure_compare"),
+    "bench": ("benchmark standard workloads on several backends and against plain Dask/Spark/Ray",
+              "unipar.bench.runner:configure"),
 }
 
 

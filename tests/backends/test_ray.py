@@ -1,0 +1,217 @@
+"""The ray backend's own promises, beyond the conformance suite: where it runs and what it leaves.
+
+Every driver here runs in a subprocess with its own HOME, so Ray's environment switches and any
+file Ray might write under ``~/.ray`` stay inside the test. The head started for the "join an
+existing cluster" tests is stopped by killing exactly the processes it started (found by an
+environment marker they all inherit), never with ``ray stop``, which would stop every Ray
+process on the machine, other people's test runs included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+
+RAY_CLI = str(Path(sys.executable).with_name("ray"))
+MARKER = "UNIPAR_RAY_TEST_MARKER"
+
+
+def _ray_client_missing() -> str | None:
+    from ray._private.utils import get_ray_client_dependency_error
+    return get_ray_client_dependency_error()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _marked(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get(MARKER) == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _stop_marked(marker: str) -> None:
+    procs = _marked(marker)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _env(tmp_path: Path, marker: str, **extra: str) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_", "UNIPAR_"))}
+    env.update(HOME=str(home), UNIPAR_BACKEND="ray", **{MARKER: marker}, **extra)
+    return env
+
+
+def _run_driver(code: str, env: dict[str, str], cwd: Path) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON line last, which is returned."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_importing_does_not_import_ray(tmp_path):
+    code = """
+        import sys, json
+        import unipar
+        from unipar.backends import load_backend
+        load_backend("ray")
+        print(json.dumps({"ray": "ray" in sys.modules}))
+    """
+    assert _run_driver(code, _env(tmp_path, "none"), tmp_path) == {"ray": False}
+
+
+LOCAL_DRIVER = """
+    import json, os, psutil
+    import unipar
+    from unipar import _state
+
+    @unipar.remote
+    def where():
+        return os.getpid()
+
+    unipar.init(num_cpus=2, resources={"slot": 2})
+    backend = _state.current()
+    temp_dir = backend._temp_dir
+    assert unipar.get(where.remote()) != os.getpid()
+    kids = psutil.Process().children(recursive=True)
+    listening = sorted({c.laddr.ip for c in psutil.net_connections("inet")
+                        if c.status == psutil.CONN_LISTEN and c.pid in {k.pid for k in kids}})
+    resources = unipar.cluster_resources()
+    unipar.shutdown()
+    print(json.dumps({"listening": listening, "resources": resources,
+                      "temp_dir_left": os.path.exists(temp_dir),
+                      "children_left": [p.pid for p in psutil.Process().children(recursive=True)],
+                      "home_ray": os.path.exists(os.path.expanduser("~/.ray")),
+                      "env_left": sorted(k for k in os.environ if k.startswith("RAY_"))}))
+"""
+
+
+def test_local_instance_is_private_and_leaves_nothing(tmp_path):
+    marker = uuid.uuid4().hex
+    try:
+        out = _run_driver(LOCAL_DRIVER, _env(tmp_path, marker), tmp_path)
+    finally:
+        _stop_marked(marker)
+    assert out["listening"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1")
+                                    for ip in out["listening"]), out["listening"]
+    assert out["resources"] == {"CPU": 2.0, "GPU": 0.0, "slot": 2.0}
+    assert not out["temp_dir_left"] and out["children_left"] == []
+    assert not out["home_ray"], "Ray wrote ~/.ray (an auth token) for a private instance"
+    # What the backend set for the session is put back (Ray itself leaves RAY_AUTH_MODE and
+    # RAY_CLIENT_MODE behind); above all the session's auth token.
+    assert not set(out["env_left"]) & {"RAY_AUTH_TOKEN", "RAY_COLOR_PREFIX", "RAY_DEDUP_LOGS",
+                                       "RAY_USAGE_STATS_ENABLED",
+                                       "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}, out["env_left"]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A Ray head on loopback, started with the ray CLI as a user would, stopped after."""
+    tmp_path = tmp_path_factory.mktemp("ray-head")
+    marker = uuid.uuid4().hex
+    port, client_port = _free_port(), _free_port()
+    temp_dir = str(tmp_path / "ray")
+    env = _env(tmp_path, marker, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               RAY_USAGE_STATS_ENABLED="0")
+    command = [RAY_CLI, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+               "--include-dashboard=false", "--num-cpus", "2", "--temp-dir", temp_dir,
+               "--disable-usage-stats"]
+    if not _ray_client_missing():   # the Ray Client server needs the ray[client] extra
+        command += ["--ray-client-server-port", str(client_port)]
+    try:
+        started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        yield {"address": f"127.0.0.1:{port}", "client": f"ray://127.0.0.1:{client_port}",
+               "marker": marker, "temp_dir": temp_dir, "tmp": str(tmp_path)}
+    finally:
+        _stop_marked(marker)
+
+
+JOIN_DRIVER = """
+    import json, os
+    import unipar
+
+    @unipar.remote
+    def square(x):
+        return x * x
+
+    @unipar.remote
+    def nested(n):
+        return sum(unipar.get([square.remote(i) for i in range(n)]))
+
+    @unipar.remote
+    class Counter:
+        def __init__(self):
+            self.n = 0
+        def incr(self):
+            self.n += 1
+            return self.n
+
+    unipar.init()
+    total = unipar.cluster_resources()["CPU"]
+    value = unipar.get(nested.remote(4), timeout=120)
+    name = f"joined-counter-{os.getpid()}"
+    counter = Counter.options(name=name).remote()
+    unipar.get(counter.incr.remote(), timeout=120)
+    found = unipar.get(unipar.get_actor(name).incr.remote(), timeout=120)
+    try:
+        unipar.get(square.remote("x"), timeout=120)
+        error = None
+    except TypeError as exc:
+        error = "TypeError" + ("+TaskError" if isinstance(exc, unipar.TaskError) else "")
+    unipar.shutdown()
+    print(json.dumps({"cpus": total, "value": value, "found": found, "error": error}))
+"""
+
+
+@pytest.mark.parametrize("how", ["host:port", "auto", "ray://"])
+def test_joins_an_existing_cluster(ray_head, how, tmp_path):
+    if how == "host:port":
+        extra = {"UNIPAR_ADDRESS": ray_head["address"]}
+    elif how == "auto":
+        extra = {"UNIPAR_ADDRESS": "auto", "RAY_ADDRESS": ray_head["address"]}
+    else:
+        if _ray_client_missing():
+            pytest.skip(f"ray:// needs the Ray Client: {_ray_client_missing()}")
+        extra = {"UNIPAR_ADDRESS": ray_head["client"]}
+    env = _env(Path(ray_head["tmp"]), ray_head["marker"], **extra)
+    out = _run_driver(JOIN_DRIVER, env, tmp_path)
+    assert out == {"cpus": 2.0, "value": 14, "found": 2, "error": "TypeError+TaskError"}
+    # The cluster outlives the driver: it was not ours to stop.
+    assert any("gcs_server" in " ".join(p.cmdline()) for p in _marked(ray_head["marker"]))

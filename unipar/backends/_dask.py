@@ -1,0 +1,740 @@
+"""The ``dask`` backend: unipar on Dask distributed, on a local cluster or an existing scheduler.
+
+Without an address, ``start`` runs a local cluster of worker processes (one thread each, one per
+CPU slot, bound to 127.0.0.1, no dashboard) whose workers declare ``CPU``/``GPU``/custom
+resources. With ``init(address="tcp://host:8786")`` (or ``UNIPAR_ADDRESS``) it connects a
+Client to that scheduler.
+
+How unipar's rules map onto Dask (the worker side is in :mod:`._dask_actors`):
+
+* every ``.remote()`` is one Dask task with a unique key (``pure=False``), kept running by
+  ``fire_and_forget`` even when its ref is dropped (as in Ray); ``num_returns=n`` is one task
+  whose value is a tuple, read by n handles (no splitter tasks);
+* arguments are pickled into bytes at submit time: a snapshot, and Dask only sees the top-level
+  refs (passed as real dependencies), so refs nested in containers arrive as refs;
+* values are stored pickled and failures are stored as values, so ``get`` re-raises the
+  original error and dependents fail with the same error;
+* ``CPU`` is the worker's thread slot, not a Dask resource restriction (only ``num_cpus > 1``
+  is sent as one): a task blocked in ``get``/``wait`` secedes, which frees its thread but would
+  not free a Dask resource, so nested tasks never deadlock;
+* actors are Dask actors hosting the user's instance (see ``ActorHost``); method results are
+  ordinary Dask futures.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import math
+import os
+import sys
+import threading
+import uuid
+from typing import Any, Iterator, Sequence
+
+import cloudpickle
+
+from ..exceptions import (ActorDiedError, BackendUnavailableError, GetTimeoutError, UniparError,
+                          TaskCancelledError, WorkerCrashedError, capture_remote)
+from ..options import InitOptions, TaskOptions, resource_demand
+from . import _dask_actors as worker_side
+from ._dask_actors import Dep, dumps, extract, load, note_pickled
+from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, is_ref, unwrap
+
+log = logging.getLogger("unipar.dask")
+
+_EMPTY_CALL = cloudpickle.dumps(((), {}))
+_NAME_PREFIX = "unipar-actor:"
+
+
+# -- handles -----------------------------------------------------------------------------------
+
+def _process_client() -> Any:
+    """The Dask client of this process: the running backend's, else the worker's own."""
+    from .. import _state
+    backend = _state.current()
+    if isinstance(backend, DaskBackend) and backend._client is not None:
+        return backend._client
+    from distributed import get_client
+    return get_client()
+
+
+class DaskRef:
+    """A handle: one Dask future (its key), and which element of a multi-return it names.
+
+    ``keep`` holds the futures of refs nested in this task's arguments, so they live at least
+    as long as this handle (Dask would free them as soon as the driver dropped its own refs).
+    ``call`` names the actor call behind it, so ``cancel`` can tell the actor to skip it.
+    """
+
+    __slots__ = ("key", "index", "future", "keep", "call", "__weakref__")
+
+    def __init__(self, future: Any, index: int | None = None, keep: Any = None,
+                 call: tuple | None = None) -> None:
+        self.key = future.key
+        self.index = index
+        self.future = future
+        self.keep = keep
+        self.call = call
+
+    def __reduce__(self):
+        note_pickled(self.future)
+        return (_rebuild_ref, (self.key, self.index, self.call))
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.index))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DaskRef) and (self.key, self.index) == (other.key, other.index)
+
+    def __repr__(self) -> str:
+        return f"dask:{self.key}" + (f"[{self.index}]" if self.index is not None else "")
+
+
+def _future(key: str) -> Any:
+    """A Future for ``key`` in this process, registered with the scheduler.
+
+    Dask no longer tells the scheduler about Futures built from a key, so without the
+    ``client-desires-keys`` message the Future would never learn its state.
+    """
+    from distributed import Future
+    client = _process_client()
+    future = Future(key, client)
+    client._send_to_scheduler({"op": "client-desires-keys", "keys": [key]})
+    return future
+
+
+def _rebuild_ref(key: str, index: int | None, call: tuple | None) -> DaskRef:
+    return DaskRef(_future(key), index, None, call)
+
+
+class DaskActorId:
+    """An actor id: the key of the Dask actor hosting it (and its future, to keep it alive)."""
+
+    __slots__ = ("key", "future", "keep", "__weakref__")
+
+    def __init__(self, future: Any, keep: Any = None) -> None:
+        self.key = future.key
+        self.future = future
+        self.keep = keep
+
+    def __reduce__(self):
+        note_pickled(self.future)
+        return (_rebuild_actor_id, (self.key,))
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DaskActorId) and self.key == other.key
+
+    def __repr__(self) -> str:
+        return f"dask-actor:{self.key}"
+
+
+def _rebuild_actor_id(key: str) -> DaskActorId:
+    return DaskActorId(_future(key))
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+def _map_error(exc: BaseException, handle: DaskRef) -> BaseException:
+    """Dask's own failures (not the task's) as unipar errors."""
+    from distributed.scheduler import KilledWorker
+    if isinstance(exc, UniparError):
+        return exc
+    if isinstance(exc, KilledWorker):
+        if handle.call is not None:
+            return ActorDiedError(f"the Dask worker running actor call {handle.key} kept dying: {exc}")
+        return WorkerCrashedError(f"the Dask workers running task {handle.key} died "
+                                  f"{worker_side.ALLOWED_FAILURES + 1} times: {exc}")
+    if isinstance(exc, (concurrent.futures.CancelledError,)) or type(exc).__name__.endswith("CancelledError"):
+        return TaskCancelledError(f"task {handle.key} was cancelled")
+    if handle.call is not None:
+        return ActorDiedError(f"actor call {handle.key} failed in Dask: {exc}")
+    return capture_remote(exc, f"dask scheduler (task {handle.key})")
+
+
+# -- resources -----------------------------------------------------------------------------------
+
+def _split(total: float, parts: int) -> list[float]:
+    """Whole units round-robin over ``parts`` workers; a fractional rest goes to the first."""
+    whole = int(math.floor(total))
+    base, extra = divmod(whole, parts)
+    shares = [float(base + (1 if i < extra else 0)) for i in range(parts)]
+    shares[0] += total - whole
+    return shares
+
+
+def _worker_groups(options: InitOptions) -> list[tuple[int, dict[str, float], str | None]]:
+    """Workers to start: (how many, resources each, CUDA_VISIBLE_DEVICES) per distinct kind."""
+    n = options.num_cpus or os.cpu_count() or 1
+    gpus = _split(float(options.num_gpus or 0), n)
+    custom = {name: _split(float(amount), n) for name, amount in options.resources.items()}
+    groups: list[tuple[int, dict[str, float], str | None]] = []
+    next_gpu = 0
+    for i in range(n):
+        resources = {"CPU": 1.0}
+        visible = None
+        if gpus[i]:
+            resources["GPU"] = gpus[i]
+            count = max(1, int(gpus[i]))
+            visible = ",".join(str(g) for g in range(next_gpu, next_gpu + count))
+            next_gpu += count
+        for name, shares in custom.items():
+            if shares[i]:
+                resources[name] = shares[i]
+        if groups and groups[-1][1] == resources and visible is None and groups[-1][2] is None:
+            groups[-1] = (groups[-1][0] + 1, resources, None)
+        else:
+            groups.append((1, resources, visible))
+    return groups
+
+
+class LocalProcesses:
+    """A private Dask cluster: a ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1.
+
+    Started as separate programs rather than with ``LocalCluster``: its workers are spawned with
+    multiprocessing, which re-imports the user's ``__main__`` (a script without an
+    ``if __name__ == "__main__"`` guard would start unipar again in every worker). Every process
+    watches the driver's pid and exits if it dies; ``close`` stops them all and removes the temp
+    directory (scheduler file, worker scratch space, logs).
+    """
+
+    def __init__(self, options: InitOptions, start_timeout: float = 60.0) -> None:
+        import subprocess
+        import tempfile
+        import time
+        self.directory = tempfile.mkdtemp(prefix="unipar-dask-")
+        self.processes: list[Any] = []
+        scheduler_file = os.path.join(self.directory, "scheduler.json")
+        env = dict(os.environ)
+        env.update({
+            "UNIPAR_DASK_DRIVER_PID": str(os.getpid()),
+            "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(worker_side.ALLOWED_FAILURES),
+            "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+            "DASK_DISTRIBUTED__ADMIN__LOG_LENGTH": "0",
+        })
+        env.pop("UNIPAR_ADDRESS", None)
+        preload = ["--preload", "unipar.backends._dask_actors"]
+        self._spawn("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler",
+                                  "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                  "--scheduler-file", scheduler_file, *preload], env)
+        deadline = time.monotonic() + start_timeout
+        while not os.path.exists(scheduler_file):
+            if time.monotonic() > deadline or self.processes[0].poll() is not None:
+                self.close()
+                raise BackendUnavailableError(f"the local Dask scheduler did not start: {self.log_tail()}")
+            time.sleep(0.05)
+        for i, (count, resources, visible) in enumerate(_worker_groups(options)):
+            worker_env = dict(env)
+            if visible is not None:
+                worker_env["CUDA_VISIBLE_DEVICES"] = visible
+            self._spawn(f"workers-{i}", [
+                sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                scheduler_file, "--nthreads", "1", "--nworkers", str(count), "--host", "127.0.0.1",
+                "--no-dashboard", "--name", f"unipar-{i}", "--death-timeout", "60",
+                "--local-directory", self.directory,
+                "--resources", " ".join(f"{k}={v:g}" for k, v in resources.items()),
+                *preload, "--preload-nanny", "unipar.backends._dask_actors"], worker_env)
+        self.expected_workers = options.num_cpus or os.cpu_count() or 1
+        self.scheduler_file = scheduler_file
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        import subprocess
+        log_file = open(os.path.join(self.directory, f"{name}.log"), "wb")
+        try:
+            self.processes.append(subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, start_new_session=True))
+        finally:
+            log_file.close()
+
+    def log_tail(self, lines: int = 20) -> str:
+        out = []
+        for name in sorted(os.listdir(self.directory)) if os.path.isdir(self.directory) else []:
+            if name.endswith(".log"):
+                with open(os.path.join(self.directory, name), errors="replace") as fh:
+                    out.append(f"--- {name}\n" + "".join(fh.readlines()[-lines:]))
+        return "\n".join(out)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every process (politely, then by force) and remove the directory. Idempotent."""
+        import shutil
+        import signal
+        import subprocess
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for process in self.processes:
+                if process.poll() is None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(process.pid, sig)
+            for process in self.processes:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=timeout if sig == signal.SIGTERM else 5)
+        self.processes = []
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# -- the backend ---------------------------------------------------------------------------------
+
+class DaskBackend(Backend):
+    """unipar's API on a Dask distributed cluster. One instance per driver, one per worker."""
+
+    name = "dask"
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._cluster: Any = None
+        self._session = uuid.uuid4().hex
+        self._caller = uuid.uuid4().hex  # this process, as a submitter of actor calls
+        self._topic = f"unipar-print-{self._session}"
+        self._forward = True
+        self._in_worker = False
+        self._functions: dict[tuple[str, int], tuple[str, bytes, TaskOptions]] = {}
+        self._seqs: dict[str, Iterator[int]] = {}
+        self._lock = threading.Lock()
+        self._worker_max: dict[str, float] = {}
+        self._declared: set[str] = set()
+        self._actor_demand: dict[str, dict[str, float]] = {}
+        self._named: dict[str, str] = {}  # name -> actor key, published by this driver
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, options: InitOptions) -> None:
+        try:
+            import distributed
+        except ImportError as exc:  # pragma: no cover - registry checks first
+            raise BackendUnavailableError("the dask backend needs 'pip install unipar[dask]'") from exc
+        self._forward = options.log_to_driver
+        address = options.address
+        wait_workers = options.backend_options.get("wait_for_workers", 1)
+        if address is None:
+            self._cluster = LocalProcesses(options)
+            address = self._cluster.scheduler_file
+            wait_workers = self._cluster.expected_workers
+        try:
+            self._client = distributed.Client(
+                scheduler_file=address, timeout=30, set_as_default=False) if self._cluster else \
+                distributed.Client(address, timeout=options.backend_options.get("connect_timeout", 30),
+                                   set_as_default=False)
+        except OSError as exc:
+            raise BackendUnavailableError(
+                f"could not reach a Dask scheduler at {address!r} ({exc}); start one with "
+                "'dask scheduler' and 'dask worker ADDRESS', or unset UNIPAR_ADDRESS to run a "
+                "local cluster") from exc
+        if wait_workers:
+            try:
+                self._client.wait_for_workers(wait_workers, timeout=60)
+            except TimeoutError as exc:
+                tail = self._cluster.log_tail() if self._cluster else ""
+                raise BackendUnavailableError(
+                    f"{wait_workers} Dask worker(s) did not join {address!r} within 60 s\n{tail}") from exc
+        if self._forward:
+            self._client.subscribe_topic(self._topic, _print_event)
+        self._refresh_workers()
+
+    @classmethod
+    def for_worker(cls, client: Any) -> "DaskBackend":
+        """The backend tasks use inside a worker process (through the worker's own client)."""
+        backend = cls()
+        backend._client = client
+        backend._in_worker = True
+        backend._refresh_workers()
+        return backend
+
+    def shutdown(self) -> None:
+        client, cluster = self._client, self._cluster
+        self._client = self._cluster = None
+        if self._in_worker or client is None:
+            return
+        with contextlib.suppress(Exception):
+            for name, key in list(self._named.items()):
+                self._unpublish(client, name, key)
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                client.shutdown()  # our own cluster: scheduler and workers exit
+        with contextlib.suppress(Exception):
+            client.close(timeout=10)
+        if cluster is not None:
+            cluster.close()
+
+    def _live(self) -> Any:
+        if self._client is None:
+            raise UniparError("the dask backend is shut down; call unipar.init() again")
+        return self._client
+
+    # -- submitting ----------------------------------------------------------------------------
+    def _function(self, spec: TaskSpec) -> tuple[str, bytes]:
+        """The pickled function and its task options, pickled once per (function, options)."""
+        cache_key = (spec.function_id, id(spec.options))
+        entry = self._functions.get(cache_key)
+        if entry is None or entry[2] is not spec.options:
+            opts = spec.options
+            blob = cloudpickle.dumps((spec.function, opts.num_returns, opts.max_retries, opts))
+            entry = (f"{self._session}:{spec.function_id}:{id(opts)}", blob, opts)
+            self._functions[cache_key] = entry
+        return entry[0], entry[1]
+
+    def _pack_args(self, args: tuple, kwargs: Any) -> tuple[list[Any], bytes, list[Any] | None]:
+        """Arguments as bytes with top-level refs replaced by Dep placeholders.
+
+        Returns the dependency futures (for Dask to resolve), the bytes, and the futures of
+        nested refs (to keep alive).
+        """
+        if not args and not kwargs:
+            return [], _EMPTY_CALL, None
+        deps: list[Any] = []
+        positions: dict[str, int] = {}
+
+        def one(value: Any) -> Any:
+            if not is_ref(value):
+                return value
+            handle: DaskRef = unwrap(value)
+            pos = positions.get(handle.key)
+            if pos is None:
+                pos = positions[handle.key] = len(deps)
+                deps.append(handle.future)
+            return Dep(pos, handle.index)
+        packed = (tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()})
+        data, nested = dumps(packed)
+        return deps, data, nested or None
+
+    def _restrictions(self, demand: dict[str, float]) -> dict[str, float] | None:
+        """Dask resource restrictions for a unipar demand (see the module docstring for CPU)."""
+        out: dict[str, float] = {}
+        for name, amount in demand.items():
+            if name == "CPU" and (amount <= 1 or "CPU" not in self._declared):
+                continue  # the thread slot is the CPU
+            if name not in self._declared:
+                self._refresh_workers()
+            if name not in self._declared:
+                continue  # the API's feasibility check has already let this pass
+            # More than any one worker has: take a whole worker's share (documented).
+            out[name] = min(amount, self._worker_max.get(name, amount))
+        return out or None
+
+    def _context(self) -> tuple[str, bool]:
+        ctx = worker_side.current_context()
+        if ctx is not None:
+            return ctx.topic, ctx.forward
+        return self._topic, self._forward
+
+    def submit(self, spec: TaskSpec) -> list[DaskRef]:
+        from distributed import fire_and_forget
+        client = self._live()
+        fn_key, fn_blob = self._function(spec)
+        deps, call_bytes, nested = self._pack_args(spec.args, spec.kwargs)
+        label = spec.options.name or spec.name.rsplit(".", 1)[-1]
+        topic, forward = self._context()
+        future = client.submit(
+            worker_side.run_task, fn_key, fn_blob, call_bytes, label, topic, forward, *deps,
+            key=f"{label}-{uuid.uuid4().hex}", pure=False,
+            resources=self._restrictions(resource_demand(spec.options)))
+        fire_and_forget(future)  # a dropped ref must not cancel the task (Ray runs it anyway)
+        n = spec.options.num_returns
+        if n == 1:
+            return [DaskRef(future, None, nested)]
+        return [DaskRef(future, i, nested) for i in range(n)]
+
+    def put(self, value: Any) -> DaskRef:
+        data, nested = dumps(value)
+        # One blob, scattered unhashed: exactly one new key, whatever the value's type.
+        future = self._live().scatter(data, hash=False)
+        return DaskRef(future, None, nested or None)
+
+    # -- waiting ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _slot_released(self) -> Iterator[None]:
+        """Inside a Dask task thread, give the thread slot back while blocked (secede/rejoin)."""
+        ctx = worker_side.current_context()
+        if ctx is None or not ctx.in_task or ctx.seceded:
+            yield
+            return
+        from distributed import rejoin, secede
+        secede()
+        ctx.seceded = True
+        try:
+            yield
+        finally:
+            ctx.seceded = False
+            rejoin()
+
+    def get(self, handles: Sequence[DaskRef], timeout: float | None) -> list[Any]:
+        client = self._live()
+        futures = list({h.key: h.future for h in handles}.values())
+        if not all(f.done() for f in futures):
+            if timeout == 0:
+                raise GetTimeoutError(f"{len(futures)} object(s) not ready within timeout=0")
+            with self._slot_released():
+                try:
+                    _dask_wait(client, futures, timeout, "ALL_COMPLETED")
+                except TimeoutError:
+                    raise GetTimeoutError(
+                        f"not all of {len(futures)} object(s) were ready within {timeout} s") from None
+        for handle in handles:  # Dask-level failures first, in input order
+            status = handle.future.status
+            if status == "cancelled":
+                raise TaskCancelledError(f"task {handle.key} was cancelled")
+            if status == "error":
+                raise _map_error(handle.future.exception(), handle)
+        try:
+            values = dict(zip((f.key for f in futures), client.gather(futures)))
+        except BaseException as exc:
+            raise _map_error(exc, handles[0]) from None
+        return [load(extract(values[h.key], h.index)) for h in handles]
+
+    def wait(self, handles: Sequence[DaskRef], num_returns: int, timeout: float | None,
+             fetch_local: bool) -> set[int]:
+        client = self._live()
+        by_key: dict[str, Any] = {h.key: h.future for h in handles}
+
+        def finished() -> set[int]:
+            return {i for i, h in enumerate(handles) if by_key[h.key].done()}
+        done = finished()
+        if len(done) >= num_returns or timeout == 0:
+            return done
+        deadline = None if timeout is None else _now() + timeout
+        with self._slot_released():
+            while len(done) < num_returns:
+                remaining = None if deadline is None else deadline - _now()
+                if remaining is not None and remaining <= 0:
+                    break
+                pending = [f for f in by_key.values() if not f.done()]
+                try:
+                    _dask_wait(client, pending, remaining, "FIRST_COMPLETED")
+                except TimeoutError:
+                    pass
+                done = finished()
+        return done
+
+    def future(self, handle: DaskRef) -> concurrent.futures.Future:
+        result: concurrent.futures.Future = concurrent.futures.Future()
+
+        def resolve(_: Any) -> None:  # runs on Dask's callback thread, once the task is done
+            try:
+                result.set_result(self.get([handle], None)[0])
+            except BaseException as exc:
+                result.set_exception(exc)
+        handle.future.add_done_callback(resolve)
+        return result
+
+    def cancel(self, handle: DaskRef, force: bool, recursive: bool) -> None:
+        client = self._live()
+        if handle.future.done():
+            return
+        client.cancel([handle.future], force=True)
+        if handle.call is not None:
+            self._skip_call(handle.call)
+        # Dask cannot stop a running thread; interrupt it (or kill its worker with force).
+        with contextlib.suppress(Exception):
+            client.run(worker_side.interrupt_task, handle.key, force, wait=True)
+
+    def _skip_call(self, call: tuple) -> None:
+        actor_key, caller, seq = call
+        with contextlib.suppress(Exception):
+            self._host_call(DaskActorId(_future(actor_key)), "skip", caller, seq)
+
+    # -- actors ------------------------------------------------------------------------------------
+    def create_actor(self, spec: ActorSpec) -> DaskActorId:
+        client = self._live()
+        opts = spec.options
+        if opts.name is not None:
+            found = self._lookup(opts.name)
+            if found is not None:
+                if opts.get_if_exists:
+                    return found[0]
+                raise ValueError(f"an actor named {opts.name!r} already exists; use "
+                                 "get_actor(name) or .options(name=..., get_if_exists=True)")
+        blob = cloudpickle.dumps((spec.cls, spec.meta.class_name,
+                                  opts.concurrency(spec.meta.is_async), spec.meta.is_async,
+                                  opts.max_restarts))
+        deps, call_bytes, nested = self._pack_args(spec.args, spec.kwargs)
+        topic, forward = self._context()
+        demand = resource_demand(opts)
+        future = client.submit(
+            worker_side.ActorHost, blob, call_bytes, topic, forward, *deps,
+            key=f"{spec.meta.class_name}-actor-{uuid.uuid4().hex}", actor=True, pure=False,
+            resources=self._restrictions(demand))
+        actor_id = DaskActorId(future, nested)
+        self._actor_demand[actor_id.key] = demand
+        if opts.name is not None:
+            existing = self._publish(opts.name, actor_id, spec.meta, detached=opts.lifetime == "detached")
+            if existing is not None:  # lost a race with another creator
+                self.kill_actor(actor_id, True)
+                if opts.get_if_exists:
+                    return existing[0]
+                raise ValueError(f"an actor named {opts.name!r} already exists")
+        return actor_id
+
+    def _next_seq(self, key: str) -> int:
+        with self._lock:
+            counter = self._seqs.get(key)
+            if counter is None:
+                counter = self._seqs[key] = itertools.count()
+            return next(counter)
+
+    def call_actor(self, actor_id: DaskActorId, call: ActorCall) -> list[DaskRef]:
+        from distributed import fire_and_forget
+        client = self._live()
+        seq = self._next_seq(actor_id.key)
+        deps, call_bytes, nested = self._pack_args(call.args, call.kwargs)
+        future = client.submit(
+            worker_side.run_actor_call, actor_id.future, self._caller, seq, call.method,
+            call_bytes, call.num_returns, *deps,
+            key=f"{call.method}-{uuid.uuid4().hex}", pure=False)
+        fire_and_forget(future)
+        keep = (actor_id.future, nested)
+        tag = (actor_id.key, self._caller, seq)
+        if call.num_returns == 1:
+            return [DaskRef(future, None, keep, tag)]
+        return [DaskRef(future, i, keep, tag) for i in range(call.num_returns)]
+
+    def _host_call(self, actor_id: DaskActorId, method: str, *args: Any) -> Any:
+        """Call a host management method (kill, skip) and wait for it."""
+        proxy = actor_id.future.result(timeout=60)
+        if proxy._client is None and proxy._worker is None:
+            # Dask binds actor proxies to the default client, which ours is not (a user's own
+            # Client stays the default); bind it to ours.
+            proxy._client, proxy._future = self._client, actor_id.future
+        if self._in_worker:
+            with self._slot_released():
+                return worker_side.call_host(proxy, method, *args)
+        return getattr(proxy, method)(*args).result(timeout=60)
+
+    def kill_actor(self, actor_id: DaskActorId, no_restart: bool) -> None:
+        client = self._live()
+        if actor_id.future.status == "pending":
+            # Not built yet: wait for it, so the kill is not lost (creation is usually quick).
+            with contextlib.suppress(Exception), self._slot_released():
+                actor_id.future.result(timeout=60)
+        if actor_id.future.status == "finished":
+            with contextlib.suppress(Exception):
+                self._host_call(actor_id, "kill", not no_restart)
+        if no_restart:
+            self._actor_demand.pop(actor_id.key, None)
+            for name, key in list(self._named.items()):
+                if key == actor_id.key:
+                    self._unpublish(client, name, key)
+            self._unpublish_any(actor_id.key)
+
+    def get_actor(self, name: str) -> tuple[DaskActorId, ActorMeta]:
+        found = self._lookup(name)
+        if found is None:
+            raise ValueError(f"no live actor is named {name!r}")
+        return found
+
+    # -- the name registry: Dask published datasets, which also keep the actor's key alive -----
+    def _lookup(self, name: str) -> tuple[DaskActorId, ActorMeta] | None:
+        client = self._live()
+        with self._slot_released():
+            entry = client.get_dataset(_NAME_PREFIX + name, default=None)
+        if entry is None:
+            return None
+        future, meta_blob = entry
+        return DaskActorId(future), cloudpickle.loads(meta_blob)
+
+    def _publish(self, name: str, actor_id: DaskActorId, meta: ActorMeta,
+                 detached: bool) -> tuple[DaskActorId, ActorMeta] | None:
+        client = self._live()
+        try:
+            with self._slot_released():
+                client.publish_dataset(actor_id.future, cloudpickle.dumps(meta),
+                                       name=_NAME_PREFIX + name)
+        except KeyError:
+            return self._lookup(name)
+        if not detached and not self._in_worker:
+            self._named[name] = actor_id.key
+        return None
+
+    def _unpublish(self, client: Any, name: str, key: str) -> None:
+        self._named.pop(name, None)
+        entry = client.get_dataset(_NAME_PREFIX + name, default=None)
+        if entry is not None and entry[0].key == key:
+            client.unpublish_dataset(_NAME_PREFIX + name)
+
+    def _unpublish_any(self, key: str) -> None:
+        """Free the name of a killed actor, whichever process published it."""
+        client = self._live()
+        with contextlib.suppress(Exception), self._slot_released():
+            for name in client.list_datasets():
+                if isinstance(name, str) and name.startswith(_NAME_PREFIX):
+                    entry = client.get_dataset(name, default=None)
+                    if entry is not None and entry[0].key == key:
+                        client.unpublish_dataset(name)
+
+    # -- cluster -----------------------------------------------------------------------------------
+    def _workers(self) -> dict[str, dict[str, Any]]:
+        with self._slot_released():
+            return self._live().scheduler_info(n_workers=-1)["workers"]
+
+    def _refresh_workers(self) -> None:
+        maxima: dict[str, float] = {}
+        declared: set[str] = set()
+        for info in self._workers().values():
+            for name, amount in (info.get("resources") or {}).items():
+                declared.add(name)
+                maxima[name] = max(maxima.get(name, 0.0), float(amount))
+        self._worker_max, self._declared = maxima, declared
+
+    @staticmethod
+    def _worker_resources(info: dict[str, Any]) -> dict[str, float]:
+        resources = {"CPU": float(info.get("nthreads", 1)), "GPU": 0.0}
+        resources.update({k: float(v) for k, v in (info.get("resources") or {}).items()})
+        return resources
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"NodeID": info.get("id") or address, "Alive": True,
+                 "NodeManagerAddress": info.get("host", address),
+                 "Resources": self._worker_resources(info)}
+                for address, info in self._workers().items()]
+
+    def cluster_resources(self) -> dict[str, float]:
+        totals: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
+        for info in self._workers().values():
+            for name, amount in self._worker_resources(info).items():
+                totals[name] = totals.get(name, 0.0) + amount
+        return totals
+
+    def available_resources(self) -> dict[str, float]:
+        usage = self._live().run_on_scheduler(_scheduler_usage)
+        free = self.cluster_resources()
+        free["CPU"] -= usage.pop("__busy_threads__", 0.0)
+        for name, amount in usage.items():
+            if name != "CPU":
+                free[name] = free.get(name, 0.0) - amount
+        for demand in self._actor_demand.values():  # actors hold theirs for life, as in Ray
+            for name, amount in demand.items():
+                free[name] = free.get(name, 0.0) - amount
+        return {k: max(v, 0.0) for k, v in free.items()}
+
+
+def _scheduler_usage(dask_scheduler: Any = None) -> dict[str, float]:
+    """On the scheduler: threads running tasks, and resources held by running tasks."""
+    usage: dict[str, float] = {"__busy_threads__": 0.0}
+    for ws in dask_scheduler.workers.values():
+        # Actor constructions in progress are not counted: the actor's own demand is.
+        running = sum(1 for ts in ws.processing if not ts.actor) - len(ws.long_running)
+        usage["__busy_threads__"] += float(max(0, min(ws.nthreads, running)))
+        for name, amount in ws.used_resources.items():
+            usage[name] = usage.get(name, 0.0) + float(amount)
+    return usage
+
+
+def _print_event(event: Any) -> None:
+    """Driver side of print forwarding: write a worker's prefixed lines to our stdout/stderr."""
+    _, msg = event
+    stream = sys.stderr if msg.get("stream") == "stderr" else sys.stdout
+    stream.write(msg.get("text", ""))
+    stream.flush()
+
+
+def _dask_wait(client: Any, futures: list[Any], timeout: float | None, return_when: str) -> None:
+    """``distributed.wait`` on our client (the public one uses the default client)."""
+    from distributed.client import _wait
+    client.sync(_wait, futures, timeout=timeout, return_when=return_when)
+
+
+def _now() -> float:
+    import time
+    return time.monotonic()

@@ -1,0 +1,544 @@
+"""The ``ray`` backend: unipar tasks and actors as Ray's own remote functions and actors.
+
+Mostly a pass-through. Handles are Ray ``ObjectRef`` s and actor ids are Ray ``ActorHandle`` s
+(both hashable, picklable and usable inside Ray workers). What this module adds is where Ray's
+behaviour differs from unipar's contract::
+
+    f.remote(ref, [ref2])  --api-->  TaskSpec  --submit-->  ray_fn.remote(ray_ref, [ObjectRef(ray_ref2)])
+                                       top-level unipar refs become Ray refs (Ray resolves them);
+                                       nested ones stay unipar refs wrapping Ray refs (Ray leaves
+                                       nested refs alone, which is unipar's rule too)
+    ray_fn = ray.remote(_task_body(f))  cached per function_id; the body installs a worker-side
+                                       RayBackend before user code, so unipar.get/.remote work
+                                       inside tasks (Ray releases the CPU while they block)
+    get/wait/future    Ray errors become unipar's: RayTaskError -> TaskError-and-original-type,
+                       ActorDiedError -> ActorDiedError, GetTimeoutError -> GetTimeoutError, ...
+
+Where it runs: with no address it starts a private local Ray instance bound to 127.0.0.1, with
+usage stats off, token authentication on (a per-process token kept in the environment, never
+written to ``~/.ray``) and its session files in a temporary directory removed at shutdown. With
+an address (``auto``, ``host:port``, ``ray://host:10001``) it joins that cluster.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Hashable, Iterator, Sequence
+
+import cloudpickle
+import psutil
+
+from .. import _state
+from ..exceptions import (ActorDiedError, GetTimeoutError, ObjectLostError, ObjectStoreFullError,
+                          TaskCancelledError, TaskError, UniparError, WorkerCrashedError)
+from ..options import ActorOptions, InitOptions, TaskOptions
+from ..refs import ObjectRef
+from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend
+
+__all__ = ["RayBackend", "backend_class"]
+
+log = logging.getLogger("unipar.ray")
+
+DEFAULT_OBJECT_STORE_BYTES = 2 * 1024**3   # the machine is shared; Ray's default is 30% of RAM
+DEFAULT_NAMESPACE = "unipar"               # one namespace, so named actors are cluster-wide
+_KV_NAMESPACE = "unipar"                   # Ray's internal KV: actor metadata by actor name
+_NAME_FREE_TIMEOUT_S = 30.0                # kill() waits this long for Ray to free a name
+
+# Ray reads these when it is imported (and hands them to the processes it starts); set only
+# where the user has not chosen otherwise.
+_IMPORT_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",        # every worker line reaches the driver, as on other backends
+}
+# Read on every forwarded line: no colour codes before the "(name pid=N)" prefix.
+_SESSION_ENV = {"RAY_COLOR_PREFIX": "0"}
+# Ray replaces 127.0.0.1 by the machine's routable address unless it thinks it runs on one
+# machine (the knob is named for macOS/Windows, where that is the default).
+_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# One token per driver process: Ray's C++ side caches the token it first read.
+_AUTH_TOKEN = secrets.token_hex(32)
+
+
+def _ray() -> Any:
+    import ray
+    return ray
+
+
+def _is_loopback(address: str | None) -> bool:
+    if address in (None, "local", "auto"):
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")   # Ray colours the "ray::f()" header of tracebacks
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """The unipar error ``get`` raises for a Ray error (other exceptions pass unchanged)."""
+    from ray import exceptions as rex
+    if isinstance(exc, UniparError) or not isinstance(exc, rex.RayError):
+        return exc
+    if isinstance(exc, rex.RayTaskError):
+        cause = exc.cause
+        if isinstance(cause, rex.RayError) and not isinstance(cause, rex.RayTaskError):
+            return _translate(cause)   # e.g. a task that called ray.get on a dead actor
+        if isinstance(cause, UniparError):
+            return cause               # unipar's own error from a nested get: the same error
+        if not isinstance(cause, BaseException):
+            cause = RuntimeError(str(exc))
+        # The dual RayTaskError(<cause type>) Ray raises keeps only its message: the remote
+        # traceback, headed by "ray::<function>() (pid=N, ip=...)".
+        text = _ANSI.sub("", str(exc))
+        return TaskError.from_cause(cause, text, text.split("\n", 1)[0].strip())
+    for ray_types, ours in (
+            ((rex.GetTimeoutError,), GetTimeoutError),
+            ((rex.TaskCancelledError,), TaskCancelledError),
+            ((rex.RayActorError,), ActorDiedError),
+            ((rex.WorkerCrashedError, rex.NodeDiedError, rex.OutOfMemoryError,
+              rex.LocalRayletDiedError), WorkerCrashedError),
+            ((rex.ObjectLostError,), ObjectLostError),
+            ((rex.ObjectStoreFullError, rex.OutOfDiskError), ObjectStoreFullError)):
+        if isinstance(exc, ray_types):
+            return ours(str(exc))
+    return UniparError(f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _ray_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from None
+
+
+# -- worker side --------------------------------------------------------------------------------
+
+def _ensure_worker_backend() -> None:
+    """Make the public API work inside a Ray worker (nested tasks, get/wait in tasks)."""
+    if _state.current() is None:
+        install_worker_backend(RayBackend.for_worker())
+
+
+def _task_body(function: Callable[..., Any]) -> Callable[..., Any]:
+    """What Ray runs for a unipar task: the user's function, after the worker setup."""
+    def body(*args: Any, **kwargs: Any) -> Any:
+        _ensure_worker_backend()
+        return function(*args, **kwargs)
+    # Ray names the task (and its print prefix) after these.
+    for attr in ("__name__", "__qualname__", "__doc__"):
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(body, attr, getattr(function, attr))
+    return body
+
+
+def _actor_class(cls: type) -> type:
+    """A subclass of the user's class whose constructor sets up the worker first.
+
+    A subclass keeps everything Ray looks at: the class name (the print prefix), the methods,
+    and which of them are ``async def`` (an async actor runs an event loop).
+    """
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        _ensure_worker_backend()
+        cls.__init__(self, *args, **kwargs)
+    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+
+
+# -- options ------------------------------------------------------------------------------------
+
+_TASK_DEFAULTS = TaskOptions()   # equal to Ray's defaults (num_cpus=1, max_retries=3, ...)
+
+
+def _task_options(opts: TaskOptions) -> dict[str, Any]:
+    """Ray options for the fields that differ from the defaults (both sides share them)."""
+    out: dict[str, Any] = {}
+    for key in ("num_returns", "num_cpus", "num_gpus", "max_retries", "name"):
+        value = getattr(opts, key)
+        if value != getattr(_TASK_DEFAULTS, key):
+            out[key] = value
+    if opts.resources:
+        out["resources"] = dict(opts.resources)
+    if opts.retry_exceptions is not False:
+        value = opts.retry_exceptions
+        out["retry_exceptions"] = value if isinstance(value, bool) else list(value)
+    return out
+
+
+def _actor_options(opts: ActorOptions) -> dict[str, Any]:
+    out: dict[str, Any] = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus,
+                           "max_restarts": opts.max_restarts,
+                           "max_task_retries": opts.max_task_retries}
+    if opts.resources:
+        out["resources"] = dict(opts.resources)
+    for key in ("max_concurrency", "name", "lifetime"):
+        if getattr(opts, key) is not None:
+            out[key] = getattr(opts, key)
+    if opts.get_if_exists:
+        out["get_if_exists"] = True
+    return out
+
+
+def _refs(result: Any) -> list[Any]:
+    """Ray returns None, one ref or a list of refs; the seam wants a list."""
+    if result is None:
+        return []
+    return list(result) if isinstance(result, list) else [result]
+
+
+def _share_pickle_by_value() -> None:
+    """Modules registered with cloudpickle.register_pickle_by_value (unipar's test plugin does
+    it for test modules) must be pickled by value by Ray's own copy of cloudpickle too."""
+    from ray import cloudpickle as ray_cloudpickle
+    wanted = cloudpickle.list_registry_pickle_by_value()
+    for name in wanted - ray_cloudpickle.list_registry_pickle_by_value():
+        module = sys.modules.get(name)
+        if module is not None:
+            ray_cloudpickle.register_pickle_by_value(module)
+
+
+def _args(args: tuple, kwargs: Any) -> tuple[tuple, dict]:
+    # Top-level unipar refs become Ray refs, which Ray resolves to values before the call.
+    return (tuple(a._handle if type(a) is ObjectRef else a for a in args),
+            {k: (v._handle if type(v) is ObjectRef else v) for k, v in kwargs.items()})
+
+
+# -- the local Ray instance ---------------------------------------------------------------------
+
+class _Environment:
+    """Environment variables set for the session and put back at shutdown."""
+
+    def __init__(self) -> None:
+        self._saved: dict[str, str | None] = {}
+
+    def set_default(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            if key not in os.environ:
+                self._saved.setdefault(key, None)
+                os.environ[key] = value
+
+    def restore(self) -> None:
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved.clear()
+
+
+def _make_temp_dir() -> str:
+    # Ray puts unix sockets under it; their paths must stay under ~107 bytes.
+    base = tempfile.gettempdir()
+    if len(base) > 40:
+        base = "/tmp"
+    return tempfile.mkdtemp(prefix="unipar-ray-", dir=base)
+
+
+def _processes_using(path: str) -> list[psutil.Process]:
+    """Processes whose command line names ``path`` (every Ray daemon of a session does)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.pid != os.getpid() and any(path in part for part in proc.info["cmdline"] or ()):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _reap(path: str, children: Sequence[psutil.Process], timeout: float = 10.0) -> None:
+    """Wait for the session's processes to exit; kill what is left after ``timeout``."""
+    procs = {p.pid: p for p in [*children, *_processes_using(path)]}
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            log.warning("killing Ray process %s left after shutdown", proc.pid)
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# -- the backend --------------------------------------------------------------------------------
+
+class RayBackend(Backend):
+    """unipar on Ray: a local private instance, or an existing cluster by address."""
+
+    name = "ray"
+
+    def __init__(self) -> None:
+        self._ray_mod: Any = None
+        self._worker = False              # True inside a Ray worker: owns nothing
+        self._env = _Environment()
+        self._temp_dir: str | None = None
+        self._functions: dict[str, Any] = {}                       # function_id -> ray fn
+        self._configured: dict[str, tuple[TaskOptions, Any]] = {}  # function_id -> (opts, fn)
+        self._classes: dict[str, Any] = {}                         # class_id -> ray class
+        self._named: dict[str, Any] = {}  # name -> handle: Ray kills a named actor whose
+        #                                   last handle goes, so the driver keeps one
+        self._looked_up: dict[str, Any] = {}  # name -> handle from get_actor (for kill)
+
+    @classmethod
+    def for_worker(cls) -> "RayBackend":
+        """A backend for code running inside a Ray worker (already connected)."""
+        backend = cls()
+        backend._ray_mod = _ray()
+        backend._worker = True
+        return backend
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, options: InitOptions) -> None:
+        address = options.address
+        loopback = _is_loopback(address)
+        if "ray" not in sys.modules:
+            self._env.set_default(_IMPORT_ENV)
+            if loopback:
+                self._env.set_default(_LOOPBACK_ENV)
+        self._env.set_default(_SESSION_ENV)
+        ray = self._ray_mod = _ray()
+        if ray.is_initialized():
+            raise RuntimeError("Ray is already initialised in this process (ray.init was called "
+                               "outside unipar); call ray.shutdown() first")
+        kwargs: dict[str, Any] = {"namespace": DEFAULT_NAMESPACE,
+                                  "log_to_driver": options.log_to_driver}
+        if address in (None, "local"):
+            kwargs.update(self._local_init_kwargs(options))
+        else:
+            kwargs["address"] = address
+            if loopback and not address.startswith("ray://"):
+                kwargs["_node_ip_address"] = "127.0.0.1"
+        kwargs.update(options.backend_options)
+        with _quiet("ray._private.authentication.authentication_token_setup"):
+            ray.init(**kwargs)
+
+    def _local_init_kwargs(self, options: InitOptions) -> dict[str, Any]:
+        if "RAY_AUTH_MODE" not in os.environ and not (
+                {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ)):
+            # Ray turns token auth on for a new local cluster and would save a token in
+            # ~/.ray; an environment token keeps it on without writing anything.
+            self._env.set_default({"RAY_AUTH_TOKEN": _AUTH_TOKEN})
+        self._temp_dir = _make_temp_dir()
+        kwargs: dict[str, Any] = {
+            "address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard": False,
+            "_temp_dir": self._temp_dir,
+            "object_store_memory": options.object_store_memory or DEFAULT_OBJECT_STORE_BYTES,
+        }
+        if options.num_cpus is not None:
+            kwargs["num_cpus"] = options.num_cpus
+        if options.num_gpus is not None:
+            kwargs["num_gpus"] = options.num_gpus
+        if options.resources:
+            kwargs["resources"] = dict(options.resources)
+        return kwargs
+
+    def shutdown(self) -> None:
+        if self._worker:
+            return
+        self._named.clear()
+        self._looked_up.clear()
+        self._functions.clear()
+        self._configured.clear()
+        self._classes.clear()
+        ray, self._ray_mod = self._ray_mod, None
+        children = psutil.Process().children(recursive=True) if self._temp_dir else []
+        try:
+            if ray is not None and ray.is_initialized():
+                ray.shutdown()
+        finally:
+            if self._temp_dir is not None:
+                _reap(self._temp_dir, children)
+                shutil.rmtree(self._temp_dir, ignore_errors=True)
+                self._temp_dir = None
+            self._env.restore()
+
+    def _live(self) -> Any:
+        if self._ray_mod is None:
+            raise UniparError("the ray backend is shut down")
+        return self._ray_mod
+
+    # -- objects -----------------------------------------------------------------------------
+    def put(self, value: Any) -> Hashable:
+        ray = self._live()
+        _share_pickle_by_value()
+        return ray.put(value)
+
+    def get(self, handles: Sequence[Hashable], timeout: float | None) -> list[Any]:
+        with _ray_errors():
+            return self._live().get(list(handles), timeout=timeout)
+
+    def wait(self, handles: Sequence[Hashable], num_returns: int, timeout: float | None,
+             fetch_local: bool) -> set[int]:
+        ray = self._live()
+        handles = list(handles)
+        ready, _ = ray.wait(handles, num_returns=num_returns, timeout=timeout,
+                            fetch_local=fetch_local)
+        if len(ready) < len(handles):
+            # Ray returns the first num_returns it saw done, not the first in input order;
+            # unipar picks from all that are done, so poll for the rest.
+            ready, _ = ray.wait(handles, num_returns=len(handles), timeout=0,
+                                fetch_local=fetch_local)
+        done = set(ready)
+        return {i for i, h in enumerate(handles) if h in done}
+
+    def cancel(self, handle: Hashable, force: bool, recursive: bool) -> None:
+        ray = self._live()
+        try:
+            ray.cancel(handle, force=force, recursive=recursive)
+        except ValueError:
+            if not force:
+                raise
+            # Ray refuses force=True for actor method calls: cancel them the gentle way.
+            ray.cancel(handle, force=False, recursive=recursive)
+
+    def future(self, handle: Hashable) -> concurrent.futures.Future:
+        ours: concurrent.futures.Future = concurrent.futures.Future()
+
+        def done(theirs: concurrent.futures.Future) -> None:
+            exc = theirs.exception()
+            if exc is None:
+                ours.set_result(theirs.result())
+            else:
+                ours.set_exception(_translate(exc))
+        handle.future().add_done_callback(done)  # type: ignore[attr-defined]
+        return ours
+
+    # -- tasks -------------------------------------------------------------------------------
+    def _remote_function(self, spec: TaskSpec) -> Any:
+        """The Ray remote function for ``spec``: wrapped once per function, configured once
+        per distinct options (Ray pickles and exports it once, on first use)."""
+        cached = self._configured.get(spec.function_id)
+        opts = spec.options
+        if cached is not None and (cached[0] is opts or cached[0] == opts):
+            return cached[1]
+        base = self._functions.get(spec.function_id)
+        if base is None:
+            _share_pickle_by_value()
+            base = self._functions[spec.function_id] = self._live().remote(
+                _task_body(spec.function))
+        ray_options = _task_options(opts)
+        fn = base.options(**ray_options) if ray_options else base
+        self._configured[spec.function_id] = (opts, fn)
+        return fn
+
+    def submit(self, spec: TaskSpec) -> list[Hashable]:
+        fn = self._remote_function(spec)
+        args, kwargs = _args(spec.args, spec.kwargs)
+        return _refs(fn.remote(*args, **kwargs))
+
+    # -- actors ------------------------------------------------------------------------------
+    def create_actor(self, spec: ActorSpec) -> Any:
+        ray = self._live()
+        cls = self._classes.get(spec.class_id)
+        if cls is None:
+            _share_pickle_by_value()
+            cls = self._classes[spec.class_id] = ray.remote(_actor_class(spec.cls))
+        args, kwargs = _args(spec.args, spec.kwargs)
+        name = spec.options.name
+        try:
+            handle = cls.options(**_actor_options(spec.options)).remote(*args, **kwargs)
+        except ValueError as exc:
+            if name is not None and "already" in str(exc):
+                raise ValueError(f"an actor named {name!r} already exists; use get_actor(name) "
+                                 "or .options(name=..., get_if_exists=True)") from None
+            raise
+        if name is not None:
+            self._named[name] = handle
+            from ray.experimental import internal_kv
+            internal_kv._internal_kv_put(name, cloudpickle.dumps(spec.meta), overwrite=True,
+                                         namespace=_KV_NAMESPACE)
+        return handle
+
+    def call_actor(self, actor_id: Any, call: ActorCall) -> list[Hashable]:
+        method = getattr(actor_id, call.method)
+        if call.num_returns != 1:
+            method = method.options(num_returns=call.num_returns)
+        args, kwargs = _args(call.args, call.kwargs)
+        return _refs(method.remote(*args, **kwargs))
+
+    def kill_actor(self, actor_id: Any, no_restart: bool) -> None:
+        ray = self._live()
+        ray.kill(actor_id, no_restart=no_restart)
+        names = {n for n, h in self._named.items() if h == actor_id}
+        names |= {n for n, h in self._looked_up.items() if h == actor_id}
+        for name in names:
+            self._named.pop(name, None)
+            self._looked_up.pop(name, None)
+        if no_restart:
+            for name in names:
+                self._wait_name_free(name, actor_id)
+
+    def _wait_name_free(self, name: str, actor_id: Any) -> None:
+        """Ray frees a name when the actor is dead, a moment after kill(): wait for it, so
+        that get_actor(name) fails and the name can be reused as soon as kill returns."""
+        ray = self._live()
+        deadline = time.monotonic() + _NAME_FREE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if ray.get_actor(name) != actor_id:
+                    return
+            except ValueError:
+                return
+            time.sleep(0.02)
+        log.warning("Ray still lists the killed actor %r after %.0f s", name, _NAME_FREE_TIMEOUT_S)
+
+    def get_actor(self, name: str) -> tuple[Any, ActorMeta]:
+        ray = self._live()
+        try:
+            handle = ray.get_actor(name)
+        except ValueError:
+            raise ValueError(f"no live actor is named {name!r}") from None
+        from ray.experimental import internal_kv
+        meta = internal_kv._internal_kv_get(name, namespace=_KV_NAMESPACE)
+        if meta is None:
+            raise ValueError(f"the actor named {name!r} was not started by unipar")
+        self._looked_up[name] = handle
+        return handle, cloudpickle.loads(meta)
+
+    # -- cluster -----------------------------------------------------------------------------
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"NodeID": n["NodeID"], "Alive": n["Alive"],
+                 "NodeManagerAddress": n["NodeManagerAddress"],
+                 "Resources": _public_resources(n.get("Resources", {}))}
+                for n in self._live().nodes()]
+
+    def cluster_resources(self) -> dict[str, float]:
+        return _public_resources(self._live().cluster_resources())
+
+    def available_resources(self) -> dict[str, float]:
+        return _public_resources(self._live().available_resources())
+
+
+def _public_resources(resources: dict[str, float]) -> dict[str, float]:
+    """CPU, GPU and custom resources; Ray's bookkeeping ones (memory, node:<ip>) left out."""
+    out = {"CPU": 0.0, "GPU": 0.0}
+    for key, value in resources.items():
+        if key in ("memory", "object_store_memory") or key.startswith(("node:", "accelerator_type:")):
+            continue
+        out[key] = float(value)
+    return out
+
+
+backend_class = RayBackend

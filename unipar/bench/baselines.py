@@ -1,0 +1,275 @@
+"""The workloads of :mod:`unipar.bench.workloads`, written directly against each engine.
+
+These are the "dask-plain", "spark-plain" and "ray-plain" pseudo-backends of ``unipar bench``:
+what a competent user of that engine would write without unipar, on a local cluster sized like
+unipar's (one worker slot per core). The ratio unipar-on-X / plain-X is the facade's overhead.
+
+Where an engine has no direct counterpart the method is missing and the cell reads "n/a":
+Spark has no actors, no object store to ``put`` into and no futures to ``wait`` on. Spark runs
+one job per task for the one-at-a-time workloads and one job over a partitioned collection for
+the batch ones, which is how Spark is meant to be used.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from .workloads import (Counter, Sizes, SortActor, bubble_sort, check_sorted, nbytes, noop,
+                        random_list, sort_new)
+
+__all__ = ["DaskPlain", "SparkPlain", "RayPlain", "PLAIN_SUITES"]
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 1
+
+
+class DaskPlain:
+    """``distributed.Client`` on a process-based ``LocalCluster``, one single-threaded worker
+    per core."""
+
+    def start(self) -> None:
+        from distributed import Client, LocalCluster
+        self.cluster = LocalCluster(n_workers=_cpus(), threads_per_worker=1, processes=True,
+                                    host="127.0.0.1", dashboard_address=None)
+        self.client = Client(self.cluster)
+
+    def first_result(self) -> None:
+        assert self.client.submit(noop, 1, pure=False).result(timeout=600) == 1
+
+    def shutdown(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+    def w_tutorial_serial(self, s: Sizes) -> None:
+        check_sorted([sort_new(s.sort_length, i) for i in range(s.sorts)], s.sorts, s.sort_length)
+
+    def w_tutorial_tasks(self, s: Sizes) -> None:
+        futures = [self.client.submit(sort_new, s.sort_length, i, pure=False)
+                   for i in range(s.sorts)]
+        check_sorted(self.client.gather(futures), s.sorts, s.sort_length)
+
+    def w_tutorial_dependent(self, s: Sizes) -> None:
+        lists = [self.client.submit(random_list, s.sort_length, i, pure=False)
+                 for i in range(s.sorts)]
+        sorts = [self.client.submit(bubble_sort, f, pure=False) for f in lists]
+        check_sorted(self.client.gather(sorts), s.sorts, s.sort_length)
+
+    def _actor(self, cls: type, *args: Any) -> Any:
+        return self.client.submit(cls, *args, actor=True, pure=False).result()
+
+    def w_tutorial_one_actor(self, s: Sizes) -> None:
+        actor = self._actor(SortActor, s.sort_length, 0)
+        check_sorted([actor.shuffle_sort().result() for _ in range(s.sorts)], s.sorts,
+                     s.sort_length)
+
+    def w_tutorial_actors(self, s: Sizes) -> None:
+        actors = [self._actor(SortActor, s.sort_length, i) for i in range(s.actors)]
+        futures = [a.shuffle_sort() for _ in range(s.sorts // s.actors) for a in actors]
+        check_sorted([f.result() for f in futures], len(futures), s.sort_length)
+
+    def w_tasks_sequential(self, s: Sizes) -> None:
+        for i in range(s.count(1000)):
+            assert self.client.submit(noop, i, pure=False).result() == i
+
+    def w_tasks_batch(self, s: Sizes) -> None:
+        n = s.count(10000)
+        futures = [self.client.submit(noop, i, pure=False) for i in range(n)]
+        assert self.client.gather(futures) == list(range(n))
+
+    def prepare_actor_sequential(self, s: Sizes) -> Any:
+        counter = self._actor(Counter)
+        assert counter.incr().result() == 1
+        return counter
+
+    def w_actor_sequential(self, s: Sizes, counter: Any) -> None:
+        for i in range(s.count(1000)):
+            assert counter.incr().result() == i + 2
+
+    prepare_actor_batch = prepare_actor_sequential
+
+    def w_actor_batch(self, s: Sizes, counter: Any) -> None:
+        n = s.count(10000)
+        futures = [counter.incr() for _ in range(n)]
+        assert [f.result() for f in futures][-1] == n + 1
+
+    def w_put_get_small(self, s: Sizes) -> None:
+        for i in range(s.count(1000)):
+            assert self.client.scatter(i).result() == i
+
+    def w_put_get_array(self, s: Sizes, array: Any) -> None:
+        assert self.client.scatter(array).result().nbytes == array.nbytes
+
+    def w_array_to_task(self, s: Sizes, array: Any) -> None:
+        assert self.client.submit(nbytes, array, pure=False).result() == array.nbytes
+
+    def prepare_wait_refs(self, s: Sizes) -> Any:
+        futures = [self.client.submit(noop, i, pure=False) for i in range(s.count(1000))]
+        self.client.gather(futures)
+        return futures
+
+    def w_wait_refs(self, s: Sizes, futures: Any) -> None:
+        from distributed import wait
+        for _ in range(10):
+            assert not wait(futures, timeout=600).not_done
+
+
+class RayPlain:
+    """``ray.init`` of a local cluster with one CPU per core, no dashboard."""
+
+    def start(self) -> None:
+        # As unipar's ray backend configures it: loopback only, no usage stats, 2 GiB store,
+        # a private temp dir (removed at shutdown).
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        import ray
+        self.ray = ray
+        self.temp_dir = tempfile.mkdtemp(prefix="unipar-bench-ray-")
+        ray.init(num_cpus=_cpus(), include_dashboard=False, _node_ip_address="127.0.0.1",
+                 object_store_memory=2 * 1024**3, _temp_dir=self.temp_dir)
+        self.r_noop = ray.remote(noop)
+        self.r_sort = ray.remote(bubble_sort)
+        self.r_sort_new = ray.remote(sort_new)
+        self.r_list = ray.remote(random_list)
+        self.r_nbytes = ray.remote(nbytes)
+        self.a_sort = ray.remote(SortActor)
+        self.a_counter = ray.remote(Counter)
+
+    def first_result(self) -> None:
+        assert self.ray.get(self.r_noop.remote(1), timeout=600) == 1
+
+    def shutdown(self) -> None:
+        self.ray.shutdown()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def w_tutorial_serial(self, s: Sizes) -> None:
+        check_sorted([sort_new(s.sort_length, i) for i in range(s.sorts)], s.sorts, s.sort_length)
+
+    def w_tutorial_tasks(self, s: Sizes) -> None:
+        refs = [self.r_sort_new.remote(s.sort_length, i) for i in range(s.sorts)]
+        check_sorted(self.ray.get(refs), s.sorts, s.sort_length)
+
+    def w_tutorial_dependent(self, s: Sizes) -> None:
+        lists = [self.r_list.remote(s.sort_length, i) for i in range(s.sorts)]
+        check_sorted(self.ray.get([self.r_sort.remote(r) for r in lists]), s.sorts, s.sort_length)
+
+    def w_tutorial_one_actor(self, s: Sizes) -> None:
+        actor = self.a_sort.remote(s.sort_length, 0)
+        check_sorted([self.ray.get(actor.shuffle_sort.remote()) for _ in range(s.sorts)],
+                     s.sorts, s.sort_length)
+        self.ray.kill(actor)
+
+    def w_tutorial_actors(self, s: Sizes) -> None:
+        actors = [self.a_sort.remote(s.sort_length, i) for i in range(s.actors)]
+        refs = [a.shuffle_sort.remote() for _ in range(s.sorts // s.actors) for a in actors]
+        check_sorted(self.ray.get(refs), len(refs), s.sort_length)
+        for actor in actors:
+            self.ray.kill(actor)
+
+    def w_tasks_sequential(self, s: Sizes) -> None:
+        for i in range(s.count(1000)):
+            assert self.ray.get(self.r_noop.remote(i)) == i
+
+    def w_tasks_batch(self, s: Sizes) -> None:
+        n = s.count(10000)
+        assert self.ray.get([self.r_noop.remote(i) for i in range(n)]) == list(range(n))
+
+    def prepare_actor_sequential(self, s: Sizes) -> Any:
+        counter = self.a_counter.remote()
+        assert self.ray.get(counter.incr.remote(), timeout=600) == 1
+        return counter
+
+    def w_actor_sequential(self, s: Sizes, counter: Any) -> None:
+        for i in range(s.count(1000)):
+            assert self.ray.get(counter.incr.remote()) == i + 2
+
+    def cleanup_actor_sequential(self, counter: Any) -> None:
+        self.ray.kill(counter)
+
+    prepare_actor_batch = prepare_actor_sequential
+    cleanup_actor_batch = cleanup_actor_sequential
+
+    def w_actor_batch(self, s: Sizes, counter: Any) -> None:
+        n = s.count(10000)
+        assert self.ray.get([counter.incr.remote() for _ in range(n)])[-1] == n + 1
+
+    def w_put_get_small(self, s: Sizes) -> None:
+        for i in range(s.count(1000)):
+            assert self.ray.get(self.ray.put(i)) == i
+
+    def w_put_get_array(self, s: Sizes, array: Any) -> None:
+        assert self.ray.get(self.ray.put(array)).nbytes == array.nbytes
+
+    def w_array_to_task(self, s: Sizes, array: Any) -> None:
+        assert self.ray.get(self.r_nbytes.remote(array)) == array.nbytes
+
+    def prepare_wait_refs(self, s: Sizes) -> Any:
+        refs = [self.r_noop.remote(i) for i in range(s.count(1000))]
+        self.ray.get(refs)
+        return refs
+
+    def w_wait_refs(self, s: Sizes, refs: Any) -> None:
+        for _ in range(10):
+            ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=600)
+            assert len(ready) == len(refs)
+
+
+class SparkPlain:
+    """A ``local[N]`` SparkSession (N = cores), UI off. No actors, ``put`` or ``wait``."""
+
+    def start(self) -> None:
+        from pyspark.sql import SparkSession
+        self.spark = (SparkSession.builder.master(f"local[{_cpus()}]")
+                      .appName("unipar-bench-plain").config("spark.ui.enabled", "false")
+                      .config("spark.driver.host", "127.0.0.1")
+                      .config("spark.driver.bindAddress", "127.0.0.1")
+                      .config("spark.driver.memory", "2g").getOrCreate())
+        self.sc = self.spark.sparkContext
+        self.sc.setLogLevel("ERROR")
+
+    def _one(self, fn: Any, value: Any) -> Any:
+        return self.sc.parallelize([value], 1).map(fn).collect()[0]
+
+    def first_result(self) -> None:
+        assert self._one(noop, 1) == 1
+
+    def shutdown(self) -> None:
+        self.spark.stop()
+
+    def w_tutorial_serial(self, s: Sizes) -> None:
+        check_sorted([sort_new(s.sort_length, i) for i in range(s.sorts)], s.sorts, s.sort_length)
+
+    def w_tutorial_tasks(self, s: Sizes) -> None:
+        rdd = self.sc.parallelize(range(s.sorts), s.sorts)
+        check_sorted(rdd.map(functools.partial(sort_new, s.sort_length)).collect(), s.sorts,
+                     s.sort_length)
+
+    def w_tutorial_dependent(self, s: Sizes) -> None:
+        rdd = self.sc.parallelize(range(s.sorts), s.sorts)
+        lists = rdd.map(lambda seed, n=s.sort_length: random_list(n, seed))
+        check_sorted(lists.map(bubble_sort).collect(), s.sorts, s.sort_length)
+
+    def w_tasks_sequential(self, s: Sizes) -> None:
+        for i in range(s.count(1000)):
+            assert self._one(noop, i) == i
+
+    def w_tasks_batch(self, s: Sizes) -> None:
+        n = s.count(10000)
+        assert self.sc.parallelize(range(n)).map(noop).collect() == list(range(n))
+
+    def w_array_to_task(self, s: Sizes, array: Any) -> None:
+        shared = self.sc.broadcast(array)
+        assert self._one(lambda _: shared.value.nbytes, 0) == array.nbytes
+        shared.destroy()
+
+
+PLAIN_SUITES: dict[str, tuple[type, str]] = {
+    # name -> (suite, the module that must import for it to run)
+    "dask-plain": (DaskPlain, "distributed"),
+    "ray-plain": (RayPlain, "ray"),
+    "spark-plain": (SparkPlain, "pyspark"),
+}

@@ -1,0 +1,172 @@
+"""Start and stop a one-machine cluster: a head and one node daemon, both children of the driver.
+
+::
+
+    driver ──Popen(stdin=pipe)──▶ head  (python -m unipar.native.head)
+           ──Popen(stdin=pipe)──▶ node  (python -m unipar.native.node) ──▶ workers
+
+The per-cluster secret goes to each daemon on its stdin, never in argv or the environment.
+Each daemon watches its stdin: when the driver exits — even by SIGKILL — the pipe closes, the
+daemon kills its workers, removes its shared-memory and spill directories and exits. Daemons run
+in their own session, so a Ctrl-C in the driver's terminal does not reach them or the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import psutil
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+SHM_ROOT = "/dev/shm"
+
+
+def detect_gpus() -> int:
+    """GPUs visible to this process: CUDA_VISIBLE_DEVICES if set, else the NVIDIA driver's list."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip()])
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
+def default_store_limit() -> int:
+    """30 % of RAM, and never more than 90 % of what shared memory has free."""
+    limit = int(psutil.virtual_memory().total * 0.3)
+    try:
+        limit = min(limit, int(shutil.disk_usage(SHM_ROOT).free * 0.9))
+    except OSError:
+        pass
+    return max(limit, 64 * 1024 * 1024)
+
+
+@dataclass
+class ClusterConfig:
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    object_store_memory: int | None = None
+    spill_limit: int | None = None
+    worker_setup: str = ""
+    host: str = "127.0.0.1"
+    stuck_warning_after: float = 5.0     # warn when a task waits this long for held resources
+    worker_idle_timeout: float = 10.0    # idle workers beyond one per CPU exit after this
+
+
+class LocalCluster:
+    """A head and a node daemon on this machine, owned by this process."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.session = uuid.uuid4().hex[:12]
+        self.secret = os.urandom(32)
+        root = SHM_ROOT if os.path.isdir(SHM_ROOT) else tempfile.gettempdir()
+        self.session_dir = os.path.join(root, f"unipar-{self.session}")
+        self.spill_dir = os.path.join(tempfile.gettempdir(), f"unipar-spill-{self.session}")
+        self.procs: list[subprocess.Popen] = []
+        self.head_address = ""
+        self.node_address = ""
+        self.node_unix_address = ""
+        self.resources: dict[str, float] = {}
+
+    def start(self) -> None:
+        cfg = self.config
+        cpus = cfg.num_cpus if cfg.num_cpus is not None else (os.cpu_count() or 1)
+        gpus = cfg.num_gpus if cfg.num_gpus is not None else detect_gpus()
+        self.resources = {"CPU": float(cpus), "GPU": float(gpus)}
+        self.resources.update({k: float(v) for k, v in cfg.resources.items()})
+        os.makedirs(self.session_dir, mode=0o700)
+        head_line = self._launch("unipar.native.head", {"host": cfg.host})
+        self.head_address = head_line.split()[1]
+        node_line = self._launch("unipar.native.node", {
+            "node_id": uuid.uuid4().hex, "session_dir": self.session_dir,
+            "spill_dir": self.spill_dir, "resources": self.resources,
+            "store_limit": cfg.object_store_memory or default_store_limit(),
+            "spill_limit": cfg.spill_limit, "head_address": self.head_address,
+            "worker_setup": cfg.worker_setup, "prestart": int(cpus), "host": cfg.host,
+            "stuck_warning_after": cfg.stuck_warning_after,
+            "worker_idle_timeout": cfg.worker_idle_timeout})
+        _, self.node_address, self.node_unix_address = node_line.split()
+
+    def _launch(self, module: str, settings: dict) -> str:
+        read_fd, write_fd = os.pipe()
+        settings = dict(settings, ready_fd=write_fd)
+        env = dict(os.environ)
+        env["UNIPAR_DRIVER_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, "--config", json.dumps(settings)],
+                stdin=subprocess.PIPE, pass_fds=(write_fd,), env=env, start_new_session=True)
+        finally:
+            os.close(write_fd)
+        self.procs.append(proc)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(self.secret.hex().encode() + b"\n")
+            proc.stdin.flush()
+            return self._read_ready(read_fd, proc, module)
+        finally:
+            os.close(read_fd)
+
+    @staticmethod
+    def _read_ready(fd: int, proc: subprocess.Popen, module: str) -> str:
+        deadline = time.monotonic() + START_TIMEOUT
+        data = b""
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"{module} did not start within {START_TIMEOUT:g} s")
+            readable, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if readable:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise RuntimeError(f"{module} exited during start-up (code {proc.poll()}); "
+                                       "its error is printed above")
+                data += chunk
+            elif proc.poll() is not None:
+                raise RuntimeError(f"{module} exited during start-up (code {proc.returncode})")
+        return data.decode().strip()
+
+    def stop(self) -> None:
+        """Stop the daemons (they stop their workers) and remove every file. Idempotent."""
+        for proc in reversed(self.procs):   # node first: it owns the workers
+            if proc.stdin is not None and not proc.stdin.closed:
+                try:
+                    proc.stdin.close()      # EOF: the daemon shuts down
+                except OSError:
+                    pass
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill_tree(proc.pid)
+                proc.wait(timeout=STOP_TIMEOUT)
+        self.procs.clear()
+        shutil.rmtree(self.session_dir, ignore_errors=True)
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        parent = psutil.Process(pid)
+        victims = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass

@@ -1,0 +1,120 @@
+"""The head: cluster membership, resources per node and the directory of named actors.
+
+It is not on the per-task path. Nodes register when they start (and count as dead when their
+connection drops); drivers and workers ask it for the node list and for named actors::
+
+    node    ── register_node ──▶ head          driver ── register_name / lookup_name ──▶ head
+    node    ── unregister_name (actor died) ─▶ head   driver ── list_nodes ──▶ head
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from . import protocol as P
+from .node import _report_ready
+from .server import ServerConnection, serve
+
+
+class Head:
+    """Membership and names; handlers are plain methods called by the transport."""
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.names: dict[str, tuple[bytes, bytes]] = {}   # name -> (actor id, pickled meta)
+        self.stopping = asyncio.Event()
+        self.handlers = {
+            P.RegisterNode.op: self.on_register_node,
+            P.ListNodes.op: self.on_list_nodes,
+            P.RegisterName.op: self.on_register_name,
+            P.LookupName.op: self.on_lookup_name,
+            P.UnregisterName.op: self.on_unregister_name,
+            P.Shutdown.op: self.on_shutdown,
+        }
+
+    def on_disconnect(self, conn: ServerConnection) -> None:
+        node_id = conn.info.get("node_id")
+        if node_id in self.nodes:
+            self.nodes[node_id]["Alive"] = False
+
+    def on_register_node(self, conn: ServerConnection, msg: P.RegisterNode) -> None:
+        conn.info["node_id"] = msg.node_id
+        host = msg.address.rpartition("://")[2].rpartition(":")[0]
+        self.nodes[msg.node_id] = {"NodeID": msg.node_id, "Alive": True,
+                                   "NodeManagerAddress": host, "Address": msg.address,
+                                   "Resources": dict(msg.resources)}
+        if msg.req_id:
+            conn.send(P.Reply(msg.req_id, True))
+
+    def on_list_nodes(self, conn: ServerConnection, msg: P.ListNodes) -> None:
+        conn.send(P.Reply(msg.req_id, list(self.nodes.values())))
+
+    def on_register_name(self, conn: ServerConnection, msg: P.RegisterName) -> None:
+        existing = self.names.get(msg.name)
+        if existing is None:
+            self.names[msg.name] = (msg.actor_id, bytes(msg.meta))
+            conn.send(P.Reply(msg.req_id, [msg.actor_id, None, True]))
+        elif msg.get_if_exists:
+            conn.send(P.Reply(msg.req_id, [existing[0], None, False]))
+        else:
+            conn.send(P.Reply(msg.req_id, None,
+                              f"an actor named {msg.name!r} already exists; use "
+                              "unipar.get_actor(name) or .options(name=..., get_if_exists=True)",
+                              "value"))
+
+    def on_lookup_name(self, conn: ServerConnection, msg: P.LookupName) -> None:
+        found = self.names.get(msg.name)
+        conn.send(P.Reply(msg.req_id, list(found) if found else None))
+
+    def on_unregister_name(self, conn: ServerConnection, msg: P.UnregisterName) -> None:
+        found = self.names.get(msg.name)
+        if found is not None and found[0] == msg.actor_id:
+            del self.names[msg.name]
+        if msg.req_id:
+            conn.send(P.Reply(msg.req_id, True))
+
+    def on_shutdown(self, conn: ServerConnection, msg: P.Shutdown) -> None:
+        self.stopping.set()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m unipar.native.head")
+    parser.add_argument("--config", required=True)
+    cfg = json.loads(parser.parse_args(argv).config)
+    secret = bytes.fromhex(sys.stdin.buffer.readline().strip().decode())
+    logging.basicConfig(level=logging.WARNING, format="(unipar head) %(levelname)s %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        head = Head(secret)
+        loop.add_signal_handler(signal.SIGTERM, head.stopping.set)
+        servers = await serve(head, secret, cfg.get("host", "127.0.0.1"), cfg.get("port", 0))
+        port = servers[0].sockets[0].getsockname()[1]
+        _report_ready(cfg, f"READY tcp://{cfg.get('host', '127.0.0.1')}:{port}\n")
+
+        def watch() -> None:   # stdin closes when the process that started us is gone
+            try:
+                while sys.stdin.buffer.read(1 << 16):
+                    pass
+            except OSError:
+                pass
+            loop.call_soon_threadsafe(head.stopping.set)
+        threading.Thread(target=watch, daemon=True).start()
+        await head.stopping.wait()
+        for server in servers:
+            server.close()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,885 @@
+"""The node daemon: worker pool, local scheduling, object directory and store of one machine.
+
+One asyncio loop; every handler is synchronous and short. Decisions about *where and when* a
+task runs are the :class:`~.scheduler.Scheduler`'s; this module is the I/O shell around it::
+
+    submit_task ─▶ Task(waiting on deps) ──deps ready──▶ scheduler.add_task
+                                                              │ schedule()
+    run_task ◀── Dispatch(task, idle worker) ◀────────────────┘
+    task_done ─▶ store results ─▶ object_ready to subscribers ─▶ dependents become ready
+
+    create_actor ─▶ scheduler.add_actor ─▶ PlaceActor ─▶ new process ─▶ init_actor ─▶ alive
+    call_actor   ─▶ the actor's FIFO ─▶ run_actor_task (in order, once its deps are ready)
+
+Objects live here as metadata plus small inline payloads; large ones are files in the store
+(:mod:`.object_store`). An object is freed when no process holds a ref to it (``holders``) and
+nothing pins it (pending tasks using it, objects containing it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ..exceptions import (ActorDiedError, ObjectLostError, TaskCancelledError,
+                          WorkerCrashedError)
+from . import protocol as P
+from . import serialization as S
+from .object_store import ObjectStore, StoreFullError
+from .scheduler import Dispatch, PlaceActor, RetireWorker, Scheduler, StartWorkers
+from .server import ServerConnection, serve
+from .transport import Connection
+
+log = logging.getLogger("unipar.native.node")
+
+TICK = 0.25
+INLINE_MAX = 100 * 1024
+
+
+def _error_payload(exc: BaseException) -> bytes:
+    data, buffers, _ = S.dumps(exc)
+    return S.pack(data, buffers)
+
+
+class Obj:
+    __slots__ = ("kind", "payload", "path", "size", "holders", "pins", "subscribers",
+                 "contained", "task_id")
+
+    def __init__(self, task_id: bytes | None = None) -> None:
+        self.kind: str | None = None
+        self.payload: Any = None
+        self.path = ""
+        self.size = 0
+        self.holders: set[int] = set()
+        self.pins = 0
+        self.subscribers: list[ServerConnection] = []
+        self.contained: list[bytes] = []
+        self.task_id = task_id
+
+
+class Task:
+    __slots__ = ("task_id", "fn_key", "name", "args", "deps", "contained", "return_ids",
+                 "resources", "retries_left", "state", "worker", "missing", "actor_id",
+                 "method", "cancelled")
+
+    def __init__(self, task_id: bytes, name: str, args: Any, deps: list, contained: list,
+                 return_ids: list, resources: dict, retries: int) -> None:
+        self.task_id = task_id
+        self.fn_key = ""
+        self.name = name
+        self.args = args
+        self.deps = deps
+        self.contained = contained
+        self.return_ids = return_ids
+        self.resources = resources
+        self.retries_left = retries
+        self.state = "waiting"          # waiting | queued | running | done
+        self.worker: str | None = None
+        self.missing = 0
+        self.actor_id: bytes | None = None
+        self.method = ""
+        self.cancelled = False
+
+
+class WorkerProc:
+    __slots__ = ("wid", "proc", "conn", "role", "actor_id", "fns", "started")
+
+    def __init__(self, wid: str, proc: subprocess.Popen, role: str, actor_id: bytes | None) -> None:
+        self.wid = wid
+        self.proc = proc
+        self.conn: ServerConnection | None = None
+        self.role = role
+        self.actor_id = actor_id
+        self.fns: set[str] = set()
+        self.started = time.monotonic()
+
+
+class Actor:
+    __slots__ = ("msg", "state", "worker", "queue", "inflight", "restarts", "death",
+                 "init_task", "gpu_ids", "retries")
+
+    def __init__(self, msg: P.CreateActor) -> None:
+        self.msg = msg
+        self.state = "waiting"   # waiting (deps) | pending (resources) | starting | alive | dead
+        self.worker: str | None = None
+        self.queue: deque[Task] = deque()
+        self.inflight: dict[bytes, Task] = {}
+        self.restarts = 0
+        self.death: bytes | None = None
+        self.init_task: Task | None = None
+        self.gpu_ids: tuple[int, ...] = ()
+        self.retries: dict[bytes, int] = {}
+
+
+class Node:
+    """All state of one node daemon; handlers are plain methods called by the transport."""
+
+    def __init__(self, *, node_id: str, session_dir: str, spill_dir: str, secret: bytes,
+                 resources: dict, store_limit: int, spill_limit: int | None, head_address: str,
+                 worker_setup: str, prestart: int, host: str = "127.0.0.1",
+                 stuck_warning_after: float = 5.0, worker_idle_timeout: float = 10.0) -> None:
+        self.node_id = node_id
+        self.session_dir = session_dir
+        self.secret = secret
+        self.host = host
+        self.head_address = head_address
+        self.worker_setup = worker_setup
+        self.prestart = prestart
+        self.spill_dir = spill_dir
+        self.store = ObjectStore(os.path.join(session_dir, "objects"), spill_dir, store_limit,
+                                 spill_limit)
+        os.makedirs(self.store.shm_dir, exist_ok=True)
+        self.sched = Scheduler(resources, idle_timeout=worker_idle_timeout)
+        self.stuck_warning_after = stuck_warning_after
+        self.objects: dict[bytes, Obj] = {}
+        self.tasks: dict[bytes, Task] = {}
+        self.waiters: dict[bytes, list[Task]] = {}
+        self.workers: dict[str, WorkerProc] = {}
+        self.exited: list[WorkerProc] = []
+        self.actors: dict[bytes, Actor] = {}
+        self.functions: dict[str, bytes] = {}
+        self.clients: dict[int, ServerConnection] = {}
+        self.drivers: list[ServerConnection] = []
+        self.next_client = 1
+        self.next_worker = 1
+        self.schedule_pending = False
+        self.head: Connection | None = None
+        self.address = ""
+        self.unix_address = ""
+        self.stopping = asyncio.Event()
+        self.handlers = {
+            P.Hello.op: self.on_hello,
+            P.RegisterFunction.op: self.on_register_function,
+            P.SubmitTask.op: self.on_submit_task,
+            P.TaskDone.op: self.on_task_done,
+            P.PutObject.op: self.on_put_object,
+            P.Alloc.op: self.on_alloc,
+            P.Subscribe.op: self.on_subscribe,
+            P.RefUpdates.op: self.on_ref_updates,
+            P.Blocked.op: self.on_blocked,
+            P.Unblocked.op: self.on_unblocked,
+            P.Cancel.op: self.on_cancel,
+            P.CreateActor.op: self.on_create_actor,
+            P.ActorReady.op: self.on_actor_ready,
+            P.CallActor.op: self.on_call_actor,
+            P.KillActor.op: self.on_kill_actor,
+            P.NodeInfo.op: self.on_node_info,
+            P.Log.op: self.on_log,
+            P.Shutdown.op: self.on_shutdown,
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        unix_path = os.path.join(self.session_dir, "node.sock")
+        servers = await serve(self, self.secret, self.host, 0, unix_path)
+        port = servers[0].sockets[0].getsockname()[1]
+        self.servers = servers
+        self.address = f"tcp://{self.host}:{port}"
+        self.unix_address = f"unix://{unix_path}"
+        if self.head_address:
+            self.head = Connection(self.head_address, self.secret)
+            threading.Thread(target=self.head.serve_forever, args=(lambda m: None,),
+                             daemon=True, name="unipar-node-head").start()
+            self.head.send(P.RegisterNode(0, self.node_id, self.address, self.sched.total))
+        self._start_workers(self.prestart)
+        asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def stop(self) -> None:
+        """Kill every worker and remove this node's files. Idempotent."""
+        for w in list(self.workers.values()) + self.exited:
+            try:
+                w.proc.kill()
+            except OSError:
+                pass
+        for w in list(self.workers.values()) + self.exited:
+            try:
+                w.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.workers.clear()
+        self.exited.clear()
+        shutil.rmtree(self.session_dir, ignore_errors=True)
+        shutil.rmtree(self.spill_dir, ignore_errors=True)
+        self.stopping.set()
+
+    def on_disconnect(self, conn: ServerConnection) -> None:
+        cid = conn.info.get("client_id")
+        if cid is None:
+            return
+        self.clients.pop(cid, None)
+        if conn in self.drivers:
+            self.drivers.remove(conn)
+        for oid in conn.info.get("held", ()):
+            obj = self.objects.get(oid)
+            if obj is not None:
+                obj.holders.discard(cid)
+                self._maybe_free(oid, obj)
+        wid = conn.info.get("worker_id")
+        if wid and wid in self.workers:
+            self._worker_died(self.workers[wid])
+
+    def _tick(self) -> None:
+        if self.stopping.is_set():
+            return
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            if w.conn is None and w.proc.poll() is not None:
+                log.warning("worker %s exited before connecting (code %s)", w.wid, w.proc.returncode)
+                self._worker_died(w)
+        self.exited = [w for w in self.exited if w.proc.poll() is None]
+        for label, demand, free in self.sched.stuck(now, self.stuck_warning_after):
+            self._warn(f"{label} has waited {self.stuck_warning_after:g} s for resources {demand}; "
+                       f"only {free} are free because running tasks and live actors hold the "
+                       "rest. It starts when they release them.")
+        self._schedule_now()
+        asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def _warn(self, text: str) -> None:
+        for conn in self.drivers:
+            conn.send(P.Log("stderr", f"(unipar node={self.node_id[:8]}) warning: {text}\n"))
+
+    # -- connections ---------------------------------------------------------------------------
+    def on_hello(self, conn: ServerConnection, msg: P.Hello) -> None:
+        cid = self.next_client
+        self.next_client += 1
+        conn.info.update(client_id=cid, role=msg.role, held=set(), pid=msg.pid)
+        self.clients[cid] = conn
+        conn.send(P.HelloOk(cid, self.node_id, self.session_dir, INLINE_MAX, self.head_address))
+        if msg.role == "driver":
+            self.drivers.append(conn)
+            return
+        w = self.workers.get(msg.worker_id)
+        if w is None:
+            conn.abort(f"unknown worker id {msg.worker_id!r}")
+            return
+        conn.info["worker_id"] = w.wid
+        w.conn = conn
+        if w.role == "task":
+            self.sched.worker_registered(w.wid, time.monotonic())
+            self._schedule()
+        else:
+            self._init_actor(w)
+
+    def on_register_function(self, conn: ServerConnection, msg: P.RegisterFunction) -> None:
+        if msg.key not in self.functions:
+            self.functions[msg.key] = bytes(msg.blob)
+
+    def on_log(self, conn: ServerConnection, msg: P.Log) -> None:
+        for driver in self.drivers:
+            driver.send(msg)
+
+    def on_node_info(self, conn: ServerConnection, msg: P.NodeInfo) -> None:
+        conn.send(P.Reply(msg.req_id, {"total": dict(self.sched.total),
+                                       "available": self.sched.available(),
+                                       "store": self.store.usage(),
+                                       "workers": len(self.workers)}))
+
+    def on_shutdown(self, conn: ServerConnection, msg: P.Shutdown) -> None:
+        self.stop()
+
+    # -- objects -------------------------------------------------------------------------------
+    def _hold(self, conn: ServerConnection, oid: bytes, obj: Obj) -> None:
+        cid = conn.info["client_id"]
+        obj.holders.add(cid)
+        conn.info["held"].add(oid)
+
+    def _new_result(self, conn: ServerConnection, oid: bytes, task_id: bytes) -> None:
+        obj = Obj(task_id)
+        self._hold(conn, oid, obj)
+        obj.subscribers.append(conn)   # results are pushed to whoever submitted the task
+        self.objects[oid] = obj
+
+    def on_put_object(self, conn: ServerConnection, msg: P.PutObject) -> None:
+        obj = Obj()
+        self.objects[msg.oid] = obj
+        self._hold(conn, msg.oid, obj)
+        self._resolve(msg.oid, msg.kind, msg.payload, msg.path, msg.size, msg.contained)
+
+    def on_alloc(self, conn: ServerConnection, msg: P.Alloc) -> None:
+        try:
+            path = self.store.alloc(msg.oid, msg.size)
+        except StoreFullError as exc:
+            conn.send(P.Reply(msg.req_id, None, str(exc), "store_full"))
+            return
+        conn.send(P.Reply(msg.req_id, path))
+
+    def _resolve(self, oid: bytes, kind: str, payload: Any, path: str, size: int,
+                 contained: list) -> None:
+        """An object's value exists now: record it, tell subscribers, wake dependents."""
+        obj = self.objects.get(oid)
+        if obj is None or obj.kind is not None:
+            if kind == "shm" and (obj is None or obj.path != path):
+                self.store.free(oid)       # nobody wants it any more
+            return
+        obj.kind, obj.size = kind, size
+        if kind == "shm":
+            obj.path = self.store.seal(oid, size) or path
+        else:
+            obj.payload = payload
+        obj.contained = list(contained)
+        for inner in obj.contained:
+            self._pin(inner)
+        subscribers, obj.subscribers = obj.subscribers, []
+        for conn in subscribers:
+            self._send_ready(conn, oid, obj)
+        for task in self.waiters.pop(oid, ()):
+            task.missing -= 1
+            if task.missing == 0:
+                self._deps_ready(task)
+
+    def _send_ready(self, conn: ServerConnection, oid: bytes, obj: Obj) -> None:
+        if obj.kind == "shm":
+            conn.send(P.ObjectReady(oid, "shm", None, self.store.path(oid) or obj.path, obj.size))
+        else:
+            conn.send(P.ObjectReady(oid, obj.kind, P.blob(obj.payload), "", obj.size))  # type: ignore[arg-type]
+
+    def on_subscribe(self, conn: ServerConnection, msg: P.Subscribe) -> None:
+        for oid in msg.oids:
+            obj = self.objects.get(oid)
+            if obj is None:
+                conn.send(P.ObjectReady(oid, "error", _error_payload(ObjectLostError(
+                    f"object {oid.hex()} no longer exists (every ref to it was dropped, or "
+                    "its node was lost)")), "", 0))
+            elif obj.kind is not None:
+                self._send_ready(conn, oid, obj)
+            elif conn not in obj.subscribers:
+                obj.subscribers.append(conn)
+
+    def on_ref_updates(self, conn: ServerConnection, msg: P.RefUpdates) -> None:
+        cid = conn.info["client_id"]
+        held = conn.info["held"]
+        for oid in msg.adds:
+            obj = self.objects.get(oid)
+            if obj is not None:
+                obj.holders.add(cid)
+                held.add(oid)
+        for oid in msg.releases:
+            held.discard(oid)
+            obj = self.objects.get(oid)
+            if obj is not None:
+                obj.holders.discard(cid)
+                self._maybe_free(oid, obj)
+
+    def _pin(self, oid: bytes) -> None:
+        obj = self.objects.get(oid)
+        if obj is not None:
+            obj.pins += 1
+
+    def _unpin(self, oid: bytes) -> None:
+        obj = self.objects.get(oid)
+        if obj is not None:
+            obj.pins -= 1
+            self._maybe_free(oid, obj)
+
+    def _maybe_free(self, oid: bytes, obj: Obj) -> None:
+        if obj.holders or obj.pins > 0:
+            return
+        del self.objects[oid]
+        if obj.kind == "shm":
+            self.store.free(oid)
+        for inner in obj.contained:
+            self._unpin(inner)
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def _make_task(self, conn: ServerConnection, task_id: bytes, name: str, args: Any,
+                   deps: list, contained: list, return_ids: list, resources: dict,
+                   retries: int) -> Task:
+        task = Task(task_id, name, args, deps, contained, return_ids, resources, retries)
+        for oid in return_ids:
+            self._new_result(conn, oid, task_id)
+        for oid in contained:
+            self._pin(oid)
+        for oid in deps:
+            self._pin(oid)
+        self.tasks[task_id] = task
+        return task
+
+    def _watch_deps(self, task: Task) -> None:
+        """Count the task's pending dependencies; calls ``_deps_ready`` when there are none."""
+        missing = 0
+        for oid in task.deps:
+            obj = self.objects.get(oid)
+            if obj is not None and obj.kind is None:
+                self.waiters.setdefault(oid, []).append(task)
+                missing += 1
+        task.missing = missing
+        if missing == 0:
+            self._deps_ready(task)
+
+    def _failed_dep(self, task: Task) -> Any:
+        """The error payload of the first failed or lost dependency, else None."""
+        for oid in task.deps:
+            obj = self.objects.get(oid)
+            if obj is None:
+                return _error_payload(ObjectLostError(
+                    f"an argument of {task.name} ({oid.hex()}) no longer exists"))
+            if obj.kind == "error":
+                return obj.payload
+        return None
+
+    def on_submit_task(self, conn: ServerConnection, msg: P.SubmitTask) -> None:
+        task = self._make_task(conn, msg.task_id, msg.name, msg.args, msg.deps, msg.contained,
+                               msg.return_ids, msg.resources, msg.max_retries)
+        task.fn_key = msg.fn_key
+        self._watch_deps(task)
+
+    def _deps_ready(self, task: Task) -> None:
+        if task.cancelled:
+            return
+        if task.actor_id is not None:
+            actor = self.actors.get(task.actor_id)
+            if actor is not None:
+                if task is actor.init_task:
+                    self._actor_deps_ready(actor)
+                else:
+                    self._pump(actor)
+            return
+        error = self._failed_dep(task)
+        if error is not None:
+            self._fail_task(task, error)
+            return
+        task.state = "queued"
+        self.sched.add_task(task.task_id, task.resources, time.monotonic(), f"task {task.name}")
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self.schedule_pending:
+            self.schedule_pending = True
+            asyncio.get_running_loop().call_soon(self._schedule_now)
+
+    def _schedule_now(self) -> None:
+        self.schedule_pending = False
+        if self.stopping.is_set():
+            return
+        for action in self.sched.schedule(time.monotonic()):
+            if isinstance(action, Dispatch):
+                self._dispatch(action)
+            elif isinstance(action, StartWorkers):
+                self._start_workers(action.count)
+            elif isinstance(action, PlaceActor):
+                self._place_actor(action)
+            elif isinstance(action, RetireWorker):
+                self._retire(action.worker_id)
+
+    def _dep_values(self, task: Task) -> list:
+        values = []
+        for oid in task.deps:
+            obj = self.objects[oid]
+            if obj.kind == "shm":
+                values.append([oid, "shm", None, self.store.path(oid) or obj.path])
+            else:
+                values.append([oid, obj.kind, P.blob(obj.payload), ""])
+        return values
+
+    def _dispatch(self, action: Dispatch) -> None:
+        task = self.tasks.get(action.task_id)   # type: ignore[arg-type]
+        w = self.workers.get(action.worker_id)
+        if task is None or w is None or w.conn is None:
+            self.sched.task_finished(action.worker_id, time.monotonic())
+            if task is not None:
+                self.sched.add_task(task.task_id, task.resources, time.monotonic(), front=True)
+            self._schedule()
+            return
+        fn_blob = None
+        if task.fn_key not in w.fns:
+            fn_blob = P.blob(self.functions[task.fn_key])
+            w.fns.add(task.fn_key)
+        task.state, task.worker = "running", w.wid
+        w.conn.send(P.RunTask(task.task_id, task.fn_key, fn_blob, task.name, P.blob(task.args),
+                              self._dep_values(task), task.return_ids, list(action.gpu_ids)))
+
+    def on_task_done(self, conn: ServerConnection, msg: P.TaskDone) -> None:
+        wid = conn.info.get("worker_id")
+        w = self.workers.get(wid) if wid else None
+        if w is not None and w.role == "actor":
+            self._actor_task_done(w, msg)
+            return
+        if w is not None:
+            self.sched.task_finished(w.wid, time.monotonic())
+            self._schedule()
+        task = self.tasks.get(msg.task_id)
+        if task is None or task.cancelled or task.state != "running":
+            self._discard_results(msg.results)
+            return
+        if msg.status == "retry" and task.retries_left != 0:
+            task.retries_left -= 1 if task.retries_left > 0 else 0
+            self._discard_results(msg.results)
+            self._requeue(task)
+            return
+        self._store_results(task, msg.results)
+
+    def _requeue(self, task: Task) -> None:
+        task.state, task.worker = "queued", None
+        self.sched.add_task(task.task_id, task.resources, time.monotonic(), f"task {task.name}",
+                            front=True)
+        self._schedule()
+
+    def _discard_results(self, results: list) -> None:
+        for oid, kind, _payload, path, _size, _contained in results:
+            if kind == "shm":
+                obj = self.objects.get(oid)
+                if obj is None or obj.path != path:
+                    self.store.free(oid)
+
+    def _store_results(self, task: Task, results: list) -> None:
+        for oid, kind, payload, path, size, contained in results:
+            self._resolve(oid, kind, payload, path, size, contained)
+        self._finish(task)
+
+    def _finish(self, task: Task) -> None:
+        task.state = "done"
+        self.tasks.pop(task.task_id, None)
+        for oid in task.deps:
+            self._unpin(oid)
+        for oid in task.contained:
+            self._unpin(oid)
+        task.args = None
+
+    def _fail_task(self, task: Task, payload: Any) -> None:
+        for oid in task.return_ids:
+            self._resolve(oid, "error", payload, "", 0, [])
+        self._finish(task)
+
+    def on_cancel(self, conn: ServerConnection, msg: P.Cancel) -> None:
+        obj = self.objects.get(msg.oid)
+        task = self.tasks.get(obj.task_id) if obj is not None and obj.task_id else None
+        if task is None or task.state == "done" or task.cancelled:
+            return
+        error = _error_payload(TaskCancelledError(f"task {task.name} was cancelled"))
+        if task.actor_id is not None:
+            actor = self.actors.get(task.actor_id)
+            if actor is not None and task in actor.queue:
+                actor.queue.remove(task)
+                task.cancelled = True
+                self._fail_task(task, error)
+                self._pump(actor)
+            return
+        task.cancelled = True
+        if task.state == "queued":
+            self.sched.remove_task(task.task_id)
+        elif task.state == "running" and task.worker in self.workers:
+            w = self.workers[task.worker]
+            if msg.force:
+                self._kill_worker(w)
+            elif w.conn is not None:
+                w.conn.send(P.CancelTask(task.task_id))
+        self._fail_task(task, error)
+
+    def on_blocked(self, conn: ServerConnection, msg: P.Blocked) -> None:
+        wid = conn.info.get("worker_id")
+        if wid:
+            self.sched.worker_blocked(wid)
+            self._schedule()
+
+    def on_unblocked(self, conn: ServerConnection, msg: P.Unblocked) -> None:
+        wid = conn.info.get("worker_id")
+        if wid:
+            self.sched.worker_unblocked(wid)
+
+    # -- workers -------------------------------------------------------------------------------
+    def _spawn(self, role: str, actor_id: bytes | None = None,
+               gpu_ids: tuple[int, ...] = ()) -> WorkerProc:
+        wid = f"w{self.next_worker}"
+        self.next_worker += 1
+        env = dict(os.environ)
+        env.update(UNIPAR_NODE_ADDRESS=self.unix_address, UNIPAR_WORKER_ID=wid,
+                   UNIPAR_WORKER_ROLE=role, UNIPAR_WORKER_SETUP=self.worker_setup)
+        if role == "actor":
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+        proc = subprocess.Popen([sys.executable, "-m", "unipar.native.worker"],
+                                stdin=subprocess.PIPE, env=env, close_fds=True)
+        assert proc.stdin is not None
+        # The secret goes through the pipe, never argv or the environment; the pipe then stays
+        # open: when this daemon dies, the worker reads EOF and exits.
+        proc.stdin.write(self.secret.hex().encode() + b"\n")
+        proc.stdin.flush()
+        w = WorkerProc(wid, proc, role, actor_id)
+        self.workers[wid] = w
+        return w
+
+    def _start_workers(self, count: int) -> None:
+        for _ in range(count):
+            self._spawn("task")
+        self.sched.workers_requested(count)
+
+    def _kill_worker(self, w: WorkerProc) -> None:
+        try:
+            w.proc.kill()
+        except OSError:
+            pass
+
+    def _retire(self, wid: str) -> None:
+        w = self.workers.pop(wid, None)
+        if w is None:
+            return
+        if w.conn is not None:
+            w.conn.info.pop("worker_id", None)
+            w.conn.send(P.Shutdown())
+        self._kill_worker(w)
+        self.exited.append(w)
+
+    def _worker_died(self, w: WorkerProc) -> None:
+        self.workers.pop(w.wid, None)
+        self._kill_worker(w)
+        self.exited.append(w)
+        if w.role == "actor":
+            self._actor_process_died(w)
+            return
+        if w.conn is None:
+            self.sched.worker_start_failed()
+        task_id = self.sched.worker_lost(w.wid)
+        task = self.tasks.get(task_id) if task_id else None   # type: ignore[arg-type]
+        if task is not None and not task.cancelled and task.state == "running":
+            if task.retries_left != 0:
+                task.retries_left -= 1 if task.retries_left > 0 else 0
+                self._requeue(task)
+            else:
+                code = _exit_code(w.proc)
+                self._fail_task(task, _error_payload(WorkerCrashedError(
+                    f"the worker process (pid {w.proc.pid}) running task {task.name} died "
+                    f"(exit code {code}) and its retries are used up")))
+        self._schedule()
+
+    # -- actors --------------------------------------------------------------------------------
+    def on_create_actor(self, conn: ServerConnection, msg: P.CreateActor) -> None:
+        actor = Actor(msg)
+        self.actors[msg.actor_id] = actor
+        init = self._make_task(conn, msg.actor_id, f"{msg.class_name}.__init__", msg.args,
+                               msg.deps, msg.contained, [], msg.resources, 0)
+        init.actor_id = msg.actor_id
+        actor.init_task = init
+        self._watch_deps(init)
+
+    def _actor_deps_ready(self, actor: Actor) -> None:
+        error = self._failed_dep(actor.init_task)  # type: ignore[arg-type]
+        if error is not None:
+            self._actor_dead(actor, _error_payload(ActorDiedError(
+                f"actor {actor.msg.class_name} could not start: an argument of its constructor "
+                "failed")))
+            return
+        actor.state = "pending"
+        self.sched.add_actor(actor.msg.actor_id, actor.msg.resources, time.monotonic(),
+                             f"actor {actor.msg.class_name}")
+        self._schedule()
+
+    def _place_actor(self, action: PlaceActor) -> None:
+        actor = self.actors.get(action.actor_id)   # type: ignore[arg-type]
+        if actor is None or actor.state == "dead":
+            self.sched.remove_actor(action.actor_id)
+            return
+        actor.gpu_ids = action.gpu_ids
+        self._start_actor_process(actor)
+
+    def _start_actor_process(self, actor: Actor) -> None:
+        actor.state = "starting"
+        w = self._spawn("actor", actor.msg.actor_id, actor.gpu_ids)
+        actor.worker = w.wid
+
+    def _init_actor(self, w: WorkerProc) -> None:
+        actor = self.actors.get(w.actor_id)   # type: ignore[arg-type]
+        if actor is None or actor.state == "dead" or w.conn is None:
+            self._retire(w.wid)
+            return
+        m = actor.msg
+        init = actor.init_task
+        assert init is not None
+        w.conn.send(P.InitActor(m.actor_id, m.class_key, P.blob(self.functions[m.class_key]),
+                                m.class_name, P.blob(m.args), self._dep_values(init),
+                                m.concurrency, m.is_async, list(actor.gpu_ids)))
+
+    def on_actor_ready(self, conn: ServerConnection, msg: P.ActorReady) -> None:
+        actor = self.actors.get(msg.actor_id)
+        if actor is None or actor.state == "dead":
+            return
+        if msg.error is not None:
+            self._actor_dead(actor, bytes(msg.error))
+            return
+        actor.state = "alive"
+        self._pump(actor)
+
+    def on_call_actor(self, conn: ServerConnection, msg: P.CallActor) -> None:
+        actor = self.actors.get(msg.actor_id)
+        name = f"{actor.msg.class_name}.{msg.method}" if actor else msg.method
+        task = self._make_task(conn, msg.task_id, name, msg.args, msg.deps, msg.contained,
+                               msg.return_ids, {}, 0)
+        task.actor_id, task.method = msg.actor_id, msg.method
+        if actor is None:
+            self._fail_task(task, _error_payload(ActorDiedError(
+                f"no such actor {msg.actor_id.hex()[:12]}: it was never created on this node")))
+            return
+        if actor.state == "dead":
+            self._fail_task(task, actor.death)
+            return
+        task.state = "queued"
+        actor.queue.append(task)
+        self._watch_deps(task)
+
+    def _pump(self, actor: Actor) -> None:
+        """Send queued calls to the actor, in order, while the next one's deps are ready."""
+        if actor.state != "alive":
+            return
+        w = self.workers.get(actor.worker or "")
+        if w is None or w.conn is None:
+            return
+        while actor.queue and actor.queue[0].missing == 0:
+            task = actor.queue.popleft()
+            error = self._failed_dep(task)
+            if error is not None:
+                self._fail_task(task, error)
+                continue
+            task.state = "running"
+            actor.inflight[task.task_id] = task
+            w.conn.send(P.RunActorTask(task.task_id, task.method, P.blob(task.args),
+                                       self._dep_values(task), task.return_ids))
+
+    def _actor_task_done(self, w: WorkerProc, msg: P.TaskDone) -> None:
+        actor = self.actors.get(w.actor_id)   # type: ignore[arg-type]
+        task = actor.inflight.pop(msg.task_id, None) if actor else None
+        if task is None or task.cancelled:
+            self._discard_results(msg.results)
+            return
+        self._store_results(task, msg.results)
+
+    def _actor_dead(self, actor: Actor, death: bytes) -> None:
+        actor.state = "dead"
+        actor.death = death
+        pending = list(actor.inflight.values()) + list(actor.queue)
+        actor.inflight.clear()
+        actor.queue.clear()
+        for task in pending:
+            self._fail_task(task, death)
+        if actor.init_task is not None and actor.init_task.state != "done":
+            self._finish(actor.init_task)
+        self.sched.remove_actor(actor.msg.actor_id)
+        w = self.workers.get(actor.worker or "")
+        if w is not None:
+            self._retire(w.wid)
+        if actor.msg.name and self.head is not None and not self.head.closed:
+            try:
+                self.head.send(P.UnregisterName(0, actor.msg.name, actor.msg.actor_id))
+            except ConnectionError:
+                pass
+        self._schedule()
+
+    def _can_restart(self, actor: Actor) -> bool:
+        limit = actor.msg.max_restarts
+        return limit == -1 or actor.restarts < limit
+
+    def _actor_process_died(self, w: WorkerProc) -> None:
+        actor = self.actors.get(w.actor_id)   # type: ignore[arg-type]
+        if actor is None or actor.state == "dead" or actor.worker != w.wid:
+            return
+        code = _exit_code(w.proc)
+        if not self._can_restart(actor):
+            self._actor_dead(actor, _error_payload(ActorDiedError(
+                f"actor {actor.msg.class_name} died: its process (pid {w.proc.pid}) exited "
+                f"unexpectedly (exit code {code})")))
+            return
+        actor.restarts += 1
+        retry: list[Task] = []
+        for task in actor.inflight.values():
+            used = actor.retries.get(task.task_id, 0)
+            limit = actor.msg.max_task_retries
+            if limit == -1 or used < limit:
+                actor.retries[task.task_id] = used + 1
+                retry.append(task)
+            else:
+                self._fail_task(task, _error_payload(ActorDiedError(
+                    f"actor {actor.msg.class_name} died while running {task.name} (it is "
+                    "being restarted; set max_task_retries to retry such calls)")))
+        actor.inflight.clear()
+        for task in reversed(retry):
+            task.state = "queued"
+            actor.queue.appendleft(task)
+        self._start_actor_process(actor)
+
+    def on_kill_actor(self, conn: ServerConnection, msg: P.KillActor) -> None:
+        actor = self.actors.get(msg.actor_id)
+        if actor is not None and actor.state != "dead":
+            if msg.no_restart or not self._can_restart(actor):
+                self._actor_dead(actor, _error_payload(ActorDiedError(
+                    f"actor {actor.msg.class_name} was killed with unipar.kill()")))
+            else:
+                w = self.workers.get(actor.worker or "")
+                if w is not None:
+                    self._kill_worker(w)
+        conn.send(P.Reply(msg.req_id, True))
+
+
+def _exit_code(proc: subprocess.Popen) -> int | None:
+    """The exit code of a process whose connection just closed (it is exiting or gone)."""
+    try:
+        return proc.wait(timeout=0.2)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _watch_parent(loop: asyncio.AbstractEventLoop, node: Node) -> None:
+    """Stop the node when stdin closes: the process that started it is gone."""
+    try:
+        while sys.stdin.buffer.read(1 << 16):
+            pass
+    except OSError:
+        pass
+    loop.call_soon_threadsafe(node.stop)
+
+
+def _report_ready(cfg: dict, line: str) -> None:
+    """Tell the starter our addresses on its dedicated pipe (stdout stays the user's)."""
+    fd = cfg.get("ready_fd")
+    if fd is None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        return
+    os.write(fd, line.encode())
+    os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m unipar.native.node")
+    parser.add_argument("--config", required=True, help="JSON settings (see cluster.py)")
+    args = parser.parse_args(argv)
+    cfg = json.loads(args.config)
+    secret = bytes.fromhex(sys.stdin.buffer.readline().strip().decode())
+    logging.basicConfig(level=logging.WARNING, format="(unipar node) %(levelname)s %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the driver's Ctrl-C is the driver's to handle
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        node = Node(node_id=cfg["node_id"], session_dir=cfg["session_dir"],
+                    spill_dir=cfg["spill_dir"], secret=secret,
+                    resources=cfg["resources"], store_limit=cfg["store_limit"],
+                    spill_limit=cfg.get("spill_limit"), head_address=cfg.get("head_address", ""),
+                    worker_setup=cfg.get("worker_setup", ""), prestart=cfg.get("prestart", 0),
+                    host=cfg.get("host", "127.0.0.1"),
+                    stuck_warning_after=cfg.get("stuck_warning_after", 5.0),
+                    worker_idle_timeout=cfg.get("worker_idle_timeout", 10.0))
+        loop.add_signal_handler(signal.SIGTERM, node.stop)
+        await node.start()
+        _report_ready(cfg, f"READY {node.address} {node.unix_address}\n")
+        threading.Thread(target=_watch_parent, args=(loop, node), daemon=True).start()
+        await node.stopping.wait()
+        for server in node.servers:
+            server.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        shutil.rmtree(cfg["session_dir"], ignore_errors=True)
+        shutil.rmtree(cfg["spill_dir"], ignore_errors=True)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,511 @@
+"""The native engine's wire protocol: every message, the frame format and the handshake.
+
+This module is the protocol's table of contents: one immutable record class per message, each with its
+``op`` name; servers map ``op -> handler``. docs/protocol.md describes the same thing in prose.
+
+Frame (after the handshake)::
+
+    u32 length of the rest | u16 n | u32 len_1 .. len_n | msgpack header | buffer_1 .. buffer_n
+
+The header is ``[op, field_1, field_2, ...]`` in the class's field order. A field value that
+is a :class:`Blob` travels out of band as one of the buffers (msgpack ext type 1 holding its
+index), so large payloads are never copied into the msgpack header and arrive as memoryviews
+over the received frame. The length is checked against a limit before anything is allocated.
+
+Handshake (raw bytes, nothing is unpickled or even msgpack-decoded before it succeeds)::
+
+    server -> client   b"UNIPAR" | u16 PROTOCOL_VERSION | 32-byte nonce_s
+    client -> server   HMAC-SHA256(secret, b"client" + nonce_s) | 32-byte nonce_c
+    server -> client   HMAC-SHA256(secret, b"server" + nonce_c)
+
+Both sides prove they know the cluster secret; the secret itself never crosses the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from typing import Any, ClassVar
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAGIC = b"UNIPAR"
+NONCE_SIZE = 32
+DIGEST_SIZE = 32
+SERVER_HELLO_SIZE = len(MAGIC) + 2 + NONCE_SIZE
+CLIENT_PROOF_SIZE = DIGEST_SIZE + NONCE_SIZE
+DEFAULT_MAX_FRAME = 512 * 1024 * 1024   # large values travel through the object store
+BLOB_MIN = 1024                          # smaller payloads ride inside the header
+
+_U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
+_EXT_BLOB = 1
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame or message; the connection is closed."""
+
+
+class AuthenticationError(ProtocolError):
+    """The peer does not know the cluster secret (or speaks another protocol version)."""
+
+
+class Blob:
+    """A bytes-like payload that travels out of band (as a frame buffer, not in msgpack)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+def blob(data: Any) -> Any:
+    """``data`` wrapped for out-of-band travel when it is big enough to be worth it."""
+    if data is None or len(data) < BLOB_MIN:
+        return bytes(data) if isinstance(data, memoryview) else data
+    return Blob(data)
+
+
+# -- handshake ---------------------------------------------------------------------------------
+
+def server_hello(nonce: bytes) -> bytes:
+    return MAGIC + _U16.pack(PROTOCOL_VERSION) + nonce
+
+
+def client_proof(secret: bytes, hello: bytes, nonce_c: bytes) -> bytes:
+    """The client's answer to ``hello``; raises AuthenticationError on a foreign server."""
+    if len(hello) != SERVER_HELLO_SIZE or not hello.startswith(MAGIC):
+        raise AuthenticationError("the server is not a unipar daemon")
+    (version,) = _U16.unpack_from(hello, len(MAGIC))
+    if version != PROTOCOL_VERSION:
+        raise AuthenticationError(f"protocol version {version} differs from ours ({PROTOCOL_VERSION}); "
+                                  "driver and cluster must run the same unipar version")
+    nonce_s = hello[len(MAGIC) + 2:]
+    return hmac.new(secret, b"client" + nonce_s, hashlib.sha256).digest() + nonce_c
+
+
+def check_client_proof(secret: bytes, nonce_s: bytes, proof: bytes) -> bytes:
+    """Verify the client's proof; returns the server's answer to the client's nonce."""
+    expect = hmac.new(secret, b"client" + nonce_s, hashlib.sha256).digest()
+    if len(proof) != CLIENT_PROOF_SIZE or not hmac.compare_digest(expect, proof[:DIGEST_SIZE]):
+        raise AuthenticationError("wrong cluster secret")
+    return hmac.new(secret, b"server" + proof[DIGEST_SIZE:], hashlib.sha256).digest()
+
+
+def check_server_proof(secret: bytes, nonce_c: bytes, proof: bytes) -> None:
+    expect = hmac.new(secret, b"server" + nonce_c, hashlib.sha256).digest()
+    if not hmac.compare_digest(expect, proof):
+        raise AuthenticationError("the server does not know the cluster secret")
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+MESSAGES: dict[str, type["Message"]] = {}
+
+
+class Message:
+    """Base of every message: an immutable record with a unique ``op``.
+
+    Subclasses list their fields as annotations (like a dataclass) and are registered with
+    :func:`message`. A hand-rolled record instead of ``@dataclass(frozen=True, slots=True)``:
+    same shape, but defining ~30 of them costs no ``exec`` at import time (worker start-up) and
+    construction is cheaper on the hot path.
+    """
+
+    __slots__ = ()
+    op: ClassVar[str]
+    _names: ClassVar[tuple[str, ...]] = ()
+    _defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = self._names
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes {len(names)} fields, got {len(args)}")
+        setter = object.__setattr__
+        for name, value in zip(names, args):
+            setter(self, name, value)
+        for name in names[len(args):]:
+            if name in kwargs:
+                setter(self, name, kwargs.pop(name))
+            elif name in self._defaults:
+                setter(self, name, self._defaults[name])
+            else:
+                raise TypeError(f"{type(self).__name__} is missing field {name!r}")
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} has no field(s) {sorted(kwargs)}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} messages are immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(
+            getattr(self, n) == getattr(other, n) for n in self._names)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r:.60}" for n in self._names)
+        return f"{type(self).__name__}({fields})"
+
+
+def message(cls: type) -> type:
+    """Register a message class (decorator): slotted, immutable, unique ``op``."""
+    annotations = cls.__dict__.get("__annotations__", {})
+    names = tuple(n for n, t in annotations.items() if "ClassVar" not in str(t))
+    defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
+    namespace = {k: v for k, v in cls.__dict__.items()
+                 if k not in names and k not in ("__dict__", "__weakref__")}
+    namespace.update(__slots__=names, _names=names, _defaults=defaults)
+    if names:
+        params = ", ".join(f"{n}=_defaults[{n!r}]" if n in defaults else n for n in names)
+        body = "".join(f"    _set(self, {n!r}, {n})\n" for n in names)
+        scope: dict[str, Any] = {"_set": object.__setattr__, "_defaults": defaults}
+        exec(f"def __init__(self, {params}):\n{body}", scope)   # one small function per message
+        namespace["__init__"] = scope["__init__"]
+    record = type(cls.__name__, cls.__bases__, namespace)
+    if record.op in MESSAGES:
+        raise ValueError(f"duplicate op {record.op!r}")
+    MESSAGES[record.op] = record
+    return record
+
+
+# Objects: ``kind`` is "inline" (payload holds the packed value), "shm" (path names a file in
+# the store), or "error" (payload holds a packed exception). ``contained`` lists the object ids
+# of refs pickled inside the value: they live as long as it does.
+
+@message
+class Hello(Message):
+    op = "hello"
+    role: str                 # "driver", "worker" or "actor"
+    worker_id: str
+    pid: int
+
+
+@message
+class HelloOk(Message):
+    op = "hello_ok"
+    client_id: int
+    node_id: str
+    session_dir: str
+    inline_max: int
+    head_address: str
+
+
+@message
+class Reply(Message):
+    """The answer to any request that carries a ``req_id``; ``error`` is a message or ""."""
+    op = "reply"
+    req_id: int
+    value: Any
+    error: str = ""
+    error_kind: str = ""
+
+
+@message
+class RegisterFunction(Message):
+    op = "register_function"
+    key: str
+    blob: Any
+
+
+@message
+class SubmitTask(Message):
+    op = "submit_task"
+    task_id: bytes
+    fn_key: str
+    name: str
+    args: Any
+    deps: list
+    contained: list
+    return_ids: list
+    resources: dict
+    max_retries: int
+
+
+@message
+class RunTask(Message):
+    """Node -> worker. ``deps`` holds ``[oid, kind, payload, path]`` for each dependency."""
+    op = "run_task"
+    task_id: bytes
+    fn_key: str
+    fn_blob: Any
+    name: str
+    args: Any
+    deps: list
+    return_ids: list
+    gpu_ids: list
+
+
+@message
+class TaskDone(Message):
+    """Worker -> node. ``status``: "ok", "error" or "retry"; results are ``[oid, kind,
+    payload, path, size, contained]``."""
+    op = "task_done"
+    task_id: bytes
+    status: str
+    results: list
+
+
+@message
+class PutObject(Message):
+    op = "put_object"
+    oid: bytes
+    kind: str
+    payload: Any
+    path: str
+    size: int
+    contained: list
+
+
+@message
+class Alloc(Message):
+    """Ask where to write a large object of ``size`` bytes; Reply.value is the file path."""
+    op = "alloc"
+    req_id: int
+    oid: bytes
+    size: int
+
+
+@message
+class Subscribe(Message):
+    op = "subscribe"
+    oids: list
+
+
+@message
+class ObjectReady(Message):
+    op = "object_ready"
+    oid: bytes
+    kind: str
+    payload: Any
+    path: str
+    size: int
+
+
+@message
+class RefUpdates(Message):
+    """Ordered refcount changes of one process: ``adds`` first, then ``releases``."""
+    op = "ref_updates"
+    adds: list
+    releases: list
+
+
+@message
+class Blocked(Message):
+    op = "blocked"
+
+
+@message
+class Unblocked(Message):
+    op = "unblocked"
+
+
+@message
+class Cancel(Message):
+    op = "cancel"
+    oid: bytes
+    force: bool
+
+
+@message
+class CancelTask(Message):
+    """Node -> worker: raise KeyboardInterrupt in the task if it is still running."""
+    op = "cancel_task"
+    task_id: bytes
+
+
+@message
+class CreateActor(Message):
+    op = "create_actor"
+    actor_id: bytes
+    class_key: str
+    class_name: str
+    args: Any
+    deps: list
+    contained: list
+    resources: dict
+    max_restarts: int
+    max_task_retries: int
+    concurrency: int
+    is_async: bool
+    name: str
+
+
+@message
+class InitActor(Message):
+    op = "init_actor"
+    actor_id: bytes
+    class_key: str
+    class_blob: Any
+    class_name: str
+    args: Any
+    deps: list
+    concurrency: int
+    is_async: bool
+    gpu_ids: list
+
+
+@message
+class ActorReady(Message):
+    op = "actor_ready"
+    actor_id: bytes
+    error: Any               # a packed exception when the constructor raised, else None
+
+
+@message
+class CallActor(Message):
+    op = "call_actor"
+    actor_id: bytes
+    task_id: bytes
+    method: str
+    args: Any
+    deps: list
+    contained: list
+    return_ids: list
+
+
+@message
+class RunActorTask(Message):
+    op = "run_actor_task"
+    task_id: bytes
+    method: str
+    args: Any
+    deps: list
+    return_ids: list
+
+
+@message
+class KillActor(Message):
+    op = "kill_actor"
+    req_id: int
+    actor_id: bytes
+    no_restart: bool
+
+
+@message
+class NodeInfo(Message):
+    """Ask a node for its resources: Reply.value is ``{"total": {...}, "available": {...}}``."""
+    op = "node_info"
+    req_id: int
+
+
+@message
+class Log(Message):
+    """Lines a worker printed, already prefixed with ``(name pid=N) ``."""
+    op = "log"
+    stream: str              # "stdout" or "stderr"
+    text: str
+
+
+@message
+class Shutdown(Message):
+    op = "shutdown"
+
+
+# -- head --------------------------------------------------------------------------------------
+
+@message
+class RegisterNode(Message):
+    op = "register_node"
+    req_id: int
+    node_id: str
+    address: str
+    resources: dict
+
+
+@message
+class ListNodes(Message):
+    op = "list_nodes"
+    req_id: int
+
+
+@message
+class RegisterName(Message):
+    """Reply.value: ``[actor_id, meta, created]``; an existing actor is returned when the name is
+    taken and ``get_if_exists``, else Reply.error says the name is taken."""
+    op = "register_name"
+    req_id: int
+    name: str
+    actor_id: bytes
+    meta: Any
+    get_if_exists: bool
+
+
+@message
+class LookupName(Message):
+    op = "lookup_name"
+    req_id: int
+    name: str
+
+
+@message
+class UnregisterName(Message):
+    op = "unregister_name"
+    req_id: int
+    name: str
+    actor_id: bytes
+
+
+# -- frames ------------------------------------------------------------------------------------
+
+def encode(msg: Message) -> list[Any]:
+    """The frame for ``msg`` as a list of bytes-like parts (write them in order, unjoined)."""
+    buffers: list[Any] = []
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, Blob):
+            buffers.append(obj.data)
+            return msgpack.ExtType(_EXT_BLOB, _U32.pack(len(buffers) - 1))
+        if isinstance(obj, (set, frozenset, tuple)):
+            return list(obj)
+        raise TypeError(f"cannot encode {type(obj).__name__} in a {msg.op} message")
+
+    header = msgpack.packb([msg.op, *[getattr(msg, n) for n in msg._names]],
+                           default=default, use_bin_type=True)
+    sizes = [memoryview(b).nbytes for b in buffers]
+    prefix = _U16.pack(len(buffers)) + b"".join(_U32.pack(s) for s in sizes)
+    total = len(prefix) + len(header) + sum(sizes)
+    return [_U32.pack(total) + prefix + header, *buffers]
+
+
+def frame_length(prefix: bytes | memoryview, max_frame: int) -> int:
+    """The body length announced by a 4-byte prefix, checked against ``max_frame``."""
+    (n,) = _U32.unpack_from(prefix)
+    if n > max_frame:
+        raise ProtocolError(f"frame of {n} bytes exceeds the limit of {max_frame}")
+    if n < 2:
+        raise ProtocolError("frame too short")
+    return n
+
+
+def decode(body: memoryview) -> Message:
+    """The message in one frame body (without its length prefix). Blobs come back as
+    memoryviews over ``body``."""
+    try:
+        (nbuf,) = _U16.unpack_from(body, 0)
+        pos = 2 + 4 * nbuf
+        sizes = [_U32.unpack_from(body, 2 + 4 * i)[0] for i in range(nbuf)]
+        header_len = len(body) - pos - sum(sizes)
+        if header_len <= 0:
+            raise ProtocolError("frame buffers exceed the frame")
+        buffers: list[memoryview] = []
+        at = pos + header_len
+        for size in sizes:
+            buffers.append(body[at:at + size])
+            at += size
+
+        def ext_hook(code: int, data: bytes) -> Any:
+            if code != _EXT_BLOB:
+                raise ProtocolError(f"unknown ext type {code}")
+            return buffers[_U32.unpack(data)[0]]
+
+        items = msgpack.unpackb(body[pos:pos + header_len], ext_hook=ext_hook, raw=False,
+                                strict_map_key=False, use_list=True)
+        cls = MESSAGES[items[0]]
+        return cls(*items[1:])
+    except ProtocolError:
+        raise
+    except Exception as exc:  # any malformed header: bad msgpack, unknown op, wrong arity
+        raise ProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,189 @@
+"""Values to bytes and back: pickle protocol 5 with out-of-band buffers, and object files.
+
+A value is pickled with cloudpickle; every pickle-5 buffer (numpy arrays, bytes-like objects
+that support it) is kept out of band. Small values are *packed* into one bytes object that
+travels inline in messages; large ones are written to one file per object in the node's store
+and *mapped* read-only by readers, so their buffers are never copied::
+
+    packed / file layout:  b"UPK1" | u32 n | u64 len_0 .. len_n | pad to 64 | pickle | pad | buf_1 | pad | ...
+
+(buffer 0 is the pickle stream itself; every part starts 64-byte aligned, which numpy likes.)
+
+While pickling, every native ref met is recorded (:func:`collect_refs`): the object that contains
+them keeps them alive.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import struct
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import cloudpickle
+
+MAGIC = b"UPK1"
+ALIGN = 64
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+
+_local = threading.local()
+
+
+@contextmanager
+def collect_refs() -> Iterator[list[bytes]]:
+    """Within the block, object ids of refs being pickled are appended to the yielded list."""
+    previous = getattr(_local, "refs", None)
+    found: list[bytes] = []
+    _local.refs = found
+    try:
+        yield found
+    finally:
+        _local.refs = previous
+
+
+def note_ref(oid: bytes) -> None:
+    """Called by a ref's ``__reduce__``: record it when a collection is active."""
+    found = getattr(_local, "refs", None)
+    if found is not None:
+        found.append(oid)
+
+
+def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], list[bytes]]:
+    """``(pickle stream, out-of-band buffers, ids of refs inside)``.
+
+    Raises:
+        TypeError: the value cannot be pickled (the message says so).
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    with collect_refs() as refs:
+        try:
+            data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        except Exception as exc:
+            raise TypeError(f"could not serialize {type(value).__name__}: {exc} "
+                            "(values sent to tasks must be picklable)") from exc
+    return data, buffers, list(dict.fromkeys(refs))
+
+
+def loads(data: Any, buffers: list[Any]) -> Any:
+    return pickle.loads(data, buffers=buffers)
+
+
+def _pad(n: int) -> int:
+    return (-n) % ALIGN
+
+
+def _layout(parts: list[memoryview]) -> tuple[bytes, list[int]]:
+    header = MAGIC + _U32.pack(len(parts)) + b"".join(_U64.pack(p.nbytes) for p in parts)
+    header += b"\0" * _pad(len(header))
+    offsets, at = [], len(header)
+    for p in parts:
+        offsets.append(at)
+        at += p.nbytes + _pad(p.nbytes)
+    return header, offsets
+
+
+def payload_size(data: bytes, buffers: list[Any]) -> int:
+    """Bytes of the pickle stream plus its out-of-band buffers (before padding)."""
+    return len(data) + sum(memoryview(b).nbytes for b in buffers)
+
+
+def _views(data: bytes, buffers: list[Any]) -> list[memoryview]:
+    views = [memoryview(data)]
+    for b in buffers:
+        view = b.raw() if isinstance(b, pickle.PickleBuffer) else memoryview(b)
+        views.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
+    return views
+
+
+def pack(data: bytes, buffers: list[Any]) -> bytes:
+    """One bytes object holding the pickle stream and its buffers (for small values)."""
+    parts = _views(data, buffers)
+    header, _ = _layout(parts)
+    out = bytearray(header)
+    for p in parts:
+        out += p
+        out += b"\0" * _pad(p.nbytes)
+    return bytes(out)
+
+
+def unpack(packed: Any) -> tuple[memoryview, list[memoryview]]:
+    """The pickle stream and buffers inside ``packed``, as views (nothing is copied)."""
+    view = memoryview(packed)
+    if view[:4] != MAGIC:
+        raise ValueError("not a packed unipar object")
+    (n,) = _U32.unpack_from(view, 4)
+    sizes = [_U64.unpack_from(view, 8 + 8 * i)[0] for i in range(n)]
+    at = 8 + 8 * n
+    at += _pad(at)
+    parts = []
+    for size in sizes:
+        parts.append(view[at:at + size])
+        at += size + _pad(size)
+    return parts[0], parts[1:]
+
+
+def load_packed(packed: Any) -> Any:
+    data, buffers = unpack(packed)
+    return loads(data, buffers)
+
+
+def write_file(path: str, data: bytes, buffers: list[Any]) -> int:
+    """Write one object file (same layout as :func:`pack`); returns its size in bytes.
+
+    The file is written under a temporary name and renamed, so a reader never sees half of it.
+    """
+    parts = _views(data, buffers)
+    header, _ = _layout(parts)
+    tmp = path + ".tmp"
+    size = 0
+    with open(tmp, "wb", buffering=0) as f:
+        f.write(header)
+        size += len(header)
+        for p in parts:
+            f.write(p)
+            pad = _pad(p.nbytes)
+            if pad:
+                f.write(b"\0" * pad)
+            size += p.nbytes + pad
+    os.rename(tmp, path)
+    return size
+
+
+def map_file(path: str) -> tuple[memoryview, list[memoryview]]:
+    """Map an object file read-only; the views keep the mapping alive (and unlinking the file
+    later does not disturb them)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""
+    finally:
+        os.close(fd)
+    return unpack(mapped)
+
+
+def load_file(path: str) -> Any:
+    data, buffers = map_file(path)
+    return loads(data, buffers)
+
+
+class DepSlot:
+    """Stands in a task's arguments for the value of its ``index``-th dependency."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DepSlot, (self.index,))
+
+
+def fill_slots(args: tuple, kwargs: dict, values: list[Any]) -> tuple[tuple, dict]:
+    """Replace top-level :class:`DepSlot` entries by their dependency's value."""
+    def one(v: Any) -> Any:
+        return values[v.index] if type(v) is DepSlot else v
+    return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}

@@ -1,0 +1,145 @@
+"""The daemons' side of a connection: an asyncio protocol speaking :mod:`.protocol`.
+
+Frames read in one ``data_received`` are handled in one go, and the replies they cause are
+flushed once, at the end of that loop iteration, so many small messages become one write.
+Servers bind 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+from . import protocol as P
+from .transport import HANDSHAKE_TIMEOUT
+
+log = logging.getLogger("unipar.native")
+
+
+class ServerConnection(asyncio.Protocol):
+    """One authenticated peer of a daemon.
+
+    ``server.handlers`` maps op -> ``handler(conn, msg)``; ``server.on_disconnect(conn)`` runs
+    once when the peer goes away. Nothing the peer sends is decoded before the handshake
+    succeeds; a peer that fails it, or sends a malformed or oversized frame, is disconnected
+    and the daemon carries on serving others.
+    """
+
+    def __init__(self, server: Any, secret: bytes, max_frame: int = P.DEFAULT_MAX_FRAME) -> None:
+        self.server = server
+        self.secret = secret
+        self.max_frame = max_frame
+        self.transport: asyncio.Transport | None = None
+        self.authenticated = False
+        self.nonce = os.urandom(P.NONCE_SIZE)
+        self.buf = bytearray()
+        self.out: list[Any] = []
+        self.flush_scheduled = False
+        self.closed = False
+        self.info: dict[str, Any] = {}      # what the server learns about this peer
+        self._handshake_timer: asyncio.TimerHandle | None = None
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.write(P.server_hello(self.nonce))  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        self._handshake_timer = loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        if not self.authenticated:
+            self.abort("handshake timed out")
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.authenticated:
+            if len(self.buf) < P.CLIENT_PROOF_SIZE:
+                return
+            try:
+                answer = P.check_client_proof(self.secret, self.nonce,
+                                              bytes(self.buf[:P.CLIENT_PROOF_SIZE]))
+            except P.AuthenticationError as exc:
+                self.abort(str(exc))
+                return
+            del self.buf[:P.CLIENT_PROOF_SIZE]
+            self.authenticated = True
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+            self.transport.write(answer)  # type: ignore[union-attr]
+        self._read_frames()
+
+    def _read_frames(self) -> None:
+        buf = self.buf
+        pos = 0
+        try:
+            while len(buf) - pos >= 4 and not self.closed:
+                n = P.frame_length(memoryview(buf)[pos:pos + 4], self.max_frame)
+                if len(buf) - pos - 4 < n:
+                    break
+                body = memoryview(bytes(memoryview(buf)[pos + 4:pos + 4 + n]))
+                pos += 4 + n
+                msg = P.decode(body)
+                handler = self.server.handlers.get(msg.op)
+                if handler is None:
+                    raise P.ProtocolError(f"unexpected message {msg.op!r}")
+                handler(self, msg)
+        except P.ProtocolError as exc:
+            self.abort(str(exc))
+            return
+        finally:
+            if pos:
+                del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        was_authenticated = self.authenticated
+        self.closed = True
+        if was_authenticated:
+            self.server.on_disconnect(self)
+
+    # sending
+    def send(self, msg: P.Message) -> None:
+        """Queue ``msg``; everything queued in this loop iteration goes out in one write."""
+        if self.closed:
+            return
+        self.out.extend(P.encode(msg))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.closed or not self.out or self.transport is None:
+            self.out.clear()
+            return
+        parts, self.out = self.out, []
+        self.transport.writelines(parts)
+
+    def abort(self, reason: str) -> None:
+        log.warning("closing connection from %s: %s", self.peer(), reason)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def peer(self) -> str:
+        if self.transport is None:
+            return "?"
+        return str(self.transport.get_extra_info("peername") or "unix socket")
+
+
+async def serve(server: Any, secret: bytes, host: str = "127.0.0.1", port: int = 0,
+                unix_path: str | None = None) -> list[asyncio.AbstractServer]:
+    """Start listeners for ``server`` (TCP, and a Unix socket when ``unix_path`` is given)."""
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(lambda: ServerConnection(server, secret), host, port)]
+    if unix_path:
+        servers.append(await loop.create_unix_server(lambda: ServerConnection(server, secret),
+                                                     unix_path))
+    return servers

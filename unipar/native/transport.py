@@ -1,0 +1,189 @@
+"""Client connections: the handshake and framing of :mod:`.protocol` over TCP or Unix sockets.
+
+:class:`Connection` is a blocking socket for drivers and workers (the daemons' side is
+:mod:`.server`, on asyncio). ``send`` coalesces: frames queued while another thread is writing go
+out with that thread's next write, so a burst of submissions becomes a few large writes. A
+reader thread (``serve_forever``) hands each message to a callback.
+
+Addresses are ``tcp://HOST:PORT`` or ``unix:///path``. Servers bind 127.0.0.1 unless told
+otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections import deque
+from typing import Any, Callable
+
+from . import protocol as P
+
+HANDSHAKE_TIMEOUT = 10.0
+POST_BATCH = 128   # frames queued by post() before the poster writes them itself
+
+
+def parse_address(address: str) -> tuple[str, Any]:
+    """``("tcp", (host, port))`` or ``("unix", path)``."""
+    if address.startswith("unix://"):
+        return "unix", address[len("unix://"):]
+    rest = address[len("tcp://"):] if address.startswith("tcp://") else address
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"bad address {address!r}: expected tcp://HOST:PORT or unix:///PATH")
+    return "tcp", (host, int(port))
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < n:
+        part = sock.recv(n - len(chunks))
+        if not part:
+            raise ConnectionError("connection closed during the handshake")
+        chunks += part
+    return bytes(chunks)
+
+
+class Connection:
+    """A blocking, authenticated connection to a head or node daemon.
+
+    ``send`` is safe from any thread; messages from one thread keep their order.
+    """
+
+    def __init__(self, address: str, secret: bytes, *, timeout: float = HANDSHAKE_TIMEOUT,
+                 max_frame: int = P.DEFAULT_MAX_FRAME) -> None:
+        kind, where = parse_address(address)
+        if kind == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(where)
+            hello = _recv_exact(sock, P.SERVER_HELLO_SIZE)
+            nonce_c = os.urandom(P.NONCE_SIZE)
+            sock.sendall(P.client_proof(secret, hello, nonce_c))
+            P.check_server_proof(secret, nonce_c, _recv_exact(sock, P.DIGEST_SIZE))
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        self.address = address
+        self.sock = sock
+        self.max_frame = max_frame
+        self._out: deque[list[Any]] = deque()
+        self._lock = threading.Lock()
+        self._writing = False
+        self.posted = threading.Event()   # set when post() left frames for a flusher
+        self.closed = False
+        # Called under the send lock before each message is queued: returns a message (the
+        # process's pending refcount changes) that must precede it, or None. Under the lock, so
+        # the changes of two threads cannot overtake each other.
+        self.prelude: Callable[[], P.Message | None] | None = None
+
+    def send(self, msg: P.Message | None) -> None:
+        """Queue ``msg`` and write everything queued unless another thread is writing now.
+
+        ``None`` sends only the prelude (pending refcount changes), if any.
+        """
+        parts = P.encode(msg) if msg is not None else None
+        with self._lock:
+            if self.prelude is not None:
+                pre = self.prelude()
+                if pre is not None:
+                    self._out.append(P.encode(pre))
+            if parts is not None:
+                self._out.append(parts)
+            if self._writing or not self._out:
+                return   # the writing thread picks this up before it lets go
+            self._writing = True
+        self._drain()
+
+    def post(self, msg: P.Message) -> None:
+        """Queue ``msg`` without writing (unless many are queued); ``flush`` or the owner's
+        flusher thread writes it soon. Bursts of submissions so become a few large writes."""
+        parts = P.encode(msg)
+        with self._lock:
+            if self.prelude is not None:
+                pre = self.prelude()
+                if pre is not None:
+                    self._out.append(P.encode(pre))
+            self._out.append(parts)
+            if self._writing or len(self._out) < POST_BATCH:
+                self.posted.set()
+                return
+            self._writing = True
+        self._drain()
+
+    def flush(self) -> None:
+        """Write everything queued now (returns at once if another thread is writing it)."""
+        with self._lock:
+            if self._writing or not self._out:
+                return
+            self._writing = True
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._out:
+                    self._writing = False
+                    return
+                batch = [part for parts in self._out for part in parts]
+                self._out.clear()
+            try:
+                self._write_all(batch)
+            except OSError:
+                with self._lock:
+                    self._writing = False
+                    self._out.clear()
+                self.closed = True
+                raise ConnectionError(f"connection to {self.address} is closed") from None
+
+    def _write_all(self, parts: list[Any]) -> None:
+        small = bytearray()
+        for part in parts:   # join small parts; big buffers go out as they are, uncopied
+            view = memoryview(part)
+            if view.nbytes < 65536:
+                small += view
+                continue
+            if small:
+                self.sock.sendall(small)
+                small = bytearray()
+            self.sock.sendall(view)
+        if small:
+            self.sock.sendall(small)
+
+    def serve_forever(self, handle: Callable[[P.Message], None]) -> None:
+        """Read messages and pass each to ``handle`` until the connection closes."""
+        buf = bytearray()
+        sock = self.sock
+        try:
+            while True:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    return
+                buf += chunk
+                pos = 0
+                while len(buf) - pos >= 4:
+                    n = P.frame_length(memoryview(buf)[pos:pos + 4], self.max_frame)
+                    if len(buf) - pos - 4 < n:
+                        break
+                    body = memoryview(bytes(memoryview(buf)[pos + 4:pos + 4 + n]))
+                    pos += 4 + n
+                    handle(P.decode(body))
+                if pos:
+                    del buf[:pos]
+        except OSError:
+            return
+        finally:
+            self.closed = True
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()

@@ -1,0 +1,343 @@
+"""A worker process: runs tasks (pool workers) or hosts one actor (actor workers).
+
+Started by its node daemon as ``python -m unipar.native.worker`` with the secret on stdin; the
+pipe then stays open, and EOF on it (the node died) ends the worker at once. The worker is also
+a full client: code in a task may call ``get``/``put``/``.remote()``.
+
+Threads: the client's reader thread receives ``run_task``/``init_actor``/... and queues them;
+the main thread runs them one at a time (tasks and plain actors). Threaded actors
+(``max_concurrency`` > 1) run calls on a thread pool; async actors on one event loop thread.
+``print`` goes through :class:`_Forward`, which sends whole lines, prefixed
+``(name pid=N) ``, to the node, which passes them to the driver — always before the task's
+result, since both travel on the same connections in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import io
+import os
+import queue
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+import cloudpickle
+
+from ..exceptions import ActorDiedError, TaskCancelledError, capture_remote
+from . import protocol as P
+from . import serialization as S
+from .client import Client
+
+_current = threading.local()
+
+
+class _Forward(io.TextIOBase):
+    """A text stream that forwards whole lines to the driver, prefixed with where they ran."""
+
+    def __init__(self, runtime: "Runtime", stream: str) -> None:
+        self.runtime = runtime
+        self.stream = stream
+        self.pending = ""
+        self.lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            self.pending += text
+            if "\n" not in self.pending:
+                return len(text)
+            complete, _, self.pending = self.pending.rpartition("\n")
+        self._send(complete + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        pass   # partial lines wait for their newline (or the end of the task)
+
+    def finish(self) -> None:
+        with self.lock:
+            rest, self.pending = self.pending, ""
+        if rest:
+            self._send(rest + "\n")
+
+    def _send(self, text: str) -> None:
+        name = getattr(_current, "label", None) or self.runtime.label
+        prefix = f"({name} pid={os.getpid()}) "
+        body = "".join(prefix + line + "\n" for line in text.splitlines())
+        try:
+            self.runtime.client.conn.send(P.Log(self.stream, body))
+        except ConnectionError:
+            pass
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+
+def _load_dep(dep: list) -> Any:
+    _oid, kind, payload, path = dep
+    if kind == "shm":
+        return S.load_file(path)
+    return S.load_packed(payload)
+
+
+def _split(result: Any, count: int, name: str) -> list[Any]:
+    if count == 1:
+        return [result]
+    if count == 0:
+        return []
+    if not isinstance(result, (tuple, list)) or len(result) != count:
+        got = f"{len(result)} values" if isinstance(result, (tuple, list)) else type(result).__name__
+        raise ValueError(f"{name} was declared with num_returns={count} but returned {got}")
+    return list(result)
+
+
+class Runtime:
+    """Everything a worker process does besides talking: run tasks and actor calls."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.functions: dict[str, Any] = {}
+        self.client: Client = None  # type: ignore[assignment]
+        self.label = "worker"
+        self.current_task: bytes | None = None
+        self.task_lock = threading.Lock()
+        self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.instance: Any = None
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.semaphore: asyncio.Semaphore | None = None
+
+    # reader thread
+    def handle(self, msg: P.Message) -> None:
+        op = msg.op
+        if op == "cancel_task":
+            with self.task_lock:
+                if self.current_task == msg.task_id:  # type: ignore[attr-defined]
+                    os.kill(os.getpid(), signal.SIGINT)   # KeyboardInterrupt in the task
+        elif op == "shutdown":
+            os._exit(0)
+        elif op == "run_actor_task" and self.instance is not None and (self.pool or self.loop):
+            self._start_concurrent_call(msg)  # type: ignore[arg-type]
+        else:
+            self.inbox.put(msg)
+
+    # main thread
+    def run(self) -> None:
+        while True:
+            try:
+                msg = self.inbox.get()
+                if msg.op == "run_task":
+                    self.run_task(msg)
+                elif msg.op == "init_actor":
+                    self.init_actor(msg)
+                elif msg.op == "run_actor_task":
+                    self._finish_call(msg, *self._call_sync(msg))
+            except KeyboardInterrupt:
+                continue   # a cancel that arrived just after its task ended
+
+    def _function(self, key: str, blob: Any) -> Any:
+        fn = self.functions.get(key)
+        if fn is None:
+            fn = self.functions[key] = cloudpickle.loads(blob)
+        return fn
+
+    def _arguments(self, packed: Any, deps: list) -> tuple[tuple, dict, Any]:
+        if packed is None:   # big arguments travel as the last dependency
+            data, buffers = S.map_file(deps[-1][3]) if deps[-1][1] == "shm" else S.unpack(deps[-1][2])
+            packed_args = S.loads(data, buffers)
+            deps = deps[:-1]
+        else:
+            packed_args = S.load_packed(packed)
+        args, kwargs, extra = packed_args
+        values = [_load_dep(d) for d in deps]
+        args, kwargs = S.fill_slots(args, kwargs, values)
+        return args, kwargs, extra
+
+    def _result(self, oid: bytes, value: Any) -> list:
+        data, buffers, contained = S.dumps(value)
+        size = S.payload_size(data, buffers)
+        if size <= self.client.inline_max:
+            return [oid, "inline", P.blob(S.pack(data, buffers)), "", size, contained]
+        reserve = size + 64 * (len(buffers) + 2)
+        path = self.client.request(lambda r: P.Alloc(r, oid, reserve)).value
+        real = S.write_file(path, data, buffers)
+        return [oid, "shm", None, path, real, contained]
+
+    def _error_results(self, return_ids: list, exc: BaseException, where: str) -> list:
+        err = capture_remote(exc, where)
+        packed = S.pack(*S.dumps(err)[:2])
+        return [[oid, "error", P.blob(packed), "", len(packed), []] for oid in return_ids]
+
+    def _results(self, return_ids: list, result: Any, name: str, where: str) -> tuple[str, list]:
+        try:
+            values = _split(result, len(return_ids), name)
+            return "ok", [self._result(oid, v) for oid, v in zip(return_ids, values)]
+        except Exception as exc:   # unpicklable result, wrong count, store full
+            return "error", self._error_results(return_ids, exc, where)
+
+    def run_task(self, msg: P.RunTask) -> None:
+        short = msg.name.rsplit(".", 1)[-1]
+        _current.label = short
+        where = f"{msg.name} (pid={os.getpid()})"
+        if msg.gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in msg.gpu_ids)
+        elif self.base_cuda is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.base_cuda
+        status, results = "ok", []
+        retry_filter: Any = False
+        try:
+            with self.task_lock:
+                self.current_task = msg.task_id
+            fn = self._function(msg.fn_key, msg.fn_blob)
+            args, kwargs, retry_filter = self._arguments(msg.args, msg.deps)
+            result = fn(*args, **kwargs)
+            with self.task_lock:
+                self.current_task = None
+            status, results = self._results(msg.return_ids, result, msg.name, where)
+        except KeyboardInterrupt:
+            with self.task_lock:
+                self.current_task = None
+            status = "error"
+            results = self._error_results(
+                msg.return_ids, TaskCancelledError(f"task {msg.name} was cancelled"), where)
+        except Exception as exc:
+            with self.task_lock:
+                self.current_task = None
+            retry = retry_filter is True or (isinstance(retry_filter, tuple)
+                                             and isinstance(exc, retry_filter))
+            status = "retry" if retry else "error"
+            results = self._error_results(msg.return_ids, exc, where)
+        finally:
+            _current.label = None
+            for stream in (sys.stdout, sys.stderr):
+                if isinstance(stream, _Forward):
+                    stream.finish()
+        self.client.conn.send(P.TaskDone(msg.task_id, status, results))
+
+    # -- actors --------------------------------------------------------------------------------
+    def init_actor(self, msg: P.InitActor) -> None:
+        self.label = msg.class_name
+        error = None
+        try:
+            cls = self._function(msg.class_key, msg.class_blob)
+            args, kwargs, _ = self._arguments(msg.args, msg.deps)
+            self.instance = cls(*args, **kwargs)
+        except Exception as exc:
+            cause = capture_remote(exc, f"{msg.class_name}.__init__ (pid={os.getpid()})")
+            died = ActorDiedError(f"actor {msg.class_name} died: its constructor raised "
+                                  f"{type(exc).__name__}: {exc}\n\n{getattr(cause, 'remote_traceback', '')}")
+            error = P.blob(S.pack(*S.dumps(died)[:2]))
+        if error is None and msg.is_async:
+            self._start_loop(msg.concurrency)
+        elif error is None and msg.concurrency > 1:
+            self.pool = concurrent.futures.ThreadPoolExecutor(msg.concurrency,
+                                                              thread_name_prefix="unipar-actor")
+        self.client.conn.send(P.ActorReady(msg.actor_id, error))
+
+    def _start_loop(self, concurrency: int) -> None:
+        ready = threading.Event()
+
+        def run_loop() -> None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            self.semaphore = asyncio.Semaphore(concurrency)
+            ready.set()
+            self.loop.run_forever()
+        threading.Thread(target=run_loop, name="unipar-actor-loop", daemon=True).start()
+        ready.wait(10)
+
+    def _where(self, msg: P.RunActorTask) -> str:
+        return f"{self.label}.{msg.method} (pid={os.getpid()})"
+
+    def _call_sync(self, msg: P.RunActorTask) -> tuple[str, list]:
+        name = f"{self.label}.{msg.method}"
+        try:
+            method = getattr(self.instance, msg.method)
+            args, kwargs, _ = self._arguments(msg.args, msg.deps)
+            result = method(*args, **kwargs)
+            if asyncio.iscoroutine(result):
+                result = asyncio.run(result)
+        except Exception as exc:
+            return "error", self._error_results(msg.return_ids, exc, self._where(msg))
+        return self._results(msg.return_ids, result, name, self._where(msg))
+
+    def _finish_call(self, msg: P.RunActorTask, status: str, results: list) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, _Forward):
+                stream.finish()
+        self.client.conn.send(P.TaskDone(msg.task_id, status, results))
+
+    def _start_concurrent_call(self, msg: P.RunActorTask) -> None:
+        if self.pool is not None:
+            self.pool.submit(lambda: self._finish_call(msg, *self._call_sync(msg)))
+            return
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(self._call_async(msg), self.loop)
+
+    async def _call_async(self, msg: P.RunActorTask) -> None:
+        assert self.semaphore is not None
+        async with self.semaphore:
+            name = f"{self.label}.{msg.method}"
+            try:
+                method = getattr(self.instance, msg.method)
+                args, kwargs, _ = self._arguments(msg.args, msg.deps)
+                result = method(*args, **kwargs)
+                if asyncio.iscoroutine(result):
+                    result = await result
+            except Exception as exc:
+                outcome = ("error", self._error_results(msg.return_ids, exc, self._where(msg)))
+            else:
+                outcome = self._results(msg.return_ids, result, name, self._where(msg))
+        self._finish_call(msg, *outcome)
+
+
+def _watch_stdin() -> None:
+    try:
+        while sys.stdin.buffer.read(1 << 16):
+            pass
+    except OSError:
+        pass
+    os._exit(0)   # the node that started us is gone
+
+
+def main() -> None:
+    secret = bytes.fromhex(sys.stdin.buffer.readline().strip().decode())
+    # Daemons ignore SIGINT; we inherit that, but cancel() needs it to raise KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    threading.Thread(target=_watch_stdin, name="unipar-watchdog", daemon=True).start()
+    for entry in reversed(os.environ.get("UNIPAR_DRIVER_SYS_PATH", "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.insert(1, entry)
+    role = os.environ.get("UNIPAR_WORKER_ROLE", "task")
+    runtime = Runtime(role)
+    client = Client(os.environ["UNIPAR_NODE_ADDRESS"], secret,
+                    role="worker" if role == "task" else "actor",
+                    worker_id=os.environ["UNIPAR_WORKER_ID"], handler=runtime.handle)
+    runtime.client = client
+    setup = os.environ.get("UNIPAR_WORKER_SETUP", "")
+    if setup:
+        module, _, attr = setup.partition(":")
+        hook: Callable[[Client], None] = getattr(importlib.import_module(module), attr)
+        hook(client)
+    sys.stdout = _Forward(runtime, "stdout")  # type: ignore[assignment]
+    sys.stderr = _Forward(runtime, "stderr")  # type: ignore[assignment]
+    try:
+        runtime.run()
+    finally:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
