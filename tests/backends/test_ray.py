@@ -41,19 +41,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _marked(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
+def _marked(marker: str, temp_dir: str | None = None) -> list[psutil.Process]:
+    """The processes started with ``marker`` in their environment, or naming ``temp_dir`` on
+    their command line, and all their descendants.
+
+    Descendants matter: Ray's agents and workers rename themselves (``ray::IDLE``), which on
+    Linux overwrites the memory /proc/<pid>/environ is read from, so the marker is lost there;
+    they are children of the raylet, which keeps both marker and temp dir.
+    """
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if proc.environ().get(MARKER) == marker:
-                found.append(proc)
+            if proc.environ().get(MARKER) == marker or (
+                    temp_dir and any(temp_dir in part for part in proc.info["cmdline"] or ())):
+                found[proc.pid] = proc
+                found.update((c.pid, c) for c in proc.children(recursive=True))
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    return found
+    found.pop(os.getpid(), None)
+    return list(found.values())
 
 
-def _stop_marked(marker: str) -> None:
-    procs = _marked(marker)
+def _stop_marked(marker: str, temp_dir: str | None = None) -> None:
+    procs = _marked(marker, temp_dir)
     for proc in procs:
         try:
             proc.terminate()
@@ -97,7 +107,7 @@ def test_importing_does_not_import_ray(tmp_path):
 
 
 LOCAL_DRIVER = """
-    import json, os, psutil
+    import gc, json, os, psutil
     import unipar
     from unipar import _state
 
@@ -105,7 +115,15 @@ LOCAL_DRIVER = """
     def where():
         return os.getpid()
 
+    @unipar.remote
+    class Named:
+        def ping(self):
+            return "pong"
+
     unipar.init(num_cpus=2, resources={"slot": 2})
+    Named.options(name="kept").remote()   # the handle is dropped at once
+    gc.collect()
+    kept = unipar.get(unipar.get_actor("kept").ping.remote(), timeout=60)
     backend = _state.current()
     temp_dir = backend._temp_dir
     assert unipar.get(where.remote()) != os.getpid()
@@ -114,7 +132,7 @@ LOCAL_DRIVER = """
                         if c.status == psutil.CONN_LISTEN and c.pid in {k.pid for k in kids}})
     resources = unipar.cluster_resources()
     unipar.shutdown()
-    print(json.dumps({"listening": listening, "resources": resources,
+    print(json.dumps({"listening": listening, "resources": resources, "kept": kept,
                       "temp_dir_left": os.path.exists(temp_dir),
                       "children_left": [p.pid for p in psutil.Process().children(recursive=True)],
                       "home_ray": os.path.exists(os.path.expanduser("~/.ray")),
@@ -131,6 +149,7 @@ def test_local_instance_is_private_and_leaves_nothing(tmp_path):
     assert out["listening"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1")
                                     for ip in out["listening"]), out["listening"]
     assert out["resources"] == {"CPU": 2.0, "GPU": 0.0, "slot": 2.0}
+    assert out["kept"] == "pong", "a named actor must live while its name is in use"
     assert not out["temp_dir_left"] and out["children_left"] == []
     assert not out["home_ray"], "Ray wrote ~/.ray (an auth token) for a private instance"
     # What the backend set for the session is put back (Ray itself leaves RAY_AUTH_MODE and
@@ -160,7 +179,7 @@ def ray_head(tmp_path_factory) -> Iterator[dict[str, str]]:
         yield {"address": f"127.0.0.1:{port}", "client": f"ray://127.0.0.1:{client_port}",
                "marker": marker, "temp_dir": temp_dir, "tmp": str(tmp_path)}
     finally:
-        _stop_marked(marker)
+        _stop_marked(marker, temp_dir)
 
 
 JOIN_DRIVER = """
@@ -214,4 +233,5 @@ def test_joins_an_existing_cluster(ray_head, how, tmp_path):
     out = _run_driver(JOIN_DRIVER, env, tmp_path)
     assert out == {"cpus": 2.0, "value": 14, "found": 2, "error": "TypeError+TaskError"}
     # The cluster outlives the driver: it was not ours to stop.
-    assert any("gcs_server" in " ".join(p.cmdline()) for p in _marked(ray_head["marker"]))
+    assert any("gcs_server" in " ".join(p.cmdline())
+               for p in _marked(ray_head["marker"], ray_head["temp_dir"]))

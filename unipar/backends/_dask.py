@@ -32,6 +32,7 @@ import os
 import sys
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import cloudpickle
@@ -111,18 +112,22 @@ def _rebuild_ref(key: str, index: int | None, call: tuple | None) -> DaskRef:
 
 
 class DaskActorId:
-    """An actor id: the key of the Dask actor hosting it (and its future, to keep it alive)."""
+    """An actor id: a stable key, and the future of the Dask actor hosting it now.
+
+    ``key`` is the first host's Dask key and never changes; after a restart (its worker died)
+    the creating process's backend knows the new host (see ``DaskBackend._host_future``).
+    """
 
     __slots__ = ("key", "future", "keep", "__weakref__")
 
-    def __init__(self, future: Any, keep: Any = None) -> None:
-        self.key = future.key
+    def __init__(self, future: Any, keep: Any = None, key: str | None = None) -> None:
+        self.key = key or future.key
         self.future = future
         self.keep = keep
 
     def __reduce__(self):
         note_pickled(self.future)
-        return (_rebuild_actor_id, (self.key,))
+        return (_rebuild_actor_id, (self.key, self.future.key))
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -134,8 +139,18 @@ class DaskActorId:
         return f"dask-actor:{self.key}"
 
 
-def _rebuild_actor_id(key: str) -> DaskActorId:
-    return DaskActorId(_future(key))
+def _rebuild_actor_id(key: str, host_key: str) -> DaskActorId:
+    return DaskActorId(_future(host_key), None, key)
+
+
+@dataclass
+class _Recipe:
+    """How the creating process starts an actor's host again after its worker died."""
+
+    args: tuple
+    resources: dict[str, float] | None
+    max_restarts: int
+    restarts: int = 0
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -299,6 +314,8 @@ class DaskBackend(Backend):
         self._declared: set[str] = set()
         self._actor_demand: dict[str, dict[str, float]] = {}
         self._named: dict[str, str] = {}  # name -> actor key, published by this driver
+        self._recipes: dict[str, _Recipe] = {}   # actors this process may restart
+        self._hosts: dict[str, Any] = {}         # actor key -> future of its current host
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
@@ -348,6 +365,7 @@ class DaskBackend(Backend):
         self._client = self._cluster = None
         if self._in_worker or client is None:
             return
+        worker_side._ESCAPED.clear()  # futures of the client being closed
         with contextlib.suppress(Exception):
             for name, key in list(self._named.items()):
                 self._unpublish(client, name, key)
@@ -552,11 +570,15 @@ class DaskBackend(Backend):
         deps, call_bytes, nested = self._pack_args(spec.args, spec.kwargs)
         topic, forward = self._context()
         demand = resource_demand(opts)
+        resources = self._restrictions(demand)
+        host_args = (blob, call_bytes, topic, forward, *deps)
         future = client.submit(
-            worker_side.ActorHost, blob, call_bytes, topic, forward, *deps,
+            worker_side.ActorHost, *host_args,
             key=f"{spec.meta.class_name}-actor-{uuid.uuid4().hex}", actor=True, pure=False,
-            resources=self._restrictions(demand))
+            resources=resources)
         actor_id = DaskActorId(future, nested)
+        if opts.max_restarts != 0:
+            self._recipes[actor_id.key] = _Recipe(host_args, resources, opts.max_restarts)
         self._actor_demand[actor_id.key] = demand
         if opts.name is not None:
             existing = self._publish(opts.name, actor_id, spec.meta, detached=opts.lifetime == "detached")
@@ -574,29 +596,50 @@ class DaskBackend(Backend):
                 counter = self._seqs[key] = itertools.count()
             return next(counter)
 
+    def _host_future(self, actor_id: DaskActorId) -> Any:
+        """The future of the actor's current host, starting a new one if the last one's worker
+        died and ``max_restarts`` allows (only the creating process can: it has the recipe)."""
+        future = self._hosts.get(actor_id.key, actor_id.future)
+        recipe = self._recipes.get(actor_id.key)
+        if recipe is None or future.status != "error":
+            return future
+        with self._lock:
+            future = self._hosts.get(actor_id.key, actor_id.future)
+            if future.status == "error" and (recipe.max_restarts == -1
+                                             or recipe.restarts < recipe.max_restarts):
+                recipe.restarts += 1
+                future = self._live().submit(
+                    worker_side.ActorHost, *recipe.args, key=f"{actor_id.key}-r{recipe.restarts}",
+                    actor=True, pure=False, resources=recipe.resources)
+                self._hosts[actor_id.key] = future
+                self._seqs.pop(actor_id.key, None)  # the new host counts this caller from 0
+        return future
+
     def call_actor(self, actor_id: DaskActorId, call: ActorCall) -> list[DaskRef]:
         from distributed import fire_and_forget
         client = self._live()
+        host = self._host_future(actor_id)
         seq = self._next_seq(actor_id.key)
         deps, call_bytes, nested = self._pack_args(call.args, call.kwargs)
         future = client.submit(
-            worker_side.run_actor_call, actor_id.future, self._caller, seq, call.method,
+            worker_side.run_actor_call, host, self._caller, seq, call.method,
             call_bytes, call.num_returns, *deps,
             key=f"{call.method}-{uuid.uuid4().hex}", pure=False)
         fire_and_forget(future)
-        keep = (actor_id.future, nested)
-        tag = (actor_id.key, self._caller, seq)
+        keep = (host, nested)
+        tag = (host.key, self._caller, seq)
         if call.num_returns == 1:
             return [DaskRef(future, None, keep, tag)]
         return [DaskRef(future, i, keep, tag) for i in range(call.num_returns)]
 
     def _host_call(self, actor_id: DaskActorId, method: str, *args: Any) -> Any:
         """Call a host management method (kill, skip) and wait for it."""
-        proxy = actor_id.future.result(timeout=60)
+        host = self._hosts.get(actor_id.key, actor_id.future)
+        proxy = host.result(timeout=60)
         if proxy._client is None and proxy._worker is None:
             # Dask binds actor proxies to the default client, which ours is not (a user's own
             # Client stays the default); bind it to ours.
-            proxy._client, proxy._future = self._client, actor_id.future
+            proxy._client, proxy._future = self._client, host
         if self._in_worker:
             with self._slot_released():
                 return worker_side.call_host(proxy, method, *args)
@@ -604,14 +647,16 @@ class DaskBackend(Backend):
 
     def kill_actor(self, actor_id: DaskActorId, no_restart: bool) -> None:
         client = self._live()
-        if actor_id.future.status == "pending":
+        host = self._hosts.get(actor_id.key, actor_id.future)
+        if host.status == "pending":
             # Not built yet: wait for it, so the kill is not lost (creation is usually quick).
             with contextlib.suppress(Exception), self._slot_released():
-                actor_id.future.result(timeout=60)
-        if actor_id.future.status == "finished":
+                host.result(timeout=60)
+        if host.status == "finished":
             with contextlib.suppress(Exception):
                 self._host_call(actor_id, "kill", not no_restart)
         if no_restart:
+            self._recipes.pop(actor_id.key, None)
             self._actor_demand.pop(actor_id.key, None)
             for name, key in list(self._named.items()):
                 if key == actor_id.key:
@@ -665,8 +710,17 @@ class DaskBackend(Backend):
 
     # -- cluster -----------------------------------------------------------------------------------
     def _workers(self) -> dict[str, dict[str, Any]]:
+        client = self._live()
         with self._slot_released():
-            return self._live().scheduler_info(n_workers=-1)["workers"]
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            expected = self._cluster.expected_workers if self._cluster is not None else 0
+            if len(workers) < expected:
+                # A worker of our own cluster died (a crash, a forced cancel) and its nanny is
+                # starting a new one: count it once it is back rather than report a shrunk cluster.
+                with contextlib.suppress(Exception):
+                    client.wait_for_workers(expected, timeout=30)
+                workers = client.scheduler_info(n_workers=-1)["workers"]
+            return workers
 
     def _refresh_workers(self) -> None:
         maxima: dict[str, float] = {}

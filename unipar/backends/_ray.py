@@ -73,13 +73,6 @@ def _ray() -> Any:
     return ray
 
 
-def _is_loopback(address: str | None) -> bool:
-    if address in (None, "local", "auto"):
-        return True
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
 # -- errors -------------------------------------------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")   # Ray colours the "ray::f()" header of tracebacks
@@ -100,8 +93,8 @@ def _translate(exc: BaseException) -> BaseException:
             cause = RuntimeError(str(exc))
         # The dual RayTaskError(<cause type>) Ray raises keeps only its message: the remote
         # traceback, headed by "ray::<function>() (pid=N, ip=...)".
-        text = _ANSI.sub("", str(exc))
-        return TaskError.from_cause(cause, text, text.split("\n", 1)[0].strip())
+        header, _, traceback = _ANSI.sub("", str(exc)).partition("\n")
+        return TaskError.from_cause(cause, traceback, header.strip())
     for ray_types, ours in (
             ((rex.GetTimeoutError,), GetTimeoutError),
             ((rex.TaskCancelledError,), TaskCancelledError),
@@ -111,8 +104,8 @@ def _translate(exc: BaseException) -> BaseException:
             ((rex.ObjectLostError,), ObjectLostError),
             ((rex.ObjectStoreFullError, rex.OutOfDiskError), ObjectStoreFullError)):
         if isinstance(exc, ray_types):
-            return ours(str(exc))
-    return UniparError(f"{type(exc).__name__}: {exc}")
+            return ours(_ANSI.sub("", str(exc)))
+    return UniparError(_ANSI.sub("", f"{type(exc).__name__}: {exc}"))
 
 
 @contextlib.contextmanager
@@ -312,10 +305,10 @@ class RayBackend(Backend):
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
         address = options.address
-        loopback = _is_loopback(address)
+        local = address in (None, "local")
         if "ray" not in sys.modules:
             self._env.set_default(_IMPORT_ENV)
-            if loopback:
+            if local:
                 self._env.set_default(_LOOPBACK_ENV)
         self._env.set_default(_SESSION_ENV)
         ray = self._ray_mod = _ray()
@@ -324,12 +317,11 @@ class RayBackend(Backend):
                                "outside unipar); call ray.shutdown() first")
         kwargs: dict[str, Any] = {"namespace": DEFAULT_NAMESPACE,
                                   "log_to_driver": options.log_to_driver}
-        if address in (None, "local"):
+        if local:
             kwargs.update(self._local_init_kwargs(options))
         else:
+            # Ray connects the driver to the cluster's node on this host by itself.
             kwargs["address"] = address
-            if loopback and not address.startswith("ray://"):
-                kwargs["_node_ip_address"] = "127.0.0.1"
         kwargs.update(options.backend_options)
         with _quiet("ray._private.authentication.authentication_token_setup"):
             ray.init(**kwargs)

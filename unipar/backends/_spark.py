@@ -46,11 +46,27 @@ from ..exceptions import (GetTimeoutError, ObjectLostError, TaskCancelledError, 
 from ..options import InitOptions, resource_demand
 from ._spark_actors import ActorTable, split_args
 from ._spark_channel import ChannelServer
-from ._spark_executor import DRIVER_STORES, SessionInfo, SparkRef, TaskPayload, task_partition
+from ._spark_executor import DRIVER_STORES, SessionInfo, SparkRef, TaskPayload, runner_partition
 from ._spark_session import SparkSessionHandle
 from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec
 
 BROADCAST_BYTES = 1 << 20  # a dependency value this large travels as a broadcast
+# How long a runner job that finished its task waits for another before its job ends: long
+# enough to take the next task of a get()/.remote() loop, short enough to free its slot soon.
+RUNNER_LINGER_S = 0.5
+
+
+class _Runner:
+    """A runner job: one Spark task that runs unipar tasks one after another, as handed them."""
+
+    __slots__ = ("id", "group", "task", "handed", "ended")
+
+    def __init__(self, runner_id: int, group: str) -> None:
+        self.id = runner_id
+        self.group = group            # the Spark job group: cancel kills this job
+        self.task: "_Task | None" = None      # running now
+        self.handed: "_Task | None" = None    # given while idle, not yet picked up
+        self.ended = False
 
 
 class _Entry:
@@ -81,10 +97,10 @@ class _Task:
     spec: TaskSpec
     demand: dict[str, float]
     parent: int | None
-    group: str
     state: str = "waiting"        # waiting -> ready -> running|inline -> done
-    missing: int = 0
-    attempt: int = 0
+    runner: _Runner | None = None
+    attempt: int = 0              # bumped per launch after a crash: stale reports are ignored
+    crashes: int = 0
     blocked: int = 0
     held: dict[str, float] = field(default_factory=dict)
     children: list[int] = field(default_factory=list)
@@ -121,6 +137,8 @@ class SparkBackend(Backend):
         self._ids = itertools.count(1)
         self._tasks: dict[int, _Task] = {}
         self._ready: collections.deque[_Task] = collections.deque()
+        self._idle: collections.deque[_Runner] = collections.deque()  # runners waiting for work
+        self._runners: dict[int, _Runner] = {}  # runner jobs alive, by id
         self._fn_cache: dict[str, bytes] = {}
         self.totals: dict[str, float] = {}
         self.free: dict[str, float] = {}
@@ -360,8 +378,7 @@ class SparkBackend(Backend):
             task_id = next(self._ids)
             made = [self.new_entry(task_id) for _ in range(spec.options.num_returns)]
             task = _Task(task_id, _short_name(spec), spec.function_id, fn_bytes, args_blob, deps,
-                         [oid for oid, _ in made], spec, resource_demand(spec.options), parent,
-                         f"unipar-{self.session_id[:8]}-task-{task_id}")
+                         [oid for oid, _ in made], spec, resource_demand(spec.options), parent)
             self._tasks[task_id] = task
             if parent in self._tasks:
                 self._tasks[parent].children.append(task_id)
@@ -412,17 +429,29 @@ class SparkBackend(Backend):
         self.give_back(held)
 
     def schedule(self) -> None:
-        """Launch every ready task (and actor) that fits the free resources and a free slot."""
+        """Start every ready task (and actor) that fits the free resources.
+
+        A task goes to an idle runner if one waits for work, else to a new runner job while a
+        Spark slot is free. Tasks with a large argument always get a new job: their argument
+        then travels as a broadcast in that job's closure.
+        """
         if self._stopped:
             return
         for task in list(self._ready):
-            if self.slots_used >= self.slots:
-                break
             if task.state != "ready":
                 self._ready.remove(task)
-            elif self.fits(task.demand):
+                continue
+            if not self.fits(task.demand):
+                continue
+            big = any(len(self.entries[oid].value or b"") >= BROADCAST_BYTES for oid in task.deps)
+            if self._idle and not big:
                 self._ready.remove(task)
-                self._launch(task)
+                runner = self._idle.popleft()
+                self._start(task, runner)
+                runner.handed = task
+            elif self.slots_used < self.slots:
+                self._ready.remove(task)
+                self._launch_runner(task)
         self.actors.schedule()
         self.cond.notify_all()
 
@@ -431,26 +460,40 @@ class SparkBackend(Backend):
                            task.args_blob, tuple(self.dep_values(task.deps)),
                            task.spec.options.num_returns, task.spec.options)
 
-    def _launch(self, task: _Task) -> None:
-        task.state = "running"
-        task.held = self.acquire(task.demand)
-        self.slots_used += 1
-        payload = self._payload(task)
-        threading.Thread(target=self._run_job, args=(task, payload), daemon=True,
-                         name=f"unipar-spark-job-{task.id}").start()
+    def _start(self, task: _Task, runner: "_Runner | None") -> None:
+        task.state = "running" if runner is not None else "inline"
+        task.runner = runner
+        if runner is not None:
+            task.held = self.acquire(task.demand)
+            runner.task = task
 
-    def _run_job(self, task: _Task, payload: TaskPayload) -> None:
+    def _launch_runner(self, task: _Task) -> None:
+        runner = _Runner(next(self._ids), f"unipar-{self.session_id[:8]}-runner-{next(self._ids)}")
+        self._start(task, runner)
+        self.slots_used += 1
+        self._runners[runner.id] = runner
+        payload = self._payload(task)
+        threading.Thread(target=self._run_job, args=(runner, task, payload), daemon=True,
+                         name=f"unipar-spark-job-{runner.id}").start()
+
+    def _run_job(self, runner: "_Runner", task: _Task, payload: TaskPayload) -> None:
+        """One runner job: its first task, then whatever the driver hands it (``_next_task``)."""
         error: BaseException | None = None
         try:
             payload = self._with_broadcasts(task, payload)
-            self.spark.run_job(task.group, f"unipar task {task.name}",
-                               functools.partial(task_partition, payload))
+            self.spark.run_job(runner.group, f"unipar task {task.name}",
+                               functools.partial(runner_partition, runner.id, payload))
         except BaseException as exc:  # a crashed worker, a cancelled job, a stopped context
             error = exc
         with self.lock:
             self.slots_used -= 1
-            if task.state == "running" and task.attempt == payload.attempt:
-                self._job_lost(task, error)
+            runner.ended = True
+            self._runners.pop(runner.id, None)
+            if runner in self._idle:
+                self._idle.remove(runner)
+            for lost in (runner.task, runner.handed):
+                if lost is not None and lost.state == "running" and lost.runner is runner:
+                    self._job_lost(lost, error)
             self.schedule()
 
     def _with_broadcasts(self, task: _Task, payload: TaskPayload) -> TaskPayload:
@@ -472,33 +515,67 @@ class SparkBackend(Backend):
         return TaskPayload(**{**payload.__dict__, "dep_values": tuple(values)})
 
     def _job_lost(self, task: _Task, error: BaseException | None) -> None:
-        """The job ended without a result: the worker died (or was lost with its executor)."""
+        """The job ended without the task's result: its worker died (or its executor was lost)."""
         reason = _crash_reason(error) if error is not None else "it ended without a result"
         retries = task.spec.options.max_retries
-        if retries == -1 or task.attempt < retries:
+        self._release(task)
+        task.runner = None
+        if retries == -1 or task.crashes < retries:
+            task.crashes += 1
             task.attempt += 1
-            self._release(task)
             task.state = "ready"
             self._ready.append(task)
             return
         self._fail_task(task, WorkerCrashedError(
             f"the Spark worker running task {task.name} died: {reason} "
-            f"(attempts: {task.attempt + 1}; raise max_retries to retry more)"))
+            f"(attempts: {task.crashes + 1}; raise max_retries to retry more)"))
 
-    def _on_task_done(self, task_id: int, attempt: int, outcome: tuple) -> None:
+    def _on_task_done(self, task_id: int, attempt: int, outcome: tuple,
+                      runner_id: int | None = None) -> TaskPayload | None:
+        """Record a task's outcome; a runner gets its next task (None: its job should end)."""
         with self.lock:
+            runner = self._runners.get(runner_id) if runner_id is not None else None
+            if runner is not None and not runner.ended and runner not in self._idle:
+                # Idle before the task's resources come back, so the next ready task goes to
+                # this runner instead of a new job.
+                runner.task = None
+                self._idle.append(runner)
             task = self._tasks.get(task_id)
-            if task is None or task.state not in ("running", "inline") or task.attempt != attempt:
-                return  # cancelled, or a stale attempt
-            self._release(task)
-            task.state = "done"
-            status, value = outcome
-            for i, oid in enumerate(task.outputs):
-                if status == "ok":
-                    self.finish(oid, value=value[i])
-                else:
-                    self.finish(oid, error=value)
-            self._forget(task)
+            if task is not None and task.state in ("running", "inline") and task.attempt == attempt:
+                self._release(task)
+                task.state = "done"
+                status, value = outcome
+                for i, oid in enumerate(task.outputs):
+                    if status == "ok":
+                        self.finish(oid, value=value[i])
+                    else:
+                        self.finish(oid, error=value)
+                self._forget(task)
+            return self._next_task(runner) if runner is not None else None
+
+    def _next_task(self, runner: "_Runner") -> TaskPayload | None:
+        """Wait (lock held) up to RUNNER_LINGER_S for a task to hand to this idle runner."""
+        runner.task = None
+        if runner.ended or self._stopped:
+            if runner in self._idle:
+                self._idle.remove(runner)
+            return None
+        if runner not in self._idle and runner.handed is None:
+            self._idle.append(runner)
+        self.schedule()
+        deadline = time.monotonic() + RUNNER_LINGER_S
+        while runner.handed is None and not self._stopped:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.cond.wait(remaining)
+        task, runner.handed = runner.handed, None
+        if task is None:
+            if runner in self._idle:
+                self._idle.remove(runner)
+            runner.ended = True  # its job is about to end: hand it nothing more
+            return None
+        return self._payload(task)
 
     # -- blocked tasks -----------------------------------------------------------------------
     def _block(self, caller: int | None) -> None:
@@ -537,7 +614,7 @@ class SparkBackend(Backend):
             seen.add(task.id)
             if task.state == "ready":
                 self._ready.remove(task)
-                task.state = "inline"
+                self._start(task, None)
                 return self._payload(task)
             if task.state == "waiting":
                 stack.extend(task.deps)
@@ -557,8 +634,13 @@ class SparkBackend(Backend):
                     continue
                 if recursive:
                     todo.extend(self._tasks[c] for c in current.children if c in self._tasks)
-                if current.state == "running":
-                    groups.append(current.group)
+                if current.state == "running" and current.runner is not None:
+                    # Its runner job dies with it; the other tasks are not bound to that job.
+                    groups.append(current.runner.group)
+                    current.runner.task = None
+                    current.runner.ended = True
+                    if current.runner.handed is current:
+                        current.runner.handed = None
                 self._fail_task(current, TaskCancelledError(f"task {current.name} was cancelled"))
         for group in groups:  # outside the lock: a JVM call
             self.spark.cancel_group(group)

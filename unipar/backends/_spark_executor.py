@@ -284,8 +284,12 @@ def execute_task(payload: TaskPayload) -> tuple:
     raise AssertionError("unreachable")
 
 
-def run_task(payload: TaskPayload) -> None:
-    """Run a task in this thread, with its print prefix, and report the outcome to the driver."""
+def run_task(payload: TaskPayload, runner_id: int | None = None) -> TaskPayload | None:
+    """Run a task in this thread, with its print prefix, and report the outcome to the driver.
+
+    Returns the next task the driver hands this runner (None for inline runs, or when the
+    runner should end).
+    """
     client = _client()
     previous = _context()
     ctx = _tls.context = _Context(payload.name, lambda stream, text: client.notify("log", stream, text),
@@ -296,18 +300,20 @@ def run_task(payload: TaskPayload) -> None:
         ctx.flush()
         _tls.context = previous
     try:
-        client.call("task_done", payload.task_id, payload.attempt, outcome)
+        return client.call("task_done", payload.task_id, payload.attempt, outcome, runner_id)
     except Exception as exc:  # the result did not pickle: report that instead
-        client.call("task_done", payload.task_id, payload.attempt,
-                    ("err", capture_remote(exc, f"{payload.name} (sending its result)")))
+        outcome = ("err", capture_remote(exc, f"{payload.name} (sending its result)"))
+        return client.call("task_done", payload.task_id, payload.attempt, outcome, runner_id)
 
 
-def task_partition(payload: TaskPayload, rows: Iterable[Any]) -> list:
-    """The function Spark runs for a task's one partition."""
+def runner_partition(runner_id: int, payload: TaskPayload, rows: Iterable[Any]) -> list:
+    """The function Spark runs for a runner job: its first task, then each one it is handed."""
     for _ in rows:  # drain the input: a worker whose input is left unread is not reused
         pass
     ensure_worker(payload.session)
-    run_task(payload)
+    next_payload: TaskPayload | None = payload
+    while next_payload is not None:
+        next_payload = run_task(next_payload, runner_id)
     return []
 
 
@@ -520,5 +526,5 @@ def actor_partition(payload: ActorPayload, rows: Iterable[Any]) -> list:
 
 
 __all__ = ["SparkRef", "SparkActorId", "SessionInfo", "DepArg", "TaskPayload", "ActorPayload",
-           "ExecutorBackend", "task_partition", "actor_partition", "ensure_worker",
+           "ExecutorBackend", "runner_partition", "actor_partition", "ensure_worker",
            "execute_task", "resolve_args", "split_outputs", "DRIVER_STORES"]

@@ -114,7 +114,7 @@ class SparkSessionHandle:
         if address is not None and not local and not str(address).startswith("spark://"):
             raise ValueError(f"the spark backend takes a spark://host:port master address or none "
                              f"(got {address!r})")
-        slots = _local_slots(cores)
+        slots = int(options.backend_options.get("task_slots") or _local_slots(cores))
         master = f"local[{slots}]" if local else str(address)
         conf = cls._conf(SparkConf(), master, options, loopback=local or _is_loopback(master))
         sc = cls._start_context(conf, SparkContext)

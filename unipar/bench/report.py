@@ -114,6 +114,25 @@ class Report:
                                                   for n in self.names} for r in self.results},
                 "facade_overhead": facade}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Report":
+        """The report that :meth:`to_json` wrote (to re-render it without re-running)."""
+        names = list(data["workloads"])
+        results = []
+        for backend, entry in data["backends"].items():
+            result = BackendResult(backend, error=entry.get("error"), notes=entry.get("notes", []),
+                                   peak_rss=entry.get("peak_rss_bytes", []))
+            for name, w in entry["workloads"].items():
+                if w.get("samples"):
+                    result.samples[name] = list(w["samples"])
+                if w.get("na"):
+                    result.na.add(name)
+                if w.get("error"):
+                    result.failures[name] = w["error"]
+            results.append(result)
+        meta = data["meta"]
+        return cls(results, names, data["baseline"], Sizes(float(meta.get("scale", 1.0))), meta)
+
     # -- tables ------------------------------------------------------------------------------
 
     def _cell(self, result: BackendResult, name: str) -> Any:
@@ -141,17 +160,17 @@ class Report:
         from rich.text import Text
         main = Table(title=f"unipar bench: median, ×ratio to {self.baseline}, min–max "
                      f"(scale {self.sizes.scale:g}, {self.meta.get('repeat')} repeats)")
-        main.add_column("workload")
+        main.add_column("workload", no_wrap=True)
         for r in self.results:
             main.add_column(r.backend + (" (error)" if r.error else ""), justify="right")
         for name in self.names:
             main.add_row(self.label(name), *[self._cell(r, name) for r in self.results])
         out: list[Any] = [main]
-        pairs = [(a, b) for a, b in FACADE_PAIRS if self._has_data(a) and self._has_data(b)]
+        pairs = self._facade_pairs()
         if pairs:
             facade = Table(title="facade overhead: unipar on an engine ÷ the same code written "
                            "directly for it (1.0 = no overhead)")
-            facade.add_column("workload")
+            facade.add_column("workload", no_wrap=True)
             for a, b in pairs:
                 facade.add_column(f"{a} ÷ {b}", justify="right")
             for name in self.names:
@@ -184,7 +203,7 @@ class Report:
         for name in self.names:
             cells = [self._cell(r, name).plain.split("\n")[0] for r in self.results]
             lines.append(f"| {self.label(name)} | " + " | ".join(cells) + " |")
-        pairs = [(a, b) for a, b in FACADE_PAIRS if self._has_data(a) and self._has_data(b)]
+        pairs = self._facade_pairs()
         if pairs:
             lines += ["", "Facade overhead (unipar on an engine ÷ the same code written directly "
                       "for it; 1.00 = none):", "",
@@ -206,13 +225,17 @@ class Report:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        pairs = self._facade_pairs()
         cols = 3
-        rows = math.ceil(len(self.names) / cols)
+        panels = len(self.names) + (1 if pairs else 0)
+        rows = math.ceil(panels / cols)
         height = 0.32 * len(self.results) + 1.1
         fig, axes = plt.subplots(rows, cols, figsize=(16, rows * height + 1.2), squeeze=False)
         for ax, name in zip(axes.flat, self.names):
             self._plot_one(ax, name)
-        for ax in list(axes.flat)[len(self.names):]:
+        if pairs:
+            self._plot_facade(list(axes.flat)[len(self.names)], pairs)
+        for ax in list(axes.flat)[panels:]:
             ax.axis("off")
         fig.suptitle(f"unipar bench — {self.meta.get('date', '')[:16].replace('T', ' ')} UTC, "
                      f"{self.meta.get('cpus')} CPUs, scale {self.sizes.scale:g}, "
@@ -221,6 +244,38 @@ class Report:
         fig.tight_layout(rect=(0, 0, 1, 0.97))
         fig.savefig(path, dpi=110)
         plt.close(fig)
+
+    def _facade_pairs(self) -> list[tuple[str, str]]:
+        return [(a, b) for a, b in FACADE_PAIRS if self._has_data(a) and self._has_data(b)]
+
+    def facade_summary(self, a: str, b: str) -> tuple[float, float, float] | None:
+        """(geometric mean, min, max) over workloads of the ratio ``a`` / ``b``, skipping the
+        serial-Python workload, which does not touch the engine."""
+        ratios = [r for n in self.names if n != "tutorial_serial"
+                  if (r := self.ratio(a, b, n)) is not None and r > 0]
+        if not ratios:
+            return None
+        return math.exp(statistics.fmean(math.log(r) for r in ratios)), min(ratios), max(ratios)
+
+    def _plot_facade(self, ax: Any, pairs: list[tuple[str, str]]) -> None:
+        ys = list(range(len(pairs)))[::-1]
+        for y, (a, b) in zip(ys, pairs):
+            summary = self.facade_summary(a, b)
+            if summary is None:
+                continue
+            mean, low, high = summary
+            ax.barh(y, mean - 1.0, left=1.0, color=_COLOURS.get(a, "#2ca02c"), alpha=0.9,
+                    xerr=[[mean - low], [high - mean]], capsize=2, edgecolor="black",
+                    linewidth=0.4)
+            ax.text(high, y, f" ×{fmt_ratio(mean)}", va="center", fontsize=8)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_yticks(ys, [f"{a} ÷ {b}" for a, b in pairs], fontsize=8)
+        ax.set_title("facade overhead: geometric mean over workloads\n(whiskers: min–max "
+                     "workload; 1 = no overhead)", fontsize=9.5)
+        ax.set_xlabel("unipar on the engine ÷ plain engine", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
 
     def _plot_one(self, ax: Any, name: str) -> None:
         unit = _BY_NAME[name].unit

@@ -52,6 +52,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="write a PNG bar chart")
     parser.add_argument("--markdown", metavar="FILE.md", help="write the tables as Markdown")
+    parser.add_argument("--load", metavar="FILE.json", help="run nothing: show the results a "
+                        "previous --json wrote (with --plot/--markdown to re-render them)")
     parser.set_defaults(func=_cmd_bench)
 
 
@@ -80,6 +82,8 @@ def _parse(args: argparse.Namespace) -> tuple[list[str], list[str], str | None]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.load:
+        return _output(Report.from_json(json.loads(Path(args.load).read_text())), args)
     backends, names, problem = _parse(args)
     repeat = args.repeat if args.repeat is not None else (2 if args.quick else 3)
     if problem or repeat < 1:
@@ -92,11 +96,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
     timeout = args.timeout or (300.0 if args.quick or scale < 1 else 900.0)
     report = run_bench(backends, names, repeat, Sizes(scale), baseline, timeout)
+    return _output(report, args)
+
+
+def _output(report: Report, args: argparse.Namespace) -> int:
+    """Print the tables; write the JSON, Markdown and PNG asked for. Exit 1 if nothing ran."""
     from rich.console import Console
-    console = Console(width=max(120, 24 + 18 * len(backends)))
+    console = Console(width=max(Console().width, 50 + 20 * len(report.results)))
     for renderable in report.tables():
         console.print(renderable)
-    if args.json:
+    if args.json and not args.load:
         Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(report.to_markdown())

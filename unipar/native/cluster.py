@@ -17,6 +17,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -88,37 +89,57 @@ class LocalCluster:
         self.resources = {"CPU": float(cpus), "GPU": float(gpus)}
         self.resources.update({k: float(v) for k, v in cfg.resources.items()})
         os.makedirs(self.session_dir, mode=0o700)
-        head_line = self._launch("unipar.native.head", {"host": cfg.host})
-        self.head_address = head_line.split()[1]
-        node_line = self._launch("unipar.native.node", {
-            "node_id": uuid.uuid4().hex, "session_dir": self.session_dir,
-            "spill_dir": self.spill_dir, "resources": self.resources,
-            "store_limit": cfg.object_store_memory or default_store_limit(),
-            "spill_limit": cfg.spill_limit, "head_address": self.head_address,
-            "worker_setup": cfg.worker_setup, "prestart": int(cpus), "host": cfg.host,
-            "stuck_warning_after": cfg.stuck_warning_after,
-            "worker_idle_timeout": cfg.worker_idle_timeout})
-        _, self.node_address, self.node_unix_address = node_line.split()
+        # Bind every listener here, so both daemons know all addresses before they run and
+        # start in parallel; a client connecting early waits in the listen backlog.
+        head_sock = _listen_tcp(cfg.host)
+        node_sock = _listen_tcp(cfg.host)
+        unix_path = os.path.join(self.session_dir, "node.sock")
+        unix_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix_sock.bind(unix_path)
+        unix_sock.listen(512)
+        self.head_address = f"tcp://{cfg.host}:{head_sock.getsockname()[1]}"
+        self.node_address = f"tcp://{cfg.host}:{node_sock.getsockname()[1]}"
+        self.node_unix_address = f"unix://{unix_path}"
+        try:
+            head = self._launch("unipar.native.head", {"host": cfg.host},
+                                {"tcp_fd": head_sock})
+            node = self._launch("unipar.native.node", {
+                "node_id": uuid.uuid4().hex, "session_dir": self.session_dir,
+                "spill_dir": self.spill_dir, "resources": self.resources,
+                "store_limit": cfg.object_store_memory or default_store_limit(),
+                "spill_limit": cfg.spill_limit, "head_address": self.head_address,
+                "worker_setup": cfg.worker_setup, "prestart": int(cpus), "host": cfg.host,
+                "stuck_warning_after": cfg.stuck_warning_after,
+                "worker_idle_timeout": cfg.worker_idle_timeout},
+                {"tcp_fd": node_sock, "unix_fd": unix_sock})
+        finally:
+            for sock in (head_sock, node_sock, unix_sock):
+                sock.close()   # the daemons hold their own copies
+        for read_fd, proc, module in (head, node):
+            try:
+                self._read_ready(read_fd, proc, module)
+            finally:
+                os.close(read_fd)
 
-    def _launch(self, module: str, settings: dict) -> str:
+    def _launch(self, module: str, settings: dict, socks: dict[str, socket.socket]
+                ) -> tuple[int, subprocess.Popen, str]:
         read_fd, write_fd = os.pipe()
-        settings = dict(settings, ready_fd=write_fd)
+        fds = {name: sock.fileno() for name, sock in socks.items()}
+        settings = dict(settings, ready_fd=write_fd, **fds)
         env = dict(os.environ)
         env["UNIPAR_DRIVER_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", module, "--config", json.dumps(settings)],
-                stdin=subprocess.PIPE, pass_fds=(write_fd,), env=env, start_new_session=True)
+                stdin=subprocess.PIPE, pass_fds=(write_fd, *fds.values()), env=env,
+                start_new_session=True)
         finally:
             os.close(write_fd)
         self.procs.append(proc)
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(self.secret.hex().encode() + b"\n")
-            proc.stdin.flush()
-            return self._read_ready(read_fd, proc, module)
-        finally:
-            os.close(read_fd)
+        assert proc.stdin is not None
+        proc.stdin.write(self.secret.hex().encode() + b"\n")
+        proc.stdin.flush()
+        return read_fd, proc, module
 
     @staticmethod
     def _read_ready(fd: int, proc: subprocess.Popen, module: str) -> str:
@@ -157,6 +178,14 @@ class LocalCluster:
         self.procs.clear()
         shutil.rmtree(self.session_dir, ignore_errors=True)
         shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+def _listen_tcp(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(512)
+    return sock
 
 
 def _kill_tree(pid: int) -> None:

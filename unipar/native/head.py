@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         head = Head(secret)
         loop.add_signal_handler(signal.SIGTERM, head.stopping.set)
-        servers = await serve(head, secret, cfg.get("host", "127.0.0.1"), cfg.get("port", 0))
+        servers = await serve(head, secret, cfg.get("host", "127.0.0.1"), cfg.get("port", 0),
+                              tcp_fd=cfg.get("tcp_fd"))
         port = servers[0].sockets[0].getsockname()[1]
         _report_ready(cfg, f"READY tcp://{cfg.get('host', '127.0.0.1')}:{port}\n")
 

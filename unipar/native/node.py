@@ -8,8 +8,7 @@ task runs are the :class:`~.scheduler.Scheduler`'s; this module is the I/O shell
     run_task ◀── Dispatch(task, idle worker) ◀────────────────┘
     task_done ─▶ store results ─▶ object_ready to subscribers ─▶ dependents become ready
 
-    create_actor ─▶ scheduler.add_actor ─▶ PlaceActor ─▶ new process ─▶ init_actor ─▶ alive
-    call_actor   ─▶ the actor's FIFO ─▶ run_actor_task (in order, once its deps are ready)
+    (actors: see node_actors.py)
 
 Objects live here as metadata plus small inline payloads; large ones are files in the store
 (:mod:`.object_store`). An object is freed when no process holds a ref to it (``holders``) and
@@ -29,14 +28,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any
 
-from ..exceptions import (ActorDiedError, ObjectLostError, TaskCancelledError,
+from ..exceptions import (ObjectLostError, TaskCancelledError,
                           WorkerCrashedError)
 from . import protocol as P
 from . import serialization as S
 from .object_store import ObjectStore, StoreFullError
+from .node_actors import Actor, ActorHost, exit_code
 from .scheduler import Dispatch, PlaceActor, RetireWorker, Scheduler, StartWorkers
 from .server import ServerConnection, serve
 from .transport import Connection
@@ -45,11 +44,6 @@ log = logging.getLogger("unipar.native.node")
 
 TICK = 0.25
 INLINE_MAX = 100 * 1024
-
-
-def _error_payload(exc: BaseException) -> bytes:
-    data, buffers, _ = S.dumps(exc)
-    return S.pack(data, buffers)
 
 
 class Obj:
@@ -105,24 +99,7 @@ class WorkerProc:
         self.started = time.monotonic()
 
 
-class Actor:
-    __slots__ = ("msg", "state", "worker", "queue", "inflight", "restarts", "death",
-                 "init_task", "gpu_ids", "retries")
-
-    def __init__(self, msg: P.CreateActor) -> None:
-        self.msg = msg
-        self.state = "waiting"   # waiting (deps) | pending (resources) | starting | alive | dead
-        self.worker: str | None = None
-        self.queue: deque[Task] = deque()
-        self.inflight: dict[bytes, Task] = {}
-        self.restarts = 0
-        self.death: bytes | None = None
-        self.init_task: Task | None = None
-        self.gpu_ids: tuple[int, ...] = ()
-        self.retries: dict[bytes, int] = {}
-
-
-class Node:
+class Node(ActorHost):
     """All state of one node daemon; handlers are plain methods called by the transport."""
 
     def __init__(self, *, node_id: str, session_dir: str, spill_dir: str, secret: bytes,
@@ -142,6 +119,7 @@ class Node:
         os.makedirs(self.store.shm_dir, exist_ok=True)
         self.sched = Scheduler(resources, idle_timeout=worker_idle_timeout)
         self.stuck_warning_after = stuck_warning_after
+        self.listen_fds: dict[str, int] = {}   # sockets bound by the starter, if any
         self.objects: dict[bytes, Obj] = {}
         self.tasks: dict[bytes, Task] = {}
         self.waiters: dict[bytes, list[Task]] = {}
@@ -182,18 +160,26 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         unix_path = os.path.join(self.session_dir, "node.sock")
-        servers = await serve(self, self.secret, self.host, 0, unix_path)
+        servers = await serve(self, self.secret, self.host, 0, unix_path,
+                              self.listen_fds.get("tcp"), self.listen_fds.get("unix"))
         port = servers[0].sockets[0].getsockname()[1]
         self.servers = servers
         self.address = f"tcp://{self.host}:{port}"
         self.unix_address = f"unix://{unix_path}"
-        if self.head_address:
-            self.head = Connection(self.head_address, self.secret)
-            threading.Thread(target=self.head.serve_forever, args=(lambda m: None,),
-                             daemon=True, name="unipar-node-head").start()
-            self.head.send(P.RegisterNode(0, self.node_id, self.address, self.sched.total))
-        self._start_workers(self.prestart)
+        self._start_workers(self.prestart)   # first: they start while we connect to the head
         asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def join_head(self) -> None:
+        """Register with the head and wait for its answer (blocking: run it on a thread; the
+        head may still be starting). The starter learns we are ready only after this."""
+        head = Connection(self.head_address, self.secret)
+        answered = threading.Event()
+        threading.Thread(target=head.serve_forever, args=(lambda msg: answered.set(),),
+                         daemon=True, name="unipar-node-head").start()
+        head.send(P.RegisterNode(1, self.node_id, self.address, self.sched.total))
+        if not answered.wait(30):
+            raise RuntimeError(f"the head at {self.head_address} did not answer")
+        self.head = head
 
     def stop(self) -> None:
         """Kill every worker and remove this node's files. Idempotent."""
@@ -348,7 +334,7 @@ class Node:
         for oid in msg.oids:
             obj = self.objects.get(oid)
             if obj is None:
-                conn.send(P.ObjectReady(oid, "error", _error_payload(ObjectLostError(
+                conn.send(P.ObjectReady(oid, "error", S.pack_error(ObjectLostError(
                     f"object {oid.hex()} no longer exists (every ref to it was dropped, or "
                     "its node was lost)")), "", 0))
             elif obj.kind is not None:
@@ -422,7 +408,7 @@ class Node:
         for oid in task.deps:
             obj = self.objects.get(oid)
             if obj is None:
-                return _error_payload(ObjectLostError(
+                return S.pack_error(ObjectLostError(
                     f"an argument of {task.name} ({oid.hex()}) no longer exists"))
             if obj.kind == "error":
                 return obj.payload
@@ -556,7 +542,7 @@ class Node:
         task = self.tasks.get(obj.task_id) if obj is not None and obj.task_id else None
         if task is None or task.state == "done" or task.cancelled:
             return
-        error = _error_payload(TaskCancelledError(f"task {task.name} was cancelled"))
+        error = S.pack_error(TaskCancelledError(f"task {task.name} was cancelled"))
         if task.actor_id is not None:
             actor = self.actors.get(task.actor_id)
             if actor is not None and task in actor.queue:
@@ -645,184 +631,11 @@ class Node:
                 task.retries_left -= 1 if task.retries_left > 0 else 0
                 self._requeue(task)
             else:
-                code = _exit_code(w.proc)
-                self._fail_task(task, _error_payload(WorkerCrashedError(
+                code = exit_code(w.proc)
+                self._fail_task(task, S.pack_error(WorkerCrashedError(
                     f"the worker process (pid {w.proc.pid}) running task {task.name} died "
                     f"(exit code {code}) and its retries are used up")))
         self._schedule()
-
-    # -- actors --------------------------------------------------------------------------------
-    def on_create_actor(self, conn: ServerConnection, msg: P.CreateActor) -> None:
-        actor = Actor(msg)
-        self.actors[msg.actor_id] = actor
-        init = self._make_task(conn, msg.actor_id, f"{msg.class_name}.__init__", msg.args,
-                               msg.deps, msg.contained, [], msg.resources, 0)
-        init.actor_id = msg.actor_id
-        actor.init_task = init
-        self._watch_deps(init)
-
-    def _actor_deps_ready(self, actor: Actor) -> None:
-        error = self._failed_dep(actor.init_task)  # type: ignore[arg-type]
-        if error is not None:
-            self._actor_dead(actor, _error_payload(ActorDiedError(
-                f"actor {actor.msg.class_name} could not start: an argument of its constructor "
-                "failed")))
-            return
-        actor.state = "pending"
-        self.sched.add_actor(actor.msg.actor_id, actor.msg.resources, time.monotonic(),
-                             f"actor {actor.msg.class_name}")
-        self._schedule()
-
-    def _place_actor(self, action: PlaceActor) -> None:
-        actor = self.actors.get(action.actor_id)   # type: ignore[arg-type]
-        if actor is None or actor.state == "dead":
-            self.sched.remove_actor(action.actor_id)
-            return
-        actor.gpu_ids = action.gpu_ids
-        self._start_actor_process(actor)
-
-    def _start_actor_process(self, actor: Actor) -> None:
-        actor.state = "starting"
-        w = self._spawn("actor", actor.msg.actor_id, actor.gpu_ids)
-        actor.worker = w.wid
-
-    def _init_actor(self, w: WorkerProc) -> None:
-        actor = self.actors.get(w.actor_id)   # type: ignore[arg-type]
-        if actor is None or actor.state == "dead" or w.conn is None:
-            self._retire(w.wid)
-            return
-        m = actor.msg
-        init = actor.init_task
-        assert init is not None
-        w.conn.send(P.InitActor(m.actor_id, m.class_key, P.blob(self.functions[m.class_key]),
-                                m.class_name, P.blob(m.args), self._dep_values(init),
-                                m.concurrency, m.is_async, list(actor.gpu_ids)))
-
-    def on_actor_ready(self, conn: ServerConnection, msg: P.ActorReady) -> None:
-        actor = self.actors.get(msg.actor_id)
-        if actor is None or actor.state == "dead":
-            return
-        if msg.error is not None:
-            self._actor_dead(actor, bytes(msg.error))
-            return
-        actor.state = "alive"
-        self._pump(actor)
-
-    def on_call_actor(self, conn: ServerConnection, msg: P.CallActor) -> None:
-        actor = self.actors.get(msg.actor_id)
-        name = f"{actor.msg.class_name}.{msg.method}" if actor else msg.method
-        task = self._make_task(conn, msg.task_id, name, msg.args, msg.deps, msg.contained,
-                               msg.return_ids, {}, 0)
-        task.actor_id, task.method = msg.actor_id, msg.method
-        if actor is None:
-            self._fail_task(task, _error_payload(ActorDiedError(
-                f"no such actor {msg.actor_id.hex()[:12]}: it was never created on this node")))
-            return
-        if actor.state == "dead":
-            self._fail_task(task, actor.death)
-            return
-        task.state = "queued"
-        actor.queue.append(task)
-        self._watch_deps(task)
-
-    def _pump(self, actor: Actor) -> None:
-        """Send queued calls to the actor, in order, while the next one's deps are ready."""
-        if actor.state != "alive":
-            return
-        w = self.workers.get(actor.worker or "")
-        if w is None or w.conn is None:
-            return
-        while actor.queue and actor.queue[0].missing == 0:
-            task = actor.queue.popleft()
-            error = self._failed_dep(task)
-            if error is not None:
-                self._fail_task(task, error)
-                continue
-            task.state = "running"
-            actor.inflight[task.task_id] = task
-            w.conn.send(P.RunActorTask(task.task_id, task.method, P.blob(task.args),
-                                       self._dep_values(task), task.return_ids))
-
-    def _actor_task_done(self, w: WorkerProc, msg: P.TaskDone) -> None:
-        actor = self.actors.get(w.actor_id)   # type: ignore[arg-type]
-        task = actor.inflight.pop(msg.task_id, None) if actor else None
-        if task is None or task.cancelled:
-            self._discard_results(msg.results)
-            return
-        self._store_results(task, msg.results)
-
-    def _actor_dead(self, actor: Actor, death: bytes) -> None:
-        actor.state = "dead"
-        actor.death = death
-        pending = list(actor.inflight.values()) + list(actor.queue)
-        actor.inflight.clear()
-        actor.queue.clear()
-        for task in pending:
-            self._fail_task(task, death)
-        if actor.init_task is not None and actor.init_task.state != "done":
-            self._finish(actor.init_task)
-        self.sched.remove_actor(actor.msg.actor_id)
-        w = self.workers.get(actor.worker or "")
-        if w is not None:
-            self._retire(w.wid)
-        if actor.msg.name and self.head is not None and not self.head.closed:
-            try:
-                self.head.send(P.UnregisterName(0, actor.msg.name, actor.msg.actor_id))
-            except ConnectionError:
-                pass
-        self._schedule()
-
-    def _can_restart(self, actor: Actor) -> bool:
-        limit = actor.msg.max_restarts
-        return limit == -1 or actor.restarts < limit
-
-    def _actor_process_died(self, w: WorkerProc) -> None:
-        actor = self.actors.get(w.actor_id)   # type: ignore[arg-type]
-        if actor is None or actor.state == "dead" or actor.worker != w.wid:
-            return
-        code = _exit_code(w.proc)
-        if not self._can_restart(actor):
-            self._actor_dead(actor, _error_payload(ActorDiedError(
-                f"actor {actor.msg.class_name} died: its process (pid {w.proc.pid}) exited "
-                f"unexpectedly (exit code {code})")))
-            return
-        actor.restarts += 1
-        retry: list[Task] = []
-        for task in actor.inflight.values():
-            used = actor.retries.get(task.task_id, 0)
-            limit = actor.msg.max_task_retries
-            if limit == -1 or used < limit:
-                actor.retries[task.task_id] = used + 1
-                retry.append(task)
-            else:
-                self._fail_task(task, _error_payload(ActorDiedError(
-                    f"actor {actor.msg.class_name} died while running {task.name} (it is "
-                    "being restarted; set max_task_retries to retry such calls)")))
-        actor.inflight.clear()
-        for task in reversed(retry):
-            task.state = "queued"
-            actor.queue.appendleft(task)
-        self._start_actor_process(actor)
-
-    def on_kill_actor(self, conn: ServerConnection, msg: P.KillActor) -> None:
-        actor = self.actors.get(msg.actor_id)
-        if actor is not None and actor.state != "dead":
-            if msg.no_restart or not self._can_restart(actor):
-                self._actor_dead(actor, _error_payload(ActorDiedError(
-                    f"actor {actor.msg.class_name} was killed with unipar.kill()")))
-            else:
-                w = self.workers.get(actor.worker or "")
-                if w is not None:
-                    self._kill_worker(w)
-        conn.send(P.Reply(msg.req_id, True))
-
-
-def _exit_code(proc: subprocess.Popen) -> int | None:
-    """The exit code of a process whose connection just closed (it is exiting or gone)."""
-    try:
-        return proc.wait(timeout=0.2)
-    except subprocess.TimeoutExpired:
-        return None
 
 
 def _watch_parent(loop: asyncio.AbstractEventLoop, node: Node) -> None:
@@ -865,8 +678,11 @@ def main(argv: list[str] | None = None) -> None:
                     host=cfg.get("host", "127.0.0.1"),
                     stuck_warning_after=cfg.get("stuck_warning_after", 5.0),
                     worker_idle_timeout=cfg.get("worker_idle_timeout", 10.0))
+        node.listen_fds = {k: cfg[f"{k}_fd"] for k in ("tcp", "unix") if f"{k}_fd" in cfg}
         loop.add_signal_handler(signal.SIGTERM, node.stop)
         await node.start()
+        if node.head_address:
+            await loop.run_in_executor(None, node.join_head)
         _report_ready(cfg, f"READY {node.address} {node.unix_address}\n")
         threading.Thread(target=_watch_parent, args=(loop, node), daemon=True).start()
         await node.stopping.wait()

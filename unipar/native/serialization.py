@@ -126,6 +126,12 @@ def unpack(packed: Any) -> tuple[memoryview, list[memoryview]]:
     return parts[0], parts[1:]
 
 
+def pack_error(exc: BaseException) -> bytes:
+    """An exception packed as an object value (``get`` raises it)."""
+    data, buffers, _ = dumps(exc)
+    return pack(data, buffers)
+
+
 def load_packed(packed: Any) -> Any:
     data, buffers = unpack(packed)
     return loads(data, buffers)
@@ -153,20 +159,29 @@ def write_file(path: str, data: bytes, buffers: list[Any]) -> int:
     return size
 
 
-def map_file(path: str) -> tuple[memoryview, list[memoryview]]:
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def map_file(path: str, populate: bool = False) -> tuple[memoryview, list[memoryview]]:
     """Map an object file read-only; the views keep the mapping alive (and unlinking the file
-    later does not disturb them)."""
+    later does not disturb them).
+
+    ``populate`` pre-faults every page in one call: slower to map, but a task that reads all of
+    its argument then takes no page fault per 4 KiB (about half the total time for 100 MiB).
+    ``get`` in a driver does not populate: mapping stays O(1), whatever the size.
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""
+        flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
+        mapped = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ) if size else b""
     finally:
         os.close(fd)
     return unpack(mapped)
 
 
-def load_file(path: str) -> Any:
-    data, buffers = map_file(path)
+def load_file(path: str, populate: bool = False) -> Any:
+    data, buffers = map_file(path, populate)
     return loads(data, buffers)
 
 

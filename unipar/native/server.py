@@ -135,11 +135,24 @@ class ServerConnection(asyncio.Protocol):
 
 
 async def serve(server: Any, secret: bytes, host: str = "127.0.0.1", port: int = 0,
-                unix_path: str | None = None) -> list[asyncio.AbstractServer]:
-    """Start listeners for ``server`` (TCP, and a Unix socket when ``unix_path`` is given)."""
+                unix_path: str | None = None, tcp_fd: int | None = None,
+                unix_fd: int | None = None) -> list[asyncio.AbstractServer]:
+    """Start listeners for ``server``: TCP, and a Unix socket when ``unix_path`` is given.
+
+    ``tcp_fd``/``unix_fd`` are sockets already bound and listening, inherited from the process
+    that started this daemon: it knew our addresses before we ran, so clients could connect
+    (and wait in the backlog) while we were still starting.
+    """
     loop = asyncio.get_running_loop()
-    servers = [await loop.create_server(lambda: ServerConnection(server, secret), host, port)]
-    if unix_path:
-        servers.append(await loop.create_unix_server(lambda: ServerConnection(server, secret),
-                                                     unix_path))
+
+    def factory() -> ServerConnection:
+        return ServerConnection(server, secret)
+    if tcp_fd is not None:
+        servers = [await loop.create_server(factory, sock=socket.socket(fileno=tcp_fd))]
+    else:
+        servers = [await loop.create_server(factory, host, port)]
+    if unix_fd is not None:
+        servers.append(await loop.create_unix_server(factory, sock=socket.socket(fileno=unix_fd)))
+    elif unix_path:
+        servers.append(await loop.create_unix_server(factory, unix_path))
     return servers

@@ -85,7 +85,7 @@ class _Forward(io.TextIOBase):
 def _load_dep(dep: list) -> Any:
     _oid, kind, payload, path = dep
     if kind == "shm":
-        return S.load_file(path)
+        return S.load_file(path, populate=True)   # the task will most likely read all of it
     return S.load_packed(payload)
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import pytest
 
 from unipar.native import serialization as S
 from unipar.native.object_store import ObjectStore, StoreFullError
-from unipar.native.refs import TRACKER, NativeRef, RefTracker
+from unipar.native import refs as refs_module
+from unipar.native.refs import NativeRef, RefTracker
 
 
 def test_numpy_buffers_stay_out_of_band_and_unpacked_without_copy():
@@ -57,15 +59,17 @@ def test_tracker_reports_net_changes_in_order():
     assert tracker.drain() == ([], [a])
 
 
-def test_native_refs_count_themselves():
+def test_native_refs_count_themselves(monkeypatch):
+    tracker = RefTracker()   # a private one: a live client in this process drains the real one
+    monkeypatch.setattr(refs_module, "TRACKER", tracker)
     oid = os.urandom(16)
-    TRACKER.drain()
     ref = NativeRef(oid)
-    copy = NativeRef(oid)
-    assert (oid, 1) in TRACKER.changes
-    del ref, copy
-    adds, releases = TRACKER.drain()
-    assert oid in releases and not TRACKER.held(oid)
+    copy = pickle.loads(pickle.dumps(ref))            # unpickling counts too
+    assert tracker.drain() == ([oid], [])
+    del ref
+    assert tracker.drain() == ([], []) and tracker.held(oid)
+    del copy
+    assert tracker.drain() == ([], [oid]) and not tracker.held(oid)
 
 
 def test_store_spills_oldest_then_fails_clearly(tmp_path):

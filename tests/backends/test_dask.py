@@ -1,0 +1,314 @@
+"""The dask backend's own promises, beyond the conformance suite.
+
+Most tests join a real cluster started here as separate programs (``dask scheduler`` and
+``dask worker`` on free 127.0.0.1 ports), as a user's existing cluster would be, and stop it
+after, even on failure: every process they start carries an environment marker, and the
+finalizer kills exactly those.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+pytest.importorskip("distributed")
+
+import unipar  # noqa: E402
+from unipar.backends._dask import _split, _worker_groups  # noqa: E402
+from unipar.options import InitOptions  # noqa: E402
+from unipar.testing import wait_for  # noqa: E402
+
+MARKER = "UNIPAR_DASK_TEST_MARKER"
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _marked(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get(MARKER) == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _kill_marked(marker: str) -> None:
+    procs = _marked(marker)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+class ExternalCluster:
+    """``dask scheduler`` + ``dask worker`` started as separate programs, like a user's cluster."""
+
+    def __init__(self, directory: Path, workers: int, resources: str | None) -> None:
+        self.marker = uuid.uuid4().hex
+        self.port = _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.workers = workers
+        self.directory = directory
+        env = {**os.environ, MARKER: self.marker}
+        env.pop("UNIPAR_ADDRESS", None)
+        self._start("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler",
+                                  "--host", "127.0.0.1", "--port", str(self.port),
+                                  "--no-dashboard"], env)
+        worker = [sys.executable, "-m", "distributed.cli.dask_worker", self.address,
+                  "--nthreads", "1", "--nworkers", str(workers), "--host", "127.0.0.1",
+                  "--no-dashboard", "--local-directory", str(directory), "--death-timeout", "60"]
+        if resources:
+            worker += ["--resources", resources]
+        self._start("workers", worker, env)
+
+    def _start(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        with open(self.directory / f"{name}.log", "wb") as log:
+            subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-2000:] for p in self.directory.glob("*.log"))
+
+    def stop(self) -> None:
+        _kill_marked(self.marker)
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalCluster]:
+    """A 2-worker cluster whose workers declare ``CPU=1``; unipar joins it by address."""
+    unipar.shutdown()
+    cluster = ExternalCluster(tmp_path_factory.mktemp("dask-external"), 2, "CPU=1")
+    try:
+        unipar.init(cluster.address, backend="dask", backend_options={"wait_for_workers": 2})
+        yield cluster
+    except Exception:
+        print(cluster.logs())
+        raise
+    finally:
+        unipar.shutdown()
+        cluster.stop()
+    assert not _marked(cluster.marker)
+
+
+@pytest.fixture
+def joined(external: ExternalCluster) -> ExternalCluster:
+    """The external cluster, with unipar (re)joined to it if another test switched away."""
+    if unipar.backend_name() != "dask":
+        unipar.shutdown()
+        unipar.init(external.address, backend="dask", backend_options={"wait_for_workers": 2})
+    return external
+
+
+# -- remote functions used below -----------------------------------------------------------------
+
+@unipar.remote
+def double(x):
+    return 2 * x
+
+
+@unipar.remote
+def kinds(value):
+    return [type(v).__name__ for v in value]
+
+
+@unipar.remote
+def fib(n):
+    if n < 2:
+        return n
+    return sum(unipar.get([fib.remote(n - 1), fib.remote(n - 2)]))
+
+
+@unipar.remote(max_retries=0)
+def crash():
+    os._exit(1)
+
+
+@unipar.remote
+def shout(text):
+    print(text)
+    return os.getpid()
+
+
+@unipar.remote
+def find_and_call(name):
+    return unipar.get(unipar.get_actor(name).incr.remote())
+
+
+@unipar.remote
+class Counter:
+    def __init__(self):
+        self.value = 0
+
+    def incr(self):
+        self.value += 1
+        return self.value
+
+    def die(self):
+        os._exit(1)
+
+
+# -- joining an existing scheduler ---------------------------------------------------------------
+
+def test_joins_the_scheduler_and_uses_its_workers(joined):
+    assert unipar.backend_name() == "dask"
+    assert unipar.cluster_resources()["CPU"] == 2
+    assert len(unipar.nodes()) == 2
+    assert unipar.get([double.remote(i) for i in range(6)], timeout=60) == [0, 2, 4, 6, 8, 10]
+
+
+def test_put_is_one_ref_and_nested_refs_stay_refs(joined):
+    ref = unipar.put([1, 2, 3])
+    assert unipar.get(ref) == [1, 2, 3]
+    assert unipar.get(kinds.remote([ref, double.remote(1)]), timeout=60) == ["ObjectRef", "ObjectRef"]
+
+
+def test_nesting_deeper_than_the_cluster_finishes(joined):
+    # fib(6) keeps many more tasks blocked in get() than the 2 worker threads.
+    assert unipar.get(fib.remote(6), timeout=120) == 8
+
+
+def test_named_actor_found_from_a_task(joined):
+    name = f"counter-{uuid.uuid4().hex[:8]}"
+    counter = Counter.options(name=name).remote()
+    assert unipar.get(counter.incr.remote(), timeout=60) == 1
+    assert unipar.get(find_and_call.remote(name), timeout=60) == 2
+    unipar.kill(counter)
+    with pytest.raises(ValueError, match=name):
+        unipar.get_actor(name)
+
+
+def test_worker_print_reaches_the_driver_prefixed(joined, capfd):
+    marker = f"hi-{uuid.uuid4().hex}"
+    pid = unipar.get(shout.remote(marker), timeout=60)
+    seen: list[str] = []
+
+    def arrived() -> bool:
+        seen.append(capfd.readouterr().out)
+        return marker in "".join(seen)
+    wait_for(arrived, timeout=30, message="the print to reach the driver")
+    assert f"(shout pid={pid}) {marker}" in "".join(seen)
+
+
+def test_killed_worker_is_worker_crashed_error(joined):
+    with pytest.raises(unipar.WorkerCrashedError):
+        unipar.get(crash.remote(), timeout=120)
+    # The worker's nanny starts a new one; the cluster goes on working.
+    assert unipar.get(double.remote(4), timeout=120) == 8
+
+
+def test_actor_on_a_dead_worker_raises_actor_died(joined):
+    counter = Counter.remote()
+    assert unipar.get(counter.incr.remote(), timeout=60) == 1
+    with pytest.raises(unipar.ActorDiedError):
+        unipar.get(counter.die.remote(), timeout=120)
+    with pytest.raises(unipar.ActorDiedError):
+        unipar.get(counter.incr.remote(), timeout=120)
+
+
+def test_unreachable_scheduler_is_backend_unavailable():
+    unipar.shutdown()
+    with pytest.raises(unipar.BackendUnavailableError, match="scheduler"):
+        unipar.init(f"tcp://127.0.0.1:{_free_port()}", backend="dask",
+                    backend_options={"connect_timeout": 2})
+    assert not unipar.is_initialized()
+
+
+# -- a cluster whose workers declare no resources ------------------------------------------------
+
+def test_workers_without_resources(tmp_path):
+    """Without declared resources, CPU is the thread count and no restriction is sent."""
+    unipar.shutdown()
+    cluster = ExternalCluster(tmp_path, 1, None)
+    try:
+        unipar.init(cluster.address, backend="dask")
+        assert unipar.cluster_resources()["CPU"] == 1
+        assert unipar.get(double.options(num_cpus=1).remote(3), timeout=60) == 6
+        with pytest.raises(unipar.InfeasibleResourcesError):
+            double.options(resources={"accelerator": 1}).remote(1)
+    finally:
+        unipar.shutdown()
+        cluster.stop()
+    assert not _marked(cluster.marker)
+
+
+# -- the private local cluster -------------------------------------------------------------------
+
+SCRIPT = textwrap.dedent("""
+    # No `if __name__ == "__main__":` guard on purpose: the workers must not re-run this file.
+    import unipar
+
+    @unipar.remote
+    def square(x):
+        return x * x
+
+    unipar.init(backend="dask", num_cpus=2, resources={"disk": 2})
+    print("resources", unipar.cluster_resources())
+    print("squares", unipar.get([square.options(resources={"disk": 1}).remote(i) for i in range(4)]))
+    unipar.shutdown()
+""")
+
+
+def test_local_cluster_runs_an_unguarded_script_and_cleans_up(tmp_path):
+    marker = uuid.uuid4().hex
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, MARKER: marker, "TMPDIR": str(temp)}
+    env.pop("UNIPAR_ADDRESS", None)
+    try:
+        result = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=110)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "squares [0, 1, 4, 9]" in result.stdout
+        assert "'disk': 2.0" in result.stdout and "'CPU': 2.0" in result.stdout
+        assert result.stdout.count("resources") == 1   # the script ran once, not per worker
+        wait_for(lambda: not _marked(marker), timeout=30, message="the cluster's processes to exit")
+    finally:
+        _kill_marked(marker)
+    assert not list(temp.iterdir()), "the cluster's temp directory was left behind"
+
+
+# -- pure helpers -----------------------------------------------------------------------------------
+
+def test_split_gives_whole_units_round_robin():
+    assert _split(1, 4) == [1.0, 0.0, 0.0, 0.0]
+    assert _split(8, 4) == [2.0, 2.0, 2.0, 2.0]
+    assert _split(2.5, 4) == [1.5, 1.0, 0.0, 0.0]
+    assert sum(_split(7.25, 3)) == 7.25
+
+
+def test_worker_groups_declare_every_resource():
+    groups = _worker_groups(InitOptions(num_cpus=4, num_gpus=1, resources={"disk": 2}))
+    assert sum(count for count, _, _ in groups) == 4
+    totals: dict[str, float] = {}
+    for count, resources, _ in groups:
+        for name, amount in resources.items():
+            totals[name] = totals.get(name, 0.0) + count * amount
+    assert totals == {"CPU": 4.0, "GPU": 1.0, "disk": 2.0}
+    assert [visible for _, _, visible in groups if visible] == ["0"]

@@ -1,0 +1,215 @@
+"""The spark backend's own promises, beyond the conformance suite.
+
+* A local session with only two Spark task slots still runs nested tasks that outnumber them
+  (a blocked task lends its slot), keeps exception types, prefixes prints, ships big values
+  once, and says where its UI is.
+* Against a real standalone master and worker, started here on loopback and stopped after
+  (even on failure), tasks, nested tasks and actors run on the executors, not on the driver.
+
+Spark takes seconds to start, so each session is shared by the tests of one class.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import unipar
+from unipar.testing import wait_for
+
+pyspark = pytest.importorskip("pyspark")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+if not (os.environ.get("JAVA_HOME") or __import__("shutil").which("java")):
+    pytest.skip("the spark backend needs Java 17+", allow_module_level=True)
+
+SPARK_HOME = Path(pyspark.__file__).parent
+
+
+@unipar.remote
+def where_am_i():
+    return os.getpid()
+
+
+@unipar.remote
+def fib(n):
+    if n < 2:
+        return n
+    return sum(unipar.get([fib.remote(n - 1), fib.remote(n - 2)]))
+
+
+@unipar.remote
+def fail_with_key_error():
+    raise KeyError("missing")
+
+
+@unipar.remote
+def total(values):
+    return float(values.sum())
+
+
+@unipar.remote
+def shout(text):
+    print(text)
+    return text
+
+
+@unipar.remote
+class Counter:
+    def __init__(self):
+        self.count = 0
+
+    def add(self, n):
+        self.count += n
+        return self.count
+
+    def pid(self):
+        return os.getpid()
+
+
+@pytest.fixture(scope="class")
+def two_slot_session() -> Iterator[None]:
+    unipar.shutdown()
+    unipar.init(backend="spark", num_cpus=2, backend_options={"task_slots": 2})
+    try:
+        yield
+    finally:
+        unipar.shutdown()
+
+
+@pytest.mark.usefixtures("two_slot_session")
+class TestLocalSession:
+    def test_tasks_run_outside_the_driver(self):
+        assert unipar.get(where_am_i.remote(), timeout=120) != os.getpid()
+
+    def test_nested_tasks_outnumbering_slots_finish(self):
+        # fib(6) keeps ~12 tasks blocked in get() at once; there are 2 Spark task slots.
+        assert unipar.get(fib.remote(6), timeout=300) == 8
+
+    def test_exception_type_survives(self):
+        with pytest.raises(KeyError, match="missing") as info:
+            unipar.get(fail_with_key_error.remote(), timeout=120)
+        assert isinstance(info.value, unipar.TaskError)
+        assert "fail_with_key_error" in info.value.remote_traceback
+
+    def test_big_put_is_used_by_many_tasks(self):
+        np = pytest.importorskip("numpy")
+        big = unipar.put(np.ones(1_000_000))  # 8 MB: travels as a broadcast
+        assert unipar.get([total.remote(big) for _ in range(3)], timeout=120) == [1e6] * 3
+
+    def test_print_is_prefixed(self, capfd):
+        unipar.get(shout.remote("spark-says-hi"), timeout=120)
+        seen: list[str] = []
+
+        def arrived() -> bool:
+            seen.append(capfd.readouterr().out)
+            return "spark-says-hi" in "".join(seen)
+        wait_for(arrived, timeout=30, message="the task's print")
+        line = next(l for l in "".join(seen).splitlines() if "spark-says-hi" in l)
+        assert line.startswith("(shout pid=")
+
+
+def test_init_names_the_ui_and_master(capfd):
+    unipar.shutdown()
+    unipar.init(backend="spark", num_cpus=1)
+    try:
+        err = capfd.readouterr().err
+        assert "Spark UI: http://127.0.0.1:" in err
+        assert "local[" in err
+        assert "Setting default log level" not in err  # Spark's banner is filtered
+    finally:
+        unipar.shutdown()
+
+
+# -- a standalone cluster ------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spark_class(*args: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
+           "SPARK_NO_DAEMONIZE": "1"}
+    # Its own process group, so stopping it takes the executors it started along.
+    return subprocess.Popen([str(SPARK_HOME / "bin" / "spark-class"), *args], env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="class")
+def standalone_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A master and one worker with 2 cores, on loopback; stopped after, even on failure."""
+    tmp = tmp_path_factory.mktemp("spark-standalone")
+    port = _free_port()
+    procs = []
+    try:
+        procs.append(_spark_class("org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                  "--port", str(port), "--webui-port", "0", log=tmp / "master.log"))
+        wait_for(lambda: _port_open(port) or procs[0].poll() is not None, timeout=120,
+                 interval=0.2, message="the Spark master to listen")
+        assert procs[0].poll() is None, (tmp / "master.log").read_text()[-2000:]
+        procs.append(_spark_class("org.apache.spark.deploy.worker.Worker",
+                                  f"spark://127.0.0.1:{port}", "--host", "127.0.0.1",
+                                  "--cores", "2", "--memory", "1g", "--webui-port", "0",
+                                  "--work-dir", str(tmp / "work"), log=tmp / "worker.log"))
+        unipar.shutdown()
+        unipar.init(backend="spark", address=f"spark://127.0.0.1:{port}")
+        yield f"spark://127.0.0.1:{port}"
+    finally:
+        unipar.shutdown()
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+@pytest.mark.usefixtures("standalone_cluster")
+class TestStandaloneCluster:
+    def test_resources_are_the_workers_cores(self):
+        assert unipar.cluster_resources()["CPU"] == 2
+        assert all(n["Alive"] for n in unipar.nodes())
+
+    def test_tasks_and_nested_tasks_run_on_executors(self):
+        assert unipar.get(where_am_i.remote(), timeout=120) != os.getpid()
+        assert unipar.get(fib.remote(5), timeout=300) == 5
+
+    def test_actor_lives_on_an_executor(self):
+        counter = Counter.options(name="spark-counter").remote()
+        try:
+            assert unipar.get([counter.add.remote(1) for _ in range(3)], timeout=120) == [1, 2, 3]
+            assert unipar.get(counter.pid.remote(), timeout=60) != os.getpid()
+            same = unipar.get_actor("spark-counter")
+            assert unipar.get(same.add.remote(10), timeout=60) == 13
+            # One of the two slots is the actor's; tasks still run beside it.
+            assert unipar.get(fib.remote(4), timeout=300) == 3
+        finally:
+            unipar.kill(counter)
+        with pytest.raises(unipar.ActorDiedError):
+            unipar.get(counter.add.remote(1), timeout=60)
+
+
+

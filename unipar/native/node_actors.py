@@ -1,0 +1,221 @@
+"""The node daemon's actor half: placement, ordered calls, restarts and death.
+
+Mixed into :class:`~.node.Node` (it uses the node's objects, tasks, workers and scheduler)::
+
+    create_actor ─▶ deps ready ─▶ scheduler.add_actor ─▶ PlaceActor ─▶ new worker process
+                 ─▶ hello ─▶ init_actor ─▶ actor_ready ─▶ alive
+    call_actor   ─▶ the actor's FIFO ─▶ run_actor_task (in order, once its deps are ready)
+    process dies ─▶ restart (max_restarts) and retry in-flight calls (max_task_retries),
+                    or dead: every pending and later call fails with ActorDiedError
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import ActorDiedError
+from . import protocol as P
+from . import serialization as S
+from .scheduler import PlaceActor
+
+if TYPE_CHECKING:
+    from .node import Task, WorkerProc
+    from .server import ServerConnection
+
+
+class Actor:
+    __slots__ = ("msg", "state", "worker", "queue", "inflight", "restarts", "death",
+                 "init_task", "gpu_ids", "retries")
+
+    def __init__(self, msg: P.CreateActor) -> None:
+        self.msg = msg
+        self.state = "waiting"   # waiting (deps) | pending (resources) | starting | alive | dead
+        self.worker: str | None = None
+        self.queue: deque[Task] = deque()
+        self.inflight: dict[bytes, Task] = {}
+        self.restarts = 0
+        self.death: bytes | None = None
+        self.init_task: Task | None = None
+        self.gpu_ids: tuple[int, ...] = ()
+        self.retries: dict[bytes, int] = {}
+
+
+class ActorHost:
+    """Actor handling of a node (a mixin: state lives on the Node)."""
+
+    actors: dict[bytes, Actor]
+
+    def on_create_actor(self, conn: ServerConnection, msg: P.CreateActor) -> None:
+        actor = Actor(msg)
+        self.actors[msg.actor_id] = actor
+        init = self._make_task(conn, msg.actor_id, f"{msg.class_name}.__init__", msg.args,
+                               msg.deps, msg.contained, [], msg.resources, 0)
+        init.actor_id = msg.actor_id
+        actor.init_task = init
+        self._watch_deps(init)
+
+    def _actor_deps_ready(self, actor: Actor) -> None:
+        error = self._failed_dep(actor.init_task)  # type: ignore[arg-type]
+        if error is not None:
+            self._actor_dead(actor, S.pack_error(ActorDiedError(
+                f"actor {actor.msg.class_name} could not start: an argument of its constructor "
+                "failed")))
+            return
+        actor.state = "pending"
+        self.sched.add_actor(actor.msg.actor_id, actor.msg.resources, time.monotonic(),
+                             f"actor {actor.msg.class_name}")
+        self._schedule()
+
+    def _place_actor(self, action: PlaceActor) -> None:
+        actor = self.actors.get(action.actor_id)   # type: ignore[arg-type]
+        if actor is None or actor.state == "dead":
+            self.sched.remove_actor(action.actor_id)
+            return
+        actor.gpu_ids = action.gpu_ids
+        self._start_actor_process(actor)
+
+    def _start_actor_process(self, actor: Actor) -> None:
+        actor.state = "starting"
+        w = self._spawn("actor", actor.msg.actor_id, actor.gpu_ids)
+        actor.worker = w.wid
+
+    def _init_actor(self, w: WorkerProc) -> None:
+        actor = self.actors.get(w.actor_id)   # type: ignore[arg-type]
+        if actor is None or actor.state == "dead" or w.conn is None:
+            self._retire(w.wid)
+            return
+        m = actor.msg
+        init = actor.init_task
+        assert init is not None
+        w.conn.send(P.InitActor(m.actor_id, m.class_key, P.blob(self.functions[m.class_key]),
+                                m.class_name, P.blob(m.args), self._dep_values(init),
+                                m.concurrency, m.is_async, list(actor.gpu_ids)))
+
+    def on_actor_ready(self, conn: ServerConnection, msg: P.ActorReady) -> None:
+        actor = self.actors.get(msg.actor_id)
+        if actor is None or actor.state == "dead":
+            return
+        if msg.error is not None:
+            self._actor_dead(actor, bytes(msg.error))
+            return
+        actor.state = "alive"
+        self._pump(actor)
+
+    def on_call_actor(self, conn: ServerConnection, msg: P.CallActor) -> None:
+        actor = self.actors.get(msg.actor_id)
+        name = f"{actor.msg.class_name}.{msg.method}" if actor else msg.method
+        task = self._make_task(conn, msg.task_id, name, msg.args, msg.deps, msg.contained,
+                               msg.return_ids, {}, 0)
+        task.actor_id, task.method = msg.actor_id, msg.method
+        if actor is None:
+            self._fail_task(task, S.pack_error(ActorDiedError(
+                f"no such actor {msg.actor_id.hex()[:12]}: it was never created on this node")))
+            return
+        if actor.state == "dead":
+            self._fail_task(task, actor.death)
+            return
+        task.state = "queued"
+        actor.queue.append(task)
+        self._watch_deps(task)
+
+    def _pump(self, actor: Actor) -> None:
+        """Send queued calls to the actor, in order, while the next one's deps are ready."""
+        if actor.state != "alive":
+            return
+        w = self.workers.get(actor.worker or "")
+        if w is None or w.conn is None:
+            return
+        while actor.queue and actor.queue[0].missing == 0:
+            task = actor.queue.popleft()
+            error = self._failed_dep(task)
+            if error is not None:
+                self._fail_task(task, error)
+                continue
+            task.state = "running"
+            actor.inflight[task.task_id] = task
+            w.conn.send(P.RunActorTask(task.task_id, task.method, P.blob(task.args),
+                                       self._dep_values(task), task.return_ids))
+
+    def _actor_task_done(self, w: WorkerProc, msg: P.TaskDone) -> None:
+        actor = self.actors.get(w.actor_id)   # type: ignore[arg-type]
+        task = actor.inflight.pop(msg.task_id, None) if actor else None
+        if task is None or task.cancelled:
+            self._discard_results(msg.results)
+            return
+        self._store_results(task, msg.results)
+
+    def _actor_dead(self, actor: Actor, death: bytes) -> None:
+        actor.state = "dead"
+        actor.death = death
+        pending = list(actor.inflight.values()) + list(actor.queue)
+        actor.inflight.clear()
+        actor.queue.clear()
+        for task in pending:
+            self._fail_task(task, death)
+        if actor.init_task is not None and actor.init_task.state != "done":
+            self._finish(actor.init_task)
+        self.sched.remove_actor(actor.msg.actor_id)
+        w = self.workers.get(actor.worker or "")
+        if w is not None:
+            self._retire(w.wid)
+        if actor.msg.name and self.head is not None and not self.head.closed:
+            try:
+                self.head.send(P.UnregisterName(0, actor.msg.name, actor.msg.actor_id))
+            except ConnectionError:
+                pass
+        self._schedule()
+
+    def _can_restart(self, actor: Actor) -> bool:
+        limit = actor.msg.max_restarts
+        return limit == -1 or actor.restarts < limit
+
+    def _actor_process_died(self, w: WorkerProc) -> None:
+        actor = self.actors.get(w.actor_id)   # type: ignore[arg-type]
+        if actor is None or actor.state == "dead" or actor.worker != w.wid:
+            return
+        code = exit_code(w.proc)
+        if not self._can_restart(actor):
+            self._actor_dead(actor, S.pack_error(ActorDiedError(
+                f"actor {actor.msg.class_name} died: its process (pid {w.proc.pid}) exited "
+                f"unexpectedly (exit code {code})")))
+            return
+        actor.restarts += 1
+        retry: list[Task] = []
+        for task in actor.inflight.values():
+            used = actor.retries.get(task.task_id, 0)
+            limit = actor.msg.max_task_retries
+            if limit == -1 or used < limit:
+                actor.retries[task.task_id] = used + 1
+                retry.append(task)
+            else:
+                self._fail_task(task, S.pack_error(ActorDiedError(
+                    f"actor {actor.msg.class_name} died while running {task.name} (it is "
+                    "being restarted; set max_task_retries to retry such calls)")))
+        actor.inflight.clear()
+        for task in reversed(retry):
+            task.state = "queued"
+            actor.queue.appendleft(task)
+        self._start_actor_process(actor)
+
+    def on_kill_actor(self, conn: ServerConnection, msg: P.KillActor) -> None:
+        actor = self.actors.get(msg.actor_id)
+        if actor is not None and actor.state != "dead":
+            if msg.no_restart or not self._can_restart(actor):
+                self._actor_dead(actor, S.pack_error(ActorDiedError(
+                    f"actor {actor.msg.class_name} was killed with unipar.kill()")))
+            else:
+                w = self.workers.get(actor.worker or "")
+                if w is not None:
+                    self._kill_worker(w)
+        conn.send(P.Reply(msg.req_id, True))
+
+
+def exit_code(proc: subprocess.Popen) -> int | None:
+    """The exit code of a process whose connection just closed (it is exiting or gone)."""
+    try:
+        return proc.wait(timeout=0.2)
+    except subprocess.TimeoutExpired:
+        return None
