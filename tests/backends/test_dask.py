@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("distributed")
 
 import unipar  # noqa: E402
-from unipar.backends._dask import _split, _worker_groups  # noqa: E402
+from unipar.backends._dask_cluster import split, worker_groups  # noqa: E402
 from unipar.options import InitOptions  # noqa: E402
 from unipar.testing import wait_for  # noqa: E402
 
@@ -297,14 +297,14 @@ def test_local_cluster_runs_an_unguarded_script_and_cleans_up(tmp_path):
 # -- pure helpers -----------------------------------------------------------------------------------
 
 def test_split_gives_whole_units_round_robin():
-    assert _split(1, 4) == [1.0, 0.0, 0.0, 0.0]
-    assert _split(8, 4) == [2.0, 2.0, 2.0, 2.0]
-    assert _split(2.5, 4) == [1.5, 1.0, 0.0, 0.0]
-    assert sum(_split(7.25, 3)) == 7.25
+    assert split(1, 4) == [1.0, 0.0, 0.0, 0.0]
+    assert split(8, 4) == [2.0, 2.0, 2.0, 2.0]
+    assert split(2.5, 4) == [1.5, 1.0, 0.0, 0.0]
+    assert sum(split(7.25, 3)) == 7.25
 
 
 def test_worker_groups_declare_every_resource():
-    groups = _worker_groups(InitOptions(num_cpus=4, num_gpus=1, resources={"disk": 2}))
+    groups = worker_groups(InitOptions(num_cpus=4, num_gpus=1, resources={"disk": 2}))
     assert sum(count for count, _, _ in groups) == 4
     totals: dict[str, float] = {}
     for count, resources, _ in groups:

@@ -205,3 +205,24 @@ def test_report_shows_facade_overhead_and_plots_failures(tmp_path):
     assert "dask ÷ dask-plain" in text and "2.50" in text and "spark: did not run" in text
     report.plot(str(tmp_path / "r.png"))
     assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+# -- process-tree measurement --------------------------------------------------------------------
+
+def test_peak_memory_counts_grandchildren_and_leftovers_are_killed(tmp_path):
+    from unipar.bench.proctree import run_measured
+    import psutil
+    pid_file = tmp_path / "orphan.pid"
+    path = script(tmp_path, f"""
+        import subprocess, sys
+        hold = "import time; b = bytearray(150 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(2)"
+        subprocess.run([sys.executable, "-c", hold], check=True)      # a child holding 150 MB
+        orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        open({str(pid_file)!r}, "w").write(str(orphan.pid))           # left running on exit
+        """)
+    measured = run_measured([sys.executable, path], dict(os.environ), timeout=60, settle=0.5)
+    assert measured.ok, measured.stderr
+    assert measured.peak_rss > 150 * 2**20
+    assert measured.left_behind == 1
+    assert not psutil.pid_exists(int(pid_file.read_text())) or \
+        psutil.Process(int(pid_file.read_text())).status() == psutil.STATUS_ZOMBIE

@@ -245,3 +245,61 @@ def test_store_full_is_an_error_not_a_hang():
         print("full ok")
     """)
     assert "full ok" in result.stdout
+
+
+def test_cancel_interrupts_and_recurses_and_gpus_are_assigned():
+    result = _run("""
+        import os, time, unipar
+        unipar.init(num_cpus=2, num_gpus=2)
+
+        @unipar.remote(max_retries=0)
+        def spin(path):
+            try:
+                while True:
+                    time.sleep(0.02)
+            except KeyboardInterrupt:
+                open(path, "w").write("interrupted")
+                raise
+
+        @unipar.remote(num_cpus=0)
+        def parent(path):
+            child = spin.remote(path)
+            unipar.get(child)
+
+        base = os.path.join(os.environ.get("TMPDIR", "/tmp"), "unipar-cancel-" + os.urandom(4).hex())
+        ref = spin.remote(base + "-a")
+        unipar.wait([ref], timeout=1)
+        unipar.cancel(ref)                                  # not forced: KeyboardInterrupt
+        try:
+            unipar.get(ref, timeout=60)
+            raise SystemExit("no error")
+        except unipar.TaskCancelledError:
+            pass
+        deadline = time.monotonic() + 30
+        while not os.path.exists(base + "-a") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert open(base + "-a").read() == "interrupted"
+
+        top = parent.remote(base + "-b")
+        deadline = time.monotonic() + 30
+        while unipar.available_resources()["CPU"] > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)                                # the child is running
+        unipar.cancel(top, force=True)                      # recursive by default
+        deadline = time.monotonic() + 30
+        while unipar.available_resources()["CPU"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert unipar.available_resources()["CPU"] == 2     # the child was cancelled too
+
+        @unipar.remote(num_gpus=1)
+        def visible():
+            time.sleep(0.3)
+            return os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = unipar.get([visible.remote() for _ in range(2)], timeout=60)
+        assert sorted(seen) == ["0", "1"], seen
+        for suffix in ("-a", "-b"):
+            if os.path.exists(base + suffix):
+                os.unlink(base + suffix)
+        unipar.shutdown()
+        print("cancel ok")
+    """)
+    assert "cancel ok" in result.stdout

@@ -27,8 +27,6 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
-import math
-import os
 import sys
 import threading
 import uuid
@@ -37,10 +35,12 @@ from typing import Any, Iterator, Sequence
 
 import cloudpickle
 
-from ..exceptions import (ActorDiedError, BackendUnavailableError, GetTimeoutError, UniparError,
-                          TaskCancelledError, WorkerCrashedError, capture_remote)
+from ..exceptions import (ActorDiedError, BackendUnavailableError, GetTimeoutError,
+                          ObjectLostError, TaskCancelledError, UniparError, WorkerCrashedError,
+                          capture_remote)
 from ..options import InitOptions, TaskOptions, resource_demand
 from . import _dask_actors as worker_side
+from ._dask_cluster import LocalProcesses
 from ._dask_actors import Dep, dumps, extract, load, note_pickled
 from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, is_ref, unwrap
 
@@ -170,126 +170,6 @@ def _map_error(exc: BaseException, handle: DaskRef) -> BaseException:
     if handle.call is not None:
         return ActorDiedError(f"actor call {handle.key} failed in Dask: {exc}")
     return capture_remote(exc, f"dask scheduler (task {handle.key})")
-
-
-# -- resources -----------------------------------------------------------------------------------
-
-def _split(total: float, parts: int) -> list[float]:
-    """Whole units round-robin over ``parts`` workers; a fractional rest goes to the first."""
-    whole = int(math.floor(total))
-    base, extra = divmod(whole, parts)
-    shares = [float(base + (1 if i < extra else 0)) for i in range(parts)]
-    shares[0] += total - whole
-    return shares
-
-
-def _worker_groups(options: InitOptions) -> list[tuple[int, dict[str, float], str | None]]:
-    """Workers to start: (how many, resources each, CUDA_VISIBLE_DEVICES) per distinct kind."""
-    n = options.num_cpus or os.cpu_count() or 1
-    gpus = _split(float(options.num_gpus or 0), n)
-    custom = {name: _split(float(amount), n) for name, amount in options.resources.items()}
-    groups: list[tuple[int, dict[str, float], str | None]] = []
-    next_gpu = 0
-    for i in range(n):
-        resources = {"CPU": 1.0}
-        visible = None
-        if gpus[i]:
-            resources["GPU"] = gpus[i]
-            count = max(1, int(gpus[i]))
-            visible = ",".join(str(g) for g in range(next_gpu, next_gpu + count))
-            next_gpu += count
-        for name, shares in custom.items():
-            if shares[i]:
-                resources[name] = shares[i]
-        if groups and groups[-1][1] == resources and visible is None and groups[-1][2] is None:
-            groups[-1] = (groups[-1][0] + 1, resources, None)
-        else:
-            groups.append((1, resources, visible))
-    return groups
-
-
-class LocalProcesses:
-    """A private Dask cluster: a ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1.
-
-    Started as separate programs rather than with ``LocalCluster``: its workers are spawned with
-    multiprocessing, which re-imports the user's ``__main__`` (a script without an
-    ``if __name__ == "__main__"`` guard would start unipar again in every worker). Every process
-    watches the driver's pid and exits if it dies; ``close`` stops them all and removes the temp
-    directory (scheduler file, worker scratch space, logs).
-    """
-
-    def __init__(self, options: InitOptions, start_timeout: float = 60.0) -> None:
-        import subprocess
-        import tempfile
-        import time
-        self.directory = tempfile.mkdtemp(prefix="unipar-dask-")
-        self.processes: list[Any] = []
-        scheduler_file = os.path.join(self.directory, "scheduler.json")
-        env = dict(os.environ)
-        env.update({
-            "UNIPAR_DASK_DRIVER_PID": str(os.getpid()),
-            "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(worker_side.ALLOWED_FAILURES),
-            "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
-            "DASK_DISTRIBUTED__ADMIN__LOG_LENGTH": "0",
-        })
-        env.pop("UNIPAR_ADDRESS", None)
-        preload = ["--preload", "unipar.backends._dask_actors"]
-        self._spawn("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler",
-                                  "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                  "--scheduler-file", scheduler_file, *preload], env)
-        deadline = time.monotonic() + start_timeout
-        while not os.path.exists(scheduler_file):
-            if time.monotonic() > deadline or self.processes[0].poll() is not None:
-                self.close()
-                raise BackendUnavailableError(f"the local Dask scheduler did not start: {self.log_tail()}")
-            time.sleep(0.05)
-        for i, (count, resources, visible) in enumerate(_worker_groups(options)):
-            worker_env = dict(env)
-            if visible is not None:
-                worker_env["CUDA_VISIBLE_DEVICES"] = visible
-            self._spawn(f"workers-{i}", [
-                sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
-                scheduler_file, "--nthreads", "1", "--nworkers", str(count), "--host", "127.0.0.1",
-                "--no-dashboard", "--name", f"unipar-{i}", "--death-timeout", "60",
-                "--local-directory", self.directory,
-                "--resources", " ".join(f"{k}={v:g}" for k, v in resources.items()),
-                *preload, "--preload-nanny", "unipar.backends._dask_actors"], worker_env)
-        self.expected_workers = options.num_cpus or os.cpu_count() or 1
-        self.scheduler_file = scheduler_file
-
-    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
-        import subprocess
-        log_file = open(os.path.join(self.directory, f"{name}.log"), "wb")
-        try:
-            self.processes.append(subprocess.Popen(
-                command, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True))
-        finally:
-            log_file.close()
-
-    def log_tail(self, lines: int = 20) -> str:
-        out = []
-        for name in sorted(os.listdir(self.directory)) if os.path.isdir(self.directory) else []:
-            if name.endswith(".log"):
-                with open(os.path.join(self.directory, name), errors="replace") as fh:
-                    out.append(f"--- {name}\n" + "".join(fh.readlines()[-lines:]))
-        return "\n".join(out)
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop every process (politely, then by force) and remove the directory. Idempotent."""
-        import shutil
-        import signal
-        import subprocess
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for process in self.processes:
-                if process.poll() is None:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(process.pid, sig)
-            for process in self.processes:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=timeout if sig == signal.SIGTERM else 5)
-        self.processes = []
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 # -- the backend ---------------------------------------------------------------------------------
@@ -458,7 +338,15 @@ class DaskBackend(Backend):
     def put(self, value: Any) -> DaskRef:
         data, nested = dumps(value)
         # One blob, scattered unhashed: exactly one new key, whatever the value's type.
-        future = self._live().scatter(data, hash=False)
+        client = self._live()
+        for attempt in range(3):
+            try:
+                with self._slot_released():
+                    future = client.scatter(data, hash=False)
+                break
+            except OSError:  # the chosen worker was exiting (a crash, a forced cancel): retry
+                if attempt == 2:
+                    raise
         return DaskRef(future, None, nested or None)
 
     # -- waiting ---------------------------------------------------------------------------------
@@ -481,6 +369,11 @@ class DaskBackend(Backend):
     def get(self, handles: Sequence[DaskRef], timeout: float | None) -> list[Any]:
         client = self._live()
         futures = list({h.key: h.future for h in handles}.values())
+        for future in futures:
+            if future.status == "lost" and str(future.key).startswith("bytes-"):
+                # put() values are not in Dask's graph: lost with their worker, for good.
+                raise ObjectLostError(f"the value of {future.key} (from put) was on a Dask worker "
+                                      "that died; Dask cannot recompute put() values")
         if not all(f.done() for f in futures):
             if timeout == 0:
                 raise GetTimeoutError(f"{len(futures)} object(s) not ready within timeout=0")
@@ -497,7 +390,7 @@ class DaskBackend(Backend):
             if status == "error":
                 raise _map_error(handle.future.exception(), handle)
         try:
-            values = dict(zip((f.key for f in futures), client.gather(futures)))
+            values = dict(zip((f.key for f in futures), client.gather(futures), strict=True))
         except BaseException as exc:
             raise _map_error(exc, handles[0]) from None
         return [load(extract(values[h.key], h.index)) for h in handles]
@@ -545,8 +438,24 @@ class DaskBackend(Backend):
         if handle.call is not None:
             self._skip_call(handle.call)
         # Dask cannot stop a running thread; interrupt it (or kill its worker with force).
-        with contextlib.suppress(Exception):
-            client.run(worker_side.interrupt_task, handle.key, force, wait=True)
+        try:
+            hit = client.run(worker_side.interrupt_task, handle.key, force, wait=True)
+        except Exception:  # a worker went away meanwhile: nothing left to interrupt there
+            return
+        if force:
+            self._await_gone([address for address, found in hit.items() if found])
+
+    def _await_gone(self, addresses: list[str], timeout: float = 15.0) -> None:
+        """Return once the scheduler has dropped these (exiting) workers, so no new work or
+        ``put`` data is sent to them."""
+        deadline = _now() + timeout
+        while addresses and _now() < deadline:
+            with self._slot_released():
+                live = self._live().scheduler_info(n_workers=-1)["workers"]
+            addresses = [a for a in addresses if a in live]
+            if addresses:
+                import time
+                time.sleep(0.05)
 
     def _skip_call(self, call: tuple) -> None:
         actor_key, caller, seq = call

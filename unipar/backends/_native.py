@@ -64,6 +64,11 @@ class NativeBackend(Backend):
                               role="driver", log_to_driver=options.log_to_driver)
 
     def shutdown(self) -> None:
+        if self._cluster is None and self._client is not None:
+            # In a worker: the cluster is the driver's to stop. Stay installed, so a stray
+            # unipar.shutdown() in a task cannot make the next call start a second cluster.
+            install_worker_backend(self)
+            return
         client, self._client = self._client, None
         cluster, self._cluster = self._cluster, None
         if client is not None and cluster is not None:
@@ -97,7 +102,7 @@ class NativeBackend(Backend):
         return self.client.wait(handles, num_returns, timeout)
 
     def cancel(self, handle: NativeRef, force: bool, recursive: bool) -> None:
-        self.client.cancel(handle, force)
+        self.client.cancel(handle, force, recursive)
 
     def future(self, handle: NativeRef) -> concurrent.futures.Future:
         return self.client.future(handle)

@@ -6,12 +6,16 @@ module supplies all three while user code runs only on executors::
     driver (this module)                                         executors
     --------------------                                         ---------
     submit(spec) -> result-table entries, deps tracked
-    _schedule(): ready + resources + a free Spark slot
-        -> job thread: setJobGroup(task) ;
-           base.mapPartitions(task_partition(payload)).collect()  ->  run the function
-    ChannelServer (authenticated socket)  <---- task_done / log / nested submit/get/wait
+    schedule(): ready + resources free -> an idle runner, or a new runner job:
+        job thread: setJobGroup(runner) ;
+           base.mapPartitions(runner_partition(payload)).collect() -> run task, report, next
+    ChannelServer (authenticated socket)  <---- task_done(+next) / log / nested submit/get/wait
     actor = a never-ending one-task job   <---- actor_hello; then ("call", ...) / ("result", ...)
 
+* A **runner job** is one Spark task that runs unipar tasks one after another: after each it
+  reports the result and, in the same round trip, receives the next ready task (waiting up to
+  ``RUNNER_LINGER_S``), so bursts of tasks share jobs and a ``get(f.remote())`` loop reuses one.
+  Cancelling a running task cancels its runner's job group.
 * The **result table** maps object id -> pickled value or error. Top-level ref arguments are
   resolved here before launch; values over 1 MiB travel as a Spark broadcast (once per executor).
 * **Resources** are logical, as in Ray: ``num_cpus``/``num_gpus``/``resources`` are counted here
@@ -136,7 +140,9 @@ class SparkBackend(Backend):
         self.escaped: set[int] = set()
         self._ids = itertools.count(1)
         self._tasks: dict[int, _Task] = {}
-        self._ready: collections.deque[_Task] = collections.deque()
+        # Ready tasks, one FIFO per demand (a "scheduling class", as in Ray): scheduling then
+        # costs O(classes + started), not O(ready tasks), per event.
+        self._ready: dict[tuple, collections.deque[_Task]] = {}
         self._idle: collections.deque[_Runner] = collections.deque()  # runners waiting for work
         self._runners: dict[int, _Runner] = {}  # runner jobs alive, by id
         self._fn_cache: dict[str, bytes] = {}
@@ -290,40 +296,51 @@ class SparkBackend(Backend):
             self.finish(oid, value=data)
         return ref
 
-    def _await(self, oids: list[int], ready: Callable[[list[_Entry]], bool], timeout: float | None,
+    def _await(self, oids: list[int], need: int | None, timeout: float | None,
                caller: int | None = None) -> list[_Entry] | TaskPayload:
-        """Wait (lock held) until ``ready(entries)``; a blocked executor task may get work to inline."""
+        """Wait (lock held) until ``need`` of ``oids`` are done (None: all, or any failed).
+
+        Completions are counted by callbacks on the entries, so waiting on n refs costs O(n),
+        not O(n) per completion. A blocked executor task (``caller``) may instead be handed a
+        task to run inline (slot lending), returned as its payload.
+        """
+        self.drain_counts()
+        entries = [self.entry(oid) for oid in oids]
+        pending = [e for e in entries if not e.done]
+        state = {"done": len(entries) - len(pending),
+                 "failed": any(e.error is not None for e in entries)}
+        target = len(entries) if need is None else need
+
+        def one_done(entry: _Entry) -> None:
+            state["done"] += 1
+            state["failed"] = state["failed"] or entry.error is not None
+
+        for entry in pending:
+            entry.waiters.append(functools.partial(one_done, entry))
         deadline = None if timeout is None else time.monotonic() + timeout
         self._block(caller)
         try:
-            while True:
-                self.drain_counts()
-                entries = [self.entry(oid) for oid in oids]
-                if ready(entries):
-                    return entries
+            while state["done"] < target and not (need is None and state["failed"]):
                 if self._stopped:
                     raise UniparError("the spark session was shut down")
-                if caller is not None and deadline is None:
-                    lent = self._lend_slot(oids)
+                if caller is not None and deadline is None and self.slots_used >= self.slots:
+                    lent = self._lend_slot([oid for oid, e in zip(oids, entries) if not e.done])
                     if lent is not None:
                         return lent
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise GetTimeoutError(f"get() timed out after {timeout} s "
-                                          f"({sum(not e.done for e in entries)} of {len(oids)} not ready)")
+                    raise GetTimeoutError(f"get() timed out after {timeout} s ("
+                                          f"{len(entries) - state['done']} of {len(oids)} not ready)")
                 self.cond.wait(1.0 if remaining is None else min(remaining, 1.0))
+            return entries
         finally:
             self._unblock(caller)
-
-    @staticmethod
-    def _get_ready(entries: list[_Entry]) -> bool:
-        return all(e.done for e in entries) or any(e.error is not None for e in entries)
 
     def _values(self, handles: Sequence[SparkRef], timeout: float | None,
                 caller: int | None) -> list[bytes] | TaskPayload:
         oids = [h.oid for h in handles]
         with self.lock:
-            got = self._await(oids, self._get_ready, timeout, caller)
+            got = self._await(oids, None, timeout, caller)
             if isinstance(got, TaskPayload):
                 return got
             for entry in got:
@@ -341,8 +358,7 @@ class SparkBackend(Backend):
         oids = [h.oid for h in handles]
         with self.lock:
             try:
-                got = self._await(oids, lambda es: sum(e.done for e in es) >= num_returns, timeout,
-                                  caller)
+                got = self._await(oids, num_returns, timeout, caller)
             except GetTimeoutError:
                 got = [self.entry(oid) for oid in oids]
             if isinstance(got, TaskPayload):
@@ -393,8 +409,12 @@ class SparkBackend(Backend):
             self._fail_task(task, error)  # a task whose argument failed fails with that error
             return
         task.state = "ready"
-        self._ready.append(task)
+        self._enqueue(task)
         self.schedule()
+
+    def _enqueue(self, task: _Task) -> None:
+        key = tuple(sorted(task.demand.items()))
+        self._ready.setdefault(key, collections.deque()).append(task)
 
     def _fail_task(self, task: _Task, error: BaseException) -> None:
         self._release(task)
@@ -426,7 +446,8 @@ class SparkBackend(Backend):
 
     def _release(self, task: _Task) -> None:
         held, task.held = task.held, {}
-        self.give_back(held)
+        # "_lent_cpu" marks CPUs already given back while the task was blocked.
+        self.give_back({k: v for k, v in held.items() if not k.startswith("_")})
 
     def schedule(self) -> None:
         """Start every ready task (and actor) that fits the free resources.
@@ -437,21 +458,27 @@ class SparkBackend(Backend):
         """
         if self._stopped:
             return
-        for task in list(self._ready):
-            if task.state != "ready":
-                self._ready.remove(task)
-                continue
-            if not self.fits(task.demand):
-                continue
-            big = any(len(self.entries[oid].value or b"") >= BROADCAST_BYTES for oid in task.deps)
-            if self._idle and not big:
-                self._ready.remove(task)
-                runner = self._idle.popleft()
-                self._start(task, runner)
-                runner.handed = task
-            elif self.slots_used < self.slots:
-                self._ready.remove(task)
-                self._launch_runner(task)
+        for key, queue in list(self._ready.items()):
+            demand = dict(key)
+            while queue and self.fits(demand):
+                task = queue[0]
+                if task.state != "ready":  # cancelled or lent while queued
+                    queue.popleft()
+                    continue
+                big = any(len(self.entries[oid].value or b"") >= BROADCAST_BYTES
+                          for oid in task.deps)
+                if self._idle and not big:
+                    queue.popleft()
+                    runner = self._idle.popleft()
+                    self._start(task, runner)
+                    runner.handed = task
+                elif self.slots_used < self.slots:
+                    queue.popleft()
+                    self._launch_runner(task)
+                else:
+                    break
+            if not queue:
+                del self._ready[key]
         self.actors.schedule()
         self.cond.notify_all()
 
@@ -524,7 +551,7 @@ class SparkBackend(Backend):
             task.crashes += 1
             task.attempt += 1
             task.state = "ready"
-            self._ready.append(task)
+            self._enqueue(task)
             return
         self._fail_task(task, WorkerCrashedError(
             f"the Spark worker running task {task.name} died: {reason} "
@@ -612,8 +639,7 @@ class SparkBackend(Backend):
             if task is None:
                 continue
             seen.add(task.id)
-            if task.state == "ready":
-                self._ready.remove(task)
+            if task.state == "ready":  # left in its queue; schedule() drops non-ready heads
                 self._start(task, None)
                 return self._payload(task)
             if task.state == "waiting":

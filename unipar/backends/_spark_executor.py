@@ -1,14 +1,16 @@
 """The executor side of the spark backend: what runs inside Spark's Python workers.
 
-A task is one partition of a one-task Spark job; its closure carries a :class:`TaskPayload`::
+A task runs inside a *runner job*, a one-partition Spark job whose closure carries the first
+:class:`TaskPayload`::
 
     Spark python worker                                  driver (ChannelServer)
     -------------------                                  ----------------------
-    task_partition(payload)
+    runner_partition(runner_id, payload)
       ensure_worker(session): connect, install ExecutorBackend, forward print()
       fn(*args)  --- nested .remote()/get()/wait() ---->  handlers (may answer "run it inline")
                  --- ("log", stream, line) ------------>  print with "(name pid=N) "
-      ("task_done", id, attempt, outcome) ------------->  result table; then the job ends
+      ("task_done", id, attempt, outcome, runner) ----->  result table; reply: the next task
+      ... until the reply is None; then the job ends
 
 An actor is a Spark task that never returns while the actor lives: :func:`actor_partition`
 connects back with ``("actor_hello", ...)``, builds the instance and serves ``("call", ...)``
@@ -59,7 +61,10 @@ class SparkRef:
             store.counts.append((oid, 1))
 
     def __del__(self) -> None:
-        store = DRIVER_STORES.get(self.session)
+        try:
+            store = DRIVER_STORES.get(self.session)
+        except (AttributeError, TypeError):  # interpreter shutdown: module globals are gone
+            return
         if store is not None:
             store.counts.append((self.oid, -1))
 

@@ -1,9 +1,10 @@
 """Memory of a whole process tree: a driver and every process it (or its children) started.
 
 Engines start helpers (Dask workers, the Spark JVM, Ray's raylet, unipar's node and workers)
-as descendants of the driver. :class:`TreeSampler` walks that tree every ``interval`` seconds
-in a background thread, sums RSS over every live process it has seen, and keeps the maximum.
-A process seen once stays tracked even if it is re-parented (daemonised) later.
+as descendants of the driver. :class:`TreeSampler` sums RSS over every live process of that tree
+every ``interval`` seconds (50 ms) in a background thread and keeps the maximum; it walks the
+process table for new members every :data:`TREE_EVERY` samples. A process seen once stays
+tracked even if it is re-parented (daemonised) later.
 
 RSS counts shared pages (shared memory, copy-on-write pages of forked workers) once per
 process, so the sum over-states what the tree costs the machine; it is the figure ``ps`` and
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import psutil
+
+TREE_EVERY = 4   # samples between two walks of the process table
 
 __all__ = ["Measured", "TreeSampler", "kill_tree", "run_measured", "tree_rss"]
 
@@ -56,6 +59,7 @@ class TreeSampler:
         self._interval = interval
         self._known: dict[int, psutil.Process] = {}
         self._peak = 0
+        self._samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"tree-sampler-{pid}", daemon=True)
 
@@ -74,7 +78,7 @@ class TreeSampler:
         return self
 
     def stop(self) -> int:
-        """Stop sampling (after one last sample) and return the peak summed RSS in bytes."""
+        """Stop sampling and return the peak summed RSS in bytes."""
         if not self._stop.is_set():
             self._stop.set()
             if self._thread.is_alive():
@@ -95,10 +99,33 @@ class TreeSampler:
         while not self._stop.wait(self._interval):
             self._sample()
 
+    def _refresh_tree(self) -> None:
+        """Add every descendant of every known process (one scan of the process table)."""
+        ppid_map = getattr(psutil, "_ppid_map", None)   # one /proc scan; fallback: psutil API
+        if ppid_map is None:
+            for proc in list(self._known.values()):
+                for child in _descendants(proc):
+                    self._known.setdefault(child.pid, child)
+            return
+        children: dict[int, list[int]] = {}
+        for pid, ppid in ppid_map().items():
+            children.setdefault(ppid, []).append(pid)
+        todo = list(self._known)
+        while todo:
+            for pid in children.get(todo.pop(), []):
+                if pid not in self._known:
+                    try:
+                        self._known[pid] = psutil.Process(pid)
+                    except psutil.NoSuchProcess:
+                        continue
+                    todo.append(pid)
+
     def _sample(self) -> None:
-        for proc in list(self._known.values()):
-            for child in _descendants(proc):
-                self._known.setdefault(child.pid, child)
+        # Walking the process table costs far more than reading RSS, so membership is refreshed
+        # every TREE_EVERY samples; a process living less than that may be missed.
+        if self._samples % TREE_EVERY == 0:
+            self._refresh_tree()
+        self._samples += 1
         total = 0
         for pid, proc in list(self._known.items()):
             try:

@@ -13,13 +13,14 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from .workloads import LIFECYCLE, WORKLOADS, Sizes, Workload
+from .workloads import LIFECYCLE, WORKLOADS, Sizes
 
 __all__ = ["BackendResult", "Report", "FACADE_PAIRS"]
 
 LOG_SPAN = 30.0   # max/min ratio above which a plot switches to a log axis
 FACADE_PAIRS = (("dask", "dask-plain"), ("spark", "spark-plain"), ("ray", "ray-plain"))
 _BY_NAME = {w.name: w for w in WORKLOADS + LIFECYCLE}
+GEOMEAN_LABEL = "geometric mean (all but serial Python)"
 _COLOURS = {"native": "#1f77b4", "local": "#7f7f7f", "dask": "#ff7f0e", "spark": "#d62728",
             "ray": "#9467bd"}
 
@@ -177,6 +178,7 @@ class Report:
                 cells = [self.ratio(a, b, name) for a, b in pairs]
                 facade.add_row(self.label(name), *[f"{c:.2f}" if c is not None else "n/a"
                                                    for c in cells])
+            facade.add_row(GEOMEAN_LABEL, *self._geomeans(pairs), style="bold")
             out.append(facade)
         for r in self.results:
             if r.error:
@@ -213,6 +215,8 @@ class Report:
                 cells = [self.ratio(a, b, name) for a, b in pairs]
                 lines.append(f"| {self.label(name)} | " + " | ".join(
                     f"{c:.2f}" if c is not None else "n/a" for c in cells) + " |")
+            lines.append(f"| **{GEOMEAN_LABEL}** | " + " | ".join(
+                f"**{g}**" for g in self._geomeans(pairs)) + " |")
         errors = [f"- `{r.backend}` did not run: {r.error}" for r in self.results if r.error]
         return "\n".join(lines + ([""] + errors if errors else [])) + "\n"
 
@@ -245,6 +249,10 @@ class Report:
         fig.savefig(path, dpi=110)
         plt.close(fig)
 
+    def _geomeans(self, pairs: list[tuple[str, str]]) -> list[str]:
+        summaries = [self.facade_summary(a, b) for a, b in pairs]
+        return [f"{g[0]:.2f}" if g else "n/a" for g in summaries]
+
     def _facade_pairs(self) -> list[tuple[str, str]]:
         return [(a, b) for a, b in FACADE_PAIRS if self._has_data(a) and self._has_data(b)]
 
@@ -264,12 +272,20 @@ class Report:
             if summary is None:
                 continue
             mean, low, high = summary
-            ax.barh(y, mean - 1.0, left=1.0, color=_COLOURS.get(a, "#2ca02c"), alpha=0.9,
+            ax.barh(y, mean - 1.0, left=1.0, height=0.5, color=_COLOURS.get(a, "#2ca02c"),
                     xerr=[[mean - low], [high - mean]], capsize=2, edgecolor="black",
                     linewidth=0.4)
             ax.text(high, y, f" ×{fmt_ratio(mean)}", va="center", fontsize=8)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
+        spans = [max(g[2], 1 / g[1]) for a, b in pairs if (g := self.facade_summary(a, b))]
+        limit = max([2.0, *spans]) * 1.6
+        ax.set_xlim(1 / limit, limit)
+        ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+                 if 1 / limit <= t <= limit]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_ylim(-0.7, len(pairs) - 0.3)
         ax.set_yticks(ys, [f"{a} ÷ {b}" for a, b in pairs], fontsize=8)
         ax.set_title("facade overhead: geometric mean over workloads\n(whiskers: min–max "
                      "workload; 1 = no overhead)", fontsize=9.5)
@@ -287,7 +303,7 @@ class Report:
             engine = r.backend.removesuffix("-plain")
             if st is None:
                 why = ("error" if r.error else "n/a" if name in r.na else "failed")
-                ax.text(0.01, y, why, va="center", fontsize=8, color="grey",
+                ax.text(0.02, y, why, va="center", fontsize=8, color="grey", style="italic",
                         transform=ax.get_yaxis_transform())
                 continue
             medians.append(st[0])

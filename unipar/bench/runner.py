@@ -22,7 +22,7 @@ import sys
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .report import BackendResult, Report
 from .workloads import LIFECYCLE, WORKLOADS, Sizes
@@ -151,7 +151,7 @@ def run_bench(backends: list[str], names: list[str], repeat: int, sizes: Sizes, 
 
 
 def _run_child(backend: str, names: list[str], sizes: Sizes, timeout: float, out: Path,
-               result: BackendResult, advance: Any) -> int:
+               result: BackendResult, advance: Callable[[int], None]) -> int:
     """One backend's run in a fresh process; records into ``result``; returns steps seen."""
     from .proctree import run_measured
     out.touch()

@@ -300,7 +300,7 @@ class Client:
         self.conn.post(P.SubmitTask(task_id, key, name, payload, deps, contained, return_ids,
                                     resources, max_retries))
         del keep
-        return [NativeRef(oid) for oid in return_ids]
+        return [NativeRef.owned(oid) for oid in return_ids]
 
     # -- objects -------------------------------------------------------------------------------
     def put(self, value: Any) -> NativeRef:
@@ -313,7 +313,7 @@ class Client:
             with self._cond:
                 self._entries[oid] = entry
             self.conn.post(P.PutObject(oid, "inline", P.blob(packed), "", len(packed), contained))
-            return NativeRef(oid)
+            return NativeRef.owned(oid)
         return self._put_large(data, buffers, contained)
 
     def _put_large(self, data: bytes, buffers: list[Any], contained: list[bytes]) -> NativeRef:
@@ -326,7 +326,7 @@ class Client:
         with self._cond:
             self._entries[oid] = entry
         self.conn.send(P.PutObject(oid, "shm", None, path, real, contained))
-        return NativeRef(oid)
+        return NativeRef.owned(oid)
 
     def _subscribe(self, oids: Sequence[bytes]) -> None:
         need = []
@@ -465,8 +465,8 @@ class Client:
             resolve()
         return fut
 
-    def cancel(self, ref: NativeRef, force: bool) -> None:
-        self.conn.send(P.Cancel(ref.oid, force))
+    def cancel(self, ref: NativeRef, force: bool, recursive: bool = True) -> None:
+        self.conn.send(P.Cancel(ref.oid, force, recursive))
 
     # -- actors --------------------------------------------------------------------------------
     def create_actor(self, cls: type, class_id: str, args: tuple, kwargs: dict, *,
@@ -500,7 +500,7 @@ class Client:
         self.conn.post(P.CallActor(actor_id.id, task_id, method, payload, deps, contained,
                                    return_ids))
         del keep
-        return [NativeRef(oid) for oid in return_ids]
+        return [NativeRef.owned(oid) for oid in return_ids]
 
     def kill_actor(self, actor_id: ActorId, no_restart: bool) -> None:
         self.request(lambda r: P.KillActor(r, actor_id.id, no_restart))

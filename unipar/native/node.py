@@ -65,7 +65,7 @@ class Obj:
 class Task:
     __slots__ = ("task_id", "fn_key", "name", "args", "deps", "contained", "return_ids",
                  "resources", "retries_left", "state", "worker", "missing", "actor_id",
-                 "method", "cancelled")
+                 "method", "cancelled", "parent")
 
     def __init__(self, task_id: bytes, name: str, args: Any, deps: list, contained: list,
                  return_ids: list, resources: dict, retries: int) -> None:
@@ -84,6 +84,7 @@ class Task:
         self.actor_id: bytes | None = None
         self.method = ""
         self.cancelled = False
+        self.parent: bytes | None = None   # the task that submitted this one, if any
 
 
 class WorkerProc:
@@ -123,6 +124,7 @@ class Node(ActorHost):
         self.objects: dict[bytes, Obj] = {}
         self.tasks: dict[bytes, Task] = {}
         self.waiters: dict[bytes, list[Task]] = {}
+        self.children: dict[bytes, set[bytes]] = {}   # task id -> ids of tasks it submitted
         self.workers: dict[str, WorkerProc] = {}
         self.exited: list[WorkerProc] = []
         self.actors: dict[bytes, Actor] = {}
@@ -418,6 +420,12 @@ class Node(ActorHost):
         task = self._make_task(conn, msg.task_id, msg.name, msg.args, msg.deps, msg.contained,
                                msg.return_ids, msg.resources, msg.max_retries)
         task.fn_key = msg.fn_key
+        wid = conn.info.get("worker_id")
+        if wid is not None:   # submitted from inside a task: remember it for recursive cancel
+            parent = self.sched.workers.get(wid)
+            if parent is not None and parent.task_id is not None:
+                task.parent = parent.task_id   # type: ignore[assignment]
+                self.children.setdefault(task.parent, set()).add(task.task_id)
         self._watch_deps(task)
 
     def _deps_ready(self, task: Task) -> None:
@@ -526,6 +534,11 @@ class Node(ActorHost):
     def _finish(self, task: Task) -> None:
         task.state = "done"
         self.tasks.pop(task.task_id, None)
+        self.children.pop(task.task_id, None)
+        if task.parent is not None:
+            siblings = self.children.get(task.parent)
+            if siblings is not None:
+                siblings.discard(task.task_id)
         for oid in task.deps:
             self._unpin(oid)
         for oid in task.contained:
@@ -540,8 +553,18 @@ class Node(ActorHost):
     def on_cancel(self, conn: ServerConnection, msg: P.Cancel) -> None:
         obj = self.objects.get(msg.oid)
         task = self.tasks.get(obj.task_id) if obj is not None and obj.task_id else None
-        if task is None or task.state == "done" or task.cancelled:
+        if task is not None:
+            self._cancel(task, msg.force, msg.recursive)
+
+    def _cancel(self, task: Task, force: bool, recursive: bool) -> None:
+        """Cancel a task (and, if ``recursive``, what it submitted, children first)."""
+        if task.state == "done" or task.cancelled:
             return
+        if recursive:
+            for child_id in list(self.children.get(task.task_id, ())):
+                child = self.tasks.get(child_id)
+                if child is not None:
+                    self._cancel(child, force, True)
         error = S.pack_error(TaskCancelledError(f"task {task.name} was cancelled"))
         if task.actor_id is not None:
             actor = self.actors.get(task.actor_id)
@@ -556,7 +579,7 @@ class Node(ActorHost):
             self.sched.remove_task(task.task_id)
         elif task.state == "running" and task.worker in self.workers:
             w = self.workers[task.worker]
-            if msg.force:
+            if force:
                 self._kill_worker(w)
             elif w.conn is not None:
                 w.conn.send(P.CancelTask(task.task_id))

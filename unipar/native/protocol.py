@@ -304,9 +304,11 @@ class Unblocked(Message):
 
 @message
 class Cancel(Message):
+    """Cancel the task producing ``oid``; ``recursive`` also cancels the tasks it submitted."""
     op = "cancel"
     oid: bytes
     force: bool
+    recursive: bool = True
 
 
 @message

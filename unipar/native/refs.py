@@ -55,6 +55,12 @@ class RefTracker:
                     if oid not in counts and (first > 0 or oid in touched_positive)]
         return adds, releases
 
+    def own(self, oid: bytes) -> None:
+        """Count a new ref to an object the node already holds for this process (a result
+        of our own submit or put): no ``adds`` message is needed for it. Safe without the
+        send lock: the id is brand new, so no queued change can concern it yet."""
+        self.counts[oid] = self.counts.get(oid, 0) + 1
+
     def held(self, oid: bytes) -> bool:
         return self.counts.get(oid, 0) > 0
 
@@ -70,6 +76,14 @@ class NativeRef:
     def __init__(self, oid: bytes) -> None:
         self.oid = oid
         TRACKER.changes.append((oid, 1))
+
+    @classmethod
+    def owned(cls, oid: bytes) -> "NativeRef":
+        """The first ref to an object this process just created (submit, put, actor call)."""
+        ref = object.__new__(cls)
+        ref.oid = oid
+        TRACKER.own(oid)
+        return ref
 
     def __del__(self) -> None:
         try:

@@ -31,6 +31,7 @@ from ..exceptions import ActorDiedError, TaskCancelledError, capture_remote
 from . import protocol as P
 from . import serialization as S
 from .client import Client
+from .refs import NativeRef
 
 _current = threading.local()
 
@@ -82,13 +83,6 @@ class _Forward(io.TextIOBase):
         return "utf-8"
 
 
-def _load_dep(dep: list) -> Any:
-    _oid, kind, payload, path = dep
-    if kind == "shm":
-        return S.load_file(path, populate=True)   # the task will most likely read all of it
-    return S.load_packed(payload)
-
-
 def _split(result: Any, count: int, name: str) -> list[Any]:
     if count == 1:
         return [result]
@@ -111,6 +105,7 @@ class Runtime:
         self.label = "worker"
         self.current_task: bytes | None = None
         self.task_lock = threading.Lock()
+        self.cancelled: set[bytes] = set()
         self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.instance: Any = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -124,6 +119,8 @@ class Runtime:
             with self.task_lock:
                 if self.current_task == msg.task_id:  # type: ignore[attr-defined]
                     os.kill(os.getpid(), signal.SIGINT)   # KeyboardInterrupt in the task
+                else:   # not started yet (still queued here): never start it
+                    self.cancelled.add(msg.task_id)  # type: ignore[attr-defined]
         elif op == "shutdown":
             os._exit(0)
         elif op == "run_actor_task" and self.instance is not None and (self.pool or self.loop):
@@ -159,9 +156,18 @@ class Runtime:
         else:
             packed_args = S.load_packed(packed)
         args, kwargs, extra = packed_args
-        values = [_load_dep(d) for d in deps]
+        values = [self._load_dep(d) for d in deps]
         args, kwargs = S.fill_slots(args, kwargs, values)
         return args, kwargs, extra
+
+    def _load_dep(self, dep: list) -> Any:
+        oid, kind, payload, path = dep
+        if kind != "shm":
+            return S.load_packed(payload)
+        try:
+            return S.load_file(path, populate=True)   # the task will most likely read it all
+        except FileNotFoundError:   # spilled to disk since the node sent us the path
+            return self.client.get([NativeRef(oid)], None)[0]
 
     def _result(self, oid: bytes, value: Any) -> list:
         data, buffers, contained = S.dumps(value)
@@ -199,6 +205,9 @@ class Runtime:
         retry_filter: Any = False
         try:
             with self.task_lock:
+                if msg.task_id in self.cancelled:
+                    self.cancelled.discard(msg.task_id)
+                    raise KeyboardInterrupt
                 self.current_task = msg.task_id
             fn = self._function(msg.fn_key, msg.fn_blob)
             args, kwargs, retry_filter = self._arguments(msg.args, msg.deps)
