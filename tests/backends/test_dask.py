@@ -174,6 +174,7 @@ class Counter:
 
 # -- joining an existing scheduler ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_joins_the_scheduler_and_uses_its_workers(joined):
     assert unipar.backend_name() == "dask"
     assert unipar.cluster_resources()["CPU"] == 2
@@ -181,17 +182,20 @@ def test_joins_the_scheduler_and_uses_its_workers(joined):
     assert unipar.get([double.remote(i) for i in range(6)], timeout=60) == [0, 2, 4, 6, 8, 10]
 
 
+@pytest.mark.slow
 def test_put_is_one_ref_and_nested_refs_stay_refs(joined):
     ref = unipar.put([1, 2, 3])
     assert unipar.get(ref) == [1, 2, 3]
     assert unipar.get(kinds.remote([ref, double.remote(1)]), timeout=60) == ["ObjectRef", "ObjectRef"]
 
 
+@pytest.mark.slow
 def test_nesting_deeper_than_the_cluster_finishes(joined):
     # fib(6) keeps many more tasks blocked in get() than the 2 worker threads.
     assert unipar.get(fib.remote(6), timeout=120) == 8
 
 
+@pytest.mark.slow
 def test_named_actor_found_from_a_task(joined):
     name = f"counter-{uuid.uuid4().hex[:8]}"
     counter = Counter.options(name=name).remote()
@@ -202,6 +206,7 @@ def test_named_actor_found_from_a_task(joined):
         unipar.get_actor(name)
 
 
+@pytest.mark.slow
 def test_worker_print_reaches_the_driver_prefixed(joined, capfd):
     marker = f"hi-{uuid.uuid4().hex}"
     pid = unipar.get(shout.remote(marker), timeout=60)
@@ -214,6 +219,7 @@ def test_worker_print_reaches_the_driver_prefixed(joined, capfd):
     assert f"(shout pid={pid}) {marker}" in "".join(seen)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_worker_crashed_error(joined):
     with pytest.raises(unipar.WorkerCrashedError):
         unipar.get(crash.remote(), timeout=120)
@@ -221,6 +227,7 @@ def test_killed_worker_is_worker_crashed_error(joined):
     assert unipar.get(double.remote(4), timeout=120) == 8
 
 
+@pytest.mark.slow
 def test_actor_on_a_dead_worker_raises_actor_died(joined):
     counter = Counter.remote()
     assert unipar.get(counter.incr.remote(), timeout=60) == 1
@@ -230,6 +237,20 @@ def test_actor_on_a_dead_worker_raises_actor_died(joined):
         unipar.get(counter.incr.remote(), timeout=120)
 
 
+@pytest.mark.slow
+def test_actor_restarts_after_its_worker_died(joined):
+    counter = Counter.options(max_restarts=1).remote()
+    assert unipar.get([counter.incr.remote(), counter.incr.remote()], timeout=60) == [1, 2]
+    with pytest.raises(unipar.ActorDiedError):
+        unipar.get(counter.die.remote(), timeout=120)
+    assert unipar.get(counter.incr.remote(), timeout=120) == 1   # a fresh instance
+    with pytest.raises(unipar.ActorDiedError):
+        unipar.get(counter.die.remote(), timeout=120)
+    with pytest.raises(unipar.ActorDiedError):                     # restarts used up
+        unipar.get(counter.incr.remote(), timeout=120)
+
+
+@pytest.mark.slow
 def test_unreachable_scheduler_is_backend_unavailable():
     unipar.shutdown()
     with pytest.raises(unipar.BackendUnavailableError, match="scheduler"):
@@ -240,6 +261,7 @@ def test_unreachable_scheduler_is_backend_unavailable():
 
 # -- a cluster whose workers declare no resources ------------------------------------------------
 
+@pytest.mark.slow
 def test_workers_without_resources(tmp_path):
     """Without declared resources, CPU is the thread count and no restriction is sent."""
     unipar.shutdown()
@@ -273,6 +295,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_local_cluster_runs_an_unguarded_script_and_cleans_up(tmp_path):
     marker = uuid.uuid4().hex
     script = tmp_path / "script.py"

@@ -74,6 +74,24 @@ class Counter:
         return os.getpid()
 
 
+@unipar.remote(max_retries=0)
+def crash():
+    os._exit(1)
+
+
+@unipar.remote(max_restarts=1)
+class Fragile:
+    def __init__(self):
+        self.calls = 0
+
+    def bump(self):
+        self.calls += 1
+        return self.calls
+
+    def crash(self):
+        os._exit(1)
+
+
 @pytest.fixture(scope="class")
 def two_slot_session() -> Iterator[None]:
     unipar.shutdown()
@@ -103,6 +121,22 @@ class TestLocalSession:
         np = pytest.importorskip("numpy")
         big = unipar.put(np.ones(1_000_000))  # 8 MB: travels as a broadcast
         assert unipar.get([total.remote(big) for _ in range(3)], timeout=120) == [1e6] * 3
+
+    def test_crashed_worker_raises_worker_crashed(self):
+        with pytest.raises(unipar.WorkerCrashedError, match="crash"):
+            unipar.get(crash.remote(), timeout=120)
+        assert unipar.get(where_am_i.remote(), timeout=120) != os.getpid()  # still works
+
+    def test_crashed_actor_restarts_then_dies(self):
+        actor = Fragile.remote()
+        assert unipar.get(actor.bump.remote(), timeout=120) == 1
+        with pytest.raises(unipar.ActorDiedError):
+            unipar.get(actor.crash.remote(), timeout=120)
+        assert unipar.get(actor.bump.remote(), timeout=120) == 1  # a fresh instance
+        with pytest.raises(unipar.ActorDiedError):
+            unipar.get(actor.crash.remote(), timeout=120)
+        with pytest.raises(unipar.ActorDiedError):  # max_restarts=1 is used up
+            unipar.get(actor.bump.remote(), timeout=120)
 
     def test_print_is_prefixed(self, capfd):
         unipar.get(shout.remote("spark-says-hi"), timeout=120)
@@ -196,6 +230,10 @@ class TestStandaloneCluster:
     def test_tasks_and_nested_tasks_run_on_executors(self):
         assert unipar.get(where_am_i.remote(), timeout=120) != os.getpid()
         assert unipar.get(fib.remote(5), timeout=300) == 5
+
+    def test_task_with_more_cpus_runs_under_a_resource_profile(self):
+        # num_cpus=2 asks Spark for both of the worker's cores (stage-level scheduling).
+        assert unipar.get(where_am_i.options(num_cpus=2).remote(), timeout=120) != os.getpid()
 
     def test_actor_lives_on_an_executor(self):
         counter = Counter.options(name="spark-counter").remote()

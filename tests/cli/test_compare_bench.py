@@ -14,8 +14,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 
+from unipar.bench.proctree import run_measured
 from unipar.bench.report import BackendResult, Report
 from unipar.bench.workloads import LIFECYCLE, WORKLOADS, Sizes
 from unipar.compare import normalise_output
@@ -210,8 +212,6 @@ def test_report_shows_facade_overhead_and_plots_failures(tmp_path):
 # -- process-tree measurement --------------------------------------------------------------------
 
 def test_peak_memory_counts_grandchildren_and_leftovers_are_killed(tmp_path):
-    from unipar.bench.proctree import run_measured
-    import psutil
     pid_file = tmp_path / "orphan.pid"
     path = script(tmp_path, f"""
         import subprocess, sys
@@ -219,6 +219,7 @@ def test_peak_memory_counts_grandchildren_and_leftovers_are_killed(tmp_path):
         subprocess.run([sys.executable, "-c", hold], check=True)      # a child holding 150 MB
         orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         open({str(pid_file)!r}, "w").write(str(orphan.pid))           # left running on exit
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(1)"])  # seen by then
         """)
     measured = run_measured([sys.executable, path], dict(os.environ), timeout=60, settle=0.5)
     assert measured.ok, measured.stderr

@@ -254,6 +254,7 @@ def test_cancel_interrupts_and_recurses_and_gpus_are_assigned():
 
         @unipar.remote(max_retries=0)
         def spin(path):
+            open(path + ".started", "w").close()
             try:
                 while True:
                     time.sleep(0.02)
@@ -268,7 +269,9 @@ def test_cancel_interrupts_and_recurses_and_gpus_are_assigned():
 
         base = os.path.join(os.environ.get("TMPDIR", "/tmp"), "unipar-cancel-" + os.urandom(4).hex())
         ref = spin.remote(base + "-a")
-        unipar.wait([ref], timeout=1)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(base + "-a.started") and time.monotonic() < deadline:
+            time.sleep(0.02)
         unipar.cancel(ref)                                  # not forced: KeyboardInterrupt
         try:
             unipar.get(ref, timeout=60)
@@ -296,7 +299,7 @@ def test_cancel_interrupts_and_recurses_and_gpus_are_assigned():
             return os.environ.get("CUDA_VISIBLE_DEVICES")
         seen = unipar.get([visible.remote() for _ in range(2)], timeout=60)
         assert sorted(seen) == ["0", "1"], seen
-        for suffix in ("-a", "-b"):
+        for suffix in ("-a", "-b", "-a.started", "-b.started"):
             if os.path.exists(base + suffix):
                 os.unlink(base + suffix)
         unipar.shutdown()

@@ -129,11 +129,21 @@ def test_idle_workers_beyond_the_pool_retire():
 def test_stuck_report_names_what_waits_and_what_is_free():
     sched = Scheduler({"CPU": 1, "GPU": 1})
     _with_workers(sched, 2)
-    sched.add_task("holder", {"GPU": 1}, now=0.0, label="task holder")
+    sched.add_actor("holder", {"GPU": 1}, now=0.0, label="actor Holder")
     sched.schedule(now=0.0)
     sched.add_task("waiter", {"GPU": 1}, now=0.0, label="task waiter")
     sched.schedule(now=0.0)
     assert sched.stuck(now=1.0, after=5.0) == []
     (report,) = sched.stuck(now=6.0, after=5.0)
     assert report[0] == "task waiter" and report[1] == {"GPU": 1} and report[2]["GPU"] == 0
-    assert sched.stuck(now=20.0, after=5.0) == []             # reported once
+    sched.add_task("waiter-2", {"GPU": 1}, now=6.0, label="task waiter")
+    assert sched.stuck(now=20.0, after=5.0) == []             # reported once per task name
+
+
+def test_a_busy_queue_behind_running_tasks_is_not_stuck():
+    sched = Scheduler({"CPU": 1})
+    _with_workers(sched, 1)
+    sched.add_task("running", {"CPU": 1}, now=0.0)
+    sched.add_task("next", {"CPU": 1}, now=0.0)
+    sched.schedule(now=0.0)
+    assert sched.stuck(now=60.0, after=5.0) == []             # it runs when "running" ends

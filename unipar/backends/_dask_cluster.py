@@ -76,6 +76,8 @@ class LocalProcesses:
             "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(worker_side.ALLOWED_FAILURES),
             "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
             "DASK_DISTRIBUTED__ADMIN__LOG_LENGTH": "0",
+            # Scratch space (the scheduler's too) inside our directory, removed by close().
+            "DASK_TEMPORARY_DIRECTORY": self.directory,
         })
         env.pop("UNIPAR_ADDRESS", None)
         preload = ["--preload", "unipar.backends._dask_actors"]

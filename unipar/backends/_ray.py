@@ -73,6 +73,23 @@ def _ray() -> Any:
     return ray
 
 
+def _joins_loopback(address: str) -> bool:
+    """Whether the cluster at ``address`` listens on loopback (so must this driver: Ray would
+    otherwise bind it to the machine's routable address, which such a cluster cannot reach).
+
+    ``auto`` means ``RAY_ADDRESS``, else the cluster ``ray start`` last recorded on this machine.
+    """
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+        if not address:
+            record = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "ray_current_cluster")
+            with contextlib.suppress(OSError):
+                with open(record) as file:
+                    address = file.read().strip()
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")   # Ray colours the "ray::f()" header of tracebacks
@@ -306,9 +323,10 @@ class RayBackend(Backend):
     def start(self, options: InitOptions) -> None:
         address = options.address
         local = address in (None, "local")
+        loopback = local or (not address.startswith("ray://") and _joins_loopback(address))
         if "ray" not in sys.modules:
             self._env.set_default(_IMPORT_ENV)
-            if local:
+            if loopback:
                 self._env.set_default(_LOOPBACK_ENV)
         self._env.set_default(_SESSION_ENV)
         ray = self._ray_mod = _ray()
@@ -320,8 +338,9 @@ class RayBackend(Backend):
         if local:
             kwargs.update(self._local_init_kwargs(options))
         else:
-            # Ray connects the driver to the cluster's node on this host by itself.
             kwargs["address"] = address
+            if loopback:
+                kwargs["_node_ip_address"] = "127.0.0.1"
         kwargs.update(options.backend_options)
         with _quiet("ray._private.authentication.authentication_token_setup"):
             ray.init(**kwargs)

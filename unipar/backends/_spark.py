@@ -34,6 +34,7 @@ import collections
 import concurrent.futures
 import functools
 import itertools
+import math
 import os
 import re
 import sys
@@ -63,11 +64,12 @@ RUNNER_LINGER_S = 0.5
 class _Runner:
     """A runner job: one Spark task that runs unipar tasks one after another, as handed them."""
 
-    __slots__ = ("id", "group", "task", "handed", "ended")
+    __slots__ = ("id", "group", "cores", "task", "handed", "ended")
 
-    def __init__(self, runner_id: int, group: str) -> None:
+    def __init__(self, runner_id: int, group: str, cores: int = 1) -> None:
         self.id = runner_id
         self.group = group            # the Spark job group: cancel kills this job
+        self.cores = cores            # Spark task slots its job holds (its resource profile)
         self.task: "_Task | None" = None      # running now
         self.handed: "_Task | None" = None    # given while idle, not yet picked up
         self.ended = False
@@ -138,6 +140,8 @@ class SparkBackend(Backend):
         self.entries: dict[int, _Entry] = {}
         self.counts: collections.deque = collections.deque()  # (oid, delta) from SparkRef
         self.escaped: set[int] = set()
+        self.actor_counts: collections.deque = collections.deque()  # (number, delta), SparkActorId
+        self.actors_escaped: set[int] = set()
         self._ids = itertools.count(1)
         self._tasks: dict[int, _Task] = {}
         # Ready tasks, one FIFO per demand (a "scheduling class", as in Ray): scheduling then
@@ -226,6 +230,11 @@ class SparkBackend(Backend):
 
     def drain_counts(self) -> None:
         """Apply ref-count changes SparkRef queued (it may run inside GC, so it only queues)."""
+        if self.actor_counts:
+            changes = []
+            while self.actor_counts:
+                changes.append(self.actor_counts.popleft())
+            self.actors.count_handles(changes, self.actors_escaped)
         while self.counts:
             oid, delta = self.counts.popleft()
             entry = self.entries.get(oid)
@@ -467,14 +476,16 @@ class SparkBackend(Backend):
                     continue
                 big = any(len(self.entries[oid].value or b"") >= BROADCAST_BYTES
                           for oid in task.deps)
-                if self._idle and not big:
+                cores = self._cores_for(task)
+                runner = None if big else next((r for r in self._idle if r.cores == cores), None)
+                if runner is not None:
                     queue.popleft()
-                    runner = self._idle.popleft()
+                    self._idle.remove(runner)
                     self._start(task, runner)
                     runner.handed = task
-                elif self.slots_used < self.slots:
+                elif self.slots_used + cores <= self.slots:
                     queue.popleft()
-                    self._launch_runner(task)
+                    self._launch_runner(task, cores)
                 else:
                     break
             if not queue:
@@ -494,10 +505,22 @@ class SparkBackend(Backend):
             task.held = self.acquire(task.demand)
             runner.task = task
 
-    def _launch_runner(self, task: _Task) -> None:
-        runner = _Runner(next(self._ids), f"unipar-{self.session_id[:8]}-runner-{next(self._ids)}")
+    def _cores_for(self, task: _Task) -> int:
+        """Spark cores (slots) a task's runner job asks for: 1, or on a cluster its num_cpus.
+
+        On a cluster a task with num_cpus > 1 runs under a stage-level task resource profile
+        of ceil(num_cpus) cores (Spark supports these on standalone/YARN/Kubernetes without
+        dynamic allocation, not in local mode).
+        """
+        if self.spark.is_local:
+            return 1
+        return min(max(1, math.ceil(task.spec.options.num_cpus)), max(self.slots, 1))
+
+    def _launch_runner(self, task: _Task, cores: int = 1) -> None:
+        runner = _Runner(next(self._ids), f"unipar-{self.session_id[:8]}-runner-{next(self._ids)}",
+                         cores)
         self._start(task, runner)
-        self.slots_used += 1
+        self.slots_used += cores
         self._runners[runner.id] = runner
         payload = self._payload(task)
         threading.Thread(target=self._run_job, args=(runner, task, payload), daemon=True,
@@ -509,11 +532,12 @@ class SparkBackend(Backend):
         try:
             payload = self._with_broadcasts(task, payload)
             self.spark.run_job(runner.group, f"unipar task {task.name}",
-                               functools.partial(runner_partition, runner.id, payload))
+                               functools.partial(runner_partition, runner.id, payload),
+                               cores=runner.cores)
         except BaseException as exc:  # a crashed worker, a cancelled job, a stopped context
             error = exc
         with self.lock:
-            self.slots_used -= 1
+            self.slots_used -= runner.cores
             runner.ended = True
             self._runners.pop(runner.id, None)
             if runner in self._idle:

@@ -24,7 +24,7 @@ import itertools
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import cloudpickle
 
@@ -68,7 +68,7 @@ class _Call:
 
 @dataclass
 class _Actor:
-    id: SparkActorId
+    number: int
     spec: ActorSpec
     name: str
     cls_bytes: bytes
@@ -84,9 +84,10 @@ class _Actor:
     queue: collections.deque = field(default_factory=collections.deque)
     inflight: dict[int, _Call] = field(default_factory=dict)
     dead_error: ActorDiedError | None = None
+    orphaned: bool = False  # every driver handle is gone: stop once its calls are done
 
     def group(self, session: str) -> str:
-        return f"unipar-{session[:8]}-actor-{self.id.number}-{self.attempt}"
+        return f"unipar-{session[:8]}-actor-{self.number}-{self.attempt}"
 
 
 class ActorTable:
@@ -94,8 +95,10 @@ class ActorTable:
 
     def __init__(self, backend: "SparkBackend") -> None:
         self._b = backend
-        self._actors: dict[SparkActorId, _Actor] = {}
-        self._names: dict[str, SparkActorId] = {}
+        # Keyed by number: the table must not hold SparkActorId objects, which count handles.
+        self._actors: dict[int, _Actor] = {}
+        self._names: dict[str, int] = {}
+        self.handles: collections.Counter = collections.Counter()
         self._ready: collections.deque[_Actor] = collections.deque()
         self._numbers = itertools.count(1)
         self._call_ids = itertools.count(1)
@@ -110,19 +113,19 @@ class ActorTable:
             name = spec.options.name
             if name is not None and name in self._names:
                 if spec.options.get_if_exists:
-                    return self._names[name]
+                    return SparkActorId(b.session_id, self._names[name])
                 raise ValueError(f"an actor named {name!r} already exists; use "
                                  "unipar.get_actor(name) or .options(name=..., get_if_exists=True)")
-            actor = _Actor(SparkActorId(b.session_id, next(self._numbers)), spec,
+            actor = _Actor(next(self._numbers), spec,
                            spec.meta.class_name, cls_bytes, args_blob, deps,
                            resource_demand(spec.options), spec.options.max_restarts)
-            self._actors[actor.id] = actor
+            self._actors[actor.number] = actor
             if name is not None:
-                self._names[name] = actor.id
+                self._names[name] = actor.number
             b.pin(deps)  # a restart needs the constructor arguments again
             b.when_done(deps, functools.partial(self._ctor_deps_done, actor))
             b.schedule()
-        return actor.id
+            return SparkActorId(b.session_id, actor.number)
 
     def _ctor_deps_done(self, actor: _Actor, error: BaseException | None) -> None:
         if actor.state != "waiting":
@@ -152,12 +155,12 @@ class ActorTable:
         actor.held = b.acquire(actor.demand)
         b.slots_used += 1
         options = actor.spec.options
-        payload = ActorPayload(b.info, actor.id, actor.attempt, actor.name, actor.cls_bytes,
+        payload = ActorPayload(b.info, actor.number, actor.attempt, actor.name, actor.cls_bytes,
                                actor.args_blob, tuple(b.dep_values(actor.deps)),
                                options.concurrency(actor.spec.meta.is_async),
                                actor.spec.meta.is_async)
         threading.Thread(target=self._run_job, args=(actor, payload), daemon=True,
-                         name=f"unipar-spark-actor-{actor.id.number}").start()
+                         name=f"unipar-spark-actor-{actor.number}").start()
 
     def _run_job(self, actor: _Actor, payload: ActorPayload) -> None:
         b = self._b
@@ -177,15 +180,15 @@ class ActorTable:
     # -- the actor's connection (its own thread, lock not held) ---------------------------------
     def on_connection(self, conn: "Connection", hello: tuple) -> None:
         b = self._b
-        _, actor_id, attempt = hello
+        _, number, attempt = hello
         with b.lock:
-            actor = self._actors.get(actor_id)
+            actor = self._actors.get(number)
             if actor is None or actor.attempt != attempt or actor.state != "starting":
                 return  # a stale attempt: the server closes the connection
             actor.conn = conn
             outbox = actor.outbox = queue.Queue()
         threading.Thread(target=_sender, args=(conn, outbox), daemon=True,
-                         name=f"unipar-spark-actor-send-{actor_id.number}").start()
+                         name=f"unipar-spark-actor-send-{number}").start()
         reason = "its connection to the driver closed"
         try:
             while True:
@@ -224,6 +227,7 @@ class ActorTable:
                 return
             for i, oid in enumerate(call.outputs):
                 self._b.finish(oid, value=value[i]) if status == "ok" else self._b.finish(oid, error=value)
+            self._stop_if_orphaned(actor)
 
     # -- calls ---------------------------------------------------------------------------------
     def call(self, actor_id: SparkActorId, call: ActorCall) -> list[SparkRef]:
@@ -232,7 +236,7 @@ class ActorTable:
         with b.lock:
             b.drain_counts()
             made = [b.new_entry() for _ in range(call.num_returns)]
-            actor = self._actors.get(actor_id)
+            actor = self._actors.get(actor_id.number)
             if actor is None or actor.state == "dead":
                 error = actor.dead_error if actor is not None else None
                 for oid, _ in made:
@@ -316,7 +320,7 @@ class ActorTable:
         actor.state = "dead"
         actor.dead_error = error
         name = actor.spec.options.name
-        if name is not None and self._names.get(name) == actor.id:
+        if name is not None and self._names.get(name) == actor.number:
             del self._names[name]
         calls = list(actor.inflight.values()) + list(actor.queue)
         actor.inflight.clear()
@@ -328,7 +332,7 @@ class ActorTable:
 
     def kill(self, actor_id: SparkActorId, no_restart: bool) -> None:
         with self._b.lock:
-            actor = self._actors.get(actor_id)
+            actor = self._actors.get(actor_id.number)
             if actor is None or actor.state == "dead":
                 return
             if not no_restart and actor.restarts_left != 0 and actor.state in ("starting", "alive"):
@@ -337,12 +341,31 @@ class ActorTable:
                 self._die(actor, ActorDiedError(f"actor {actor.name} was killed with unipar.kill()"))
             self._b.schedule()
 
+    def count_handles(self, changes: Sequence[tuple[int, int]], escaped: set[int]) -> None:
+        """Apply handle count changes; kill unnamed actors whose last driver handle is gone."""
+        for number, delta in changes:
+            self.handles[number] += delta
+            actor = self._actors.get(number)
+            if (actor is None or actor.state == "dead" or self.handles[number] > 0
+                    or number in escaped or actor.spec.options.name is not None
+                    or actor.spec.options.lifetime == "detached"):
+                continue
+            actor.orphaned = True
+            self._stop_if_orphaned(actor)
+
+    def _stop_if_orphaned(self, actor: _Actor) -> None:
+        # Calls already made still run (their refs may be alive); stop after the last one.
+        if actor.orphaned and not actor.queue and not actor.inflight:
+            self._die(actor, ActorDiedError(f"actor {actor.name} was stopped: every handle to "
+                                            "it is gone"))
+            self.handles.pop(actor.number, None)
+
     def lookup(self, name: str) -> tuple[SparkActorId, ActorMeta]:
         with self._b.lock:
-            actor_id = self._names.get(name)
-            if actor_id is None:
+            number = self._names.get(name)
+            if number is None:
                 raise ValueError(f"no live actor is named {name!r}")
-            return actor_id, self._actors[actor_id].spec.meta
+            return SparkActorId(self._b.session_id, number), self._actors[number].spec.meta
 
     def shutdown(self) -> None:
         with self._b.lock:

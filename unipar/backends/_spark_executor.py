@@ -84,10 +84,46 @@ class SparkRef:
         return f"spark:{self.oid}"
 
 
-@dataclass(frozen=True)
 class SparkActorId:
-    session: str
-    number: int
+    """The spark backend's actor id: a session id and the actor's number.
+
+    On the driver it counts itself like :class:`SparkRef`: when the last id of an unnamed,
+    non-detached actor that never left the driver is gone, the actor is killed (as Ray does
+    when the last handle goes out of scope), so forgotten actors do not hold Spark slots.
+    """
+
+    __slots__ = ("session", "number", "__weakref__")
+
+    def __init__(self, session: str, number: int) -> None:
+        self.session = session
+        self.number = number
+        store = DRIVER_STORES.get(session)
+        if store is not None:
+            store.actor_counts.append((number, 1))
+
+    def __del__(self) -> None:
+        try:
+            store = DRIVER_STORES.get(self.session)
+        except (AttributeError, TypeError):  # interpreter shutdown: module globals are gone
+            return
+        if store is not None:
+            store.actor_counts.append((self.number, -1))
+
+    def __reduce__(self):
+        store = DRIVER_STORES.get(self.session)
+        if store is not None:
+            store.actors_escaped.add(self.number)
+        return (SparkActorId, (self.session, self.number))
+
+    def __hash__(self) -> int:
+        return hash((self.session, self.number))
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, SparkActorId)
+                and (self.number, self.session) == (other.number, other.session))
+
+    def __repr__(self) -> str:
+        return f"spark-actor:{self.number}"
 
 
 @dataclass(frozen=True)
@@ -129,7 +165,7 @@ class TaskPayload:
 @dataclass(frozen=True)
 class ActorPayload:
     session: SessionInfo
-    actor_id: SparkActorId
+    actor_number: int
     attempt: int
     name: str
     cls_bytes: bytes
@@ -523,7 +559,7 @@ def actor_partition(payload: ActorPayload, rows: Iterable[Any]) -> list:
     from multiprocessing.connection import Client
     conn = Client(payload.session.address, authkey=payload.session.authkey)
     try:
-        send(conn, ("actor_hello", payload.actor_id, payload.attempt))
+        send(conn, ("actor_hello", payload.actor_number, payload.attempt))
         _ActorServer(conn, payload).run()
     finally:
         conn.close()

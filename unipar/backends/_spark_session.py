@@ -32,6 +32,8 @@ _NOISE = re.compile(
     r"|To adjust logging level use|NativeCodeLoader|resolves to a loopback address"
     r"|Set SPARK_LOCAL_IP if you need|WARN Utils: Service 'SparkUI' could not bind")
 
+# WARN, except the scheduler's per-task warnings: unipar cancels jobs on purpose (kill, cancel)
+# and reports lost tasks itself (WorkerCrashedError, ActorDiedError).
 _LOG4J = """\
 rootLogger.level = warn
 rootLogger.appenderRef.stderr.ref = console
@@ -44,8 +46,10 @@ logger.native.name = org.apache.hadoop.util.NativeCodeLoader
 logger.native.level = error
 logger.shutdown.name = org.apache.spark.util.ShutdownHookManager
 logger.shutdown.level = error
-logger.repl.name = org.apache.spark.repl.Main
-logger.repl.level = warn
+logger.dag.name = org.apache.spark.scheduler.DAGScheduler
+logger.dag.level = error
+logger.tsm.name = org.apache.spark.scheduler.TaskSetManager
+logger.tsm.level = error
 """
 
 _EXECUTOR_WAIT_S = 60.0
@@ -89,6 +93,7 @@ class SparkSessionHandle:
         self.driver_host = sc.getConf().get("spark.driver.host", "127.0.0.1")
         self.ui_url = sc.uiWebUrl
         self._base = sc.parallelize([0], 1)  # every job maps its one partition
+        self._profiles: dict[int, Any] = {}  # task resource profiles by cores
         self._gateway = SparkContext._gateway if owned else None
         self._closed = False
 
@@ -179,10 +184,25 @@ class SparkSessionHandle:
             shutil.rmtree(log_dir, ignore_errors=True)  # the JVM read it at start-up
 
     # -- jobs --------------------------------------------------------------------------------
-    def run_job(self, group: str, description: str, fn: Callable[..., Any]) -> list:
-        """Run ``fn`` over one partition as a job in ``group``; blocks until the job ends."""
+    def run_job(self, group: str, description: str, fn: Callable[..., Any], cores: int = 1) -> list:
+        """Run ``fn`` over one partition as a job in ``group``; blocks until the job ends.
+
+        ``cores`` > 1 runs it under a stage-level task resource profile asking that many cores
+        (not in local mode, where Spark does not support task resource profiles).
+        """
         self.sc.setJobGroup(group, description, interruptOnCancel=True)
-        return self._base.mapPartitions(fn).collect()
+        rdd = self._base.mapPartitions(fn)
+        if cores > 1 and not self.is_local:
+            rdd = rdd.withResources(self._profile(cores))
+        return rdd.collect()
+
+    def _profile(self, cores: int) -> Any:
+        profile = self._profiles.get(cores)
+        if profile is None:
+            from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+            profile = ResourceProfileBuilder().require(TaskResourceRequests().cpus(cores)).build
+            self._profiles[cores] = profile
+        return profile
 
     def cancel_group(self, group: str) -> None:
         try:

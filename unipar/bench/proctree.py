@@ -14,6 +14,7 @@ process, so the sum over-states what the tree costs the machine; it is the figur
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -195,16 +196,17 @@ def _root(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _communicate(proc: subprocess.Popen[str], deadline: float,
-                 poll: Callable[[], None] | None) -> tuple[str, str]:
-    """``proc.communicate()`` until ``deadline`` (raises TimeoutExpired), calling ``poll``
-    about five times a second meanwhile."""
+def _wait(proc: subprocess.Popen[bytes], deadline: float,
+          poll: Callable[[], None] | None) -> None:
+    """``proc.wait()`` until ``deadline`` (raises TimeoutExpired), calling ``poll`` about five
+    times a second meanwhile."""
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise subprocess.TimeoutExpired(proc.args, 0)
         try:
-            return proc.communicate(timeout=min(left, 0.2) if poll else left)
+            proc.wait(timeout=min(left, 0.2) if poll else left)
+            return
         except subprocess.TimeoutExpired:
             if poll:
                 poll()
@@ -219,22 +221,27 @@ def run_measured(argv: list[str], env: dict[str, str], timeout: float, settle: f
     so one run's leftovers never weigh on the next. ``poll`` (progress display) is called about
     five times a second while the command runs.
     """
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, errors="replace")
-    sampler = TreeSampler(proc.pid).start()
-    timed_out = False
-    try:
-        out, err = _communicate(proc, time.monotonic() + timeout, poll)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        kill_tree([*sampler.seen(), *_root(proc.pid)], grace=2.0)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:  # KeyboardInterrupt: never leave the tree running
-            kill_tree([*sampler.seen(), *_root(proc.pid)], grace=2.0)
-    wall = time.perf_counter() - start
-    peak = sampler.stop()
-    left = kill_tree(sampler.seen(), settle=settle)
-    return Measured(124 if timed_out else proc.returncode, wall, peak, out or "", err or "",
+    # Output goes to files, not pipes: a process left behind would hold a pipe open, and
+    # reading to its end would wait for that process instead of the command.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        sampler = TreeSampler(proc.pid).start()
+        timed_out = False
+        try:
+            _wait(proc, time.monotonic() + timeout, poll)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            if proc.poll() is None:   # timed out, or KeyboardInterrupt: never leave it running
+                kill_tree([*sampler.seen(), *_root(proc.pid)], grace=2.0)
+                proc.wait(timeout=10)
+        wall = time.perf_counter() - start
+        peak = sampler.stop()
+        left = kill_tree(sampler.seen(), settle=0 if timed_out else settle)
+        texts = []
+        for f in (out, err):
+            f.seek(0)
+            texts.append(f.read().decode("utf-8", errors="replace"))
+    return Measured(124 if timed_out else proc.returncode, wall, peak, texts[0], texts[1],
                     timed_out, left)

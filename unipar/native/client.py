@@ -74,7 +74,8 @@ class Client:
 
     def __init__(self, node_address: str, secret: bytes, *, role: str = "driver",
                  worker_id: str = "", log_to_driver: bool = True,
-                 handler: Callable[[P.Message], None] | None = None) -> None:
+                 handler: Callable[[P.Message], None] | None = None,
+                 connect_timeout: float = 30.0) -> None:
         self.secret = secret
         self.role = role
         self.log_to_driver = log_to_driver
@@ -93,7 +94,8 @@ class Client:
         self._head: Connection | None = None
         self._head_lock = threading.Lock()
         self._stop = threading.Event()
-        self.conn = Connection(node_address, secret)
+        # Generous: a worker may connect while its node daemon is still importing.
+        self.conn = Connection(node_address, secret, timeout=connect_timeout)
         self.conn.prelude = self._prelude
         self._reader = threading.Thread(target=self._read, args=(self.conn,),
                                         name="unipar-client-reader", daemon=True)
@@ -235,6 +237,7 @@ class Client:
 
     def close(self) -> None:
         self._stop.set()
+        self.conn.posted.set()   # wake the flusher now rather than at its next tick
         try:
             self.conn.send(None)   # last refcount changes
         except ConnectionError:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import psutil
 
 START_TIMEOUT = 30.0
+BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot.py")   # node launcher
 STOP_TIMEOUT = 5.0
 SHM_ROOT = "/dev/shm"
 
@@ -103,7 +104,7 @@ class LocalCluster:
         try:
             head = self._launch("unipar.native.head", {"host": cfg.host},
                                 {"tcp_fd": head_sock})
-            node = self._launch("unipar.native.node", {
+            node = self._launch(BOOT, {
                 "node_id": uuid.uuid4().hex, "session_dir": self.session_dir,
                 "spill_dir": self.spill_dir, "resources": self.resources,
                 "store_limit": cfg.object_store_memory or default_store_limit(),
@@ -128,9 +129,10 @@ class LocalCluster:
         settings = dict(settings, ready_fd=write_fd, **fds)
         env = dict(os.environ)
         env["UNIPAR_DRIVER_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
+        target = [module] if module.endswith(".py") else ["-m", module]
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", module, "--config", json.dumps(settings)],
+                [sys.executable, *target, "--config", json.dumps(settings)],
                 stdin=subprocess.PIPE, pass_fds=(write_fd, *fds.values()), env=env,
                 start_new_session=True)
         finally:

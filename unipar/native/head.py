@@ -13,13 +13,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from typing import Any
 
 from . import protocol as P
-from .node import _report_ready
+from .boot import report_ready
 from .server import ServerConnection, serve
 
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         servers = await serve(head, secret, cfg.get("host", "127.0.0.1"), cfg.get("port", 0),
                               tcp_fd=cfg.get("tcp_fd"))
         port = servers[0].sockets[0].getsockname()[1]
-        _report_ready(cfg, f"READY tcp://{cfg.get('host', '127.0.0.1')}:{port}\n")
+        report_ready(cfg, f"READY tcp://{cfg.get('host', '127.0.0.1')}:{port}\n")
 
         def watch() -> None:   # stdin closes when the process that started us is gone
             try:
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             server.close()
 
     asyncio.run(run())
+    os._exit(0)   # nothing left to flush: skip interpreter teardown, shutdown stays fast
 
 
 if __name__ == "__main__":

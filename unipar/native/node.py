@@ -35,6 +35,7 @@ from ..exceptions import (ObjectLostError, TaskCancelledError,
 from . import protocol as P
 from . import serialization as S
 from .object_store import ObjectStore, StoreFullError
+from .boot import report_ready, spawn_worker
 from .node_actors import Actor, ActorHost, exit_code
 from .scheduler import Dispatch, PlaceActor, RetireWorker, Scheduler, StartWorkers
 from .server import ServerConnection, serve
@@ -160,15 +161,21 @@ class Node(ActorHost):
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, prestarted: list[subprocess.Popen] | None = None) -> None:
         unix_path = os.path.join(self.session_dir, "node.sock")
+        self.unix_address = f"unix://{unix_path}"
+        for proc in prestarted or []:   # spawned by boot.py as w1..wN before we were imported
+            wid = f"w{self.next_worker}"
+            self.next_worker += 1
+            self.workers[wid] = WorkerProc(wid, proc, "task", None)
+        self.sched.workers_requested(len(prestarted or []))
         servers = await serve(self, self.secret, self.host, 0, unix_path,
                               self.listen_fds.get("tcp"), self.listen_fds.get("unix"))
         port = servers[0].sockets[0].getsockname()[1]
         self.servers = servers
         self.address = f"tcp://{self.host}:{port}"
-        self.unix_address = f"unix://{unix_path}"
-        self._start_workers(self.prestart)   # first: they start while we connect to the head
+        if not prestarted:
+            self._start_workers(self.prestart)
         asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def join_head(self) -> None:
@@ -227,9 +234,9 @@ class Node(ActorHost):
                 self._worker_died(w)
         self.exited = [w for w in self.exited if w.proc.poll() is None]
         for label, demand, free in self.sched.stuck(now, self.stuck_warning_after):
-            self._warn(f"{label} has waited {self.stuck_warning_after:g} s for resources {demand}; "
-                       f"only {free} are free because running tasks and live actors hold the "
-                       "rest. It starts when they release them.")
+            self._warn(f"{label} has waited {self.stuck_warning_after:g} s for resources {demand}, "
+                       f"which live actors hold (free now: {free}); it starts only when actors "
+                       "holding them are killed. Give actors fewer resources, or the cluster more.")
         self._schedule_now()
         asyncio.get_running_loop().call_later(TICK, self._tick)
 
@@ -601,18 +608,9 @@ class Node(ActorHost):
                gpu_ids: tuple[int, ...] = ()) -> WorkerProc:
         wid = f"w{self.next_worker}"
         self.next_worker += 1
-        env = dict(os.environ)
-        env.update(UNIPAR_NODE_ADDRESS=self.unix_address, UNIPAR_WORKER_ID=wid,
-                   UNIPAR_WORKER_ROLE=role, UNIPAR_WORKER_SETUP=self.worker_setup)
-        if role == "actor":
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
-        proc = subprocess.Popen([sys.executable, "-m", "unipar.native.worker"],
-                                stdin=subprocess.PIPE, env=env, close_fds=True)
-        assert proc.stdin is not None
-        # The secret goes through the pipe, never argv or the environment; the pipe then stays
-        # open: when this daemon dies, the worker reads EOF and exits.
-        proc.stdin.write(self.secret.hex().encode() + b"\n")
-        proc.stdin.flush()
+        cuda = ",".join(str(i) for i in gpu_ids) if role == "actor" else None
+        proc = spawn_worker(wid, role, self.unix_address, self.worker_setup,
+                            self.secret.hex().encode(), cuda)
         w = WorkerProc(wid, proc, role, actor_id)
         self.workers[wid] = w
         return w
@@ -671,23 +669,16 @@ def _watch_parent(loop: asyncio.AbstractEventLoop, node: Node) -> None:
     loop.call_soon_threadsafe(node.stop)
 
 
-def _report_ready(cfg: dict, line: str) -> None:
-    """Tell the starter our addresses on its dedicated pipe (stdout stays the user's)."""
-    fd = cfg.get("ready_fd")
-    if fd is None:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        return
-    os.write(fd, line.encode())
-    os.close(fd)
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, secret: bytes | None = None,
+         prestarted: list[subprocess.Popen] | None = None) -> None:
+    """Run a node daemon. ``secret`` and ``prestarted`` workers come from boot.py; without
+    them the secret is read from stdin and the workers are started here."""
     parser = argparse.ArgumentParser(prog="python -m unipar.native.node")
     parser.add_argument("--config", required=True, help="JSON settings (see cluster.py)")
     args = parser.parse_args(argv)
     cfg = json.loads(args.config)
-    secret = bytes.fromhex(sys.stdin.buffer.readline().strip().decode())
+    if secret is None:
+        secret = bytes.fromhex(sys.stdin.buffer.readline().strip().decode())
     logging.basicConfig(level=logging.WARNING, format="(unipar node) %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the driver's Ctrl-C is the driver's to handle
 
@@ -703,10 +694,10 @@ def main(argv: list[str] | None = None) -> None:
                     worker_idle_timeout=cfg.get("worker_idle_timeout", 10.0))
         node.listen_fds = {k: cfg[f"{k}_fd"] for k in ("tcp", "unix") if f"{k}_fd" in cfg}
         loop.add_signal_handler(signal.SIGTERM, node.stop)
-        await node.start()
+        await node.start(prestarted)
         if node.head_address:
             await loop.run_in_executor(None, node.join_head)
-        _report_ready(cfg, f"READY {node.address} {node.unix_address}\n")
+        report_ready(cfg, f"READY {node.address} {node.unix_address}\n")
         threading.Thread(target=_watch_parent, args=(loop, node), daemon=True).start()
         await node.stopping.wait()
         for server in node.servers:

@@ -91,6 +91,7 @@ class Scheduler:
         self.actors: dict[Hashable, tuple[dict[str, float], tuple[int, ...]]] = {}
         self.workers: dict[str, _Worker] = {}
         self.starting = 0
+        self.warned_labels: set[str] = set()
 
     # -- events --------------------------------------------------------------------------------
     def add_task(self, task_id: Hashable, demand: dict[str, float], now: float,
@@ -231,18 +232,36 @@ class Scheduler:
         return actions
 
     def stuck(self, now: float, after: float) -> list[tuple[str, dict[str, float], dict[str, float]]]:
-        """Queued tasks and actors that could run on this node but have waited ``after`` seconds
-        for resources others hold: ``(label, demand, free)``, each reported once."""
+        """Queued tasks and actors that have waited ``after`` seconds and cannot run even when
+        every running task finishes — what they need is held by actors (which hold it for
+        life). ``(label, demand, free)``; each label is reported once. A long queue behind
+        running tasks is normal and never reported."""
         found = []
         heads = [next(iter(q.values())) for q in self.queues.values()]
+        reclaimable: dict[str, float] | None = None
         for item in heads + list(self.actor_queue.values()):
             if item.warned or now - item.since < after:
                 continue
-            if self._fits(item.demand):
-                continue   # waiting for a worker process, not for resources
+            if reclaimable is None:
+                reclaimable = self._free_after_tasks()
+            if all(reclaimable.get(k, 0.0) + EPS >= v for k, v in item.demand.items()):
+                continue   # running tasks will give back enough
             item.warned = True
+            if item.label in self.warned_labels:
+                continue
+            self.warned_labels.add(item.label)
             found.append((item.label, dict(item.demand), self.available()))
         return found
+
+    def _free_after_tasks(self) -> dict[str, float]:
+        """What would be free if every running task finished now (actors keep theirs)."""
+        free = dict(self.free)
+        for worker in self.workers.values():
+            for key, value in worker.demand.items():
+                if worker.state == "blocked" and key == "CPU":
+                    continue   # already given back
+                free[key] = free.get(key, 0.0) + value
+        return free
 
     def available(self) -> dict[str, float]:
         return {k: max(v, 0.0) if abs(v) > EPS else 0.0 for k, v in self.free.items()}

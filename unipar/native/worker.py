@@ -78,6 +78,11 @@ class _Forward(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
+    def fileno(self) -> int:
+        # Code that needs a real descriptor (subprocess, faulthandler) writes below Python,
+        # straight to the terminal the daemons inherited, without a prefix.
+        return 2 if self.stream == "stderr" else 1
+
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return "utf-8"
