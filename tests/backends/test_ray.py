@@ -106,6 +106,42 @@ def test_importing_does_not_import_ray(tmp_path):
     assert _run_driver(code, _env(tmp_path, "none"), tmp_path) == {"ray": False}
 
 
+TRANSLATE = """
+    import json, ray.exceptions as rex
+    import unipar
+    from unipar.backends._ray import _translate
+
+    try:
+        1 / 0
+    except ZeroDivisionError as exc:
+        cause = exc
+    task = rex.RayTaskError("f", "\\x1b[36mray::f()\\x1b[39m (pid=7, ip=127.0.0.1)\\nTraceback...",
+                            cause, pid=7, ip="127.0.0.1").as_instanceof_cause()
+    err = _translate(task)
+    ours = unipar.ActorDiedError("killed")
+    out = {
+        "task": [isinstance(err, ZeroDivisionError), isinstance(err, unipar.TaskError),
+                 "\\x1b" in str(err), "ray::f()" in str(err)],
+        "nested": _translate(rex.RayTaskError("g", "tb", ours, pid=1, ip="x")) is ours,
+        "kinds": [type(_translate(e)).__name__ for e in (
+            rex.GetTimeoutError("t"), rex.TaskCancelledError(), rex.ActorDiedError(),
+            rex.ActorUnavailableError("gone", None), rex.WorkerCrashedError(),
+            rex.ObjectLostError("00" * 28, "owner"), rex.ObjectStoreFullError("full"),
+            rex.RaySystemError("boom"), ValueError("not ray"))],
+    }
+    print(json.dumps(out))
+"""
+
+
+def test_ray_errors_become_unipar_errors(tmp_path):
+    out = _run_driver(TRANSLATE, _env(tmp_path, "none"), tmp_path)
+    assert out["task"] == [True, True, False, True]
+    assert out["nested"], "a unipar error raised in a task must pass through unchanged"
+    assert out["kinds"] == ["GetTimeoutError", "TaskCancelledError", "ActorDiedError",
+                            "ActorDiedError", "WorkerCrashedError", "ObjectLostError",
+                            "ObjectStoreFullError", "UniparError", "ValueError"]
+
+
 LOCAL_DRIVER = """
     import gc, json, os, psutil
     import unipar

@@ -29,6 +29,7 @@ import itertools
 import logging
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -48,6 +49,8 @@ log = logging.getLogger("unipar.dask")
 
 _EMPTY_CALL = cloudpickle.dumps(((), {}))
 _NAME_PREFIX = "unipar-actor:"
+_DEMAND = "unipar_demand"         # annotation on an actor's host task: what it holds for life
+_KILLED = "unipar-killed-actors"  # scheduler metadata: host keys of killed actors
 
 
 # -- handles -----------------------------------------------------------------------------------
@@ -149,6 +152,7 @@ class _Recipe:
 
     args: tuple
     resources: dict[str, float] | None
+    demand: dict[str, float]
     max_restarts: int
     restarts: int = 0
 
@@ -192,7 +196,6 @@ class DaskBackend(Backend):
         self._lock = threading.Lock()
         self._worker_max: dict[str, float] = {}
         self._declared: set[str] = set()
-        self._actor_demand: dict[str, dict[str, float]] = {}
         self._named: dict[str, str] = {}  # name -> actor key, published by this driver
         self._recipes: dict[str, _Recipe] = {}   # actors this process may restart
         self._hosts: dict[str, Any] = {}         # actor key -> future of its current host
@@ -241,9 +244,11 @@ class DaskBackend(Backend):
         return backend
 
     def shutdown(self) -> None:
+        if self._in_worker:
+            return  # the worker's own client belongs to Dask; a task may not close it
         client, cluster = self._client, self._cluster
         self._client = self._cluster = None
-        if self._in_worker or client is None:
+        if client is None:
             return
         worker_side._ESCAPED.clear()  # futures of the client being closed
         with contextlib.suppress(Exception):
@@ -383,17 +388,20 @@ class DaskBackend(Backend):
                 except TimeoutError:
                     raise GetTimeoutError(
                         f"not all of {len(futures)} object(s) were ready within {timeout} s") from None
-        for handle in handles:  # Dask-level failures first, in input order
+        finished = [f for f in futures if f.status == "finished"]
+        try:
+            values = dict(zip((f.key for f in finished), client.gather(finished), strict=True))
+        except BaseException as exc:
+            raise _map_error(exc, handles[0]) from None
+        out = []
+        for handle in handles:  # the first failure in input order wins, stored or Dask's own
             status = handle.future.status
             if status == "cancelled":
                 raise TaskCancelledError(f"task {handle.key} was cancelled")
-            if status == "error":
+            if handle.key not in values:
                 raise _map_error(handle.future.exception(), handle)
-        try:
-            values = dict(zip((f.key for f in futures), client.gather(futures), strict=True))
-        except BaseException as exc:
-            raise _map_error(exc, handles[0]) from None
-        return [load(extract(values[h.key], h.index)) for h in handles]
+            out.append(load(extract(values[handle.key], handle.index)))
+        return out
 
     def wait(self, handles: Sequence[DaskRef], num_returns: int, timeout: float | None,
              fetch_local: bool) -> set[int]:
@@ -454,7 +462,6 @@ class DaskBackend(Backend):
                 live = self._live().scheduler_info(n_workers=-1)["workers"]
             addresses = [a for a in addresses if a in live]
             if addresses:
-                import time
                 time.sleep(0.05)
 
     def _skip_call(self, call: tuple) -> None:
@@ -464,6 +471,7 @@ class DaskBackend(Backend):
 
     # -- actors ------------------------------------------------------------------------------------
     def create_actor(self, spec: ActorSpec) -> DaskActorId:
+        import dask
         client = self._live()
         opts = spec.options
         if opts.name is not None:
@@ -481,14 +489,14 @@ class DaskBackend(Backend):
         demand = resource_demand(opts)
         resources = self._restrictions(demand)
         host_args = (blob, call_bytes, topic, forward, *deps)
-        future = client.submit(
-            worker_side.ActorHost, *host_args,
-            key=f"{spec.meta.class_name}-actor-{uuid.uuid4().hex}", actor=True, pure=False,
-            resources=resources)
+        with dask.annotate(**{_DEMAND: demand}):
+            future = client.submit(
+                worker_side.ActorHost, *host_args,
+                key=f"{spec.meta.class_name}-actor-{uuid.uuid4().hex}", actor=True, pure=False,
+                resources=resources)
         actor_id = DaskActorId(future, nested)
         if opts.max_restarts != 0:
-            self._recipes[actor_id.key] = _Recipe(host_args, resources, opts.max_restarts)
-        self._actor_demand[actor_id.key] = demand
+            self._recipes[actor_id.key] = _Recipe(host_args, resources, demand, opts.max_restarts)
         if opts.name is not None:
             existing = self._publish(opts.name, actor_id, spec.meta, detached=opts.lifetime == "detached")
             if existing is not None:  # lost a race with another creator
@@ -512,14 +520,17 @@ class DaskBackend(Backend):
         recipe = self._recipes.get(actor_id.key)
         if recipe is None or future.status != "error":
             return future
+        import dask
         with self._lock:
             future = self._hosts.get(actor_id.key, actor_id.future)
             if future.status == "error" and (recipe.max_restarts == -1
                                              or recipe.restarts < recipe.max_restarts):
                 recipe.restarts += 1
-                future = self._live().submit(
-                    worker_side.ActorHost, *recipe.args, key=f"{actor_id.key}-r{recipe.restarts}",
-                    actor=True, pure=False, resources=recipe.resources)
+                with dask.annotate(**{_DEMAND: recipe.demand}):
+                    future = self._live().submit(
+                        worker_side.ActorHost, *recipe.args,
+                        key=f"{actor_id.key}-r{recipe.restarts}", actor=True, pure=False,
+                        resources=recipe.resources)
                 self._hosts[actor_id.key] = future
                 self._seqs.pop(actor_id.key, None)  # the new host counts this caller from 0
         return future
@@ -544,14 +555,14 @@ class DaskBackend(Backend):
     def _host_call(self, actor_id: DaskActorId, method: str, *args: Any) -> Any:
         """Call a host management method (kill, skip) and wait for it."""
         host = self._hosts.get(actor_id.key, actor_id.future)
-        proxy = host.result(timeout=60)
+        with self._slot_released():
+            proxy = host.result(timeout=60)
+            if self._in_worker:
+                return worker_side.call_host(proxy, method, *args)
         if proxy._client is None and proxy._worker is None:
             # Dask binds actor proxies to the default client, which ours is not (a user's own
             # Client stays the default); bind it to ours.
             proxy._client, proxy._future = self._client, host
-        if self._in_worker:
-            with self._slot_released():
-                return worker_side.call_host(proxy, method, *args)
         return getattr(proxy, method)(*args).result(timeout=60)
 
     def kill_actor(self, actor_id: DaskActorId, no_restart: bool) -> None:
@@ -566,7 +577,9 @@ class DaskBackend(Backend):
                 self._host_call(actor_id, "kill", not no_restart)
         if no_restart:
             self._recipes.pop(actor_id.key, None)
-            self._actor_demand.pop(actor_id.key, None)
+            # Live actors' demand is read off the scheduler; mark this one as no longer holding.
+            with contextlib.suppress(Exception), self._slot_released():
+                client.set_metadata([_KILLED, str(host.key)], True)
             for name, key in list(self._named.items()):
                 if key == actor_id.key:
                     self._unpublish(client, name, key)
@@ -660,21 +673,29 @@ class DaskBackend(Backend):
         return totals
 
     def available_resources(self) -> dict[str, float]:
-        usage = self._live().run_on_scheduler(_scheduler_usage)
+        with self._slot_released():
+            usage = self._live().run_on_scheduler(_scheduler_usage)
         free = self.cluster_resources()
         free["CPU"] -= usage.pop("__busy_threads__", 0.0)
+        for name, amount in usage.pop("__actors__", {}).items():  # held for life, as in Ray
+            free[name] = free.get(name, 0.0) - amount
         for name, amount in usage.items():
             if name != "CPU":
-                free[name] = free.get(name, 0.0) - amount
-        for demand in self._actor_demand.values():  # actors hold theirs for life, as in Ray
-            for name, amount in demand.items():
                 free[name] = free.get(name, 0.0) - amount
         return {k: max(v, 0.0) for k, v in free.items()}
 
 
-def _scheduler_usage(dask_scheduler: Any = None) -> dict[str, float]:
-    """On the scheduler: threads running tasks, and resources held by running tasks."""
-    usage: dict[str, float] = {"__busy_threads__": 0.0}
+def _scheduler_usage(dask_scheduler: Any = None) -> dict[str, Any]:
+    """On the scheduler: threads running tasks, resources held by running tasks, and the
+    demand of every live actor (cluster-wide: actors that tasks and actors created count too)."""
+    usage: dict[str, Any] = {"__busy_threads__": 0.0}
+    actors: dict[str, float] = {}
+    killed = dask_scheduler.task_metadata.get(_KILLED, {})
+    for ts in dask_scheduler.tasks.values():
+        if ts.actor and ts.state == "memory" and str(ts.key) not in killed:
+            for name, amount in ((ts.annotations or {}).get(_DEMAND) or {}).items():
+                actors[name] = actors.get(name, 0.0) + float(amount)
+    usage["__actors__"] = actors
     for ws in dask_scheduler.workers.values():
         # Actor constructions in progress are not counted: the actor's own demand is.
         running = sum(1 for ts in ws.processing if not ts.actor) - len(ws.long_running)
@@ -698,6 +719,4 @@ def _dask_wait(client: Any, futures: list[Any], timeout: float | None, return_wh
     client.sync(_wait, futures, timeout=timeout, return_when=return_when)
 
 
-def _now() -> float:
-    import time
-    return time.monotonic()
+_now = time.monotonic

@@ -191,18 +191,19 @@ def context(name: str, topic: str, forward: bool, in_task: bool) -> Iterator[_Co
 
 _setup_lock = threading.Lock()
 _WORKER: Any = None
+_BACKEND: Any = None  # the worker-side DaskBackend of this process
 _setup_done = False
 
 
 def ensure_worker_setup() -> None:
-    """Once per worker process: install the worker-side backend and the print forwarder."""
-    global _setup_done
-    if _setup_done:
+    """Install the worker-side backend (again, if user code shut it down) and, once per
+    process, the print forwarder."""
+    global _setup_done, _WORKER, _BACKEND
+    if _setup_done and _state.current() is _BACKEND:
         return
     with _setup_lock:
-        if _setup_done:
+        if _setup_done and _state.current() is _BACKEND:
             return
-        global _WORKER
         from distributed import get_worker
         from ._dask import DaskBackend
         _WORKER = get_worker()  # actor threads are not Dask's: get_worker() fails there
@@ -210,7 +211,11 @@ def ensure_worker_setup() -> None:
         if not isinstance(current, DaskBackend):
             from distributed import get_client
             from .base import install_worker_backend
-            install_worker_backend(DaskBackend.for_worker(get_client()))
+            if _BACKEND is None:
+                _BACKEND = DaskBackend.for_worker(get_client())
+            install_worker_backend(_BACKEND)
+        else:
+            _BACKEND = current
         if not isinstance(sys.stdout, _Tee):
             sys.stdout = _Tee(sys.stdout, "stdout")
             sys.stderr = _Tee(sys.stderr, "stderr")
@@ -398,7 +403,7 @@ class ActorHost:
             self.dead_reason = (f"the Dask worker holding it died and max_restarts={max_restarts} "
                                 "restarts are used up")
         else:
-            self._construct()
+            self._construct(in_task=True)
         self._start_runner()
 
     def _count_start(self) -> int:
@@ -412,8 +417,10 @@ class ActorHost:
         client.set_metadata(name, starts)
         return starts
 
-    def _construct(self) -> None:
-        with context(self.class_name, self._topic, self._forward, in_task=False):
+    def _construct(self, in_task: bool) -> None:
+        # In the construction task a blocking get() may secede; a restart runs on Dask's actor
+        # thread, which is no task thread.
+        with context(self.class_name, self._topic, self._forward, in_task=in_task):
             try:
                 args, kwargs = resolve_args(self._call_bytes, self._deps)
                 self._instance = self._cls(*args, **kwargs)
@@ -532,7 +539,7 @@ class ActorHost:
         """Stop the actor; with ``restart`` (and restarts left) start a fresh instance instead."""
         if restart and self.dead_reason is None and self._max_restarts != 0:
             self._instance = None
-            self._construct()
+            self._construct(in_task=False)
             return
         self.dead_reason = "it was killed with unipar.kill()"
         self._instance = None

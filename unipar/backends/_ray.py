@@ -82,7 +82,8 @@ def _joins_loopback(address: str) -> bool:
     if address == "auto":
         address = os.environ.get("RAY_ADDRESS", "")
         if not address:
-            record = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "ray_current_cluster")
+            base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+            record = os.path.join(base, "ray", "ray_current_cluster")   # as Ray looks for it
             with contextlib.suppress(OSError):
                 with open(record) as file:
                     address = file.read().strip()
@@ -310,6 +311,7 @@ class RayBackend(Backend):
         self._named: dict[str, Any] = {}  # name -> handle: Ray kills a named actor whose
         #                                   last handle goes, so the driver keeps one
         self._looked_up: dict[str, Any] = {}  # name -> handle from get_actor (for kill)
+        self._saved_cluster_flag: bool | None = None
 
     @classmethod
     def for_worker(cls) -> "RayBackend":
@@ -324,12 +326,20 @@ class RayBackend(Backend):
         address = options.address
         local = address in (None, "local")
         loopback = local or (not address.startswith("ray://") and _joins_loopback(address))
-        if "ray" not in sys.modules:
+        imported = "ray" in sys.modules
+        if not imported:
             self._env.set_default(_IMPORT_ENV)
-            if loopback:
-                self._env.set_default(_LOOPBACK_ENV)
+        if loopback:
+            self._env.set_default(_LOOPBACK_ENV)   # the Ray processes we start read it too
         self._env.set_default(_SESSION_ENV)
         ray = self._ray_mod = _ray()
+        if loopback and imported:
+            # Ray was imported before (by the user, or an earlier session): it read the switch
+            # already, so set what it read it into.
+            from ray._private import ray_constants
+            self._saved_cluster_flag = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+            flag = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() not in ("0", "false")
+            ray_constants.ENABLE_RAY_CLUSTER = flag
         if ray.is_initialized():
             raise RuntimeError("Ray is already initialised in this process (ray.init was called "
                                "outside unipar); call ray.shutdown() first")
@@ -384,6 +394,10 @@ class RayBackend(Backend):
                 shutil.rmtree(self._temp_dir, ignore_errors=True)
                 self._temp_dir = None
             self._env.restore()
+            if self._saved_cluster_flag is not None:
+                from ray._private import ray_constants
+                ray_constants.ENABLE_RAY_CLUSTER = self._saved_cluster_flag
+                self._saved_cluster_flag = None
 
     def _live(self) -> Any:
         if self._ray_mod is None:

@@ -48,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", metavar="NAME",
                         help="backend the ratios are relative to (default: the first)")
     parser.add_argument("--timeout", type=float, metavar="S",
-                        help="seconds one backend's run may take (default 900, --quick 300)")
+                        help="seconds one backend's run may take (default 1800, --quick 900)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="write a PNG bar chart")
     parser.add_argument("--markdown", metavar="FILE.md", help="write the tables as Markdown")
@@ -94,7 +94,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"unipar bench: --baseline {baseline} is not among --backends", file=sys.stderr)
         return 2
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
-    timeout = args.timeout or (300.0 if args.quick or scale < 1 else 900.0)
+    timeout = args.timeout or (900.0 if args.quick or scale < 1 else 1800.0)
     report = run_bench(backends, names, repeat, Sizes(scale), baseline, timeout)
     return _output(report, args)
 
@@ -158,12 +158,15 @@ def _run_child(backend: str, names: list[str], sizes: Sizes, timeout: float, out
     argv = [sys.executable, "-m", "unipar.bench.child", "--backend", backend,
             "--workloads", ",".join(names), "--scale", repr(sizes.scale), "--out", str(out)]
     seen = 0
+    pending = ""
     reader = out.open(encoding="utf-8")
 
     def poll() -> None:
-        nonlocal seen
-        for line in reader.readlines():   # only whole lines: the child flushes line by line
-            if line.endswith("\n"):
+        nonlocal seen, pending
+        pending += reader.read()
+        *lines, pending = pending.split("\n")   # a line is complete once its newline is there
+        for line in lines:
+            if line.strip():
                 step = _record(json.loads(line), result)
                 seen += step
                 advance(step)

@@ -49,7 +49,7 @@ INLINE_MAX = 100 * 1024
 
 class Obj:
     __slots__ = ("kind", "payload", "path", "size", "holders", "pins", "subscribers",
-                 "contained", "task_id")
+                 "contained", "task_id", "readers")
 
     def __init__(self, task_id: bytes | None = None) -> None:
         self.kind: str | None = None
@@ -61,6 +61,7 @@ class Obj:
         self.subscribers: list[ServerConnection] = []
         self.contained: list[bytes] = []
         self.task_id = task_id
+        self.readers: set[str] | None = None   # workers that may cache a mapping of its file
 
 
 class Task:
@@ -305,8 +306,10 @@ class Node(ActorHost):
         try:
             path = self.store.alloc(msg.oid, msg.size)
         except StoreFullError as exc:
+            self._forget_spilled()
             conn.send(P.Reply(msg.req_id, None, str(exc), "store_full"))
             return
+        self._forget_spilled()
         conn.send(P.Reply(msg.req_id, path))
 
     def _resolve(self, oid: bytes, kind: str, payload: Any, path: str, size: int,
@@ -383,8 +386,25 @@ class Node(ActorHost):
         del self.objects[oid]
         if obj.kind == "shm":
             self.store.free(oid)
+            self._forget(oid, obj)
         for inner in obj.contained:
             self._unpin(inner)
+
+    def _forget(self, oid: bytes, obj: Obj | None) -> None:
+        """Tell workers that may have ``oid``'s file mapped to let go (it was freed or spilled:
+        a cached mapping would keep its shared memory in use)."""
+        if obj is None or not obj.readers:
+            return
+        for wid in obj.readers:
+            w = self.workers.get(wid)
+            if w is not None and w.conn is not None:
+                w.conn.send(P.Forget([oid]))
+        obj.readers = None
+
+    def _forget_spilled(self) -> None:
+        moved, self.store.moved = self.store.moved, []
+        for oid in moved:
+            self._forget(oid, self.objects.get(oid))
 
     # -- tasks ---------------------------------------------------------------------------------
     def _make_task(self, conn: ServerConnection, task_id: bytes, name: str, args: Any,
@@ -473,11 +493,16 @@ class Node(ActorHost):
             elif isinstance(action, RetireWorker):
                 self._retire(action.worker_id)
 
-    def _dep_values(self, task: Task) -> list:
+    def _dep_values(self, task: Task, wid: str) -> list:
+        """Dependency values for worker ``wid``; it may keep files mapped until told to
+        forget them (``_forget``), so repeated use of a big argument costs no new mapping."""
         values = []
         for oid in task.deps:
             obj = self.objects[oid]
             if obj.kind == "shm":
+                if obj.readers is None:
+                    obj.readers = set()
+                obj.readers.add(wid)
                 values.append([oid, "shm", None, self.store.path(oid) or obj.path])
             else:
                 values.append([oid, obj.kind, P.blob(obj.payload), ""])
@@ -498,7 +523,8 @@ class Node(ActorHost):
             w.fns.add(task.fn_key)
         task.state, task.worker = "running", w.wid
         w.conn.send(P.RunTask(task.task_id, task.fn_key, fn_blob, task.name, P.blob(task.args),
-                              self._dep_values(task), task.return_ids, list(action.gpu_ids)))
+                              self._dep_values(task, w.wid), task.return_ids,
+                              list(action.gpu_ids)))
 
     def on_task_done(self, conn: ServerConnection, msg: P.TaskDone) -> None:
         wid = conn.info.get("worker_id")

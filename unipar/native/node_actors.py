@@ -91,7 +91,7 @@ class ActorHost:
         init = actor.init_task
         assert init is not None
         w.conn.send(P.InitActor(m.actor_id, m.class_key, P.blob(self.functions[m.class_key]),
-                                m.class_name, P.blob(m.args), self._dep_values(init),
+                                m.class_name, P.blob(m.args), self._dep_values(init, w.wid),
                                 m.concurrency, m.is_async, list(actor.gpu_ids)))
 
     def on_actor_ready(self, conn: ServerConnection, msg: P.ActorReady) -> None:
@@ -137,7 +137,7 @@ class ActorHost:
             task.state = "running"
             actor.inflight[task.task_id] = task
             w.conn.send(P.RunActorTask(task.task_id, task.method, P.blob(task.args),
-                                       self._dep_values(task), task.return_ids))
+                                       self._dep_values(task, w.wid), task.return_ids))
 
     def _actor_task_done(self, w: WorkerProc, msg: P.TaskDone) -> None:
         actor = self.actors.get(w.actor_id)   # type: ignore[arg-type]

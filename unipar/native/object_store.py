@@ -49,6 +49,7 @@ class ObjectStore:
         self.files: OrderedDict[bytes, _File] = OrderedDict()   # oldest first: spill order
         self.shm_used = 0
         self.spill_used = 0
+        self.moved: list[bytes] = []   # spilled since the node last looked (it tells readers)
 
     def alloc(self, oid: bytes, size: int) -> str:
         """Reserve room for ``size`` bytes; returns the path the producer must write.
@@ -144,6 +145,7 @@ class ObjectStore:
                 log.warning("could not spill %s: %s", entry.path, exc)
                 return
             entry.path, entry.in_shm = target, False
+            self.moved.append(oid)
             self.shm_used -= entry.size
             self.spill_used += entry.size
             need -= entry.size

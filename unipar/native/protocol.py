@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import operator
 import struct
+import threading
 from typing import Any, ClassVar
 
 import msgpack
@@ -42,6 +44,7 @@ BLOB_MIN = 1024                          # smaller payloads ride inside the head
 _U32 = struct.Struct("!I")
 _U16 = struct.Struct("!H")
 _EXT_BLOB = 1
+_NO_BUFFERS = b"\0\0"
 
 
 class ProtocolError(Exception):
@@ -117,6 +120,7 @@ class Message:
     __slots__ = ()
     op: ClassVar[str]
     _names: ClassVar[tuple[str, ...]] = ()
+    _values: ClassVar[Any] = staticmethod(lambda msg: ())   # all field values, in order
     _defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -158,6 +162,11 @@ def message(cls: type) -> type:
     namespace = {k: v for k, v in cls.__dict__.items()
                  if k not in names and k not in ("__dict__", "__weakref__")}
     namespace.update(__slots__=names, _names=names, _defaults=defaults)
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        namespace["_values"] = staticmethod(lambda msg: (one(msg),))
+    elif names:
+        namespace["_values"] = staticmethod(operator.attrgetter(*names))
     if names:
         params = ", ".join(f"{n}=_defaults[{n!r}]" if n in defaults else n for n in names)
         body = "".join(f"    _set(self, {n!r}, {n})\n" for n in names)
@@ -319,6 +328,13 @@ class CancelTask(Message):
 
 
 @message
+class Forget(Message):
+    """Node -> worker: these objects were freed or moved; drop cached mappings of them."""
+    op = "forget"
+    oids: list
+
+
+@message
 class CreateActor(Message):
     op = "create_actor"
     actor_id: bytes
@@ -452,20 +468,33 @@ class UnregisterName(Message):
 
 # -- frames ------------------------------------------------------------------------------------
 
+_tls = threading.local()   # per thread: a reusable Packer and the frame being encoded
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Blob):
+        buffers = _tls.buffers
+        buffers.append(obj.data)
+        return msgpack.ExtType(_EXT_BLOB, _U32.pack(len(buffers) - 1))
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} in a message")
+
+
+def _packer() -> msgpack.Packer:
+    packer = getattr(_tls, "packer", None)
+    if packer is None:
+        packer = _tls.packer = msgpack.Packer(default=_default, use_bin_type=True)
+    return packer
+
+
 def encode(msg: Message) -> list[Any]:
     """The frame for ``msg`` as a list of bytes-like parts (write them in order, unjoined)."""
     buffers: list[Any] = []
-
-    def default(obj: Any) -> Any:
-        if isinstance(obj, Blob):
-            buffers.append(obj.data)
-            return msgpack.ExtType(_EXT_BLOB, _U32.pack(len(buffers) - 1))
-        if isinstance(obj, (set, frozenset, tuple)):
-            return list(obj)
-        raise TypeError(f"cannot encode {type(obj).__name__} in a {msg.op} message")
-
-    header = msgpack.packb([msg.op, *[getattr(msg, n) for n in msg._names]],
-                           default=default, use_bin_type=True)
+    _tls.buffers = buffers
+    header = _packer().pack([msg.op, *msg._values(msg)])
+    if not buffers:
+        return [_U32.pack(2 + len(header)) + _NO_BUFFERS + header]
     sizes = [memoryview(b).nbytes for b in buffers]
     prefix = _U16.pack(len(buffers)) + b"".join(_U32.pack(s) for s in sizes)
     total = len(prefix) + len(header) + sum(sizes)
@@ -482,11 +511,19 @@ def frame_length(prefix: bytes | memoryview, max_frame: int) -> int:
     return n
 
 
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"ext type {code} without out-of-band buffers")
+
+
 def decode(body: memoryview) -> Message:
     """The message in one frame body (without its length prefix). Blobs come back as
     memoryviews over ``body``."""
     try:
         (nbuf,) = _U16.unpack_from(body, 0)
+        if nbuf == 0:   # most messages: no out-of-band buffers
+            items = msgpack.unpackb(body[2:], ext_hook=_no_ext, raw=False,
+                                    strict_map_key=False, use_list=True)
+            return MESSAGES[items[0]](*items[1:])
         pos = 2 + 4 * nbuf
         sizes = [_U32.unpack_from(body, 2 + 4 * i)[0] for i in range(nbuf)]
         header_len = len(body) - pos - sum(sizes)

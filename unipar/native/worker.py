@@ -34,6 +34,7 @@ from .client import Client
 from .refs import NativeRef
 
 _current = threading.local()
+MAX_MAPPED = 32   # big arguments kept mapped per worker
 
 
 class _Forward(io.TextIOBase):
@@ -111,6 +112,10 @@ class Runtime:
         self.current_task: bytes | None = None
         self.task_lock = threading.Lock()
         self.cancelled: set[bytes] = set()
+        # Big arguments stay mapped (pages already faulted in) until the node says the object
+        # was freed or moved: a task reusing one costs no new mapping. Bounded, as a safety net.
+        self.mapped: dict[bytes, tuple[str, Any, list[Any]]] = {}
+        self.map_lock = threading.Lock()
         self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.instance: Any = None
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -128,6 +133,10 @@ class Runtime:
                     self.cancelled.add(msg.task_id)  # type: ignore[attr-defined]
         elif op == "shutdown":
             os._exit(0)
+        elif op == "forget":
+            with self.map_lock:
+                for oid in msg.oids:  # type: ignore[attr-defined]
+                    self.mapped.pop(oid, None)
         elif op == "run_actor_task" and self.instance is not None and (self.pool or self.loop):
             self._start_concurrent_call(msg)  # type: ignore[arg-type]
         else:
@@ -169,10 +178,19 @@ class Runtime:
         oid, kind, payload, path = dep
         if kind != "shm":
             return S.load_packed(payload)
+        with self.map_lock:
+            cached = self.mapped.get(oid)
+        if cached is not None and cached[0] == path:
+            return S.loads(cached[1], cached[2])
         try:
-            return S.load_file(path, populate=True)   # the task will most likely read it all
+            data, buffers = S.map_file(path, populate=True)   # the task will likely read it all
         except FileNotFoundError:   # spilled to disk since the node sent us the path
             return self.client.get([NativeRef(oid)], None)[0]
+        with self.map_lock:
+            if len(self.mapped) >= MAX_MAPPED:
+                self.mapped.pop(next(iter(self.mapped)))
+            self.mapped[oid] = (path, data, buffers)
+        return S.loads(data, buffers)
 
     def _result(self, oid: bytes, value: Any) -> list:
         data, buffers, contained = S.dumps(value)
