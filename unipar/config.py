@@ -6,6 +6,10 @@
 ``UNIPAR_TEST_BACKENDS``   comma list narrowing the backends the test fixture runs on
 ``UNIPAR_REQUIRE_BACKENDS`` comma list of backends that must start in tests (CI): no skipping
 =========================  ===================================================================
+
+The native engine also passes a few variables between its own processes (``UNIPAR_NODE_ADDRESS``,
+``UNIPAR_WORKER_ID``, ``UNIPAR_WORKER_ROLE``, ``UNIPAR_WORKER_SETUP``, ``UNIPAR_DRIVER_SYS_PATH``);
+they are internal to ``unipar.native`` and not settings for users.
 """
 
 from __future__ import annotations

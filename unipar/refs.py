@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-from typing import Hashable
+from typing import TYPE_CHECKING, Hashable
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 __all__ = ["ObjectRef"]
 
@@ -37,7 +38,7 @@ class ObjectRef:
     def __bool__(self) -> bool:
         return True
 
-    def future(self) -> concurrent.futures.Future:
+    def future(self) -> "concurrent.futures.Future":
         """A Future resolving to the value, or raising what ``unipar.get`` would raise.
 
         Cancelling the Future does not cancel the task; use ``unipar.cancel(ref)``.
@@ -46,4 +47,5 @@ class ObjectRef:
         return _backend().future(self._handle)
 
     def __await__(self):
+        import asyncio  # only code that awaits pays for importing asyncio
         return asyncio.wrap_future(self.future()).__await__()

@@ -317,6 +317,37 @@ def test_local_cluster_runs_an_unguarded_script_and_cleans_up(tmp_path):
     assert not list(temp.iterdir()), "the cluster's temp directory was left behind"
 
 
+HANGING_DRIVER = textwrap.dedent("""
+    import time
+    import unipar
+
+    unipar.init(backend="dask", num_cpus=2)
+    print("up", flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.slow
+def test_local_cluster_goes_away_when_the_driver_is_killed(tmp_path):
+    marker = uuid.uuid4().hex
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, MARKER: marker, "TMPDIR": str(temp)}
+    env.pop("UNIPAR_ADDRESS", None)
+    driver = subprocess.Popen([sys.executable, "-c", HANGING_DRIVER], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout is not None and driver.stdout.readline().strip() == "up"
+        assert len(_marked(marker)) > 1          # the driver and its cluster
+        driver.kill()                            # no shutdown(), no atexit
+        driver.wait(timeout=10)
+        wait_for(lambda: not _marked(marker), timeout=30, message="the orphaned cluster to exit")
+        wait_for(lambda: not list(temp.iterdir()), timeout=10, message="its directory to go")
+    finally:
+        driver.kill()
+        _kill_marked(marker)
+
+
 # -- pure helpers -----------------------------------------------------------------------------------
 
 def test_split_gives_whole_units_round_robin():

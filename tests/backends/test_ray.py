@@ -126,7 +126,7 @@ TRANSLATE = """
         "kinds": [type(_translate(e)).__name__ for e in (
             rex.GetTimeoutError("t"), rex.TaskCancelledError(), rex.ActorDiedError(),
             rex.ActorUnavailableError("gone", None), rex.WorkerCrashedError(),
-            rex.ObjectLostError("00" * 28, "owner"), rex.ObjectStoreFullError("full"),
+            rex.ObjectLostError("00" * 28, "owner", ""), rex.ObjectStoreFullError("full"),
             rex.RaySystemError("boom"), ValueError("not ray"))],
     }
     print(json.dumps(out))

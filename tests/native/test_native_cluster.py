@@ -112,6 +112,20 @@ def test_failures_surface_as_defined_errors():
         except KeyError:
             pass
 
+        import threading
+        class Unpicklable(Exception):
+            def __init__(self):
+                super().__init__("holds a lock")
+                self.lock = threading.Lock()
+        @unipar.remote
+        def raise_unpicklable():
+            raise Unpicklable()
+        try:
+            unipar.get(raise_unpicklable.remote(), timeout=60)
+            raise SystemExit("no error")
+        except unipar.TaskError as exc:              # its repr and traceback survive
+            assert "holds a lock" in str(exc) and "raise_unpicklable" in str(exc)
+
         @unipar.remote
         class Mortal:
             def __init__(self):
@@ -306,3 +320,33 @@ def test_cancel_interrupts_and_recurses_and_gpus_are_assigned():
         print("cancel ok")
     """)
     assert "cancel ok" in result.stdout
+
+
+def test_workers_unmap_big_arguments_once_they_are_freed():
+    result = _run("""
+        import gc, os, time, numpy as np, unipar
+        unipar.init(num_cpus=1)
+        objects = os.path.join(unipar._state.current().client.session_dir, "objects")
+
+        @unipar.remote
+        def where(array):
+            return os.getpid(), float(array.sum())
+
+        def mapped(pid):
+            with open(f"/proc/{pid}/maps") as maps:
+                return sum(1 for line in maps if objects in line)
+
+        big = unipar.put(np.ones(2_000_000))
+        pid, total = unipar.get(where.remote(big))
+        again, _ = unipar.get(where.remote(big))
+        assert total == 2_000_000 and mapped(pid) == 1     # kept mapped, mapped once
+        del big
+        gc.collect()
+        deadline = time.monotonic() + 30
+        while mapped(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mapped(pid) == 0                              # freed: the worker let go
+        unipar.shutdown()
+        print("unmapped")
+    """)
+    assert "unmapped" in result.stdout

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
@@ -50,6 +49,9 @@ KNOWN_BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
 
 
 def _entry_point_backends() -> dict[str, str]:
+    # Imported here, not at module level: importlib.metadata is slow to import, and every
+    # worker process imports unipar.
+    from importlib.metadata import entry_points
     return {ep.name: ep.value for ep in entry_points(group="unipar.backends")}
 
 

@@ -615,6 +615,10 @@ def dask_setup(service: Any) -> None:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
+                # The driver cannot clean up any more: remove the cluster's directory (every
+                # process tries; the last one out leaves nothing) and go.
+                import shutil
+                shutil.rmtree(os.environ.get("UNIPAR_DASK_DIRECTORY", ""), ignore_errors=True)
                 os._exit(0)
             except PermissionError:
                 pass

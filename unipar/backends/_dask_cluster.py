@@ -73,6 +73,7 @@ class LocalProcesses:
         env = dict(os.environ)
         env.update({
             "UNIPAR_DASK_DRIVER_PID": str(os.getpid()),
+            "UNIPAR_DASK_DIRECTORY": self.directory,
             "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(worker_side.ALLOWED_FAILURES),
             "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
             "DASK_DISTRIBUTED__ADMIN__LOG_LENGTH": "0",

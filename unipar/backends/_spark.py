@@ -166,8 +166,9 @@ class SparkBackend(Backend):
         self.log_to_driver = options.log_to_driver
         self.spark = SparkSessionHandle.open(options)
         self.slots = self.spark.slots
-        cpus = float(options.num_cpus) if options.num_cpus and self.spark.is_local else float(
-            self.spark.cores)
+        # Logical CPUs, as in Ray: init(num_cpus=...) if given (on a cluster too: it caps how
+        # many tasks run at once below the executor cores), else the cores.
+        cpus = float(options.num_cpus or self.spark.cores)
         self.totals = {"CPU": cpus, "GPU": float(options.num_gpus or 0)}
         self.totals.update({k: float(v) for k, v in options.resources.items()})
         self.free = dict(self.totals)
