@@ -75,7 +75,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--lists", type=int, default=20)
     parser.add_argument("--length", type=int, default=3000)
+    parser.add_argument("--sequential", type=int, default=200)
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--skip-sort", action="store_true", help="skip the (slow) bubble sort")
     args = parser.parse_args()
 
     unipar.init(backend="dask", num_cpus=args.num_cpus)
@@ -88,12 +90,18 @@ def main() -> None:
 
         print(f"{'workload':<22} {'plain dask s':>12} {'unipar s':>10} {'overhead':>9}", flush=True)
         results = _Results()
-        results["bubble sort"] = _median_pair(
-            lambda: client.gather([client.submit(bubble_sort, d, pure=False) for d in data]),
-            lambda: unipar.get([bubble_sort_remote.remote(d) for d in data]), args.repeat)
+        if not args.skip_sort:
+            results["bubble sort"] = _median_pair(
+                lambda: client.gather([client.submit(bubble_sort, d, pure=False) for d in data]),
+                lambda: unipar.get([bubble_sort_remote.remote(d) for d in data]), args.repeat)
         results[f"{args.tasks} no-op tasks"] = _median_pair(
             lambda: client.gather([client.submit(noop, pure=False) for _ in range(args.tasks)]),
             lambda: unipar.get([noop_remote.remote() for _ in range(args.tasks)]), args.repeat)
+
+        results[f"{args.sequential} tasks, one by one"] = _median_pair(
+            lambda: [client.submit(noop, pure=False).result() for _ in range(args.sequential)],
+            lambda: [unipar.get(noop_remote.remote()) for _ in range(args.sequential)],
+            args.repeat)
 
         with client.as_current():  # Dask's actor proxies talk through the current client
             dask_actor = client.submit(Counter, actor=True).result()
@@ -106,7 +114,6 @@ def main() -> None:
                 args.repeat)
     finally:
         unipar.shutdown()
-
 
 
 if __name__ == "__main__":

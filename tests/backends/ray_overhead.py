@@ -51,7 +51,8 @@ def workloads(lists: int, length: int, calls: int) -> dict[str, dict[str, Callab
     data = [[random.Random(seed).randint(1, 10**6) for _ in range(length)] for seed in range(lists)]
     expected = [sorted(d) for d in data]
     r_sort, r_noop, r_counter = ray.remote(bubble_sort), ray.remote(noop), ray.remote(Counter)
-    u_sort, u_noop, u_counter = unipar.remote(bubble_sort), unipar.remote(noop), unipar.remote(Counter)
+    u_sort, u_noop = unipar.remote(bubble_sort), unipar.remote(noop)
+    u_counter = unipar.remote(Counter)
     r_actor, u_actor = r_counter.remote(), u_counter.remote()
     ray.get(r_actor.incr.remote())
     unipar.get(u_actor.incr.remote())

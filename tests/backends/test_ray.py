@@ -144,6 +144,7 @@ def test_ray_errors_become_unipar_errors(tmp_path):
 
 LOCAL_DRIVER = """
     import gc, json, os, psutil
+    import ray   # imported first, as a user mixing both might: Ray has read its settings
     import unipar
     from unipar import _state
 
@@ -188,10 +189,9 @@ def test_local_instance_is_private_and_leaves_nothing(tmp_path):
     assert out["kept"] == "pong", "a named actor must live while its name is in use"
     assert not out["temp_dir_left"] and out["children_left"] == []
     assert not out["home_ray"], "Ray wrote ~/.ray (an auth token) for a private instance"
-    # What the backend set for the session is put back (Ray itself leaves RAY_AUTH_MODE and
-    # RAY_CLIENT_MODE behind); above all the session's auth token.
+    # What the backend set for the session is put back, above all the session's auth token
+    # (Ray itself leaves RAY_AUTH_MODE, RAY_CLIENT_MODE and RAY_USAGE_STATS_ENABLED behind).
     assert not set(out["env_left"]) & {"RAY_AUTH_TOKEN", "RAY_COLOR_PREFIX", "RAY_DEDUP_LOGS",
-                                       "RAY_USAGE_STATS_ENABLED",
                                        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}, out["env_left"]
 
 

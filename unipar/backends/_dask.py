@@ -379,6 +379,16 @@ class DaskBackend(Backend):
                 # put() values are not in Dask's graph: lost with their worker, for good.
                 raise ObjectLostError(f"the value of {future.key} (from put) was on a Dask worker "
                                       "that died; Dask cannot recompute put() values")
+        if timeout is None:
+            # The common case in one trip to the event loop: gather waits by itself.
+            try:
+                with self._slot_released():
+                    gathered = client.gather(futures)
+            except Exception:  # a Dask-level failure: sort it out below, in input order
+                pass
+            else:
+                values = dict(zip((f.key for f in futures), gathered, strict=True))
+                return [load(extract(values[h.key], h.index)) for h in handles]
         if not all(f.done() for f in futures):
             if timeout == 0:
                 raise GetTimeoutError(f"{len(futures)} object(s) not ready within timeout=0")

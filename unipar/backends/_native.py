@@ -39,13 +39,13 @@ class NativeBackend(Backend):
     def __init__(self, client: Client | None = None) -> None:
         self._client = client
         self._cluster: Any = None   # a LocalCluster on the driver; workers have none
+        self._connected = False     # a driver of a cluster started by `unipar start`
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
         if options.address not in (None, "local"):
-            raise BackendUnavailableError(
-                f"the native backend cannot join an existing cluster yet (address "
-                f"{options.address!r}); unset UNIPAR_ADDRESS to start a local one")
+            self._connect(options)
+            return
         from ..native.cluster import ClusterConfig, LocalCluster   # drivers only: keeps workers lean
         extra = dict(options.backend_options)
         known = {"spill_limit", "stuck_warning_after", "worker_idle_timeout"}
@@ -63,7 +63,21 @@ class NativeBackend(Backend):
         self._client = Client(self._cluster.node_unix_address, self._cluster.secret,
                               role="driver", log_to_driver=options.log_to_driver)
 
+    def _connect(self, options: InitOptions) -> None:
+        """Join a running cluster (``unipar start``) as a driver: it is not ours to stop."""
+        from ..native.connect import ConnectError, connect_client
+        try:
+            self._client = connect_client(str(options.address), options.log_to_driver)
+        except ConnectError as exc:
+            raise BackendUnavailableError(str(exc)) from None
+        self._connected = True
+
     def shutdown(self) -> None:
+        if self._connected:   # a cluster we joined: only disconnect
+            client, self._client, self._connected = self._client, None, False
+            if client is not None:
+                client.close()
+            return
         if self._cluster is None and self._client is not None:
             # In a worker: the cluster is the driver's to stop. Stay installed, so a stray
             # unipar.shutdown() in a task cannot make the next call start a second cluster.

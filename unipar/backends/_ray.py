@@ -4,7 +4,8 @@ Mostly a pass-through. Handles are Ray ``ObjectRef`` s and actor ids are Ray ``A
 (both hashable, picklable and usable inside Ray workers). What this module adds is where Ray's
 behaviour differs from unipar's contract::
 
-    f.remote(ref, [ref2])  --api-->  TaskSpec  --submit-->  ray_fn.remote(ray_ref, [ObjectRef(ray_ref2)])
+    f.remote(ref, [ref2])  --api-->  TaskSpec  --submit-->
+                                ray_fn.remote(ray_ref, [ObjectRef(ray_ref2)])
                                        top-level unipar refs become Ray refs (Ray resolves them);
                                        nested ones stay unipar refs wrapping Ray refs (Ray leaves
                                        nested refs alone, which is unipar's rule too)
@@ -32,7 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterator, NoReturn, Sequence
 
 import cloudpickle
 import psutil
@@ -126,15 +127,12 @@ def _translate(exc: BaseException) -> BaseException:
     return UniparError(_ANSI.sub("", f"{type(exc).__name__}: {exc}"))
 
 
-@contextlib.contextmanager
-def _ray_errors() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        translated = _translate(exc)
-        if translated is exc:
-            raise
-        raise translated from None
+def _reraise(exc: Exception) -> NoReturn:
+    """Raise what unipar raises for ``exc`` (called from an ``except`` block)."""
+    translated = _translate(exc)
+    if translated is exc:
+        raise exc
+    raise translated from None
 
 
 # -- worker side --------------------------------------------------------------------------------
@@ -411,8 +409,12 @@ class RayBackend(Backend):
         return ray.put(value)
 
     def get(self, handles: Sequence[Hashable], timeout: float | None) -> list[Any]:
-        with _ray_errors():
-            return self._live().get(list(handles), timeout=timeout)
+        ray = self._live()
+        try:   # not a context manager: get is on every round trip's path
+            return ray.get(handles if isinstance(handles, list) else list(handles),
+                           timeout=timeout)
+        except Exception as exc:
+            _reraise(exc)
 
     def wait(self, handles: Sequence[Hashable], num_returns: int, timeout: float | None,
              fetch_local: bool) -> set[int]:
@@ -556,11 +558,14 @@ class RayBackend(Backend):
         return _public_resources(self._live().available_resources())
 
 
+_RAY_BOOKKEEPING = ("memory", "object_store_memory")
+
+
 def _public_resources(resources: dict[str, float]) -> dict[str, float]:
     """CPU, GPU and custom resources; Ray's bookkeeping ones (memory, node:<ip>) left out."""
     out = {"CPU": 0.0, "GPU": 0.0}
     for key, value in resources.items():
-        if key in ("memory", "object_store_memory") or key.startswith(("node:", "accelerator_type:")):
+        if key in _RAY_BOOKKEEPING or key.startswith(("node:", "accelerator_type:")):
             continue
         out[key] = float(value)
     return out

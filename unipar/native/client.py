@@ -78,6 +78,8 @@ class Client:
                  connect_timeout: float = 30.0) -> None:
         self.secret = secret
         self.role = role
+        # A "remote" driver cannot map the node's files: it sends and receives object contents.
+        self.remote = role == "remote"
         self.log_to_driver = log_to_driver
         self.handler = handler          # worker-side ops (run_task, ...), set by the worker
         self._prefix = os.urandom(8)
@@ -281,7 +283,7 @@ class Client:
         args2 = tuple(slot(a) for a in args)
         kwargs2 = {k: slot(v) for k, v in kwargs.items()}
         data, buffers, contained = S.dumps((args2, kwargs2, extra))
-        if S.payload_size(data, buffers) <= self.inline_max:
+        if self.remote or S.payload_size(data, buffers) <= self.inline_max:
             return P.blob(S.pack(data, buffers)), deps, contained, keep
         # Big arguments travel through the object store as an object of their own; the task
         # names it as its last dependency.
@@ -308,7 +310,7 @@ class Client:
     # -- objects -------------------------------------------------------------------------------
     def put(self, value: Any) -> NativeRef:
         data, buffers, contained = S.dumps(value)
-        if S.payload_size(data, buffers) <= self.inline_max:
+        if self.remote or S.payload_size(data, buffers) <= self.inline_max:
             oid = self.new_id()
             packed = S.pack(data, buffers)
             entry = _Entry(subscribed=True)

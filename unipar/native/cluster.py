@@ -65,15 +65,18 @@ class ClusterConfig:
     host: str = "127.0.0.1"
     stuck_warning_after: float = 5.0     # warn when a task waits this long for held resources
     worker_idle_timeout: float = 10.0    # idle workers beyond one per CPU exit after this
+    port: int = 0                        # the head's TCP port (0: any free port)
+    detached: bool = False               # daemons outlive the starter (``unipar start``)
+    log_dir: str = ""                    # detached daemons write stdout/stderr here
 
 
 class LocalCluster:
     """A head and a node daemon on this machine, owned by this process."""
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, secret: bytes | None = None) -> None:
         self.config = config
         self.session = uuid.uuid4().hex[:12]
-        self.secret = os.urandom(32)
+        self.secret = secret if secret is not None else os.urandom(32)
         root = SHM_ROOT if os.path.isdir(SHM_ROOT) else tempfile.gettempdir()
         self.session_dir = os.path.join(root, f"unipar-{self.session}")
         self.spill_dir = os.path.join(tempfile.gettempdir(), f"unipar-spill-{self.session}")
@@ -83,7 +86,9 @@ class LocalCluster:
         self.node_unix_address = ""
         self.resources: dict[str, float] = {}
 
-    def start(self) -> None:
+    def start(self, head_address: str = "") -> None:
+        """Start a head and a node, or — given ``head_address`` — only a node that joins that
+        head. Returns once both answered that they are ready (raises if one did not)."""
         cfg = self.config
         cpus = cfg.num_cpus if cfg.num_cpus is not None else (os.cpu_count() or 1)
         gpus = cfg.num_gpus if cfg.num_gpus is not None else detect_gpus()
@@ -92,31 +97,37 @@ class LocalCluster:
         os.makedirs(self.session_dir, mode=0o700)
         # Bind every listener here, so both daemons know all addresses before they run and
         # start in parallel; a client connecting early waits in the listen backlog.
-        head_sock = _listen_tcp(cfg.host)
+        head_sock = None if head_address else _listen_tcp(cfg.host, cfg.port)
         node_sock = _listen_tcp(cfg.host)
+        shown = advertised_host(cfg.host)
         unix_path = os.path.join(self.session_dir, "node.sock")
         unix_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         unix_sock.bind(unix_path)
         unix_sock.listen(512)
-        self.head_address = f"tcp://{cfg.host}:{head_sock.getsockname()[1]}"
-        self.node_address = f"tcp://{cfg.host}:{node_sock.getsockname()[1]}"
+        self.head_address = head_address or f"tcp://{shown}:{head_sock.getsockname()[1]}"
+        self.node_address = f"tcp://{shown}:{node_sock.getsockname()[1]}"
         self.node_unix_address = f"unix://{unix_path}"
+        launched = []
         try:
-            head = self._launch("unipar.native.head", {"host": cfg.host},
-                                {"tcp_fd": head_sock})
-            node = self._launch(BOOT, {
+            if head_sock is not None:
+                launched.append(self._launch("unipar.native.head",
+                                             {"host": cfg.host, "detached": cfg.detached},
+                                             {"tcp_fd": head_sock}))
+            launched.append(self._launch(BOOT, {
                 "node_id": uuid.uuid4().hex, "session_dir": self.session_dir,
                 "spill_dir": self.spill_dir, "resources": self.resources,
                 "store_limit": cfg.object_store_memory or default_store_limit(),
                 "spill_limit": cfg.spill_limit, "head_address": self.head_address,
                 "worker_setup": cfg.worker_setup, "prestart": int(cpus), "host": cfg.host,
                 "stuck_warning_after": cfg.stuck_warning_after,
-                "worker_idle_timeout": cfg.worker_idle_timeout},
-                {"tcp_fd": node_sock, "unix_fd": unix_sock})
+                "worker_idle_timeout": cfg.worker_idle_timeout, "advertise": shown,
+                "detached": cfg.detached},
+                {"tcp_fd": node_sock, "unix_fd": unix_sock}))
         finally:
             for sock in (head_sock, node_sock, unix_sock):
-                sock.close()   # the daemons hold their own copies
-        for read_fd, proc, module in (head, node):
+                if sock is not None:
+                    sock.close()   # the daemons hold their own copies
+        for read_fd, proc, module in launched:
             try:
                 self._read_ready(read_fd, proc, module)
             finally:
@@ -130,13 +141,19 @@ class LocalCluster:
         env = dict(os.environ)
         env["UNIPAR_DRIVER_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
         target = [module] if module.endswith(".py") else ["-m", module]
+        out = None
+        if self.config.log_dir:   # detached: the starter's terminal may be gone soon
+            name = "node" if module.endswith(".py") else "head"
+            out = open(os.path.join(self.config.log_dir, f"{name}-{self.session}.log"), "ab")
         try:
             proc = subprocess.Popen(
                 [sys.executable, *target, "--config", json.dumps(settings)],
                 stdin=subprocess.PIPE, pass_fds=(write_fd, *fds.values()), env=env,
-                start_new_session=True)
+                start_new_session=True, stdout=out, stderr=out)
         finally:
             os.close(write_fd)
+            if out is not None:
+                out.close()
         self.procs.append(proc)
         assert proc.stdin is not None
         proc.stdin.write(self.secret.hex().encode() + b"\n")
@@ -170,6 +187,11 @@ class LocalCluster:
                     proc.stdin.close()      # EOF: the daemon shuts down
                 except OSError:
                     pass
+            if self.config.detached:        # detached daemons ignore EOF: ask by signal
+                try:
+                    proc.terminate()
+                except OSError:
+                    pass
         deadline = time.monotonic() + STOP_TIMEOUT
         for proc in reversed(self.procs):
             try:
@@ -182,10 +204,37 @@ class LocalCluster:
         shutil.rmtree(self.spill_dir, ignore_errors=True)
 
 
-def _listen_tcp(host: str) -> socket.socket:
+def advertised_host(host: str) -> str:
+    """The address others reach a daemon bound to ``host`` at: the host itself, or for the
+    wildcard ``0.0.0.0`` this machine's primary IP."""
+    if host not in ("0.0.0.0", ""):
+        return host
+    return node_ip()
+
+
+def node_ip() -> str:
+    """This machine's primary IPv4 address (the one its default route uses; no packet is sent)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 1))
+        return probe.getsockname()[0]
+    except OSError:
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def _listen_tcp(host: str, port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(512)
     return sock
 

@@ -31,6 +31,7 @@ class Head:
         self.secret = secret
         self.nodes: dict[str, dict[str, Any]] = {}
         self.names: dict[str, tuple[bytes, bytes]] = {}   # name -> (actor id, pickled meta)
+        self.actor_nodes: dict[bytes, str] = {}            # actor id -> hosting node id
         self.stopping = asyncio.Event()
         self.handlers = {
             P.RegisterNode.op: self.on_register_node,
@@ -38,6 +39,8 @@ class Head:
             P.RegisterName.op: self.on_register_name,
             P.LookupName.op: self.on_lookup_name,
             P.UnregisterName.op: self.on_unregister_name,
+            P.ActorLocation.op: self.on_actor_location,
+            P.LookupActor.op: self.on_lookup_actor,
             P.Shutdown.op: self.on_shutdown,
         }
 
@@ -82,6 +85,12 @@ class Head:
         if msg.req_id:
             conn.send(P.Reply(msg.req_id, True))
 
+    def on_actor_location(self, conn: ServerConnection, msg: P.ActorLocation) -> None:
+        self.actor_nodes[msg.actor_id] = msg.node_id
+
+    def on_lookup_actor(self, conn: ServerConnection, msg: P.LookupActor) -> None:
+        conn.send(P.Reply(msg.req_id, self.actor_nodes.get(msg.actor_id)))
+
     def on_shutdown(self, conn: ServerConnection, msg: P.Shutdown) -> None:
         self.stopping.set()
 
@@ -101,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         servers = await serve(head, secret, cfg.get("host", "127.0.0.1"), cfg.get("port", 0),
                               tcp_fd=cfg.get("tcp_fd"))
         port = servers[0].sockets[0].getsockname()[1]
-        report_ready(cfg, f"READY tcp://{cfg.get('host', '127.0.0.1')}:{port}\n")
+        shown = cfg.get("advertise") or cfg.get("host", "127.0.0.1")
+        report_ready(cfg, f"READY tcp://{shown}:{port}\n")
 
         def watch() -> None:   # stdin closes when the process that started us is gone
             try:
@@ -110,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
             except OSError:
                 pass
             loop.call_soon_threadsafe(head.stopping.set)
-        threading.Thread(target=watch, daemon=True).start()
+        if not cfg.get("detached"):   # started by `unipar start`: runs until SIGTERM
+            threading.Thread(target=watch, daemon=True).start()
         await head.stopping.wait()
         for server in servers:
             server.close()

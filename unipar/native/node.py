@@ -37,6 +37,7 @@ from . import serialization as S
 from .object_store import ObjectStore, StoreFullError
 from .boot import report_ready, spawn_worker
 from .node_actors import Actor, ActorHost, exit_code
+from .node_peers import PeerHost
 from .scheduler import Dispatch, PlaceActor, RetireWorker, Scheduler, StartWorkers
 from .server import ServerConnection, serve
 from .transport import Connection
@@ -67,7 +68,7 @@ class Obj:
 class Task:
     __slots__ = ("task_id", "fn_key", "name", "args", "deps", "contained", "return_ids",
                  "resources", "retries_left", "state", "worker", "missing", "actor_id",
-                 "method", "cancelled", "parent")
+                 "method", "cancelled", "parent", "from_peer", "remote_create")
 
     def __init__(self, task_id: bytes, name: str, args: Any, deps: list, contained: list,
                  return_ids: list, resources: dict, retries: int) -> None:
@@ -87,6 +88,8 @@ class Task:
         self.method = ""
         self.cancelled = False
         self.parent: bytes | None = None   # the task that submitted this one, if any
+        self.from_peer = False             # sent here by another node (not sent on again)
+        self.remote_create: Any = None     # CreateActor to send to a peer once deps are ready
 
 
 class WorkerProc:
@@ -102,7 +105,7 @@ class WorkerProc:
         self.started = time.monotonic()
 
 
-class Node(ActorHost):
+class Node(ActorHost, PeerHost):
     """All state of one node daemon; handlers are plain methods called by the transport."""
 
     def __init__(self, *, node_id: str, session_dir: str, spill_dir: str, secret: bytes,
@@ -123,6 +126,7 @@ class Node(ActorHost):
         self.sched = Scheduler(resources, idle_timeout=worker_idle_timeout)
         self.stuck_warning_after = stuck_warning_after
         self.listen_fds: dict[str, int] = {}   # sockets bound by the starter, if any
+        self.advertise = ""                    # the host others reach us at, if not self.host
         self.objects: dict[bytes, Obj] = {}
         self.tasks: dict[bytes, Task] = {}
         self.waiters: dict[bytes, list[Task]] = {}
@@ -140,6 +144,7 @@ class Node(ActorHost):
         self.address = ""
         self.unix_address = ""
         self.stopping = asyncio.Event()
+        self.init_peers()
         self.handlers = {
             P.Hello.op: self.on_hello,
             P.RegisterFunction.op: self.on_register_function,
@@ -163,6 +168,7 @@ class Node(ActorHost):
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self, prestarted: list[subprocess.Popen] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
         unix_path = os.path.join(self.session_dir, "node.sock")
         self.unix_address = f"unix://{unix_path}"
         for proc in prestarted or []:   # spawned by boot.py as w1..wN before we were imported
@@ -174,7 +180,7 @@ class Node(ActorHost):
                               self.listen_fds.get("tcp"), self.listen_fds.get("unix"))
         port = servers[0].sockets[0].getsockname()[1]
         self.servers = servers
-        self.address = f"tcp://{self.host}:{port}"
+        self.address = f"tcp://{self.advertise or self.host}:{port}"
         if not prestarted:
             self._start_workers(self.prestart)
         asyncio.get_running_loop().call_later(TICK, self._tick)
@@ -184,7 +190,14 @@ class Node(ActorHost):
         head may still be starting). The starter learns we are ready only after this."""
         head = Connection(self.head_address, self.secret)
         answered = threading.Event()
-        threading.Thread(target=head.serve_forever, args=(lambda msg: answered.set(),),
+        loop = self.loop
+
+        def on_message(msg: P.Message) -> None:
+            if not answered.is_set():
+                answered.set()     # the first message is the answer to RegisterNode
+                return
+            loop.call_soon_threadsafe(self.on_head_message, msg)
+        threading.Thread(target=head.serve_forever, args=(on_message,),
                          daemon=True, name="unipar-node-head").start()
         head.send(P.RegisterNode(1, self.node_id, self.address, self.sched.total))
         if not answered.wait(30):
@@ -238,6 +251,8 @@ class Node(ActorHost):
             self._warn(f"{label} has waited {self.stuck_warning_after:g} s for resources {demand}, "
                        f"which live actors hold (free now: {free}); it starts only when actors "
                        "holding them are killed. Give actors fewer resources, or the cluster more.")
+        if self.head is not None:
+            self.peers_tick()
         self._schedule_now()
         asyncio.get_running_loop().call_later(TICK, self._tick)
 
@@ -252,8 +267,14 @@ class Node(ActorHost):
         conn.info.update(client_id=cid, role=msg.role, held=set(), pid=msg.pid)
         self.clients[cid] = conn
         conn.send(P.HelloOk(cid, self.node_id, self.session_dir, INLINE_MAX, self.head_address))
-        if msg.role == "driver":
-            self.drivers.append(conn)
+        if msg.role in ("driver", "remote", "peer"):
+            # "remote": a driver that cannot map this node's files (reached over TCP, maybe
+            # from another machine); it is sent object contents instead of paths. "peer":
+            # another node, which talks to us as a remote driver would.
+            conn.info["remote"] = msg.role != "driver"
+            conn.info["peer"] = msg.role == "peer"
+            if msg.role != "peer":
+                self.drivers.append(conn)
             return
         w = self.workers.get(msg.worker_id)
         if w is None:
@@ -274,12 +295,23 @@ class Node(ActorHost):
     def on_log(self, conn: ServerConnection, msg: P.Log) -> None:
         for driver in self.drivers:
             driver.send(msg)
+        if conn.info.get("worker_id"):   # our workers' output also reaches other nodes' drivers
+            for peer in self.live_peers():
+                self._send(peer, msg)
 
     def on_node_info(self, conn: ServerConnection, msg: P.NodeInfo) -> None:
         conn.send(P.Reply(msg.req_id, {"total": dict(self.sched.total),
                                        "available": self.sched.available(),
                                        "store": self.store.usage(),
-                                       "workers": len(self.workers)}))
+                                       "workers": len(self.workers),
+                                       "running": sum(1 for t in self.tasks.values()
+                                                      if t.state == "running"),
+                                       "queued": sum(1 for t in self.tasks.values()
+                                                     if t.state in ("waiting", "queued")),
+                                       "actors": sum(1 for a in self.actors.values()
+                                                     if a.state != "dead"),
+                                       "objects": len(self.objects),
+                                       "drivers": len(self.drivers)}))
 
     def on_shutdown(self, conn: ServerConnection, msg: P.Shutdown) -> None:
         self.stop()
@@ -296,10 +328,23 @@ class Node(ActorHost):
         obj.subscribers.append(conn)   # results are pushed to whoever submitted the task
         self.objects[oid] = obj
 
+    def new_obj(self) -> Obj:
+        return Obj()
+
     def on_put_object(self, conn: ServerConnection, msg: P.PutObject) -> None:
+        known = self.objects.get(msg.oid)
+        if known is not None:   # a peer pushed an object we have (or are fetching)
+            self._hold(conn, msg.oid, known)
+            if known.kind is None:
+                self.fetching.pop(msg.oid, None)
+                self._adopt(msg.oid, msg.kind, msg.payload, msg.size, msg.contained)
+            return
         obj = Obj()
         self.objects[msg.oid] = obj
         self._hold(conn, msg.oid, obj)
+        if conn.info.get("remote") and msg.kind == "inline":
+            self._adopt(msg.oid, msg.kind, msg.payload, msg.size, msg.contained)
+            return
         self._resolve(msg.oid, msg.kind, msg.payload, msg.path, msg.size, msg.contained)
 
     def on_alloc(self, conn: ServerConnection, msg: P.Alloc) -> None:
@@ -337,14 +382,25 @@ class Node(ActorHost):
                 self._deps_ready(task)
 
     def _send_ready(self, conn: ServerConnection, oid: bytes, obj: Obj) -> None:
-        if obj.kind == "shm":
+        if obj.kind == "shm" and conn.info.get("remote"):
+            conn.send(P.ObjectReady(oid, "inline", P.blob(self._read_object(oid, obj)), "",
+                                    obj.size))
+        elif obj.kind == "shm":
             conn.send(P.ObjectReady(oid, "shm", None, self.store.path(oid) or obj.path, obj.size))
         else:
             conn.send(P.ObjectReady(oid, obj.kind, P.blob(obj.payload), "", obj.size))  # type: ignore[arg-type]
 
+    def _read_object(self, oid: bytes, obj: Obj) -> bytes:
+        """The bytes of an object file (the same layout as an inline value), for a remote
+        driver. Read on the loop: a very large object pauses this node while it is read."""
+        with open(self.store.path(oid) or obj.path, "rb") as f:
+            return f.read(obj.size)
+
     def on_subscribe(self, conn: ServerConnection, msg: P.Subscribe) -> None:
         for oid in msg.oids:
             obj = self.objects.get(oid)
+            if obj is None and self.fetch(conn, oid):
+                continue
             if obj is None:
                 conn.send(P.ObjectReady(oid, "error", S.pack_error(ObjectLostError(
                     f"object {oid.hex()} no longer exists (every ref to it was dropped, or "
@@ -384,6 +440,8 @@ class Node(ActorHost):
         if obj.holders or obj.pins > 0:
             return
         del self.objects[oid]
+        if oid in self.remote_results:
+            self.release_remote(oid)
         if obj.kind == "shm":
             self.store.free(oid)
             self._forget(oid, obj)
@@ -425,6 +483,9 @@ class Node(ActorHost):
         missing = 0
         for oid in task.deps:
             obj = self.objects.get(oid)
+            if obj is None and self.fetch(None, oid):   # made on another node: fetch it
+                obj = self.objects[oid]
+                obj.pins += 1                            # as _make_task would have
             if obj is not None and obj.kind is None:
                 self.waiters.setdefault(oid, []).append(task)
                 missing += 1
@@ -447,6 +508,7 @@ class Node(ActorHost):
         task = self._make_task(conn, msg.task_id, msg.name, msg.args, msg.deps, msg.contained,
                                msg.return_ids, msg.resources, msg.max_retries)
         task.fn_key = msg.fn_key
+        task.from_peer = bool(conn.info.get("peer"))
         wid = conn.info.get("worker_id")
         if wid is not None:   # submitted from inside a task: remember it for recursive cancel
             parent = self.sched.workers.get(wid)
@@ -465,10 +527,16 @@ class Node(ActorHost):
                     self._actor_deps_ready(actor)
                 else:
                     self._pump(actor)
+            elif task.remote_create is not None:
+                self.send_remote_create(task)
+            else:
+                self.pump_remote(task.actor_id)
             return
         error = self._failed_dep(task)
         if error is not None:
             self._fail_task(task, error)
+            return
+        if self.peers and self.maybe_forward(task, task.from_peer):
             return
         task.state = "queued"
         self.sched.add_task(task.task_id, task.resources, time.monotonic(), f"task {task.name}")
@@ -608,7 +676,9 @@ class Node(ActorHost):
                 self._pump(actor)
             return
         task.cancelled = True
-        if task.state == "queued":
+        if task.state == "forwarded":
+            self.cancel_remote(task, force, recursive)
+        elif task.state == "queued":
             self.sched.remove_task(task.task_id)
         elif task.state == "running" and task.worker in self.workers:
             w = self.workers[task.worker]
@@ -719,12 +789,14 @@ def main(argv: list[str] | None = None, secret: bytes | None = None,
                     stuck_warning_after=cfg.get("stuck_warning_after", 5.0),
                     worker_idle_timeout=cfg.get("worker_idle_timeout", 10.0))
         node.listen_fds = {k: cfg[f"{k}_fd"] for k in ("tcp", "unix") if f"{k}_fd" in cfg}
+        node.advertise = cfg.get("advertise", "")
         loop.add_signal_handler(signal.SIGTERM, node.stop)
         await node.start(prestarted)
         if node.head_address:
             await loop.run_in_executor(None, node.join_head)
         report_ready(cfg, f"READY {node.address} {node.unix_address}\n")
-        threading.Thread(target=_watch_parent, args=(loop, node), daemon=True).start()
+        if not cfg.get("detached"):   # started by `unipar start`: runs until SIGTERM
+            threading.Thread(target=_watch_parent, args=(loop, node), daemon=True).start()
         await node.stopping.wait()
         for server in node.servers:
             server.close()

@@ -49,6 +49,12 @@ class ActorHost:
     actors: dict[bytes, Actor]
 
     def on_create_actor(self, conn: ServerConnection, msg: P.CreateActor) -> None:
+        peer = self.maybe_forward_actor(msg) if self.peers else None
+        if peer is not None:   # it asks for resources only another node has
+            self.forward_actor(conn, msg, peer)
+            return
+        if self.head is not None:
+            self.tell_head(P.ActorLocation(msg.actor_id, self.node_id))
         actor = Actor(msg)
         self.actors[msg.actor_id] = actor
         init = self._make_task(conn, msg.actor_id, f"{msg.class_name}.__init__", msg.args,
@@ -110,6 +116,8 @@ class ActorHost:
         task = self._make_task(conn, msg.task_id, name, msg.args, msg.deps, msg.contained,
                                msg.return_ids, {}, 0)
         task.actor_id, task.method = msg.actor_id, msg.method
+        if actor is None and self.route_call(conn, task):
+            return   # it lives on another node
         if actor is None:
             self._fail_task(task, S.pack_error(ActorDiedError(
                 f"no such actor {msg.actor_id.hex()[:12]}: it was never created on this node")))
@@ -202,6 +210,8 @@ class ActorHost:
 
     def on_kill_actor(self, conn: ServerConnection, msg: P.KillActor) -> None:
         actor = self.actors.get(msg.actor_id)
+        if actor is None:
+            self.kill_remote(msg.actor_id, msg.no_restart)
         if actor is not None and actor.state != "dead":
             if msg.no_restart or not self._can_restart(actor):
                 self._actor_dead(actor, S.pack_error(ActorDiedError(

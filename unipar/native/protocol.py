@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"UNIPAR"
 NONCE_SIZE = 32
 DIGEST_SIZE = 32
@@ -463,6 +463,22 @@ class UnregisterName(Message):
     op = "unregister_name"
     req_id: int
     name: str
+    actor_id: bytes
+
+
+@message
+class ActorLocation(Message):
+    """A node hosts this actor (so any node can route calls from handles it receives)."""
+    op = "actor_location"
+    actor_id: bytes
+    node_id: str
+
+
+@message
+class LookupActor(Message):
+    """Reply.value: the id of the node hosting the actor, or None."""
+    op = "lookup_actor"
+    req_id: int
     actor_id: bytes
 
 

@@ -1,0 +1,531 @@
+"""The node's cluster half: other nodes (peers), tasks and actors sent to them, objects fetched.
+
+A node learns its peers from the head (every second) and opens one connection to each, as a
+client with role ``peer``. Over it, this node is to the peer what a remote driver is to a node:
+it registers functions, pushes the objects a task needs (contents, not paths), submits tasks,
+creates and calls actors; the peer pushes back results (contents) and its workers' output.
+
+When a task goes elsewhere (:meth:`PeerHost.maybe_forward`):
+
+- it asks for a resource this node does not have at all, and a peer has it; or
+- this node has no free room for it now, and a peer has room (we count what we sent it and
+  have not got back against its CPUs). Tasks that came from a peer are not sent on again.
+
+An actor goes to a peer only when this node lacks the resources it asks for. The head records
+where each actor lives, so a node that receives a call for an actor it does not know (a handle
+passed along, a named actor) asks the head and routes it there.
+
+A ref to an object this node does not know (a ref nested in an argument, a handle to a result
+another node made) is fetched on demand: the node asks every peer; the first that has it sends
+the contents, which are stored once here and shared by every local worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+from collections import deque
+from typing import Any
+
+from ..exceptions import ActorDiedError, ObjectLostError, WorkerCrashedError
+from . import protocol as P
+from . import serialization as S
+from .object_store import StoreFullError
+from .server import ServerConnection
+from .transport import Connection
+
+log = logging.getLogger("unipar.native.node")
+
+PEER_REFRESH_TICKS = 4     # ask the head for the node list every 4 ticks (1 s)
+INLINE_MAX = 100 * 1024
+
+
+class Peer:
+    """Another node, as seen from this one."""
+
+    def __init__(self, node_id: str, address: str, total: dict[str, float]) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.total = dict(total)
+        self.conn: Connection | None = None
+        self.connecting = False
+        self.alive = True
+        self.fns: set[str] = set()
+        self.inflight: dict[bytes, Any] = {}      # task id -> Task sent there, not finished
+        self.used: dict[str, float] = {}         # resources of the tasks in ``inflight``
+        self.pushed: dict[bytes, int] = {}       # object id -> tasks there that use our copy
+
+    def add(self, task: Any) -> None:
+        self.inflight[task.task_id] = task
+        for key, amount in task.resources.items():
+            self.used[key] = self.used.get(key, 0.0) + amount
+
+    def remove(self, task_id: bytes) -> Any:
+        task = self.inflight.pop(task_id, None)
+        if task is not None:
+            for key, amount in task.resources.items():
+                self.used[key] = self.used.get(key, 0.0) - amount
+        return task
+
+    def room(self, demand: dict[str, float]) -> bool:
+        """Could it take one more task of ``demand``, counting what we sent and did not get back?"""
+        return all(self.total.get(k, 0.0) + 1e-9 >= self.used.get(k, 0.0) + v
+                   for k, v in demand.items() if v > 0)
+
+    def has(self, demand: dict[str, float]) -> bool:
+        return all(self.total.get(k, 0.0) >= v for k, v in demand.items() if v > 0)
+
+
+class PeerHost:
+    """Mixed into :class:`~.node.Node`; uses its objects, tasks, store and scheduler."""
+
+    def init_peers(self) -> None:
+        self.peers: dict[str, Peer] = {}
+        self.remote_results: dict[bytes, str] = {}     # object id -> peer holding its original
+        self.remote_actors: dict[bytes, str] = {}      # actor id -> peer hosting it
+        self.remote_calls: dict[bytes, deque] = {}     # actor id -> calls not yet sent there
+        self.actor_lookups: dict[bytes, list] = {}     # actor id -> calls waiting for the head
+        self.fetching: dict[bytes, int] = {}           # object id -> peers yet to answer
+        self.remote_creating: set[bytes] = set()       # actors whose CreateActor is not sent yet
+        self.head_reqs: dict[int, Any] = {}
+        self.head_req_ids = itertools.count(100)
+        self.peer_ticks = 0
+
+    # -- the head ------------------------------------------------------------------------------
+    def on_head_message(self, msg: P.Message) -> None:
+        """Called on the loop for every message the head sends us."""
+        if msg.op == "reply":
+            callback = self.head_reqs.pop(msg.req_id, None)  # type: ignore[attr-defined]
+            if callback is not None:
+                callback(msg.value)  # type: ignore[attr-defined]
+
+    def ask_head(self, make: Any, callback: Any) -> bool:
+        if self.head is None or self.head.closed:
+            return False
+        req = next(self.head_req_ids)
+        self.head_reqs[req] = callback
+        try:
+            self.head.send(make(req))
+        except ConnectionError:
+            self.head_reqs.pop(req, None)
+            return False
+        return True
+
+    def tell_head(self, msg: P.Message) -> None:
+        if self.head is not None and not self.head.closed:
+            try:
+                self.head.send(msg)
+            except ConnectionError:
+                pass
+
+    def peers_tick(self) -> None:
+        self.peer_ticks += 1
+        if self.peer_ticks % PEER_REFRESH_TICKS == 1:
+            self.ask_head(lambda r: P.ListNodes(r), self._update_peers)
+
+    def _update_peers(self, nodes: list[dict[str, Any]]) -> None:
+        for node in nodes:
+            nid = node["NodeID"]
+            if nid == self.node_id:
+                continue
+            peer = self.peers.get(nid)
+            if node["Alive"] and peer is None:
+                peer = self.peers[nid] = Peer(nid, node["Address"], node["Resources"])
+                self._connect(peer)
+            elif not node["Alive"] and peer is not None and peer.alive:
+                self._peer_lost(peer)
+
+    def _connect(self, peer: Peer) -> None:
+        peer.connecting = True
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            try:
+                conn = Connection(peer.address, self.secret)
+                conn.send(P.Hello("peer", "", os.getpid()))
+            except (OSError, ConnectionError, P.ProtocolError) as exc:
+                log.warning("cannot reach node %s at %s: %s", peer.node_id[:8], peer.address, exc)
+                loop.call_soon_threadsafe(self._peer_lost, peer)
+                return
+            loop.call_soon_threadsafe(self._peer_connected, peer, conn)
+            conn.serve_forever(lambda m: loop.call_soon_threadsafe(self._on_peer_message, peer, m))
+            loop.call_soon_threadsafe(self._peer_lost, peer)
+        threading.Thread(target=run, daemon=True, name=f"unipar-peer-{peer.node_id[:8]}").start()
+
+    def _peer_connected(self, peer: Peer, conn: Connection) -> None:
+        peer.conn, peer.connecting = conn, False
+        if not peer.alive or self.stopping.is_set():
+            conn.close()
+
+    def live_peers(self) -> list[Peer]:
+        return [p for p in self.peers.values() if p.alive and p.conn is not None]
+
+    def _send(self, peer: Peer, *msgs: P.Message) -> bool:
+        if peer.conn is None:
+            return False
+        try:
+            for msg in msgs:
+                peer.conn.post(msg)
+            peer.conn.send(None)   # write what was posted, in order
+        except ConnectionError:
+            return False
+        return True
+
+    # -- messages from peers -------------------------------------------------------------------
+    def _on_peer_message(self, peer: Peer, msg: P.Message) -> None:
+        if msg.op == "object_ready":
+            self._peer_object(peer, msg)  # type: ignore[arg-type]
+        elif msg.op == "log":
+            for driver in self.drivers:
+                driver.send(msg)
+
+    def _peer_object(self, peer: Peer, msg: P.ObjectReady) -> None:
+        oid = msg.oid
+        obj = self.objects.get(oid)
+        if oid in self.fetching:
+            if msg.kind == "error" and self._is_lost(msg.payload):
+                self.fetching[oid] -= 1
+                if self.fetching[oid] > 0:
+                    return          # another peer may still have it
+            self.fetching.pop(oid, None)
+            if obj is not None and obj.kind is None:
+                self._adopt(oid, msg.kind, msg.payload, msg.size, [])
+            return
+        if obj is None or obj.kind is not None:
+            return
+        self._adopt(oid, msg.kind, msg.payload, msg.size, [])
+        task_id = obj.task_id
+        task = peer.inflight.get(task_id) if task_id is not None else None
+        if task is not None and all(self.objects.get(o) is None or self.objects[o].kind
+                                    for o in task.return_ids):
+            self._forwarded_done(peer, task)
+
+    @staticmethod
+    def _is_lost(payload: Any) -> bool:
+        try:
+            return isinstance(S.load_packed(payload), ObjectLostError)
+        except Exception:   # noqa: BLE001 - an undecodable error is not "lost"
+            return False
+
+    def _adopt(self, oid: bytes, kind: str, payload: Any, size: int, contained: list) -> None:
+        """Store contents received from a peer: big ones go to this node's store, once, so
+        every local worker maps the same copy."""
+        if kind == "inline" and payload is not None and len(payload) > INLINE_MAX:
+            try:
+                path = self.store.alloc(oid, len(payload))
+                tmp = path + ".tmp"
+                with open(tmp, "wb", buffering=0) as f:
+                    f.write(payload)
+                os.replace(tmp, path)
+                self._forget_spilled()
+                self._resolve(oid, "shm", None, path, len(payload), contained)
+                return
+            except (StoreFullError, OSError):
+                self._forget_spilled()
+        self._resolve(oid, kind, bytes(payload) if payload is not None else None, "", size,
+                      contained)
+
+    # -- forwarding tasks ----------------------------------------------------------------------
+    def maybe_forward(self, task: Any, from_peer: bool) -> bool:
+        """Send ``task`` (deps ready, not failed) to a peer if it belongs there; True if sent."""
+        peers = self.live_peers()
+        if not peers:
+            return False
+        demand = task.resources
+        here = all(self.sched.total.get(k, 0.0) >= v for k, v in demand.items() if v > 0)
+        if here:
+            if from_peer or self._room_here(demand):
+                return False
+            candidates = [p for p in peers if p.room(demand)]
+        else:
+            candidates = [p for p in peers if p.has(demand)]
+            candidates = [p for p in candidates if p.room(demand)] or candidates
+        if not candidates:
+            return False
+        peer = min(candidates, key=lambda p: p.used.get("CPU", 0.0) / max(p.total.get("CPU", 1.0), 1.0))
+        return self.forward(task, peer)
+
+    def _room_here(self, demand: dict[str, float]) -> bool:
+        """Free resources now, minus what tasks already queued here will take."""
+        free = self.sched.available()
+        for shape, queue in self.sched.queues.items():
+            for key, amount in shape:
+                free[key] = free.get(key, 0.0) - amount * len(queue)
+        return all(free.get(k, 0.0) >= v - 1e-9 for k, v in demand.items() if v > 0)
+
+    def _push_deps(self, peer: Peer, deps: list[bytes]) -> list[P.Message]:
+        msgs: list[P.Message] = []
+        for oid in deps:
+            if peer.pushed.get(oid):
+                peer.pushed[oid] += 1
+                continue
+            obj = self.objects[oid]
+            payload = self._read_object(oid, obj) if obj.kind == "shm" else obj.payload
+            kind = "error" if obj.kind == "error" else "inline"
+            msgs.append(P.PutObject(oid, kind, P.blob(payload), "", obj.size, []))
+            peer.pushed[oid] = 1
+        return msgs
+
+    def _release_deps(self, peer: Peer, deps: list[bytes]) -> None:
+        released = []
+        for oid in deps:
+            left = peer.pushed.get(oid, 0) - 1
+            if left <= 0:
+                peer.pushed.pop(oid, None)
+                released.append(oid)
+            else:
+                peer.pushed[oid] = left
+        if released:
+            self._send(peer, P.RefUpdates([], released))
+
+    def _fn_msgs(self, peer: Peer, key: str) -> list[P.Message]:
+        if key in peer.fns:
+            return []
+        peer.fns.add(key)
+        return [P.RegisterFunction(key, P.blob(self.functions[key]))]
+
+    def forward(self, task: Any, peer: Peer) -> bool:
+        msgs = self._fn_msgs(peer, task.fn_key) + self._push_deps(peer, task.deps)
+        args = P.blob(task.args) if task.args is not None else None
+        msgs.append(P.SubmitTask(task.task_id, task.fn_key, task.name, args, task.deps,
+                                 task.contained, task.return_ids, task.resources,
+                                 task.retries_left))
+        return self._sent(peer, task, msgs)
+
+    def _sent(self, peer: Peer, task: Any, msgs: list[P.Message]) -> bool:
+        if not self._send(peer, *msgs):
+            self._release_deps(peer, task.deps)
+            return False
+        task.state = "forwarded"
+        task.worker = peer.node_id
+        peer.add(task)
+        for oid in task.return_ids:
+            self.remote_results[oid] = peer.node_id
+        return True
+
+    def _forwarded_done(self, peer: Peer, task: Any) -> None:
+        peer.remove(task.task_id)
+        self._release_deps(peer, task.deps)
+        self._finish(task)
+        self._pull_to(peer)
+
+    def _pull_to(self, peer: Peer) -> None:
+        """A peer finished something of ours: send it queued tasks (newest first) while it
+        has room, so a wide map keeps every node busy."""
+        for shape in list(self.sched.queues):
+            demand = dict(shape)
+            if not peer.has(demand):
+                continue
+            queue = self.sched.queues.get(shape)
+            for task_id in list(reversed(queue or {})):
+                if not peer.room(demand):
+                    break
+                task = self.tasks.get(task_id)
+                if task is None or task.from_peer or task.state != "queued":
+                    continue
+                self.sched.remove_task(task_id)
+                if not self.forward(task, peer):
+                    self.sched.add_task(task_id, task.resources, 0.0, front=True)
+                    return
+
+    def release_remote(self, oid: bytes) -> None:
+        """Our copy of a result a peer made was freed: let the peer free its original."""
+        nid = self.remote_results.pop(oid, None)
+        peer = self.peers.get(nid) if nid else None
+        if peer is not None and peer.alive:
+            self._send(peer, P.RefUpdates([], [oid]))
+
+    def cancel_remote(self, task: Any, force: bool, recursive: bool) -> None:
+        """Cancel a task we sent to a peer: tell the peer, stop counting it as ours there."""
+        peer = self.peers.get(task.worker or "")
+        if peer is None:
+            return
+        if task.return_ids:
+            self._send(peer, P.Cancel(task.return_ids[0], force, recursive))
+        if peer.remove(task.task_id) is not None:
+            self._release_deps(peer, task.deps)
+
+    # -- fetching objects ----------------------------------------------------------------------
+    def fetch(self, conn: ServerConnection | None, oid: bytes) -> bool:
+        """``conn`` (or, with None, a task here) wants an object this node does not know: ask
+        the peers. True if asked; the object then exists here, pending."""
+        if conn is not None and conn.info.get("peer"):
+            return False     # a peer asking us: answer only for ourselves (no loops)
+        peers = self.live_peers()
+        if not peers:
+            return False
+        obj = self.objects.get(oid)
+        if obj is None:
+            obj = self.objects[oid] = self.new_obj()
+            if conn is not None:
+                self._hold(conn, oid, obj)
+        if conn is not None and conn not in obj.subscribers:
+            obj.subscribers.append(conn)
+        if oid not in self.fetching:
+            self.fetching[oid] = len(peers)
+            for peer in peers:
+                if not self._send(peer, P.Subscribe([oid])):
+                    self.fetching[oid] -= 1
+            if self.fetching[oid] <= 0:
+                self._fetch_failed(oid)
+        return True
+
+    def _fetch_failed(self, oid: bytes) -> None:
+        self.fetching.pop(oid, None)
+        obj = self.objects.get(oid)
+        if obj is not None and obj.kind is None:
+            self._resolve(oid, "error", S.pack_error(ObjectLostError(
+                f"object {oid.hex()} no longer exists on any node (every ref to it was "
+                "dropped, or its node was lost)")), "", 0, [])
+
+    # -- actors elsewhere ----------------------------------------------------------------------
+    def maybe_forward_actor(self, msg: P.CreateActor) -> Peer | None:
+        """A peer for an actor whose resources this node lacks (None: create it here)."""
+        demand = msg.resources
+        if all(self.sched.total.get(k, 0.0) >= v for k, v in demand.items() if v > 0):
+            return None
+        candidates = [p for p in self.live_peers() if p.has(demand)]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda p: len(p.inflight))
+
+    def forward_actor(self, conn: ServerConnection, msg: P.CreateActor, peer: Peer) -> None:
+        """Create the actor on ``peer``; its constructor's arguments are pushed there first."""
+        init = self._make_task(conn, msg.actor_id, f"{msg.class_name}.__init__", msg.args,
+                               msg.deps, msg.contained, [], msg.resources, 0)
+        init.fn_key = msg.class_key
+        init.remote_create = msg
+        init.actor_id = msg.actor_id
+        self.remote_creating.add(msg.actor_id)
+        self.remote_actors[msg.actor_id] = peer.node_id
+        self.remote_calls[msg.actor_id] = deque()
+        self._watch_deps(init)
+
+    def send_remote_create(self, task: Any) -> None:
+        """The constructor's dependencies are ready: send CreateActor to the chosen peer."""
+        msg: P.CreateActor = task.remote_create
+        peer = self.peers.get(self.remote_actors.get(msg.actor_id, ""))
+        if peer is None or not peer.alive:
+            self._remote_actor_dead(msg.actor_id, "its node was lost")
+            self._finish(task)
+            return
+        msgs = self._fn_msgs(peer, msg.class_key) + self._push_deps(peer, task.deps)
+        msgs.append(msg)
+        if not self._send(peer, *msgs):
+            self._release_deps(peer, task.deps)
+        else:
+            # The peer pinned its copies of the arguments for the actor's life: ours can go.
+            self._release_deps(peer, task.deps)
+            self.tell_head(P.ActorLocation(msg.actor_id, peer.node_id))
+        task.remote_create = None
+        self.remote_creating.discard(msg.actor_id)
+        self._finish(task)
+        self.pump_remote(msg.actor_id)
+
+    def route_call(self, conn: ServerConnection, task: Any) -> bool:
+        """A call for an actor not hosted here: queue it for the peer hosting it (asking the
+        head where that is, once). False when this node knows of no peers at all."""
+        aid = task.actor_id
+        if aid in self.remote_actors:
+            self.remote_calls.setdefault(aid, deque()).append(task)
+            self._watch_deps(task)
+            return True
+        if self.head is None:
+            return False
+        waiting = self.actor_lookups.get(aid)
+        if waiting is not None:
+            waiting.append(task)
+            return True
+        self.actor_lookups[aid] = [task]
+        if not self.ask_head(lambda r: P.LookupActor(r, aid),
+                             lambda nid: self._actor_found(aid, nid)):
+            self._actor_found(aid, None)
+        return True
+
+    def _actor_found(self, aid: bytes, nid: str | None) -> None:
+        calls = self.actor_lookups.pop(aid, [])
+        if nid == self.node_id and aid in self.actors:
+            for task in calls:   # created here meanwhile
+                self.actors[aid].queue.append(task)
+                self._watch_deps(task)
+            return
+        peer = self.peers.get(nid or "")
+        if peer is None or not peer.alive:
+            for task in calls:
+                self._fail_task(task, S.pack_error(ActorDiedError(
+                    f"actor {aid.hex()[:12]} is not alive on any node of this cluster")))
+            return
+        self.remote_actors[aid] = peer.node_id
+        queue = self.remote_calls.setdefault(aid, deque())
+        for task in calls:
+            queue.append(task)
+            self._watch_deps(task)
+
+    def pump_remote(self, aid: bytes) -> None:
+        """Send queued calls to the remote actor in order, while the next one's deps are ready."""
+        queue = self.remote_calls.get(aid)
+        peer = self.peers.get(self.remote_actors.get(aid, ""))
+        if queue is None or peer is None:
+            return
+        while queue and queue[0].missing == 0 and aid not in self.remote_creating:
+            task = queue.popleft()
+            error = self._failed_dep(task)
+            if error is not None:
+                self._fail_task(task, error)
+                continue
+            msgs = self._push_deps(peer, task.deps)
+            args = P.blob(task.args) if task.args is not None else None
+            msgs.append(P.CallActor(aid, task.task_id, task.method, args, task.deps,
+                                    task.contained, task.return_ids))
+            if not self._sent(peer, task, msgs):
+                self._fail_task(task, S.pack_error(ActorDiedError(
+                    f"the node hosting actor {aid.hex()[:12]} cannot be reached")))
+
+    def kill_remote(self, aid: bytes, no_restart: bool) -> bool:
+        peer = self.peers.get(self.remote_actors.get(aid, ""))
+        if peer is None:
+            return False
+        self._send(peer, P.KillActor(0, aid, no_restart))
+        return True
+
+    def _remote_actor_dead(self, aid: bytes, why: str) -> None:
+        for task in self.remote_calls.pop(aid, deque()):
+            self._fail_task(task, S.pack_error(ActorDiedError(f"actor {aid.hex()[:12]}: {why}")))
+
+    # -- failures ------------------------------------------------------------------------------
+    def _peer_lost(self, peer: Peer) -> None:
+        """The peer's connection dropped or the head says it is dead: retry or fail its work."""
+        if not peer.alive:
+            return
+        peer.alive = False
+        peer.connecting = False
+        if peer.conn is not None:
+            peer.conn.close()
+        for task in list(peer.inflight.values()):
+            peer.remove(task.task_id)
+            if task.state != "forwarded":
+                continue
+            for oid in task.return_ids:
+                self.remote_results.pop(oid, None)
+            if task.actor_id is not None:
+                self._fail_task(task, S.pack_error(ActorDiedError(
+                    f"the node running actor call {task.name} died")))
+            elif task.retries_left != 0:
+                task.retries_left -= 1 if task.retries_left > 0 else 0
+                task.state, task.worker = "waiting", None
+                self._deps_ready(task)
+            else:
+                self._fail_task(task, S.pack_error(WorkerCrashedError(
+                    f"the node running task {task.name} died and its retries are used up")))
+        for aid, nid in list(self.remote_actors.items()):
+            if nid == peer.node_id:
+                self._remote_actor_dead(aid, "its node died")
+        for oid in list(self.fetching):
+            self.fetching[oid] -= 1
+            if self.fetching[oid] <= 0:
+                self._fetch_failed(oid)
+        # Forget it: if it comes back, it registers again and is a new peer.
+        self.peers.pop(peer.node_id, None)
