@@ -7,8 +7,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.unipar-installed
 BACKEND ?= native
-# Backends `make demo` compares the tutorial across at the end (each must be installed).
-COMPARE ?= native,dask,spark,ray,local
+# `make demo` ends by comparing the tutorial across these backends (default: every installed one).
+COMPARE ?=
 PYTEST_ARGS ?=
 
 .PHONY: demo test venv clean
@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	UNIPAR_BACKEND=$(BACKEND) $(BIN)/python docs/examples/tutorial.py
+	@echo; echo "== The same tutorial on every installed backend (timings ignored):"
+	$(BIN)/unipar compare docs/examples/tutorial.py --ignore '^time:' $(if $(COMPARE),--backends $(COMPARE))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -179,6 +179,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except re.error as exc:
         print(f"unipar compare: bad --ignore regex: {exc}", file=sys.stderr)
         return 2
+    from .bench.proctree import exit_on_sigterm
+    exit_on_sigterm()
     runs = run_all(args, backends, ignore)
     reference = judge(runs)
     _print_report(runs, reference, args.repeat)

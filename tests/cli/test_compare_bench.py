@@ -227,3 +227,13 @@ def test_peak_memory_counts_grandchildren_and_leftovers_are_killed(tmp_path):
     assert measured.left_behind == 1
     assert not psutil.pid_exists(int(pid_file.read_text())) or \
         psutil.Process(int(pid_file.read_text())).status() == psutil.STATUS_ZOMBIE
+
+
+def test_backend_failing_in_a_later_repeat_keeps_its_figures():
+    from unipar.bench.runner import _failed_start
+    ran = BackendResult("ray", samples={"tasks_batch": [1.0]})
+    _failed_start(ran, "node timed out")
+    assert ran.error is None and ran.notes == ["did not start in one repeat: node timed out"]
+    never = BackendResult("spark")
+    _failed_start(never, "java not found")
+    assert never.error == "java not found"

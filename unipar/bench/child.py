@@ -26,6 +26,7 @@ from .proctree import tree_rss
 from .workloads import PREPARE, Sizes, UniparSuite
 
 IDLE_SETTLE_S = 0.5   # let pools finish spawning before the idle-memory sample
+FATAL_EXIT = 3        # exit status when the engine did not start (after a {"fatal"} line)
 
 
 def make_suite(backend: str) -> Any:
@@ -46,7 +47,7 @@ def _error_text(exc: BaseException) -> str:
 
 
 def run(backend: str, names: list[str], sizes: Sizes, out: IO[str]) -> int:
-    """Measure ``names`` on ``backend``; returns the exit status (3: the engine did not start)."""
+    """Measure ``names`` on ``backend``; returns the exit status (FATAL_EXIT: no engine)."""
     suite = make_suite(backend)
     start = time.perf_counter()
     try:
@@ -59,7 +60,7 @@ def run(backend: str, names: list[str], sizes: Sizes, out: IO[str]) -> int:
             suite.shutdown()
         except BaseException:
             pass
-        return 3
+        return FATAL_EXIT
     _emit(out, name="cold_start", value=time.perf_counter() - start)
     time.sleep(IDLE_SETTLE_S)
     _emit(out, name="idle_memory", value=tree_rss(os.getpid()) / 2**20)

@@ -13,6 +13,7 @@ process, so the sum over-states what the tree costs the machine; it is the figur
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import tempfile
 import threading
@@ -24,7 +25,7 @@ import psutil
 
 TREE_EVERY = 4   # samples between two walks of the process table
 
-__all__ = ["Measured", "TreeSampler", "kill_tree", "run_measured", "tree_rss"]
+__all__ = ["Measured", "TreeSampler", "exit_on_sigterm", "kill_tree", "run_measured", "tree_rss"]
 
 
 def _descendants(root: psutil.Process) -> list[psutil.Process]:
@@ -245,3 +246,11 @@ def run_measured(argv: list[str], env: dict[str, str], timeout: float, settle: f
             texts.append(f.read().decode("utf-8", errors="replace"))
     return Measured(124 if timed_out else proc.returncode, wall, peak, texts[0], texts[1],
                     timed_out, left)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit in this (main) thread, so ``finally`` blocks run: the
+    command being measured is killed with its tree and temp files are removed."""
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, _exit)

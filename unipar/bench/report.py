@@ -74,7 +74,7 @@ def fmt(value: float, unit: str) -> str:
 
 def fmt_ratio(ratio: float) -> str:
     """0.0071, 1.6, 28, 1,300: two significant figures at most, never scientific notation."""
-    if ratio < 1:
+    if ratio < 0.95:
         return f"{ratio:.2g}"
     if ratio < 10:
         return f"{ratio:.1f}"
@@ -218,6 +218,9 @@ class Report:
             lines.append(f"| **{GEOMEAN_LABEL}** | " + " | ".join(
                 f"**{g}**" for g in self._geomeans(pairs)) + " |")
         errors = [f"- `{r.backend}` did not run: {r.error}" for r in self.results if r.error]
+        errors += [f"- `{r.backend}`: {note}" for r in self.results for note in r.notes]
+        errors += [f"- `{r.backend}` / `{name}` failed: {msg}" for r in self.results
+                   for name, msg in r.failures.items()]
         return "\n".join(lines + ([""] + errors if errors else [])) + "\n"
 
     # -- plot --------------------------------------------------------------------------------

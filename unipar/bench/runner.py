@@ -24,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
+from .child import FATAL_EXIT
 from .report import BackendResult, Report
 from .workloads import LIFECYCLE, WORKLOADS, Sizes
 
@@ -95,6 +96,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 2
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
     timeout = args.timeout or (900.0 if args.quick or scale < 1 else 1800.0)
+    from .proctree import exit_on_sigterm
+    exit_on_sigterm()
     report = run_bench(backends, names, repeat, Sizes(scale), baseline, timeout)
     return _output(report, args)
 
@@ -179,19 +182,28 @@ def _run_child(backend: str, names: list[str], sizes: Sizes, timeout: float, out
     if measured.left_behind:
         result.notes.append(f"left {measured.left_behind} process(es) running after exit "
                             "(killed)")
-    if not measured.ok and not result.error:
+    if not measured.ok and measured.returncode != FATAL_EXIT:   # FATAL_EXIT: already recorded
         tail = " | ".join(measured.stderr.strip().splitlines()[-3:])
         why = "timed out" if measured.timed_out else f"exit {measured.returncode}"
         if seen == 0:
-            result.error = f"{why}: {tail}"[:400]
+            _failed_start(result, f"{why}: {tail}"[:400])
         else:
             result.notes.append(f"run ended early ({why}): {tail}"[:400])
     return seen
 
 
+def _failed_start(result: BackendResult, why: str) -> None:
+    """A backend that never started is an error row (and is not retried); one that ran in an
+    earlier repeat keeps its figures, with a note."""
+    if result.samples:
+        result.notes.append(f"did not start in one repeat: {why}")
+    else:
+        result.error = why
+
+
 def _record(record: dict[str, Any], result: BackendResult) -> int:
     if "fatal" in record:
-        result.error = record["fatal"]
+        _failed_start(result, record["fatal"])
         return 0
     if "done" in record:
         return 0

@@ -418,6 +418,10 @@ class Node(ActorHost, PeerHost):
             if obj is not None:
                 obj.holders.add(cid)
                 held.add(oid)
+            elif self.peers and not conn.info.get("peer"):
+                # A ref to an object made on another node (it came nested in a result): copy
+                # it here now, while the node that made it still keeps it for us.
+                self.fetch(conn, oid, subscribe=False)
         for oid in msg.releases:
             held.discard(oid)
             obj = self.objects.get(oid)

@@ -349,7 +349,7 @@ class PeerHost:
             self._release_deps(peer, task.deps)
 
     # -- fetching objects ----------------------------------------------------------------------
-    def fetch(self, conn: ServerConnection | None, oid: bytes) -> bool:
+    def fetch(self, conn: ServerConnection | None, oid: bytes, subscribe: bool = True) -> bool:
         """``conn`` (or, with None, a task here) wants an object this node does not know: ask
         the peers. True if asked; the object then exists here, pending."""
         if conn is not None and conn.info.get("peer"):
@@ -362,7 +362,7 @@ class PeerHost:
             obj = self.objects[oid] = self.new_obj()
             if conn is not None:
                 self._hold(conn, oid, obj)
-        if conn is not None and conn not in obj.subscribers:
+        if subscribe and conn is not None and conn not in obj.subscribers:
             obj.subscribers.append(conn)
         if oid not in self.fetching:
             self.fetching[oid] = len(peers)
