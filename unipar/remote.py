@@ -128,7 +128,10 @@ class ActorHandle:
         if name not in meta.methods:
             raise AttributeError(f"actor {meta.class_name} has no method {name!r}; "
                                  f"methods: {', '.join(sorted(meta.methods)) or 'none'}")
-        return ActorMethod(self, name, MethodOptions(num_returns=meta.methods[name].num_returns))
+        bound = ActorMethod(self, name, MethodOptions(num_returns=meta.methods[name].num_returns))
+        # Cached on the instance: later lookups skip __getattr__ (actor calls are a hot path).
+        self.__dict__[name] = bound
+        return bound
 
     def __reduce__(self):
         return (ActorHandle, (self._actor_id, self._meta))

@@ -43,11 +43,14 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _marked(marker: str) -> list[str]:
+def _marked(marker: str, workdir: str) -> list[str]:
+    """Processes the driver started: they inherit its marker variable or its working directory
+    (some engines rename their workers, which hides their environment)."""
     found = []
     for proc in psutil.process_iter(["pid", "name"]):
         try:
-            if proc.environ().get("UNIPAR_CLEANUP_MARKER") == marker:
+            if (proc.environ().get("UNIPAR_CLEANUP_MARKER") == marker
+                    or proc.cwd().startswith(workdir)):
                 found.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -68,10 +71,10 @@ def test_shutdown_leaves_no_processes_or_shared_memory(unipar_backend, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "clean exit" in result.stdout
     try:
-        wait_for(lambda: not _marked(marker), timeout=30,
+        wait_for(lambda: not _marked(marker, str(tmp_path)), timeout=30,
                  message="every process the backend started to exit")
     finally:
-        for line in _marked(marker):   # don't let a failure leak them into later tests
+        for line in _marked(marker, str(tmp_path)):   # don't let a failure leak them into later tests
             psutil.Process(int(line.split()[0])).kill()
     leaked = {name for name in _shm() - shm_before if "unipar" in name.lower()}
     assert not leaked, f"shared memory left behind: {sorted(leaked)}"

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from multinode import Cluster, base_env, unipar
+from unipar.testing import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -193,3 +194,124 @@ def test_stop_stops_every_process_it_started(tmp_path):
         assert "Stopped 0 unipar process(es)" in again.stdout
     finally:
         c.stop()
+
+
+SCHEDULING = """
+    import os, time, numpy as np, unipar
+    unipar.init()
+
+    def node():   # the node a worker belongs to: its daemon's socket
+        return os.environ["UNIPAR_NODE_ADDRESS"]
+
+    @unipar.remote
+    def where(delay=0.0):
+        time.sleep(delay)
+        return node()
+
+    nodes = {name: unipar.get(where.options(resources={name: 1}).remote())
+             for name in ("res_head", "res_b", "res_c")}
+    assert len(set(nodes.values())) == 3, nodes
+    # a resource only one node has: always there
+    for _ in range(3):
+        assert unipar.get(where.options(resources={"res_b": 1}).remote()) == nodes["res_b"]
+
+    # a wide map uses the CPUs of every node
+    seen = set(unipar.get([where.remote(0.5) for _ in range(16)]))
+    assert seen == set(nodes.values()), seen
+
+    # nested tasks started on node c may run on other nodes
+    @unipar.remote
+    def fan_out(n):
+        return node(), set(unipar.get([where.remote(0.5) for _ in range(n)]))
+    parent, children = unipar.get(fan_out.options(resources={"res_c": 1}).remote(8))
+    assert parent == nodes["res_c"] and children - {nodes["res_c"]}, children
+
+    # objects: a big array to a task on b, a ref made on c used on b and here
+    @unipar.remote
+    def total(a):
+        return float(a.sum()), node()
+    big = np.arange(3_000_000, dtype=np.float64)
+    ref = unipar.put(big)
+    assert unipar.get(total.options(resources={"res_b": 1}).remote(ref)) == (float(big.sum()), nodes["res_b"])
+
+    @unipar.remote
+    def make():
+        return [unipar.put(np.ones(500_000))]
+    inner = unipar.get(make.options(resources={"res_c": 1}).remote())[0]
+    assert unipar.get(total.options(resources={"res_b": 1}).remote(inner)) == (500_000.0, nodes["res_b"])
+    assert unipar.get(inner).sum() == 500_000.0
+
+    # actors: placed where their resource is; handles and names work from every node
+    @unipar.remote
+    class Acc:
+        def __init__(self):
+            self.n = 0
+        def add(self, k):
+            self.n += k
+            return self.n, node()
+    acc = Acc.options(name="acc", resources={"res_b": 1}).remote()
+    assert unipar.get([acc.add.remote(1) for _ in range(3)]) == [(i, nodes["res_b"]) for i in (1, 2, 3)]
+
+    @unipar.remote
+    def call(handle, k):
+        return unipar.get(handle.add.remote(k))
+    assert unipar.get(call.options(resources={"res_c": 1}).remote(acc, 10))[0] == 13
+
+    @unipar.remote
+    def by_name(k):
+        return unipar.get(unipar.get_actor("acc").add.remote(k))
+    assert unipar.get(by_name.options(resources={"res_head": 1}).remote(100))[0] == 113
+    unipar.kill(acc)
+    try:
+        unipar.get(acc.add.remote(1), timeout=60)
+        raise SystemExit("a killed actor answered")
+    except unipar.exceptions.ActorDiedError:
+        pass
+    del ref, inner, big
+    unipar.shutdown()
+    print("SCHEDULING OK")
+"""
+
+
+def test_tasks_actors_and_objects_spread_over_the_nodes(cluster: Cluster):
+    out = _ok(cluster.driver(SCHEDULING, timeout=240))
+    assert "SCHEDULING OK" in out
+
+
+def test_objects_are_freed_on_every_node_when_no_ref_remains(cluster: Cluster):
+    code = """
+        import numpy as np, unipar
+        unipar.init()
+        @unipar.remote
+        def make(n):
+            return np.ones(n)
+        refs = [make.options(resources={r: 1}).remote(400_000) for r in ("res_b", "res_c")]
+        refs.append(unipar.put(np.ones(400_000)))
+        assert sum(float(unipar.get(r).sum()) for r in refs) == 1_200_000.0
+        del refs
+        unipar.shutdown()
+    """
+    _ok(cluster.driver(code))
+
+    def stores_empty() -> bool:
+        out = _ok(unipar(cluster.env, "status"))
+        return out.count(" 0 objects") == 3
+    wait_for(stores_empty, timeout=60, interval=0.5, message="every node's store to be empty")
+
+
+def test_actors_die_with_the_driver_that_made_them(cluster: Cluster):
+    code = """
+        import unipar
+        unipar.init()
+        @unipar.remote
+        class Holder:
+            def ping(self):
+                return "pong"
+        h = Holder.options(resources={"res_c": 1}).remote()
+        assert unipar.get(h.ping.remote()) == "pong"
+    """
+    _ok(cluster.driver(code))    # exits without killing it
+
+    def freed() -> bool:
+        return "res_c 0/1" in _ok(unipar(cluster.env, "status"))
+    wait_for(freed, timeout=60, interval=0.5, message="the actor's resources to be freed")

@@ -144,7 +144,8 @@ class NativeBackend(Backend):
 
     # -- cluster -------------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
-        return [{k: v for k, v in n.items() if k != "Address"} for n in self.client.nodes()]
+        return [{k: v for k, v in n.items() if k not in ("Address", "Available")}
+                for n in self.client.nodes()]
 
     def cluster_resources(self) -> dict[str, float]:
         total: dict[str, float] = {}
@@ -155,7 +156,14 @@ class NativeBackend(Backend):
         return total
 
     def available_resources(self) -> dict[str, float]:
-        return dict(self.client.node_info()["available"])
+        nodes = [n for n in self.client.nodes() if n["Alive"]]
+        if len(nodes) <= 1:   # one node: ask it (exact, now)
+            return dict(self.client.node_info()["available"])
+        free: dict[str, float] = {}   # several: what each reported in the last second
+        for node in nodes:
+            for key, value in node.get("Available", node["Resources"]).items():
+                free[key] = free.get(key, 0.0) + value
+        return free
 
 
 def worker_setup(client: Client) -> None:

@@ -48,7 +48,7 @@ import cloudpickle
 
 from ..exceptions import (GetTimeoutError, ObjectLostError, TaskCancelledError, UniparError,
                           WorkerCrashedError)
-from ..options import InitOptions, resource_demand
+from ..options import InitOptions, TaskOptions, resource_demand
 from ._spark_actors import ActorTable, split_args
 from ._spark_channel import ChannelServer
 from ._spark_executor import DRIVER_STORES, SessionInfo, SparkRef, TaskPayload, runner_partition
@@ -100,7 +100,7 @@ class _Task:
     args_blob: bytes
     deps: list[int]
     outputs: list[int]
-    spec: TaskSpec
+    options: TaskOptions          # not the spec: its args are the caller's live objects
     demand: dict[str, float]
     parent: int | None
     state: str = "waiting"        # waiting -> ready -> running|inline -> done
@@ -394,9 +394,13 @@ class SparkBackend(Backend):
     # -- tasks -------------------------------------------------------------------------------
     def submit(self, spec: TaskSpec, parent: int | None = None) -> list[SparkRef]:
         self._check_live()
-        fn_bytes = self._fn_cache.get(spec.function_id)
+        # Function ids are unique per process; ids made on different executor hosts may clash,
+        # so only the driver's own functions are cached.
+        fn_bytes = self._fn_cache.get(spec.function_id) if parent is None else None
         if fn_bytes is None:
-            fn_bytes = self._fn_cache[spec.function_id] = cloudpickle.dumps(spec.function)
+            fn_bytes = cloudpickle.dumps(spec.function)
+            if parent is None:
+                self._fn_cache[spec.function_id] = fn_bytes
         args_blob, deps = split_args(spec.args, dict(spec.kwargs))
         with self.lock:
             self.drain_counts()
@@ -404,7 +408,7 @@ class SparkBackend(Backend):
             task_id = next(self._ids)
             made = [self.new_entry(task_id) for _ in range(spec.options.num_returns)]
             task = _Task(task_id, _short_name(spec), spec.function_id, fn_bytes, args_blob, deps,
-                         [oid for oid, _ in made], spec, resource_demand(spec.options), parent)
+                         [oid for oid, _ in made], spec.options, resource_demand(spec.options), parent)
             self._tasks[task_id] = task
             if parent in self._tasks:
                 self._tasks[parent].children.append(task_id)
@@ -497,7 +501,7 @@ class SparkBackend(Backend):
     def _payload(self, task: _Task) -> TaskPayload:
         return TaskPayload(self.info, task.id, task.attempt, task.name, task.fn_id, task.fn_bytes,
                            task.args_blob, tuple(self.dep_values(task.deps)),
-                           task.spec.options.num_returns, task.spec.options)
+                           task.options.num_returns, task.options)
 
     def _start(self, task: _Task, runner: "_Runner | None") -> None:
         task.state = "running" if runner is not None else "inline"
@@ -515,7 +519,7 @@ class SparkBackend(Backend):
         """
         if self.spark.is_local:
             return 1
-        return min(max(1, math.ceil(task.spec.options.num_cpus)), max(self.slots, 1))
+        return min(max(1, math.ceil(task.options.num_cpus)), max(self.slots, 1))
 
     def _launch_runner(self, task: _Task, cores: int = 1) -> None:
         runner = _Runner(next(self._ids), f"unipar-{self.session_id[:8]}-runner-{next(self._ids)}",
@@ -569,7 +573,7 @@ class SparkBackend(Backend):
     def _job_lost(self, task: _Task, error: BaseException | None) -> None:
         """The job ended without the task's result: its worker died (or its executor was lost)."""
         reason = _crash_reason(error) if error is not None else "it ended without a result"
-        retries = task.spec.options.max_retries
+        retries = task.options.max_retries
         self._release(task)
         task.runner = None
         if retries == -1 or task.crashes < retries:

@@ -226,7 +226,10 @@ class ActorTable:
             if call is None:
                 return
             for i, oid in enumerate(call.outputs):
-                self._b.finish(oid, value=value[i]) if status == "ok" else self._b.finish(oid, error=value)
+                if status == "ok":
+                    self._b.finish(oid, value=value[i])
+                else:
+                    self._b.finish(oid, error=value)
             self._stop_if_orphaned(actor)
 
     # -- calls ---------------------------------------------------------------------------------

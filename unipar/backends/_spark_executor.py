@@ -263,13 +263,18 @@ def ensure_worker(info: SessionInfo) -> None:
 
 # -- running tasks --------------------------------------------------------------------------
 
-_functions: dict[str, Any] = {}  # unpickled functions by id: Python workers are reused
+# Unpickled functions by their pickled bytes (ids from different hosts may clash): Python
+# workers are reused, so a function is unpickled once per worker. Bounded: cleared when full.
+_functions: dict[bytes, Any] = {}
+_FUNCTIONS_MAX = 256
 
 
 def _load_function(fn_id: str, fn_bytes: bytes) -> Any:
-    fn = _functions.get(fn_id)
+    fn = _functions.get(fn_bytes)
     if fn is None:
-        fn = _functions[fn_id] = cloudpickle.loads(fn_bytes)
+        if len(_functions) >= _FUNCTIONS_MAX:
+            _functions.clear()
+        fn = _functions[fn_bytes] = cloudpickle.loads(fn_bytes)
     return fn
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import shutil
 import tempfile
 from typing import Any
@@ -126,6 +127,8 @@ class RayPlain:
         # a private temp dir (removed at shutdown).
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray would otherwise write a token to ~/.ray/auth_token; keep it in the environment.
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
         import ray
         self.ray = ray
         self.temp_dir = tempfile.mkdtemp(prefix="unipar-bench-ray-")

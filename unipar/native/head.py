@@ -40,6 +40,7 @@ class Head:
             P.LookupName.op: self.on_lookup_name,
             P.UnregisterName.op: self.on_unregister_name,
             P.ActorLocation.op: self.on_actor_location,
+            P.NodeStatus.op: self.on_node_status,
             P.LookupActor.op: self.on_lookup_actor,
             P.Shutdown.op: self.on_shutdown,
         }
@@ -54,7 +55,8 @@ class Head:
         host = msg.address.rpartition("://")[2].rpartition(":")[0]
         self.nodes[msg.node_id] = {"NodeID": msg.node_id, "Alive": True,
                                    "NodeManagerAddress": host, "Address": msg.address,
-                                   "Resources": dict(msg.resources)}
+                                   "Resources": dict(msg.resources),
+                                   "Available": dict(msg.resources)}
         if msg.req_id:
             conn.send(P.Reply(msg.req_id, True))
 
@@ -84,6 +86,11 @@ class Head:
             del self.names[msg.name]
         if msg.req_id:
             conn.send(P.Reply(msg.req_id, True))
+
+    def on_node_status(self, conn: ServerConnection, msg: P.NodeStatus) -> None:
+        node = self.nodes.get(msg.node_id)
+        if node is not None:
+            node["Available"] = dict(msg.available)
 
     def on_actor_location(self, conn: ServerConnection, msg: P.ActorLocation) -> None:
         self.actor_nodes[msg.actor_id] = msg.node_id

@@ -229,6 +229,8 @@ class Node(ActorHost, PeerHost):
         self.clients.pop(cid, None)
         if conn in self.drivers:
             self.drivers.remove(conn)
+        if conn.info.get("actors") and not self.stopping.is_set():
+            self.kill_owned_actors(conn)
         for oid in conn.info.get("held", ()):
             obj = self.objects.get(oid)
             if obj is not None:

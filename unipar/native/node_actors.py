@@ -49,6 +49,9 @@ class ActorHost:
     actors: dict[bytes, Actor]
 
     def on_create_actor(self, conn: ServerConnection, msg: P.CreateActor) -> None:
+        if conn.info.get("role") in ("driver", "remote", "peer"):
+            # Fate-sharing, as in Ray: a driver's actors die when it disconnects.
+            conn.info.setdefault("actors", []).append(msg.actor_id)
         peer = self.maybe_forward_actor(msg) if self.peers else None
         if peer is not None:   # it asks for resources only another node has
             self.forward_actor(conn, msg, peer)
@@ -207,6 +210,16 @@ class ActorHost:
             task.state = "queued"
             actor.queue.appendleft(task)
         self._start_actor_process(actor)
+
+    def kill_owned_actors(self, conn: ServerConnection) -> None:
+        """``conn`` (a driver, or a peer on behalf of its drivers) went away: kill its actors."""
+        for aid in conn.info.get("actors", ()):
+            actor = self.actors.get(aid)
+            if actor is None:
+                self.kill_remote(aid, True)
+            elif actor.state != "dead":
+                self._actor_dead(actor, S.pack_error(ActorDiedError(
+                    f"actor {actor.msg.class_name} died: the driver that created it exited")))
 
     def on_kill_actor(self, conn: ServerConnection, msg: P.KillActor) -> None:
         actor = self.actors.get(msg.actor_id)

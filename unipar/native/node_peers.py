@@ -124,6 +124,7 @@ class PeerHost:
     def peers_tick(self) -> None:
         self.peer_ticks += 1
         if self.peer_ticks % PEER_REFRESH_TICKS == 1:
+            self.tell_head(P.NodeStatus(self.node_id, self.sched.available()))
             self.ask_head(lambda r: P.ListNodes(r), self._update_peers)
 
     def _update_peers(self, nodes: list[dict[str, Any]]) -> None:

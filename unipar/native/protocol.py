@@ -467,6 +467,14 @@ class UnregisterName(Message):
 
 
 @message
+class NodeStatus(Message):
+    """A node's free resources, sent to the head about once a second (for cluster views)."""
+    op = "node_status"
+    node_id: str
+    available: dict
+
+
+@message
 class ActorLocation(Message):
     """A node hosts this actor (so any node can route calls from handles it receives)."""
     op = "actor_location"
