@@ -85,6 +85,7 @@ class ActorHost:
             return
         actor.gpu_ids = action.gpu_ids
         self._start_actor_process(actor)
+        self.status_changed()
 
     def _start_actor_process(self, actor: Actor) -> None:
         actor.state = "starting"
@@ -172,6 +173,7 @@ class ActorHost:
         w = self.workers.get(actor.worker or "")
         if w is not None:
             self._retire(w.wid)
+        self.status_changed()
         if actor.msg.name and self.head is not None and not self.head.closed:
             try:
                 self.head.send(P.UnregisterName(0, actor.msg.name, actor.msg.actor_id))

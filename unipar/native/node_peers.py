@@ -57,6 +57,7 @@ class Peer:
         self.inflight: dict[bytes, Any] = {}      # task id -> Task sent there, not finished
         self.used: dict[str, float] = {}         # resources of the tasks in ``inflight``
         self.pushed: dict[bytes, int] = {}       # object id -> tasks there that use our copy
+        self.avail: dict[str, float] = dict(total)   # its free resources, as last reported
 
     def add(self, task: Any) -> None:
         self.inflight[task.task_id] = task
@@ -136,6 +137,8 @@ class PeerHost:
             if node["Alive"] and peer is None:
                 peer = self.peers[nid] = Peer(nid, node["Address"], node["Resources"])
                 self._connect(peer)
+            if peer is not None and node["Alive"]:
+                peer.avail = dict(node.get("Available", node["Resources"]))
             elif not node["Alive"] and peer is not None and peer.alive:
                 self._peer_lost(peer)
 
@@ -384,14 +387,32 @@ class PeerHost:
 
     # -- actors elsewhere ----------------------------------------------------------------------
     def maybe_forward_actor(self, msg: P.CreateActor) -> Peer | None:
-        """A peer for an actor whose resources this node lacks (None: create it here)."""
-        demand = msg.resources
-        if all(self.sched.total.get(k, 0.0) >= v for k, v in demand.items() if v > 0):
+        """A peer for an actor (None: create it here). Here when this node has room for it
+        now; else a peer with room (as it last reported, less what we placed there since);
+        else here if this node could ever hold it, else any peer that could."""
+        demand = {k: v for k, v in msg.resources.items() if v > 0}
+        if not demand:
             return None
-        candidates = [p for p in self.live_peers() if p.has(demand)]
-        if not candidates:
+        free = self.sched.available()
+        for queued in self.sched.actor_queue.values():
+            for key, amount in queued.demand.items():
+                free[key] = free.get(key, 0.0) - amount
+        if all(free.get(k, 0.0) + 1e-9 >= v for k, v in demand.items()):
             return None
-        return min(candidates, key=lambda p: len(p.inflight))
+        peers = [p for p in self.live_peers() if p.has(demand)]
+        roomy = [p for p in peers if all(p.avail.get(k, 0.0) + 1e-9 >= v for k, v in demand.items())]
+        here = all(self.sched.total.get(k, 0.0) >= v for k, v in demand.items())
+        if not roomy and (here or not peers):
+            return None
+        peer = max(roomy or peers, key=lambda p: p.avail.get("CPU", 0.0))
+        for key, amount in demand.items():
+            peer.avail[key] = peer.avail.get(key, 0.0) - amount
+        return peer
+
+    def status_changed(self) -> None:
+        """Actors took or gave back resources: tell the head now (cluster views stay fresh)."""
+        if self.head is not None:
+            self.tell_head(P.NodeStatus(self.node_id, self.sched.available()))
 
     def forward_actor(self, conn: ServerConnection, msg: P.CreateActor, peer: Peer) -> None:
         """Create the actor on ``peer``; its constructor's arguments are pushed there first."""
