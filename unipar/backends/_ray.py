@@ -514,8 +514,24 @@ class RayBackend(Backend):
             self._named.pop(name, None)
             self._looked_up.pop(name, None)
         if no_restart:
+            self._wait_dead(actor_id)
             for name in names:
                 self._wait_name_free(name, actor_id)
+
+    def _wait_dead(self, actor_id: Any) -> None:
+        """ray.kill() returns before the actor is gone, and a call made in that moment would
+        still run; unipar's kill means later calls fail. Wait until the actor refuses calls."""
+        ray = self._live()
+        deadline = time.monotonic() + _NAME_FREE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                ray.get(actor_id.__ray_ready__.remote(), timeout=max(deadline - time.monotonic(), 0.01))
+            except ray.exceptions.GetTimeoutError:
+                break
+            except ray.exceptions.RayError:
+                return  # dead: calls now fail with RayActorError
+            time.sleep(0.02)
+        log.warning("Ray still runs calls on the killed actor after %.0f s", _NAME_FREE_TIMEOUT_S)
 
     def _wait_name_free(self, name: str, actor_id: Any) -> None:
         """Ray frees a name when the actor is dead, a moment after kill(): wait for it, so
