@@ -7,6 +7,7 @@ The fixture's finalizer runs ``unipar stop`` and kills anything left, even when 
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import textwrap
 
@@ -315,3 +316,57 @@ def test_actors_die_with_the_driver_that_made_them(cluster: Cluster):
     def freed() -> bool:
         return "res_c 0/1" in _ok(unipar(cluster.env, "status"))
     wait_for(freed, timeout=60, interval=0.5, message="the actor's resources to be freed")
+
+
+@pytest.mark.parametrize("failure", ["killed", "frozen"])
+def test_a_dead_nodes_task_is_retried_on_another_node(tmp_path, failure):
+    """A node killed (its connections close) or frozen (SIGSTOP: connected but silent, so
+    only the missed heartbeats tell) is declared dead; its task runs again elsewhere."""
+    state = str(tmp_path / "state")
+    c = Cluster(state, base_env(state))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    try:
+        c.start(["--num-cpus", "1", "--node-timeout", "3"],
+                [["--num-cpus", "1", "--resources", '{"x": 1}'],
+                                      ["--num-cpus", "1", "--resources", '{"x": 1}']])
+        code = f"""
+            import os, time, unipar
+            unipar.init()
+            @unipar.remote(resources={{"x": 1}}, max_retries=2)
+            def slow():
+                mark = os.path.join({str(marks)!r}, str(os.getpid()))
+                first = not os.listdir({str(marks)!r})
+                with open(mark, "w") as f:
+                    f.write(os.environ["UNIPAR_NODE_ADDRESS"])
+                if first:
+                    time.sleep(600)   # the test kills this node meanwhile
+                return os.environ["UNIPAR_NODE_ADDRESS"]
+            print("RESULT", unipar.get(slow.remote(), timeout=240))
+        """
+        import subprocess, sys, textwrap
+        driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                                  env=dict(c.env, UNIPAR_ADDRESS="auto"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = wait_for(lambda: os.listdir(marks), timeout=120, interval=0.2,
+                             message="the task to start")
+            where = (marks / first[0]).read_text()
+            victim = next(r for r in c.records
+                          if r.get("session_dir") and r["session_dir"] in where)
+            os.kill(victim["pid"], signal.SIGKILL if failure == "killed" else signal.SIGSTOP)
+            out, err = driver.communicate(timeout=240)
+        finally:
+            if failure == "frozen":
+                os.kill(victim["pid"], signal.SIGCONT)   # it comes back: too late to matter
+            if driver.poll() is None:
+                driver.kill()
+                driver.communicate()
+        assert driver.returncode == 0, out + err
+        result = out.split("RESULT", 1)[1].strip()
+        assert result != where and "unix://" in result
+        assert out.count("RESULT") == 1
+        status = _ok(unipar(c.env, "status"))
+        assert "Nodes: 2 alive, 1 dead" in status
+    finally:
+        c.stop()

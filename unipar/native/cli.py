@@ -42,6 +42,9 @@ def configure_start(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resources", default="{}", help='custom resources, JSON: \'{"disk": 2}\'')
     parser.add_argument("--object-store-memory", type=int, help="bytes of shared memory for objects")
     parser.add_argument("--secret-file", help="file holding the cluster secret (joining nodes)")
+    parser.add_argument("--node-timeout", type=float, default=10.0,
+                        help="(head) seconds without a heartbeat before a node is declared "
+                             "dead (default 10)")
     parser.set_defaults(func=cmd_start)
 
 
@@ -56,7 +59,8 @@ def _config(args: argparse.Namespace) -> ClusterConfig:
     return ClusterConfig(num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources,
                          object_store_memory=args.object_store_memory,
                          worker_setup=WORKER_SETUP, host=args.host, port=args.port,
-                         detached=True, log_dir=os.path.join(session.ensure_state_dir(), "logs"))
+                         detached=True, log_dir=os.path.join(session.ensure_state_dir(), "logs"),
+                         node_timeout=args.node_timeout)
 
 
 def _records(cluster: LocalCluster, roles: list[str]) -> list[dict[str, Any]]:

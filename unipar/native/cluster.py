@@ -68,6 +68,7 @@ class ClusterConfig:
     port: int = 0                        # the head's TCP port (0: any free port)
     detached: bool = False               # daemons outlive the starter (``unipar start``)
     log_dir: str = ""                    # detached daemons write stdout/stderr here
+    node_timeout: float = 10.0           # detached: a node silent this long is declared dead
 
 
 class LocalCluster:
@@ -111,7 +112,9 @@ class LocalCluster:
         try:
             if head_sock is not None:
                 launched.append(self._launch("unipar.native.head",
-                                             {"host": cfg.host, "detached": cfg.detached},
+                                             {"host": cfg.host, "detached": cfg.detached,
+                                              "node_timeout": cfg.node_timeout
+                                              if cfg.detached else 0},
                                              {"tcp_fd": head_sock}))
             launched.append(self._launch(BOOT, {
                 "node_id": uuid.uuid4().hex, "session_dir": self.session_dir,

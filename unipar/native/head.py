@@ -17,11 +17,15 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from . import protocol as P
 from .boot import report_ready
 from .server import ServerConnection, serve
+
+
+log = logging.getLogger("unipar.native.head")
 
 
 class Head:
@@ -32,6 +36,8 @@ class Head:
         self.nodes: dict[str, dict[str, Any]] = {}
         self.names: dict[str, tuple[bytes, bytes]] = {}   # name -> (actor id, pickled meta)
         self.actor_nodes: dict[bytes, str] = {}            # actor id -> hosting node id
+        self.last_seen: dict[str, float] = {}               # node id -> its last status (monotonic)
+        self.conns: dict[str, ServerConnection] = {}
         self.stopping = asyncio.Event()
         self.handlers = {
             P.RegisterNode.op: self.on_register_node,
@@ -52,6 +58,8 @@ class Head:
 
     def on_register_node(self, conn: ServerConnection, msg: P.RegisterNode) -> None:
         conn.info["node_id"] = msg.node_id
+        self.last_seen[msg.node_id] = time.monotonic()
+        self.conns[msg.node_id] = conn
         host = msg.address.rpartition("://")[2].rpartition(":")[0]
         self.nodes[msg.node_id] = {"NodeID": msg.node_id, "Alive": True,
                                    "NodeManagerAddress": host, "Address": msg.address,
@@ -89,8 +97,21 @@ class Head:
 
     def on_node_status(self, conn: ServerConnection, msg: P.NodeStatus) -> None:
         node = self.nodes.get(msg.node_id)
-        if node is not None:
+        if node is not None and node["Alive"]:
             node["Available"] = dict(msg.available)
+            self.last_seen[msg.node_id] = time.monotonic()
+
+    def check_heartbeats(self, timeout: float) -> None:
+        """Declare dead every node silent for ``timeout`` s (a node sends its status every
+        second); it is cut off, so its late results cannot reach anyone through us."""
+        now = time.monotonic()
+        for node_id, node in self.nodes.items():
+            if node["Alive"] and now - self.last_seen.get(node_id, now) > timeout:
+                log.warning("node %s sent nothing for %.0f s: declared dead", node_id[:8], timeout)
+                node["Alive"] = False
+                conn = self.conns.pop(node_id, None)
+                if conn is not None:
+                    conn.abort("declared dead: no heartbeat")
 
     def on_actor_location(self, conn: ServerConnection, msg: P.ActorLocation) -> None:
         self.actor_nodes[msg.actor_id] = msg.node_id
@@ -129,6 +150,13 @@ def main(argv: list[str] | None = None) -> None:
             loop.call_soon_threadsafe(head.stopping.set)
         if not cfg.get("detached"):   # started by `unipar start`: runs until SIGTERM
             threading.Thread(target=watch, daemon=True).start()
+        timeout = float(cfg.get("node_timeout") or 0)
+        if timeout > 0:   # clusters of `unipar start`; a driver's own cluster has one node
+            async def heartbeats() -> None:
+                while True:
+                    await asyncio.sleep(1.0)
+                    head.check_heartbeats(timeout)
+            checker = asyncio.ensure_future(heartbeats())   # referenced: not collected
         await head.stopping.wait()
         for server in servers:
             server.close()

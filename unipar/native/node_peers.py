@@ -134,13 +134,15 @@ class PeerHost:
             if nid == self.node_id:
                 continue
             peer = self.peers.get(nid)
-            if node["Alive"] and peer is None:
+            if not node["Alive"]:
+                if peer is not None and peer.alive:
+                    self._peer_lost(peer)
+                continue
+            if peer is None:
                 peer = self.peers[nid] = Peer(nid, node["Address"], node["Resources"])
                 self._connect(peer)
-            if peer is not None and node["Alive"]:
-                peer.avail = dict(node.get("Available", node["Resources"]))
-            elif not node["Alive"] and peer is not None and peer.alive:
-                self._peer_lost(peer)
+            peer.avail = dict(node.get("Available", node["Resources"]))
+        self._move_waiting_actors()
 
     def _connect(self, peer: Peer) -> None:
         peer.connecting = True
@@ -408,6 +410,29 @@ class PeerHost:
         for key, amount in demand.items():
             peer.avail[key] = peer.avail.get(key, 0.0) - amount
         return peer
+
+    def _move_waiting_actors(self) -> None:
+        """Actors waiting here for resources go to a peer that reported room for them."""
+        for aid, queued in list(self.sched.actor_queue.items()):
+            actor = self.actors.get(aid)   # type: ignore[arg-type]
+            demand = {k: v for k, v in queued.demand.items() if v > 0}
+            if actor is None or actor.state != "pending" or actor.init_task is None or not demand:
+                continue
+            roomy = [p for p in self.live_peers() if p.has(demand) and all(
+                p.avail.get(k, 0.0) + 1e-9 >= v for k, v in demand.items())]
+            if not roomy:
+                continue
+            peer = max(roomy, key=lambda p: p.avail.get("CPU", 0.0))
+            for key, amount in demand.items():
+                peer.avail[key] = peer.avail.get(key, 0.0) - amount
+            self.sched.remove_actor(aid)
+            del self.actors[aid]   # type: ignore[arg-type]
+            init = actor.init_task
+            init.remote_create = actor.msg
+            self.remote_creating.add(aid)   # type: ignore[arg-type]
+            self.remote_actors[aid] = peer.node_id   # type: ignore[index]
+            self.remote_calls[aid] = deque(actor.queue)   # type: ignore[index]
+            self.send_remote_create(init)
 
     def status_changed(self) -> None:
         """Actors took or gave back resources: tell the head now (cluster views stay fresh)."""
