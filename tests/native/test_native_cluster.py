@@ -292,10 +292,13 @@ def test_cancel_interrupts_and_recurses_and_gpus_are_assigned():
             raise SystemExit("no error")
         except unipar.TaskCancelledError:
             pass
+        def interrupted():
+            # The file exists as soon as the task opens it, before it writes: read the text.
+            return os.path.exists(base + "-a") and open(base + "-a").read() == "interrupted"
         deadline = time.monotonic() + 30
-        while not os.path.exists(base + "-a") and time.monotonic() < deadline:
+        while not interrupted() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert open(base + "-a").read() == "interrupted"
+        assert interrupted()
 
         top = parent.remote(base + "-b")
         deadline = time.monotonic() + 30

@@ -327,7 +327,7 @@ def test_a_dead_nodes_task_is_retried_on_another_node(tmp_path, failure):
     marks = tmp_path / "marks"
     marks.mkdir()
     try:
-        c.start(["--num-cpus", "1", "--node-timeout", "3"],
+        c.start(["--num-cpus", "1", "--node-timeout", "8"],
                 [["--num-cpus", "1", "--resources", '{"x": 1}'],
                                       ["--num-cpus", "1", "--resources", '{"x": 1}']])
         code = f"""

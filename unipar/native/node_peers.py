@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -165,6 +166,26 @@ class PeerHost:
         peer.conn, peer.connecting = conn, False
         if not peer.alive or self.stopping.is_set():
             conn.close()
+            return
+        self._place_stranded()
+        self._pull_to(peer)
+
+    def _place_stranded(self) -> None:
+        """Tasks queued here for resources this node does not have (they arrived before we
+        knew a peer that has them, or their node died): send them where they can run."""
+        for shape in list(self.sched.queues):
+            demand = dict(shape)
+            if all(self.sched.total.get(k, 0.0) >= v for k, v in demand.items() if v > 0):
+                continue
+            for task_id in list(self.sched.queues.get(shape) or {}):
+                task = self.tasks.get(task_id)
+                if task is None or task.state != "queued":
+                    continue
+                self.sched.remove_task(task_id)
+                if not self.maybe_forward(task, task.from_peer):
+                    self.sched.add_task(task_id, task.resources, time.monotonic(),
+                                        f"task {task.name}", front=True)
+                    break
 
     def live_peers(self) -> list[Peer]:
         return [p for p in self.peers.values() if p.alive and p.conn is not None]
@@ -334,7 +355,8 @@ class PeerHost:
                     continue
                 self.sched.remove_task(task_id)
                 if not self.forward(task, peer):
-                    self.sched.add_task(task_id, task.resources, 0.0, front=True)
+                    self.sched.add_task(task_id, task.resources, time.monotonic(),
+                                        f"task {task.name}", front=True)
                     return
 
     def release_remote(self, oid: bytes) -> None:
