@@ -124,3 +124,28 @@ def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.02,
         if time.monotonic() >= deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {message}", pytrace=False)
         time.sleep(interval)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago, for a service a test starts."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def terminate(procs: list[Any], grace: float = 10.0) -> None:
+    """Stop psutil processes: SIGTERM, then SIGKILL whatever is left after ``grace`` seconds."""
+    import psutil
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)

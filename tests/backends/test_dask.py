@@ -9,7 +9,6 @@ finalizer kills exactly those.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,18 +24,12 @@ pytest.importorskip("distributed")
 import unipar  # noqa: E402
 from unipar.backends._dask_cluster import split, worker_groups  # noqa: E402
 from unipar.options import InitOptions  # noqa: E402
-from unipar.testing import wait_for  # noqa: E402
+from unipar.testing import free_port, terminate, wait_for  # noqa: E402
 
 MARKER = "UNIPAR_DASK_TEST_MARKER"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _marked(marker: str) -> list[psutil.Process]:
     found = []
@@ -50,19 +43,7 @@ def _marked(marker: str) -> list[psutil.Process]:
 
 
 def _kill_marked(marker: str) -> None:
-    procs = _marked(marker)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
+    terminate(_marked(marker))
 
 
 class ExternalCluster:
@@ -70,7 +51,7 @@ class ExternalCluster:
 
     def __init__(self, directory: Path, workers: int, resources: str | None) -> None:
         self.marker = uuid.uuid4().hex
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.workers = workers
         self.directory = directory
@@ -254,7 +235,7 @@ def test_actor_restarts_after_its_worker_died(joined):
 def test_unreachable_scheduler_is_backend_unavailable():
     unipar.shutdown()
     with pytest.raises(unipar.BackendUnavailableError, match="scheduler"):
-        unipar.init(f"tcp://127.0.0.1:{_free_port()}", backend="dask",
+        unipar.init(f"tcp://127.0.0.1:{free_port()}", backend="dask",
                     backend_options={"connect_timeout": 2})
     assert not unipar.is_initialized()
 

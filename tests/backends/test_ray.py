@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,8 @@ import pytest
 
 pytest.importorskip("ray")
 
+from unipar.testing import free_port, terminate  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
@@ -33,12 +34,6 @@ MARKER = "UNIPAR_RAY_TEST_MARKER"
 def _ray_client_missing() -> str | None:
     from ray._private.utils import get_ray_client_dependency_error
     return get_ray_client_dependency_error()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _marked(marker: str, temp_dir: str | None = None) -> list[psutil.Process]:
@@ -63,19 +58,7 @@ def _marked(marker: str, temp_dir: str | None = None) -> list[psutil.Process]:
 
 
 def _stop_marked(marker: str, temp_dir: str | None = None) -> None:
-    procs = _marked(marker, temp_dir)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    terminate(_marked(marker, temp_dir))
 
 
 def _env(tmp_path: Path, marker: str, **extra: str) -> dict[str, str]:
@@ -200,7 +183,7 @@ def ray_head(tmp_path_factory) -> Iterator[dict[str, str]]:
     """A Ray head on loopback, started with the ray CLI as a user would, stopped after."""
     tmp_path = tmp_path_factory.mktemp("ray-head")
     marker = uuid.uuid4().hex
-    port, client_port = _free_port(), _free_port()
+    port, client_port = free_port(), free_port()
     temp_dir = str(tmp_path / "ray")
     env = _env(tmp_path, marker, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
                RAY_USAGE_STATS_ENABLED="0")

@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 import unipar
-from unipar.testing import wait_for
+from unipar.testing import free_port, wait_for
 
 pyspark = pytest.importorskip("pyspark")
 
@@ -164,12 +164,6 @@ def test_init_names_the_ui_and_master(capfd):
 
 # -- a standalone cluster ------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _spark_class(*args: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
            "SPARK_NO_DAEMONIZE": "1"}
@@ -200,7 +194,7 @@ def _port_open(port: int) -> bool:
 def standalone_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A master and one worker with 2 cores, on loopback; stopped after, even on failure."""
     tmp = tmp_path_factory.mktemp("spark-standalone")
-    port = _free_port()
+    port = free_port()
     procs = []
     try:
         procs.append(_spark_class("org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
