@@ -136,16 +136,5 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def terminate(procs: list[Any], grace: float = 10.0) -> None:
     """Stop psutil processes: SIGTERM, then SIGKILL whatever is left after ``grace`` seconds."""
-    import psutil
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
+    from .bench.proctree import kill_tree
+    kill_tree(procs, grace=grace)
