@@ -22,7 +22,7 @@ from typing import Any
 
 from . import protocol as P
 from .boot import report_ready
-from .server import ServerConnection, serve
+from .server import ServerConnection, run_loop, serve
 
 
 log = logging.getLogger("unipar.native.head")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         for server in servers:
             server.close()
 
-    asyncio.run(run())
+    run_loop(run())
     os._exit(0)   # nothing left to flush: skip interpreter teardown, shutdown stays fast
 
 

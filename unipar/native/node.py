@@ -39,7 +39,7 @@ from .boot import report_ready, spawn_worker
 from .node_actors import Actor, ActorHost, exit_code
 from .node_peers import PeerHost
 from .scheduler import Dispatch, PlaceActor, RetireWorker, Scheduler, StartWorkers
-from .server import ServerConnection, serve
+from .server import ServerConnection, run_loop, serve
 from .transport import Connection
 
 log = logging.getLogger("unipar.native.node")
@@ -808,7 +808,7 @@ def main(argv: list[str] | None = None, secret: bytes | None = None,
             server.close()
 
     try:
-        asyncio.run(run())
+        run_loop(run())
     finally:
         shutil.rmtree(cfg["session_dir"], ignore_errors=True)
         shutil.rmtree(cfg["spill_dir"], ignore_errors=True)

@@ -161,7 +161,7 @@ class Connection:
         sock = self.sock
         try:
             while True:
-                chunk = sock.recv(1 << 20)
+                chunk = sock.recv(65536)
                 if not chunk:
                     return
                 buf += chunk
