@@ -12,6 +12,7 @@ backend bound to the worker's own client, so tasks can call ``unipar.get``/``.re
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 from typing import Any, Hashable, Sequence
 
 from ..exceptions import BackendUnavailableError
@@ -48,7 +49,7 @@ class NativeBackend(Backend):
             return
         from ..native.cluster import ClusterConfig, LocalCluster   # drivers only: keeps workers lean
         extra = dict(options.backend_options)
-        known = {"spill_limit", "stuck_warning_after", "worker_idle_timeout"}
+        known = {"spill_limit", "stuck_warning_after", "worker_idle_timeout", "dashboard_port"}
         unknown = sorted(set(extra) - known)
         if unknown:
             raise ValueError(f"unknown native backend_options: {', '.join(unknown)} "
@@ -58,8 +59,12 @@ class NativeBackend(Backend):
             resources=dict(options.resources), object_store_memory=options.object_store_memory,
             spill_limit=extra.get("spill_limit"), worker_setup=WORKER_SETUP,
             stuck_warning_after=float(extra.get("stuck_warning_after", 5.0)),
-            worker_idle_timeout=float(extra.get("worker_idle_timeout", 10.0))))
+            worker_idle_timeout=float(extra.get("worker_idle_timeout", 10.0)),
+            dashboard_port=extra.get("dashboard_port")))   # none by default: cold start
         self._cluster.start()
+        if "dashboard_port" in extra:   # asked for: say where it is, or why it is not
+            where = self._cluster.dashboard_url or f"off: {self._cluster.dashboard_problem}"
+            print(f"unipar dashboard: {where}", file=sys.stderr)
         self._client = Client(self._cluster.node_unix_address, self._cluster.secret,
                               role="driver", log_to_driver=options.log_to_driver)
 

@@ -20,8 +20,8 @@ import psutil
 
 from . import session
 from .cluster import ClusterConfig, LocalCluster
-from .connect import ConnectError, ask, head_address_of, list_nodes, open_connection
-from . import protocol as P
+from .connect import ConnectError, head_address_of, list_nodes
+from .dashboard import DEFAULT_PORT as DASHBOARD_PORT, cluster_snapshot, num, size
 
 DEFAULT_PORT = 6380
 WORKER_SETUP = "unipar.backends._native:worker_setup"
@@ -45,7 +45,23 @@ def configure_start(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-timeout", type=float, default=10.0,
                         help="(head) seconds without a heartbeat before a node is declared "
                              "dead (default 10)")
+    parser.add_argument("--include-dashboard", type=_boolean, default=True, metavar="BOOL",
+                        help="(head) serve the read-only web dashboard (default true; needs "
+                             "aiohttp: pip install 'unipar[dashboard]')")
+    parser.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT,
+                        help=f"(head) the dashboard's port (default {DASHBOARD_PORT}; 0: any "
+                             "free port)")
+    parser.add_argument("--dashboard-host", default="127.0.0.1",
+                        help="(head) address the dashboard listens on (default 127.0.0.1: this "
+                             "machine only; 0.0.0.0 shows it to the network)")
     parser.set_defaults(func=cmd_start)
+
+
+def _boolean(text: str) -> bool:
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return value[text.lower()]
 
 
 def _config(args: argparse.Namespace) -> ClusterConfig:
@@ -60,7 +76,10 @@ def _config(args: argparse.Namespace) -> ClusterConfig:
                          object_store_memory=args.object_store_memory,
                          worker_setup=WORKER_SETUP, host=args.host, port=args.port,
                          detached=True, log_dir=os.path.join(session.ensure_state_dir(), "logs"),
-                         node_timeout=args.node_timeout)
+                         node_timeout=args.node_timeout,
+                         dashboard_port=args.dashboard_port
+                         if args.head and args.include_dashboard else None,
+                         dashboard_host=args.dashboard_host)
 
 
 def _records(cluster: LocalCluster, roles: list[str]) -> list[dict[str, Any]]:
@@ -113,7 +132,8 @@ def _start_head(config: ClusterConfig, args: argparse.Namespace) -> int:
         return 1
     secret_file = session.write_secret(cluster.secret)
     session.write_state({"head": cluster.head_address, "node": cluster.node_unix_address,
-                         "procs": _records(cluster, ["head", "node"])})
+                         "procs": _records(cluster, ["head", "node"]),
+                         "dashboard": cluster.dashboard_url})
     hostport = cluster.head_address.removeprefix("tcp://")
     ip = hostport.rpartition(":")[0]
     print(f"""Local node IP: {ip}
@@ -121,6 +141,8 @@ def _start_head(config: ClusterConfig, args: argparse.Namespace) -> int:
 --------------------
 unipar runtime started.
 --------------------
+
+{_dashboard_line(cluster)}
 
 Next steps
   To add another node to this cluster, copy the secret file {secret_file}
@@ -149,6 +171,14 @@ Next steps
     return 0
 
 
+def _dashboard_line(cluster: LocalCluster) -> str:
+    if cluster.dashboard_url:
+        return f"View the dashboard (read-only) at {cluster.dashboard_url}"
+    if cluster.dashboard_problem:
+        return f"Dashboard: off: {cluster.dashboard_problem}."
+    return "Dashboard: off (--include-dashboard false)."
+
+
 def _start_node(config: ClusterConfig, args: argparse.Namespace, state: dict[str, Any]) -> int:
     try:
         head = head_address_of(args.address)
@@ -172,7 +202,8 @@ def _start_node(config: ClusterConfig, args: argparse.Namespace, state: dict[str
         session.write_secret(secret)   # for `unipar status` and address="auto" here
     procs = [r for r in state.get("procs", []) if _live(r)] + _records(cluster, ["node"])
     session.write_state({"head": state.get("head") if state.get("procs") else head,
-                         "node": state.get("node") or cluster.node_unix_address, "procs": procs})
+                         "node": state.get("node") or cluster.node_unix_address, "procs": procs,
+                         "dashboard": state.get("dashboard", "") if state.get("procs") else ""})
     print(f"unipar node started ({cluster.node_address}), joined the cluster at {head}.\n"
           "  To see the cluster: unipar status\n  To stop this machine's unipar processes: "
           "unipar stop")
@@ -225,18 +256,6 @@ def configure_status(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=cmd_status)
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-def _num(x: float) -> str:
-    return f"{x:g}"
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     state = session.read_state()
     head = head_address_of(args.address) if args.address else state.get("head")
@@ -252,40 +271,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConnectError as exc:
         print(f"unipar status: {exc}", file=sys.stderr)
         return 1
-    alive = [n for n in nodes if n["Alive"]]
+    snap = cluster_snapshot(nodes, secret, head)
+    totals = snap["totals"]
     print(f"unipar cluster, head at {head}")
-    print(f"Nodes: {len(alive)} alive, {len(nodes) - len(alive)} dead")
-    totals: dict[str, list[float]] = {}
-    for node in nodes:
-        print(f"  node {node['NodeID'][:12]}  {'alive' if node['Alive'] else 'DEAD '}  "
-              f"{node['Address']}")
-        if not node["Alive"]:
-            continue
-        try:
-            conn = open_connection(node["Address"], secret)
-            try:
-                info = ask(conn, lambda r: P.NodeInfo(r))
-            finally:
-                conn.close()
-        except ConnectError as exc:
-            print(f"    (no answer: {exc})")
-            continue
-        used = []
-        for key, total in info["total"].items():
-            in_use = total - info["available"].get(key, 0.0)
-            totals.setdefault(key, [0.0, 0.0])
-            totals[key][0] += in_use
-            totals[key][1] += total
-            used.append(f"{key} {_num(in_use)}/{_num(total)}")
-        store = info["store"]
-        print(f"    resources in use: {', '.join(used)}")
-        print(f"    tasks: {info.get('running', 0)} running, {info.get('queued', 0)} waiting; "
-              f"actors: {info.get('actors', 0)}; workers: {info['workers']}; "
-              f"drivers: {info.get('drivers', 0)}")
-        print(f"    object store: {_size(store['shm_used'])} in memory of "
-              f"{_size(store['limit'])}, {_size(store['spill_used'])} spilled, "
-              f"{info.get('objects', store['objects'])} objects")
-    if totals:
+    if state.get("dashboard") and not args.address:
+        print(f"Dashboard: {state['dashboard']}")
+    print(f"Nodes: {totals['nodes_alive']} alive, {totals['nodes_dead']} dead")
+    for node in snap["nodes"]:
+        _print_node(node)
+    if totals["resources"]:
         print("Cluster resources in use: " + ", ".join(
-            f"{k} {_num(v[0])}/{_num(v[1])}" for k, v in totals.items()))
+            f"{k} {num(v['in_use'])}/{num(v['total'])}" for k, v in totals["resources"].items()))
     return 0
+
+
+def _print_node(node: dict[str, Any]) -> None:
+    print(f"  node {node['node_id'][:12]}  {'alive' if node['alive'] else 'DEAD '}  "
+          f"{node['address']}")
+    if node["error"]:
+        print(f"    (no answer: {node['error']})")
+    if "store" not in node:
+        return
+    used = [f"{k} {num(v['in_use'])}/{num(v['total'])}" for k, v in node["resources"].items()]
+    store = node["store"]
+    print(f"    resources in use: {', '.join(used)}")
+    print(f"    tasks: {node['tasks_running']} running, {node['tasks_waiting']} waiting; "
+          f"actors: {node['actors']}; workers: {node['workers']}; drivers: {node['drivers']}")
+    print(f"    object store: {size(store['used'])} in memory of {size(store['limit'])}, "
+          f"{size(store['spilled'])} spilled, {store['objects']} objects")

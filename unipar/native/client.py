@@ -28,18 +28,24 @@ import cloudpickle
 from ..exceptions import (GetTimeoutError, ObjectLostError, ObjectStoreFullError, UniparError)
 from . import protocol as P
 from . import serialization as S
+from .direct import IDLE_GRACE, DirectPool, DirectTask, direct_values
 from .refs import TRACKER, ActorId, NativeRef
+from .transfer import CHUNK_SIZE, Downloads, upload
 from .transport import Connection
 
 REQUEST_TIMEOUT = 60.0
 
 
 class _Entry:
-    """What this process knows about one object: pending (kind None) or its location."""
+    """What this process knows about one object: pending (kind None) or its location.
 
-    __slots__ = ("kind", "payload", "path", "subscribed", "callbacks", "waiters")
+    ``local``: the result of a task pushed directly; only this process knows it (until
+    :meth:`Client.promote` hands it to the node)."""
 
-    def __init__(self, subscribed: bool = False) -> None:
+    __slots__ = ("kind", "payload", "path", "subscribed", "callbacks", "waiters", "local")
+
+    def __init__(self, subscribed: bool = False, local: bool = False) -> None:
+        self.local = local
         self.kind: str | None = None
         self.payload: Any = None
         self.path = ""
@@ -89,6 +95,8 @@ class Client:
         self._entries: dict[bytes, _Entry] = {}
         self._reqs: dict[int, concurrent.futures.Future] = {}
         self._fn_keys: dict[str, str] = {}
+        self._fn_blobs: dict[str, bytes] = {}
+        self.log_sink: Callable[[P.Log], None] | None = None   # a worker forwards nested output
         self._blocked_depth = 0
         self._block_lock = threading.Lock()
         self._hello = concurrent.futures.Future()
@@ -98,17 +106,23 @@ class Client:
         self._stop = threading.Event()
         # Generous: a worker may connect while its node daemon is still importing.
         self.conn = Connection(node_address, secret, timeout=connect_timeout)
-        self.conn.prelude = self._prelude
+        # Big objects reach a remote driver in chunks, assembled here (transfer.py).
+        self._downloads = Downloads(self.conn.send, self._on_ready, self._entries.__contains__)
         self._reader = threading.Thread(target=self._read, args=(self.conn,),
                                         name="unipar-client-reader", daemon=True)
         self._reader.start()
         self.conn.send(P.Hello(role, worker_id, os.getpid()))
+        # Refcount changes go out only after Hello: some may concern a previous session.
+        self.conn.prelude = self._prelude
         info: P.HelloOk = self._hello.result(timeout=REQUEST_TIMEOUT)
         self.client_id = info.client_id
         self.node_id = info.node_id
         self.session_dir = info.session_dir
         self.inline_max = info.inline_max
         self.head_address = info.head_address
+        # Tasks go straight to leased workers on this node; a remote driver (no Unix socket
+        # to the workers) submits everything through the node.
+        self.direct = DirectPool(self) if not self.remote else None
         self._flusher = threading.Thread(target=self._flush_refs, name="unipar-ref-flusher",
                                          daemon=True)
         self._flusher.start()
@@ -134,12 +148,18 @@ class Client:
         # Posted messages go out within ~a millisecond (letting a burst of submissions gather
         # into one write); refs dropped while nothing else is sent reach the node within 0.1 s.
         posted = self.conn.posted
+        timeout = 0.1
         while not self._stop.is_set():
-            if posted.wait(0.1):
+            if posted.wait(timeout):
                 posted.clear()
                 time.sleep(0.0005)
             if self.dead:
                 return
+            timeout = 0.1
+            if self.direct is not None:   # leases idle for a while go back to the node
+                due = self.direct.return_idle(IDLE_GRACE)
+                if due is not None:
+                    timeout = min(timeout, max(due - time.monotonic(), 0.001))
             try:
                 if TRACKER.changes:
                     self.conn.send(None)
@@ -170,42 +190,110 @@ class Client:
     def _dispatch(self, msg: P.Message) -> None:
         op = msg.op
         if op == "object_ready":
-            self._on_ready(msg)  # type: ignore[arg-type]
+            if msg.kind == "chunked":  # type: ignore[attr-defined]
+                self._downloads.start(msg)  # type: ignore[arg-type]
+            else:
+                self._on_ready(msg)  # type: ignore[arg-type]
+        elif op == "object_chunk":
+            self._downloads.on_chunk(msg)  # type: ignore[arg-type]
         elif op == "reply":
             fut = self._reqs.pop(msg.req_id, None)  # type: ignore[attr-defined]
             if fut is not None and not fut.done():
                 fut.set_result(msg)
         elif op == "log":
-            if self.log_to_driver:
-                stream = sys.stderr if msg.stream == "stderr" else sys.stdout  # type: ignore[attr-defined]
-                try:
-                    stream.write(msg.text)  # type: ignore[attr-defined]
-                    stream.flush()
-                except (ValueError, OSError):  # the stream was closed under us
-                    pass
+            self.show_log(msg)  # type: ignore[arg-type]
+        elif op == "lease_granted" and self.direct is not None:
+            self.direct.on_granted(msg)  # type: ignore[arg-type]
+        elif op == "lease_refused" and self.direct is not None:
+            self.direct.on_refused(msg)  # type: ignore[arg-type]
         elif op == "hello_ok":
             self._hello.set_result(msg)
         elif self.handler is not None:
             self.handler(msg)
 
+    def show_log(self, msg: P.Log) -> None:
+        """Output of a task: printed here (a driver) or passed on (a worker)."""
+        if self.log_sink is not None:
+            self.log_sink(msg)
+            return
+        if self.log_to_driver:
+            stream = sys.stderr if msg.stream == "stderr" else sys.stdout
+            try:
+                stream.write(msg.text)
+                stream.flush()
+            except (ValueError, OSError):  # the stream was closed under us
+                pass
+
     def _on_ready(self, msg: P.ObjectReady) -> None:
+        self._resolve_entry(msg.oid, msg.kind, msg.payload, msg.path)
+
+    def _resolve_entry(self, oid: bytes, kind: str, payload: Any, path: str,
+                       local: bool = False) -> bool:
+        """Record an object's value; wakes waiters and runs callbacks. False when nobody
+        here holds the object any more (or it was resolved already)."""
         with self._cond:
-            entry = self._entries.get(msg.oid)
-            if entry is None:
-                return   # nobody here holds it any more
-            entry.kind = msg.kind
-            entry.payload = msg.payload
-            entry.path = msg.path
+            entry = self._entries.get(oid)
+            if entry is None or entry.kind is not None:
+                return False
+            entry.kind = kind
+            entry.payload = payload
+            entry.path = path
+            entry.local = local
             callbacks, entry.callbacks = entry.callbacks, []
             if entry.waiters:
                 woke = False
                 for waiter in entry.waiters:
-                    woke = waiter.hit(msg.kind) or woke
+                    woke = waiter.hit(kind) or woke
                 entry.waiters = []
                 if woke:
                     self._cond.notify_all()
         for callback in callbacks:
             callback()
+        return True
+
+    # -- results of tasks pushed directly (called by DirectPool) ------------------------------
+    def deliver(self, results: list) -> None:
+        """Record a direct task's results. Small ones stay here (local); big ones and ones
+        holding refs the worker stored at the node for us (we hold them there)."""
+        for oid, kind, payload, path, _size, contained in results:
+            at_node = kind == "shm" or bool(contained)
+            if kind != "shm" and payload is not None:
+                payload = bytes(payload)   # the frame's view: keep only this object's bytes
+            if not self._resolve_entry(oid, kind, payload, path, local=not at_node) and at_node:
+                self.conn.post(P.RefUpdates([], [oid]))   # dropped meanwhile: let it go
+
+    def fail_locally(self, return_ids: list[bytes], payload: bytes) -> None:
+        for oid in return_ids:
+            self._resolve_entry(oid, "error", payload, "", local=True)
+
+    def promote(self, oids: Sequence[bytes]) -> None:
+        """Hand our local objects among ``oids`` to the node (a ref to them is about to leave
+        this process); waits for ones still being computed. Later messages on our node
+        connection are therefore handled after the node knows them."""
+        pending = self._local_pending(oids)
+        if pending:
+            self._wait_ready(pending, len(pending), None, stop_on_error=False)
+        with self._cond:
+            moving = []
+            for oid in oids:
+                entry = self._entries.get(oid)
+                if entry is not None and entry.local and entry.kind is not None:
+                    entry.local = False
+                    moving.append((oid, entry.kind, entry.payload))
+        for oid, kind, payload in moving:
+            self.conn.post(P.PutObject(oid, kind, P.blob(payload), "", len(payload), []))
+
+    def _local_pending(self, oids: Sequence[bytes]) -> list[bytes]:
+        with self._cond:
+            return [oid for oid in oids if (e := self._entries.get(oid)) is not None
+                    and e.local and e.kind is None]
+
+    def code_blob(self, key: str) -> bytes:
+        return self._fn_blobs[key]
+
+    def cancel_submitted(self) -> None:
+        if self.direct is not None:
+            self.direct.cancel_all()
 
     def request(self, make: Callable[[int], P.Message], *, head: bool = False,
                 timeout: float = REQUEST_TIMEOUT) -> P.Reply:
@@ -238,6 +326,8 @@ class Client:
             return self._head
 
     def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
         self._stop.set()
         self.conn.posted.set()   # wake the flusher now rather than at its next tick
         try:
@@ -263,6 +353,7 @@ class Client:
             key = hashlib.blake2b(data, digest_size=16).hexdigest()
             self.conn.post(P.RegisterFunction(key, P.blob(data)))
             self._fn_keys[code_id] = key
+            self._fn_blobs[key] = data
         return key
 
     def _pack_args(self, args: tuple, kwargs: dict, extra: Any = None
@@ -283,7 +374,8 @@ class Client:
         args2 = tuple(slot(a) for a in args)
         kwargs2 = {k: slot(v) for k, v in kwargs.items()}
         data, buffers, contained = S.dumps((args2, kwargs2, extra))
-        if self.remote or S.payload_size(data, buffers) <= self.inline_max:
+        # A remote driver sends up to a chunk inline (it cannot write the node's files).
+        if S.payload_size(data, buffers) <= (CHUNK_SIZE if self.remote else self.inline_max):
             return P.blob(S.pack(data, buffers)), deps, contained, keep
         # Big arguments travel through the object store as an object of their own; the task
         # names it as its last dependency.
@@ -297,20 +389,90 @@ class Client:
                     max_retries: int, retry_exceptions: Any) -> list[NativeRef]:
         key = self._code_key(function_id, function)
         payload, deps, contained, keep = self._pack_args(args, kwargs, retry_exceptions)
-        task_id = self.new_id()
-        return_ids = [self.new_id() for _ in range(num_returns)]
+        task = DirectTask(self.new_id(), key, name, payload, deps,
+                          [self.new_id() for _ in range(num_returns)], resources, max_retries,
+                          keep)
+        # Direct when every argument is a small value in hand (or a direct result still
+        # being computed here); through the node when it holds or must hold what the task
+        # needs: big arguments, refs nested in arguments, objects only it knows.
+        direct = self.direct is not None and payload is not None and not contained
         with self._cond:
-            for oid in return_ids:
-                self._entries[oid] = _Entry(subscribed=True)
-        self.conn.post(P.SubmitTask(task_id, key, name, payload, deps, contained, return_ids,
-                                    resources, max_retries))
-        del keep
-        return [NativeRef.owned(oid) for oid in return_ids]
+            if direct:
+                for oid in deps:
+                    entry = self._entries.get(oid)
+                    if entry is None or entry.kind not in ("inline", "error", None) or (
+                            entry.kind is None and not entry.local):
+                        direct = False
+                        break
+            for oid in task.return_ids:
+                self._entries[oid] = _Entry(subscribed=True, local=direct)
+        refs = [NativeRef.owned(oid) for oid in task.return_ids]
+        if not direct:
+            self._when_local_ready(deps + contained, lambda: self.submit_via_node(task, contained))
+            return refs
+        task.keep = keep + [NativeRef(oid) for oid in deps]   # alive until the task is done
+        self._when_local_ready(deps, lambda: self._submit_direct(task))
+        return refs
+
+    def _when_local_ready(self, oids: Sequence[bytes], then: Callable[[], None]) -> None:
+        """Call ``then`` once none of ``oids`` is a local object still being computed (at
+        once, usually; else on the thread that delivers the last of them)."""
+        pending = self._local_pending(oids)
+        if not pending:
+            then()
+            return
+        remaining = [len(pending)]
+        lock = threading.Lock()
+
+        def one_ready() -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                then()
+        with self._cond:
+            late = 0
+            for oid in pending:
+                entry = self._entries.get(oid)
+                if entry is not None and entry.kind is None:
+                    entry.callbacks.append(one_ready)
+                else:
+                    late += 1
+        for _ in range(late):
+            one_ready()
+
+    def _submit_direct(self, task: DirectTask) -> None:
+        entries = self._snapshot(task.deps)
+        for entry in entries:
+            if entry is not None and entry.kind == "error":   # a failed argument fails it
+                self.fail_locally(task.return_ids, entry.payload)
+                return
+        values = direct_values(entries, task.deps)
+        if values is None:   # an argument turned out big (stored at the node)
+            self.submit_via_node(task)
+            return
+        task.values = values
+        self.direct.submit(task)   # type: ignore[union-attr]
+
+    def submit_via_node(self, task: DirectTask, contained: Sequence[bytes] = ()) -> None:
+        """Submit through the node (which pins the arguments and queues the task)."""
+        self.promote(list(task.deps) + list(contained))
+        with self._cond:
+            for oid in task.return_ids:
+                entry = self._entries.get(oid)
+                if entry is not None:
+                    entry.local = False
+        self.conn.post(P.SubmitTask(task.task_id, task.fn_key, task.name, task.args, task.deps,
+                                    list(contained), task.return_ids, task.resources,
+                                    task.retries_left))
+        task.keep = []
 
     # -- objects -------------------------------------------------------------------------------
     def put(self, value: Any) -> NativeRef:
         data, buffers, contained = S.dumps(value)
-        if self.remote or S.payload_size(data, buffers) <= self.inline_max:
+        if contained:
+            self.promote(contained)
+        if S.payload_size(data, buffers) <= (CHUNK_SIZE if self.remote else self.inline_max):
             oid = self.new_id()
             packed = S.pack(data, buffers)
             entry = _Entry(subscribed=True)
@@ -322,6 +484,9 @@ class Client:
         return self._put_large(data, buffers, contained)
 
     def _put_large(self, data: bytes, buffers: list[Any], contained: list[bytes]) -> NativeRef:
+        self.promote(contained)
+        if self.remote:   # in chunks, written by the node (transfer.py)
+            return NativeRef.owned(upload(self, data, buffers, contained))
         oid = self.new_id()
         size = S.payload_size(data, buffers) + 64 * (len(buffers) + 2)
         path = self.request(lambda r: P.Alloc(r, oid, size)).value
@@ -471,6 +636,8 @@ class Client:
         return fut
 
     def cancel(self, ref: NativeRef, force: bool, recursive: bool = True) -> None:
+        if self.direct is not None and self.direct.cancel(ref.oid, force):
+            return
         self.conn.send(P.Cancel(ref.oid, force, recursive))
 
     # -- actors --------------------------------------------------------------------------------
@@ -488,6 +655,9 @@ class Client:
                 return ActorId(existing, name)
         key = self._code_key(class_id, cls)
         payload, deps, contained, keep = self._pack_args(args, kwargs)
+        self.promote(deps + contained)
+        if self.direct is not None:   # idle leases would hold what the actor may need
+            self.direct.return_idle()
         self.conn.send(P.CreateActor(actor_id.id, key, class_name, payload, deps, contained,
                                      resources, max_restarts, max_task_retries, concurrency,
                                      is_async, name or ""))
@@ -497,6 +667,7 @@ class Client:
     def call_actor(self, actor_id: ActorId, method: str, args: tuple, kwargs: dict,
                    num_returns: int) -> list[NativeRef]:
         payload, deps, contained, keep = self._pack_args(args, kwargs)
+        self.promote(deps + contained)
         task_id = self.new_id()
         return_ids = [self.new_id() for _ in range(num_returns)]
         with self._cond:
@@ -524,4 +695,6 @@ class Client:
         return self.request(lambda r: P.ListNodes(r), head=True).value
 
     def node_info(self) -> dict[str, Any]:
+        if self.direct is not None:   # what we hold idle is free for the asking
+            self.direct.return_idle()
         return self.request(lambda r: P.NodeInfo(r)).value

@@ -69,6 +69,8 @@ class ClusterConfig:
     detached: bool = False               # daemons outlive the starter (``unipar start``)
     log_dir: str = ""                    # detached daemons write stdout/stderr here
     node_timeout: float = 10.0           # detached: a node silent this long is declared dead
+    dashboard_port: int | None = None    # the head's web dashboard (None: none; 0: any free port)
+    dashboard_host: str = "127.0.0.1"
 
 
 class LocalCluster:
@@ -86,6 +88,8 @@ class LocalCluster:
         self.node_address = ""
         self.node_unix_address = ""
         self.resources: dict[str, float] = {}
+        self.dashboard_url = ""              # set when the head serves a dashboard
+        self.dashboard_problem = ""          # why it does not, when one was asked for
 
     def start(self, head_address: str = "") -> None:
         """Start a head and a node, or — given ``head_address`` — only a node that joins that
@@ -108,6 +112,13 @@ class LocalCluster:
         self.head_address = head_address or f"tcp://{shown}:{head_sock.getsockname()[1]}"
         self.node_address = f"tcp://{shown}:{node_sock.getsockname()[1]}"
         self.node_unix_address = f"unix://{unix_path}"
+        head_socks = {"tcp_fd": head_sock}
+        if head_sock is not None and cfg.dashboard_port is not None:
+            from .dashboard import bind
+            dash = bind(cfg.dashboard_host, cfg.dashboard_port, advertised_host(cfg.dashboard_host))
+            self.dashboard_url, self.dashboard_problem = dash.url, dash.problem
+            if dash.sock is not None:
+                head_socks["dashboard_fd"] = dash.sock
         launched = []
         try:
             if head_sock is not None:
@@ -115,7 +126,7 @@ class LocalCluster:
                                              {"host": cfg.host, "detached": cfg.detached,
                                               "node_timeout": cfg.node_timeout
                                               if cfg.detached else 0},
-                                             {"tcp_fd": head_sock}))
+                                             head_socks))
             launched.append(self._launch(BOOT, {
                 "node_id": uuid.uuid4().hex, "session_dir": self.session_dir,
                 "spill_dir": self.spill_dir, "resources": self.resources,
@@ -127,7 +138,7 @@ class LocalCluster:
                 "detached": cfg.detached},
                 {"tcp_fd": node_sock, "unix_fd": unix_sock}))
         finally:
-            for sock in (head_sock, node_sock, unix_sock):
+            for sock in (*head_socks.values(), node_sock, unix_sock):
                 if sock is not None:
                     sock.close()   # the daemons hold their own copies
         for read_fd, proc, module in launched:

@@ -5,6 +5,13 @@ connection drops); drivers and workers ask it for the node list and for named ac
 
     node    ── register_node ──▶ head          driver ── register_name / lookup_name ──▶ head
     node    ── unregister_name (actor died) ─▶ head   driver ── list_nodes ──▶ head
+
+A node whose connection drops, or that sends no ``node_status`` for ``--node-timeout`` seconds,
+is declared dead for good. If it was only frozen or cut off, it is told so
+(``node_declared_dead``) when it wakes up and everything it sends is dropped; it exits, as
+Ray's raylet does, and a node started again joins under a new id::
+
+    head ── node_declared_dead ──▶ node (stops its workers and actors, exits)
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class Head:
         self.actor_nodes: dict[bytes, str] = {}            # actor id -> hosting node id
         self.last_seen: dict[str, float] = {}               # node id -> its last status (monotonic)
         self.conns: dict[str, ServerConnection] = {}
+        self.dead: dict[str, str] = {}                      # node id -> why it was declared dead
         self.stopping = asyncio.Event()
         self.handlers = {
             P.RegisterNode.op: self.on_register_node,
@@ -54,10 +62,20 @@ class Head:
     def on_disconnect(self, conn: ServerConnection) -> None:
         node_id = conn.info.get("node_id")
         if node_id in self.nodes:
-            self.nodes[node_id]["Alive"] = False
+            if self.conns.get(node_id) is conn:
+                del self.conns[node_id]
+            if node_id not in self.dead:
+                self._declare_dead(node_id, "its connection to the head closed")
 
     def on_register_node(self, conn: ServerConnection, msg: P.RegisterNode) -> None:
         conn.info["node_id"] = msg.node_id
+        if msg.node_id in self.dead:
+            # Its work was retried or failed elsewhere: it may not come back as itself.
+            if msg.req_id:
+                conn.send(P.Reply(msg.req_id, None, f"node {msg.node_id} was declared dead",
+                                  "dead"))
+            self._told_dead(conn)
+            return
         self.last_seen[msg.node_id] = time.monotonic()
         self.conns[msg.node_id] = conn
         host = msg.address.rpartition("://")[2].rpartition(":")[0]
@@ -69,6 +87,8 @@ class Head:
             conn.send(P.Reply(msg.req_id, True))
 
     def on_list_nodes(self, conn: ServerConnection, msg: P.ListNodes) -> None:
+        if self._told_dead(conn):
+            return
         conn.send(P.Reply(msg.req_id, list(self.nodes.values())))
 
     def on_register_name(self, conn: ServerConnection, msg: P.RegisterName) -> None:
@@ -96,6 +116,8 @@ class Head:
             conn.send(P.Reply(msg.req_id, True))
 
     def on_node_status(self, conn: ServerConnection, msg: P.NodeStatus) -> None:
+        if self._told_dead(conn):
+            return
         node = self.nodes.get(msg.node_id)
         if node is not None and node["Alive"]:
             node["Available"] = dict(msg.available)
@@ -103,20 +125,51 @@ class Head:
 
     def check_heartbeats(self, timeout: float) -> None:
         """Declare dead every node silent for ``timeout`` s (a node sends its status every
-        second); it is cut off, so its late results cannot reach anyone through us."""
+        second): a frozen process, or a machine cut off the network."""
         now = time.monotonic()
         for node_id, node in self.nodes.items():
             if node["Alive"] and now - self.last_seen.get(node_id, now) > timeout:
-                log.warning("node %s sent nothing for %.0f s: declared dead", node_id[:8], timeout)
-                node["Alive"] = False
-                conn = self.conns.pop(node_id, None)
-                if conn is not None:
-                    conn.abort("declared dead: no heartbeat")
+                log.warning("node %s sent nothing for %g s: declared dead", node_id[:8], timeout)
+                self._declare_dead(node_id, f"the head heard nothing from it for {timeout:g} s "
+                                            "(--node-timeout)")
+
+    def _declare_dead(self, node_id: str, reason: str) -> None:
+        """Mark a node dead for good (the others learn it from ``list_nodes`` within a second,
+        retry its tasks and fail calls to its actors) and free the names of its actors.
+
+        Its connection is kept, not closed: a node that is only frozen or cut off still reads
+        it when it wakes up, and learns from ``node_declared_dead`` (sent now, and again as
+        the answer to whatever it sends next) that it must stop. Closing it instead would
+        leave such a node running, unaware, with stale work."""
+        self.nodes[node_id]["Alive"] = False
+        self.dead[node_id] = reason
+        for name, (actor_id, _meta) in list(self.names.items()):
+            if self.actor_nodes.get(actor_id) == node_id:
+                del self.names[name]
+        conn = self.conns.get(node_id)
+        if conn is not None:
+            self._told_dead(conn)
+
+    def _told_dead(self, conn: ServerConnection) -> bool:
+        """True if ``conn`` is a node declared dead: it is told so (once per connection),
+        and what it sent is dropped. False for live nodes, drivers and workers."""
+        node_id = conn.info.get("node_id")
+        reason = self.dead.get(node_id) if node_id is not None else None
+        if reason is None:
+            return False
+        if not conn.info.get("told_dead"):
+            conn.info["told_dead"] = True
+            conn.send(P.NodeDeclaredDead(node_id, reason))
+        return True
 
     def on_actor_location(self, conn: ServerConnection, msg: P.ActorLocation) -> None:
+        if self._told_dead(conn):
+            return
         self.actor_nodes[msg.actor_id] = msg.node_id
 
     def on_lookup_actor(self, conn: ServerConnection, msg: P.LookupActor) -> None:
+        if self._told_dead(conn):
+            return
         conn.send(P.Reply(msg.req_id, self.actor_nodes.get(msg.actor_id)))
 
     def on_shutdown(self, conn: ServerConnection, msg: P.Shutdown) -> None:
@@ -140,6 +193,11 @@ def main(argv: list[str] | None = None) -> None:
         port = servers[0].sockets[0].getsockname()[1]
         shown = cfg.get("advertise") or cfg.get("host", "127.0.0.1")
         report_ready(cfg, f"READY tcp://{shown}:{port}\n")
+        dashboard = None
+        if cfg.get("dashboard_fd") is not None:   # after READY: start-up does not wait for it
+            from .dashboard import start_dashboard
+            dashboard = await start_dashboard(head, secret, f"tcp://{shown}:{port}",
+                                              cfg["dashboard_fd"])
 
         def watch() -> None:   # stdin closes when the process that started us is gone
             try:
@@ -160,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
         await head.stopping.wait()
         for server in servers:
             server.close()
+        if dashboard is not None:
+            await dashboard.cleanup()
 
     run_loop(run())
     os._exit(0)   # nothing left to flush: skip interpreter teardown, shutdown stays fast

@@ -92,6 +92,19 @@ class Task:
         self.remote_create: Any = None     # CreateActor to send to a peer once deps are ready
 
 
+class Lease:
+    """A worker lent to one client, which pushes tasks of one resource shape to it directly.
+    Queued in the scheduler like a task (its id is the lease id) until a worker is free."""
+
+    __slots__ = ("lease_id", "conn", "resources", "worker")
+
+    def __init__(self, lease_id: bytes, conn: ServerConnection, resources: dict) -> None:
+        self.lease_id = lease_id
+        self.conn = conn
+        self.resources = resources
+        self.worker: str | None = None   # set once granted
+
+
 class WorkerProc:
     __slots__ = ("wid", "proc", "conn", "role", "actor_id", "fns", "started")
 
@@ -132,6 +145,7 @@ class Node(ActorHost, PeerHost):
         self.waiters: dict[bytes, list[Task]] = {}
         self.children: dict[bytes, set[bytes]] = {}   # task id -> ids of tasks it submitted
         self.workers: dict[str, WorkerProc] = {}
+        self.leases: dict[bytes, Lease] = {}   # workers lent to clients that push tasks directly
         self.exited: list[WorkerProc] = []
         self.actors: dict[bytes, Actor] = {}
         self.functions: dict[str, bytes] = {}
@@ -163,7 +177,15 @@ class Node(ActorHost, PeerHost):
             P.KillActor.op: self.on_kill_actor,
             P.NodeInfo.op: self.on_node_info,
             P.Log.op: self.on_log,
+            P.RequestLease.op: self.on_request_lease,
+            P.ReturnLease.op: self.on_return_lease,
+            P.PutFor.op: self.on_put_for,
             P.Shutdown.op: self.on_shutdown,
+            # chunked transfer of big objects (transfer.py)
+            P.FetchChunk.op: self.on_fetch_chunk,
+            P.ObjectChunk.op: self.on_object_chunk,
+            P.OfferObject.op: self.on_offer_object,
+            P.PutChunk.op: self.on_put_chunk,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -226,11 +248,16 @@ class Node(ActorHost, PeerHost):
         cid = conn.info.get("client_id")
         if cid is None:
             return
+        self.transfers_disconnected(conn)
         self.clients.pop(cid, None)
         if conn in self.drivers:
             self.drivers.remove(conn)
         if conn.info.get("actors") and not self.stopping.is_set():
             self.kill_owned_actors(conn)
+        for lease_id in list(conn.info.get("leases", ())):
+            # Its pushed tasks are nobody's now: stop them (a graceful client returns its
+            # leases before it goes, so this is a crash or a kill).
+            self._end_lease(lease_id, kill=True)
         for oid in conn.info.get("held", ()):
             obj = self.objects.get(oid)
             if obj is not None:
@@ -313,7 +340,8 @@ class Node(ActorHost, PeerHost):
                                        "actors": sum(1 for a in self.actors.values()
                                                      if a.state != "dead"),
                                        "objects": len(self.objects),
-                                       "drivers": len(self.drivers)}))
+                                       "drivers": len(self.drivers),
+                                       "actor_list": self.actor_list()}))
 
     def on_shutdown(self, conn: ServerConnection, msg: P.Shutdown) -> None:
         self.stop()
@@ -385,8 +413,7 @@ class Node(ActorHost, PeerHost):
 
     def _send_ready(self, conn: ServerConnection, oid: bytes, obj: Obj) -> None:
         if obj.kind == "shm" and conn.info.get("remote"):
-            conn.send(P.ObjectReady(oid, "inline", P.blob(self._read_object(oid, obj)), "",
-                                    obj.size))
+            conn.send(self.ready_for_remote(oid, obj))   # contents, or "chunked": pull them
         elif obj.kind == "shm":
             conn.send(P.ObjectReady(oid, "shm", None, self.store.path(oid) or obj.path, obj.size))
         else:
@@ -583,6 +610,10 @@ class Node(ActorHost, PeerHost):
         return values
 
     def _dispatch(self, action: Dispatch) -> None:
+        lease = self.leases.get(action.task_id)   # type: ignore[arg-type]
+        if lease is not None:
+            self._grant(lease, action)
+            return
         task = self.tasks.get(action.task_id)   # type: ignore[arg-type]
         w = self.workers.get(action.worker_id)
         if task is None or w is None or w.conn is None:
@@ -599,6 +630,66 @@ class Node(ActorHost, PeerHost):
         w.conn.send(P.RunTask(task.task_id, task.fn_key, fn_blob, task.name, P.blob(task.args),
                               self._dep_values(task, w.wid), task.return_ids,
                               list(action.gpu_ids)))
+
+    # -- leases: the direct path -----------------------------------------------------------------
+    def on_request_lease(self, conn: ServerConnection, msg: P.RequestLease) -> None:
+        demand = msg.resources
+        if self.live_peers() and not self.sched.fits_now(demand):
+            # Another node may have room: the client submits through us, and we forward.
+            conn.send(P.LeaseRefused(msg.lease_id, "busy"))
+            return
+        if not self.sched.fits_total(demand):
+            conn.send(P.LeaseRefused(msg.lease_id, "infeasible"))
+            return
+        self.leases[msg.lease_id] = Lease(msg.lease_id, conn, dict(demand))
+        conn.info.setdefault("leases", set()).add(msg.lease_id)
+        self.sched.add_task(msg.lease_id, demand, time.monotonic(), msg.label or "a task")
+        self._schedule()
+
+    def _grant(self, lease: Lease, action: Dispatch) -> None:
+        w = self.workers.get(action.worker_id)
+        if w is None or w.conn is None or lease.conn.closed:
+            self.sched.task_finished(action.worker_id, time.monotonic())
+            if not lease.conn.closed:
+                self.sched.add_task(lease.lease_id, lease.resources, time.monotonic(), front=True)
+            else:
+                self.leases.pop(lease.lease_id, None)
+            self._schedule()
+            return
+        lease.worker = w.wid
+        lease.conn.send(P.LeaseGranted(lease.lease_id, w.wid, direct_address(self, w.wid),
+                                       w.proc.pid, list(action.gpu_ids)))
+
+    def on_return_lease(self, conn: ServerConnection, msg: P.ReturnLease) -> None:
+        self._end_lease(msg.lease_id, msg.kill)
+
+    def _end_lease(self, lease_id: bytes, kill: bool) -> None:
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return
+        lease.conn.info.get("leases", set()).discard(lease_id)
+        if lease.worker is None:
+            self.sched.remove_task(lease_id)
+            return
+        w = self.workers.get(lease.worker)
+        if kill and w is not None:
+            self._kill_worker(w)   # its death is noticed (and handled) like any other
+            return
+        self.sched.task_finished(lease.worker, time.monotonic())
+        self._schedule()
+
+    def on_put_for(self, conn: ServerConnection, msg: P.PutFor) -> None:
+        owner = self.clients.get(msg.owner)
+        if owner is None:   # the client that pushed the task is gone: nobody wants it
+            if msg.kind == "shm":
+                self.store.free(msg.oid)
+            conn.send(P.Reply(msg.req_id, False))
+            return
+        obj = Obj()
+        self.objects[msg.oid] = obj
+        self._hold(owner, msg.oid, obj)
+        self._resolve(msg.oid, msg.kind, msg.payload, msg.path, msg.size, msg.contained)
+        conn.send(P.Reply(msg.req_id, True))
 
     def on_task_done(self, conn: ServerConnection, msg: P.TaskDone) -> None:
         wid = conn.info.get("worker_id")
@@ -748,6 +839,9 @@ class Node(ActorHost, PeerHost):
         if w.conn is None:
             self.sched.worker_start_failed()
         task_id = self.sched.worker_lost(w.wid)
+        lease = self.leases.pop(task_id, None) if task_id else None   # type: ignore[arg-type]
+        if lease is not None:   # its client sees the connection drop and retries or fails
+            lease.conn.info.get("leases", set()).discard(task_id)
         task = self.tasks.get(task_id) if task_id else None   # type: ignore[arg-type]
         if task is not None and not task.cancelled and task.state == "running":
             if task.retries_left != 0:
@@ -759,6 +853,11 @@ class Node(ActorHost, PeerHost):
                     f"the worker process (pid {w.proc.pid}) running task {task.name} died "
                     f"(exit code {code}) and its retries are used up")))
         self._schedule()
+
+
+def direct_address(node: Node, worker_id: str) -> str:
+    """The address of a worker's own socket (see worker.direct_socket_path)."""
+    return "unix://" + os.path.join(node.session_dir, f"{worker_id}.sock")
 
 
 def _watch_parent(loop: asyncio.AbstractEventLoop, node: Node) -> None:

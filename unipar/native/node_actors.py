@@ -237,6 +237,12 @@ class ActorHost:
                     self._kill_worker(w)
         conn.send(P.Reply(msg.req_id, True))
 
+    def actor_list(self, limit: int = 1000) -> list[dict]:
+        """The ``limit`` most recent actors of this node, for ``node_info`` (the dashboard)."""
+        return [{"actor_id": aid.hex(), "class_name": a.msg.class_name, "name": a.msg.name,
+                 "state": a.state, "restarts": a.restarts}
+                for aid, a in list(self.actors.items())[-limit:]]
+
 
 def exit_code(proc: subprocess.Popen) -> int | None:
     """The exit code of a process whose connection just closed (it is exiting or gone)."""

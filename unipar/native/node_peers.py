@@ -17,7 +17,8 @@ passed along, a named actor) asks the head and routes it there.
 
 A ref to an object this node does not know (a ref nested in an argument, a handle to a result
 another node made) is fetched on demand: the node asks every peer; the first that has it sends
-the contents, which are stored once here and shared by every local worker.
+the contents, which are stored once here and shared by every local worker. Objects bigger than
+one chunk are not sent whole: this node pulls them chunk by chunk (:mod:`.transfer`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from . import protocol as P
 from . import serialization as S
 from .object_store import StoreFullError
 from .server import ServerConnection
+from .transfer import CHUNK_SIZE, TransferHost
 from .transport import Connection
 
 log = logging.getLogger("unipar.native.node")
@@ -81,7 +83,7 @@ class Peer:
         return all(self.total.get(k, 0.0) >= v for k, v in demand.items() if v > 0)
 
 
-class PeerHost:
+class PeerHost(TransferHost):
     """Mixed into :class:`~.node.Node`; uses its objects, tasks, store and scheduler."""
 
     def init_peers(self) -> None:
@@ -95,6 +97,7 @@ class PeerHost:
         self.head_reqs: dict[int, Any] = {}
         self.head_req_ids = itertools.count(100)
         self.peer_ticks = 0
+        self.init_transfers()
 
     # -- the head ------------------------------------------------------------------------------
     def on_head_message(self, msg: P.Message) -> None:
@@ -103,6 +106,30 @@ class PeerHost:
             callback = self.head_reqs.pop(msg.req_id, None)  # type: ignore[attr-defined]
             if callback is not None:
                 callback(msg.value)  # type: ignore[attr-defined]
+        elif msg.op == P.NodeDeclaredDead.op:
+            self.declared_dead(msg.reason)  # type: ignore[attr-defined]
+
+    def declared_dead(self, reason: str) -> None:
+        """The head declared this node dead (it was frozen or cut off for longer than the
+        node timeout). The others have already retried its tasks elsewhere, failed calls to
+        its actors and stopped listening to it, so whatever still runs here is stale: stop
+        every worker and actor and exit, as Ray's raylet does when the GCS marks it dead.
+
+        Rejoining under the same id could not be made safe (its results would race the
+        retries), and a new id from inside would strand the drivers connected here with
+        refs the cluster has forgotten; a node started again joins fresh instead."""
+        if self.stopping.is_set():
+            return
+        text = (f"the head declared this node ({self.node_id[:8]}) dead: {reason}. Its tasks "
+                "were retried on other nodes and its actors are dead; it stops now. Start it "
+                "again (unipar start --address=...) to rejoin as a new node.")
+        log.error("%s", text)
+        self._warn(text)   # drivers connected here: their pending gets raise next
+        for peer in list(self.peers.values()):
+            peer.alive = False          # nothing more from or to them
+            if peer.conn is not None:
+                peer.conn.close()
+        self.stop()   # kills every worker (tasks of any origin, actors); the daemon exits
 
     def ask_head(self, make: Any, callback: Any) -> bool:
         if self.head is None or self.head.closed:
@@ -203,11 +230,20 @@ class PeerHost:
 
     # -- messages from peers -------------------------------------------------------------------
     def _on_peer_message(self, peer: Peer, msg: P.Message) -> None:
+        if not peer.alive:
+            # Declared dead: its tasks were retried elsewhere, so a late result must not
+            # resolve (or race) the retry's. Messages read before its connection was closed
+            # still arrive here, after ``_peer_lost``.
+            return
         if msg.op == "object_ready":
             self._peer_object(peer, msg)  # type: ignore[arg-type]
         elif msg.op == "log":
             for driver in self.drivers:
                 driver.send(msg)
+        elif msg.op == "object_chunk":   # a pull of ours, over our connection to it
+            self.chunk_arrived(peer, msg)  # type: ignore[arg-type]
+        elif msg.op == "fetch_chunk":    # it pulls an object we offered, over its connection
+            self.serve_chunk(lambda m: self._send(peer, m), msg)  # type: ignore[arg-type]
 
     def _peer_object(self, peer: Peer, msg: P.ObjectReady) -> None:
         oid = msg.oid
@@ -219,11 +255,16 @@ class PeerHost:
                     return          # another peer may still have it
             self.fetching.pop(oid, None)
             if obj is not None and obj.kind is None:
-                self._adopt(oid, msg.kind, msg.payload, msg.size, [])
+                self._adopt(oid, msg.kind, msg.payload, msg.size, [], peer)
             return
         if obj is None or obj.kind is not None:
             return
-        self._adopt(oid, msg.kind, msg.payload, msg.size, [])
+        self._adopt(oid, msg.kind, msg.payload, msg.size, [], peer)
+        self._result_arrived(peer, obj)
+
+    def _result_arrived(self, peer: Peer, obj: Any) -> None:
+        """A result of a task we sent ``peer`` is here (a pulled one: its last chunk): the
+        task is done once all its results are."""
         task_id = obj.task_id
         task = peer.inflight.get(task_id) if task_id is not None else None
         if task is not None and all(self.objects.get(o) is None or self.objects[o].kind
@@ -237,9 +278,17 @@ class PeerHost:
         except Exception:   # noqa: BLE001 - an undecodable error is not "lost"
             return False
 
-    def _adopt(self, oid: bytes, kind: str, payload: Any, size: int, contained: list) -> None:
+    def _adopt(self, oid: bytes, kind: str, payload: Any, size: int, contained: list,
+               peer: Peer | None = None) -> None:
         """Store contents received from a peer: big ones go to this node's store, once, so
-        every local worker maps the same copy."""
+        every local worker maps the same copy. ``chunked``: pull them from ``peer``."""
+        if oid in self.pulls:
+            return   # a pull brings it already: one copy per node, whoever else answers
+        if kind == "chunked" and peer is not None:
+            obj = self.objects[oid]
+            self.pull(oid, size, peer, lambda m: self._send(peer, m),
+                      lambda: self._result_arrived(peer, obj))
+            return
         if kind == "inline" and payload is not None and len(payload) > INLINE_MAX:
             try:
                 path = self.store.alloc(oid, len(payload))
@@ -290,6 +339,10 @@ class PeerHost:
                 peer.pushed[oid] += 1
                 continue
             obj = self.objects[oid]
+            if obj.kind == "shm" and obj.size > CHUNK_SIZE:   # too big for one frame: it pulls
+                msgs.append(P.OfferObject(oid, obj.size, self.node_id))
+                peer.pushed[oid] = 1
+                continue
             payload = self._read_object(oid, obj) if obj.kind == "shm" else obj.payload
             kind = "error" if obj.kind == "error" else "inline"
             msgs.append(P.PutObject(oid, kind, P.blob(payload), "", obj.size, []))
@@ -400,6 +453,20 @@ class PeerHost:
             if self.fetching[oid] <= 0:
                 self._fetch_failed(oid)
         return True
+
+    def pull_source_lost(self, oid: bytes) -> None:
+        """The node we pulled ``oid`` from is gone (its partial copy here is removed already).
+        A result of a task not finished here waits for that task (``_peer_lost`` retries or
+        fails it); anything else is asked of the other peers, once more, and fails only if
+        none has it."""
+        obj = self.objects.get(oid)
+        if obj is None or obj.kind is not None:
+            return
+        if obj.task_id is not None and obj.task_id in self.tasks:
+            return
+        self.fetching.pop(oid, None)
+        if not self.fetch(None, oid):
+            self._fetch_failed(oid)
 
     def _fetch_failed(self, oid: bytes) -> None:
         self.fetching.pop(oid, None)
@@ -596,5 +663,6 @@ class PeerHost:
             self.fetching[oid] -= 1
             if self.fetching[oid] <= 0:
                 self._fetch_failed(oid)
+        self.pulls_lost(peer)   # after the retries above: results they redo stay pending
         # Forget it: if it comes back, it registers again and is a new peer.
         self.peers.pop(peer.node_id, None)

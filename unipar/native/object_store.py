@@ -11,6 +11,11 @@ read-only. The node alone decides placement, spills and deletes::
 
 Deleting or moving a file never disturbs a reader that has it mapped (the mapping holds the
 inode). A reader that looks up a path just before a spill retries with the new path.
+
+Objects copied from another node (or uploaded by a remote driver) are allocated here the same
+way and written chunk by chunk (:mod:`.transfer`): a pull writes ``<path>.tmp`` and renames it
+when the last chunk is in; an entry is never spilled before it is sealed, and :meth:`free`
+removes a partial file too. The store counts that traffic (:meth:`usage`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 log = logging.getLogger("unipar.native")
 
 DISK_HEADROOM = 256 * 1024 * 1024   # never fill the spill disk completely
+PARTIAL = ".tmp"                    # suffix of a file still being written (producer or pull)
 
 
 class StoreFullError(Exception):
@@ -50,6 +56,9 @@ class ObjectStore:
         self.shm_used = 0
         self.spill_used = 0
         self.moved: list[bytes] = []   # spilled since the node last looked (it tells readers)
+        # Chunked traffic (reported by usage()): objects and bytes pulled in from other nodes,
+        # bytes served to them (or to remote drivers), pulls that failed half-way.
+        self.traffic = {"pulled": 0, "pulled_bytes": 0, "served_bytes": 0, "pulls_failed": 0}
 
     def alloc(self, oid: bytes, size: int) -> str:
         """Reserve room for ``size`` bytes; returns the path the producer must write.
@@ -89,6 +98,13 @@ class ObjectStore:
         entry = self.files.get(oid)
         return entry.path if entry is not None else None
 
+    def unsealed(self, oid: bytes) -> tuple[str, int] | None:
+        """``(path, size)`` of an allocated entry not yet sealed (being written), else None."""
+        entry = self.files.get(oid)
+        if entry is None or entry.sealed:
+            return None
+        return entry.path, entry.size
+
     def free(self, oid: bytes) -> None:
         entry = self.files.pop(oid, None)
         if entry is None:
@@ -97,7 +113,7 @@ class ObjectStore:
             self.shm_used -= entry.size
         else:
             self.spill_used -= entry.size
-        for path in (entry.path, entry.path + ".tmp"):
+        for path in (entry.path, entry.path + PARTIAL):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -105,7 +121,7 @@ class ObjectStore:
 
     def usage(self) -> dict[str, int]:
         return {"shm_used": self.shm_used, "spill_used": self.spill_used, "limit": self.limit,
-                "objects": len(self.files)}
+                "objects": len(self.files), **self.traffic}
 
     def _spill_dir(self) -> str:
         os.makedirs(self.spill_dir, exist_ok=True)

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAGIC = b"UNIPAR"
 NONCE_SIZE = 32
 DIGEST_SIZE = 32
@@ -255,6 +255,70 @@ class TaskDone(Message):
     task_id: bytes
     status: str
     results: list
+
+
+# The direct path (docs/architecture.md, "The path of one task"): a client leases a worker from
+# its node and pushes tasks to it over a connection of their own; the node sees only the lease.
+
+@message
+class RequestLease(Message):
+    """Client -> node: a worker with ``resources`` free, for tasks of that shape."""
+    op = "request_lease"
+    lease_id: bytes
+    resources: dict
+    label: str = ""          # what waits for it, for the "waited for resources" warning
+
+
+@message
+class LeaseGranted(Message):
+    """Node -> client: connect to ``address`` (the worker's own socket) and push tasks."""
+    op = "lease_granted"
+    lease_id: bytes
+    worker_id: str
+    address: str
+    pid: int
+    gpu_ids: list
+
+
+@message
+class LeaseRefused(Message):
+    """Node -> client: no lease now (another node may have room): submit through the node."""
+    op = "lease_refused"
+    lease_id: bytes
+    reason: str
+
+
+@message
+class ReturnLease(Message):
+    """Client -> node: the lease (granted or still queued) is no longer needed. ``kill``:
+    stop its worker first (a forced cancel of the task it runs)."""
+    op = "return_lease"
+    lease_id: bytes
+    kill: bool = False
+
+
+@message
+class Attach(Message):
+    """Client -> leased worker, first on a direct connection: who is pushing tasks (its
+    client id at the node, so big results can be registered on its behalf)."""
+    op = "attach"
+    client_id: int
+
+
+@message
+class PutFor(Message):
+    """Worker -> node, a request: store a task's result for ``owner`` (a client id), which
+    then holds it as if it had put it. Used for big results and results holding refs of a
+    task pushed directly; Reply.value is True."""
+    op = "put_for"
+    req_id: int
+    owner: int
+    oid: bytes
+    kind: str
+    payload: Any
+    path: str
+    size: int
+    contained: list
 
 
 @message
@@ -488,6 +552,65 @@ class LookupActor(Message):
     op = "lookup_actor"
     req_id: int
     actor_id: bytes
+
+
+# -- node failure (issue #4: a node declared dead is told so) ----------------------------------
+
+@message
+class NodeDeclaredDead(Message):
+    """Head -> node: you were declared dead (``reason``); the cluster has retried or failed
+    your work and dropped you. The node stops its workers and exits; a node started again
+    joins as a new node."""
+    op = "node_declared_dead"
+    node_id: str
+    reason: str
+
+
+# -- chunked transfer (issue #4 point 4: big objects stream in chunks; see transfer.py) -------
+# An object file bigger than one chunk never travels in one frame. ObjectReady gets kind
+# "chunked" (payload None, size = the file's size): pull it with FetchChunk.
+
+@message
+class FetchChunk(Message):
+    """Ask for ``size`` bytes at ``offset`` of an object's file (a node pulling it into its
+    store, or a remote driver); answered by :class:`ObjectChunk`. A few are kept in flight."""
+    op = "fetch_chunk"
+    oid: bytes
+    offset: int
+    size: int
+
+
+@message
+class ObjectChunk(Message):
+    """The answer to FetchChunk: ``data`` (out of band), or ``error`` when the object is not
+    (any more) in the sender's store."""
+    op = "object_chunk"
+    oid: bytes
+    offset: int
+    data: Any
+    error: str = ""
+
+
+@message
+class OfferObject(Message):
+    """Node -> peer, instead of a PutObject with the contents: a task sent there needs this
+    big object; pull it (FetchChunk) from node ``node_id``."""
+    op = "offer_object"
+    oid: bytes
+    size: int
+    node_id: str
+
+
+@message
+class PutChunk(Message):
+    """Remote driver -> node: ``data`` goes at ``offset`` of the file an Alloc reserved. A
+    nonzero ``req_id`` asks for a Reply (flow control, and where errors are reported); a
+    PutObject(kind "shm") after the last chunk makes the object ready."""
+    op = "put_chunk"
+    req_id: int
+    oid: bytes
+    offset: int
+    data: Any
 
 
 # -- frames ------------------------------------------------------------------------------------

@@ -266,6 +266,14 @@ class Scheduler:
     def available(self) -> dict[str, float]:
         return {k: max(v, 0.0) if abs(v) > EPS else 0.0 for k, v in self.free.items()}
 
+    def fits_now(self, demand: dict[str, float]) -> bool:
+        """Whether ``demand`` fits in what is free now (and a worker is idle or can start)."""
+        return self._fits(demand)
+
+    def fits_total(self, demand: dict[str, float]) -> bool:
+        """Whether ``demand`` could ever fit on this node."""
+        return all(self.total.get(k, 0.0) + EPS >= v for k, v in demand.items() if v > EPS)
+
     # -- resources -----------------------------------------------------------------------------
     def _fits(self, demand: dict[str, float]) -> bool:
         for key, amount in demand.items():

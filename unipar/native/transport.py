@@ -44,31 +44,94 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
+def _connect(address: str, secret: bytes, timeout: float) -> socket.socket:
+    """A socket connected to ``address`` that passed the handshake as the client."""
+    kind, where = parse_address(address)
+    if kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(where)
+        hello = _recv_exact(sock, P.SERVER_HELLO_SIZE)
+        nonce_c = os.urandom(P.NONCE_SIZE)
+        sock.sendall(P.client_proof(secret, hello, nonce_c))
+        P.check_server_proof(secret, nonce_c, _recv_exact(sock, P.DIGEST_SIZE))
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    return sock
+
+
+def _accept_handshake(sock: socket.socket, secret: bytes) -> None:
+    """The server's side of the handshake on an accepted socket; raises on a bad peer.
+    Nothing the peer sends is decoded before its proof checks out."""
+    sock.settimeout(HANDSHAKE_TIMEOUT)
+    nonce = os.urandom(P.NONCE_SIZE)
+    sock.sendall(P.server_hello(nonce))
+    answer = P.check_client_proof(secret, nonce, _recv_exact(sock, P.CLIENT_PROOF_SIZE))
+    sock.sendall(answer)
+    sock.settimeout(None)
+
+
+class Listener:
+    """A blocking Unix-socket server for a process that is not a daemon (a worker taking
+    tasks pushed to it directly). Each peer must pass the handshake; ``on_connection`` gets
+    a :class:`Connection` for it, on the accepting thread."""
+
+    def __init__(self, path: str, secret: bytes,
+                 on_connection: Callable[["Connection"], None]) -> None:
+        self.path = path
+        self.address = f"unix://{path}"
+        self.secret = secret
+        self.on_connection = on_connection
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        os.chmod(path, 0o600)
+        self.sock.listen(64)
+        threading.Thread(target=self._accept_loop, name="unipar-listener", daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._admit, args=(sock,), daemon=True,
+                             name="unipar-admit").start()
+
+    def _admit(self, sock: socket.socket) -> None:
+        try:
+            _accept_handshake(sock, self.secret)
+        except (OSError, ConnectionError, P.ProtocolError):
+            sock.close()   # a bad or foreign peer: refused; we keep serving others
+            return
+        self.on_connection(Connection(self.address, None, sock=sock))
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
 class Connection:
-    """A blocking, authenticated connection to a head or node daemon.
+    """A blocking, authenticated connection to a head or node daemon (or, accepted by a
+    :class:`Listener`, from a client pushing tasks to a worker).
 
     ``send`` is safe from any thread; messages from one thread keep their order.
     """
 
-    def __init__(self, address: str, secret: bytes, *, timeout: float = HANDSHAKE_TIMEOUT,
-                 max_frame: int = P.DEFAULT_MAX_FRAME) -> None:
-        kind, where = parse_address(address)
-        if kind == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        else:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(where)
-            hello = _recv_exact(sock, P.SERVER_HELLO_SIZE)
-            nonce_c = os.urandom(P.NONCE_SIZE)
-            sock.sendall(P.client_proof(secret, hello, nonce_c))
-            P.check_server_proof(secret, nonce_c, _recv_exact(sock, P.DIGEST_SIZE))
-        except BaseException:
-            sock.close()
-            raise
-        sock.settimeout(None)
+    def __init__(self, address: str, secret: bytes | None, *, timeout: float = HANDSHAKE_TIMEOUT,
+                 max_frame: int = P.DEFAULT_MAX_FRAME, sock: socket.socket | None = None) -> None:
+        if sock is None:   # sock given: accepted and authenticated already (see Listener)
+            sock = _connect(address, secret or b"", timeout)
         self.address = address
         self.sock = sock
         self.max_frame = max_frame

@@ -31,6 +31,7 @@ from ..exceptions import ActorDiedError, TaskCancelledError, capture_remote
 from . import protocol as P
 from . import serialization as S
 from .client import Client
+from .transport import Connection, Listener
 from .refs import NativeRef
 
 _current = threading.local()
@@ -72,7 +73,7 @@ class _Forward(io.TextIOBase):
         prefix = f"({name} pid={os.getpid()}) "
         body = "".join(prefix + line + "\n" for line in text.splitlines())
         try:
-            self.runtime.client.conn.send(P.Log(self.stream, body))
+            self.runtime.log_conn().send(P.Log(self.stream, body))
         except ConnectionError:
             pass
 
@@ -110,6 +111,9 @@ class Runtime:
         self.client: Client = None  # type: ignore[assignment]
         self.label = "worker"
         self.current_task: bytes | None = None
+        # The direct connection of the client whose task runs now (its print lines and result
+        # go back that way), or None for a task the node sent.
+        self.reply: Connection | None = None
         self.task_lock = threading.Lock()
         self.cancelled: set[bytes] = set()
         # Big arguments stay mapped (pages already faulted in) until the node says the object
@@ -122,15 +126,47 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.semaphore: asyncio.Semaphore | None = None
 
+    def log_conn(self) -> Connection:
+        reply = self.reply
+        return reply if reply is not None and not reply.closed else self.client.conn
+
+    def forward_log(self, msg: P.Log) -> None:
+        """Output of a task this worker's task started (pushed directly): pass it on as it
+        is, already prefixed, the way our own output goes."""
+        try:
+            self.log_conn().send(msg)
+        except ConnectionError:
+            pass
+
+    # direct connections (one thread each): tasks pushed by a client holding a lease on us
+    def accept(self, conn: Connection) -> None:
+        threading.Thread(target=conn.serve_forever, args=(lambda m: self.handle_direct(conn, m),),
+                         name="unipar-direct-reader", daemon=True).start()
+
+    def handle_direct(self, conn: Connection, msg: P.Message) -> None:
+        op = msg.op
+        if op == "run_task":
+            self.inbox.put((msg, conn))
+        elif op == "cancel_task":
+            self._cancel(msg.task_id)  # type: ignore[attr-defined]
+        elif op == "attach":
+            conn.owner = msg.client_id  # type: ignore[attr-defined]
+        else:
+            conn.close()   # nothing else may arrive here
+
+    def _cancel(self, task_id: bytes) -> None:
+        with self.task_lock:
+            if self.current_task == task_id:
+                os.kill(os.getpid(), signal.SIGINT)   # KeyboardInterrupt in the task
+                self.client.cancel_submitted()         # and in what it started directly
+            else:   # not started yet (still queued here): never start it
+                self.cancelled.add(task_id)
+
     # reader thread
     def handle(self, msg: P.Message) -> None:
         op = msg.op
         if op == "cancel_task":
-            with self.task_lock:
-                if self.current_task == msg.task_id:  # type: ignore[attr-defined]
-                    os.kill(os.getpid(), signal.SIGINT)   # KeyboardInterrupt in the task
-                else:   # not started yet (still queued here): never start it
-                    self.cancelled.add(msg.task_id)  # type: ignore[attr-defined]
+            self._cancel(msg.task_id)  # type: ignore[attr-defined]
         elif op == "shutdown":
             os._exit(0)
         elif op == "forget":
@@ -140,15 +176,15 @@ class Runtime:
         elif op == "run_actor_task" and self.instance is not None and (self.pool or self.loop):
             self._start_concurrent_call(msg)  # type: ignore[arg-type]
         else:
-            self.inbox.put(msg)
+            self.inbox.put((msg, None))
 
     # main thread
     def run(self) -> None:
         while True:
             try:
-                msg = self.inbox.get()
+                msg, reply = self.inbox.get()
                 if msg.op == "run_task":
-                    self.run_task(msg)
+                    self.run_task(msg, reply)
                 elif msg.op == "init_actor":
                     self.init_actor(msg)
                 elif msg.op == "run_actor_task":
@@ -192,29 +228,43 @@ class Runtime:
             self.mapped[oid] = (path, data, buffers)
         return S.loads(data, buffers)
 
-    def _result(self, oid: bytes, value: Any) -> list:
+    def _result(self, oid: bytes, value: Any, owner: int | None = None) -> list:
+        """The result record of one return value. ``owner``: the client id of a task pushed
+        directly; a big result (or one holding refs) is stored at the node for it first, so
+        the node knows the object before the owner hears of it."""
         data, buffers, contained = S.dumps(value)
+        if contained:
+            self.client.promote(contained)   # refs to our own direct results: tell the node
         size = S.payload_size(data, buffers)
         if size <= self.client.inline_max:
-            return [oid, "inline", P.blob(S.pack(data, buffers)), "", size, contained]
-        reserve = size + 64 * (len(buffers) + 2)
-        path = self.client.request(lambda r: P.Alloc(r, oid, reserve)).value
-        real = S.write_file(path, data, buffers)
-        return [oid, "shm", None, path, real, contained]
+            result = [oid, "inline", P.blob(S.pack(data, buffers)), "", size, contained]
+            if owner is None or not contained:
+                return result
+        else:
+            reserve = size + 64 * (len(buffers) + 2)
+            path = self.client.request(lambda r: P.Alloc(r, oid, reserve)).value
+            real = S.write_file(path, data, buffers)
+            result = [oid, "shm", None, path, real, contained]
+            if owner is None:
+                return result
+        self.client.request(lambda r: P.PutFor(r, owner, *result))
+        return result
 
     def _error_results(self, return_ids: list, exc: BaseException, where: str) -> list:
         err = capture_remote(exc, where)
         packed = S.pack(*S.dumps(err)[:2])
         return [[oid, "error", P.blob(packed), "", len(packed), []] for oid in return_ids]
 
-    def _results(self, return_ids: list, result: Any, name: str, where: str) -> tuple[str, list]:
+    def _results(self, return_ids: list, result: Any, name: str, where: str,
+                 owner: int | None = None) -> tuple[str, list]:
         try:
             values = _split(result, len(return_ids), name)
-            return "ok", [self._result(oid, v) for oid, v in zip(return_ids, values)]
+            return "ok", [self._result(oid, v, owner) for oid, v in zip(return_ids, values)]
         except Exception as exc:   # unpicklable result, wrong count, store full
             return "error", self._error_results(return_ids, exc, where)
 
-    def run_task(self, msg: P.RunTask) -> None:
+    def run_task(self, msg: P.RunTask, reply: Connection | None = None) -> None:
+        """Run one task; its result goes to the node, or back over ``reply`` (pushed directly)."""
         short = msg.name.rsplit(".", 1)[-1]
         _current.label = short
         where = f"{msg.name} (pid={os.getpid()})"
@@ -234,10 +284,12 @@ class Runtime:
                 self.current_task = msg.task_id
             fn = self._function(msg.fn_key, msg.fn_blob)
             args, kwargs, retry_filter = self._arguments(msg.args, msg.deps)
+            self.reply = reply
             result = fn(*args, **kwargs)
             with self.task_lock:
                 self.current_task = None
-            status, results = self._results(msg.return_ids, result, msg.name, where)
+            status, results = self._results(msg.return_ids, result, msg.name, where,
+                                            getattr(reply, "owner", None) if reply else None)
         except KeyboardInterrupt:
             with self.task_lock:
                 self.current_task = None
@@ -256,7 +308,11 @@ class Runtime:
             for stream in (sys.stdout, sys.stderr):
                 if isinstance(stream, _Forward):
                     stream.finish()
-        self.client.conn.send(P.TaskDone(msg.task_id, status, results))
+            self.reply = None
+        try:
+            (reply or self.client.conn).send(P.TaskDone(msg.task_id, status, results))
+        except ConnectionError:
+            pass   # the client that pushed it is gone; its node cleans up after it
 
     # -- actors --------------------------------------------------------------------------------
     def init_actor(self, msg: P.InitActor) -> None:
@@ -335,6 +391,12 @@ class Runtime:
         self._finish_call(msg, *outcome)
 
 
+def direct_socket_path(node_address: str, worker_id: str) -> str:
+    """Where worker ``worker_id`` of the node at ``node_address`` (its Unix socket) takes
+    tasks pushed directly: beside the node's socket, so both sides derive it alone."""
+    return os.path.join(os.path.dirname(node_address[len("unix://"):]), f"{worker_id}.sock")
+
+
 def _watch_stdin() -> None:
     try:
         while sys.stdin.buffer.read(1 << 16):
@@ -354,9 +416,13 @@ def main() -> None:
             sys.path.insert(1, entry)
     role = os.environ.get("UNIPAR_WORKER_ROLE", "task")
     runtime = Runtime(role)
-    client = Client(os.environ["UNIPAR_NODE_ADDRESS"], secret,
-                    role="worker" if role == "task" else "actor",
-                    worker_id=os.environ["UNIPAR_WORKER_ID"], handler=runtime.handle)
+    node_address = os.environ["UNIPAR_NODE_ADDRESS"]
+    wid = os.environ["UNIPAR_WORKER_ID"]
+    if role == "task":   # listen before the node knows us: a lease on us may come at once
+        Listener(direct_socket_path(node_address, wid), secret, runtime.accept)
+    client = Client(node_address, secret, role="worker" if role == "task" else "actor",
+                    worker_id=wid, handler=runtime.handle)
+    client.log_sink = runtime.forward_log
     runtime.client = client
     setup = os.environ.get("UNIPAR_WORKER_SETUP", "")
     if setup:

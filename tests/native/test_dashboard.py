@@ -1,0 +1,268 @@
+"""The web dashboard of ``unipar start --head``: JSON API, HTML page, binding, off switches.
+
+A cluster is started with the ``unipar`` command in a private state directory (the harness of
+test_native_multinode.py); every fixture runs ``unipar stop`` and kills what is left, even when
+a test failed. Drivers are subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+from typing import Any, Iterator
+
+import psutil
+import pytest
+
+from multinode import Cluster, base_env, unipar
+from unipar.native.cluster import node_ip
+from unipar.testing import free_port, terminate
+
+pytest.importorskip("aiohttp", reason="the dashboard needs aiohttp: pip install 'unipar[dashboard]'")
+pytestmark = pytest.mark.timeout(180)
+
+URL_LINE = re.compile(r"View the dashboard \(read-only\) at (http://\S+)")
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """(status, content type, body) of a GET."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
+
+
+def fetch_json(url: str) -> Any:
+    status, kind, body = fetch(url)
+    assert status == 200 and kind.startswith("application/json"), (status, kind, body[:500])
+    return json.loads(body)
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def started(tmp_path: Any, *head_args: str) -> Cluster:
+    """A cluster of one head and its node; the caller stops it."""
+    state = str(tmp_path / "state")
+    cluster = Cluster(state, base_env(state))
+    try:
+        cluster.start(["--num-cpus", "2", *head_args], [])
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = started(tmp_path_factory.mktemp("dash"), "--dashboard-port", "0")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def url(cluster: Cluster) -> str:
+    found = URL_LINE.search(cluster.start_output)
+    assert found, cluster.start_output
+    assert cluster.state()["dashboard"] == found.group(1)
+    return found.group(1)
+
+
+ACTOR_DRIVER = """
+    import sys, unipar
+    unipar.init()
+
+    @unipar.remote(num_cpus=1)
+    class Counter:
+        def __init__(self):
+            self.n = 0
+        def incr(self):
+            self.n += 1
+            return self.n
+
+    c = Counter.options(name="dash-counter").remote()
+    assert unipar.get(c.incr.remote()) == 1
+    print("ready", flush=True)
+    sys.stdin.read()   # keep the actor alive until the test is done looking
+"""
+
+
+@pytest.fixture
+def actor_driver(cluster: Cluster) -> Iterator[subprocess.Popen]:
+    env = dict(cluster.env, UNIPAR_ADDRESS="auto")
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(ACTOR_DRIVER)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 90)
+        assert ready and proc.stdout.readline().strip() == "ready", "the driver did not start"
+        yield proc
+    finally:
+        terminate([psutil.Process(proc.pid)] if proc.poll() is None else [])
+        proc.wait(timeout=30)
+
+
+def test_api_shows_the_node_its_cpus_and_a_running_actor(cluster: Cluster, url: str,
+                                                          actor_driver: subprocess.Popen):
+    snap = fetch_json(url + "/api/cluster")
+    assert snap["head"] == cluster.head
+    [node] = snap["nodes"]
+    assert node["alive"] and node["error"] is None
+    assert node["resources"]["CPU"] == {"total": 2.0, "in_use": 1.0}   # the actor holds one
+    assert node["drivers"] == 1 and node["store"]["limit"] > 0
+    [actor] = [a for a in snap["actors"] if a["name"] == "dash-counter"]
+    assert actor["class_name"] == "Counter" and actor["state"] == "alive"
+    assert actor["node_id"] == node["node_id"]
+    assert snap["totals"]["nodes_alive"] == 1 and snap["totals"]["actors"] >= 1
+    assert [n["node_id"] for n in fetch_json(url + "/api/nodes")] == [node["node_id"]]
+    assert "dash-counter" in {a["name"] for a in fetch_json(url + "/api/actors")}
+
+
+def test_page_is_html_naming_the_node_and_actor(url: str, actor_driver: subprocess.Popen):
+    node_id = fetch_json(url + "/api/nodes")[0]["node_id"]
+    status, kind, page = fetch(url + "/")
+    assert status == 200 and kind.startswith("text/html")
+    assert page.startswith("<!doctype html>") and "<title>unipar dashboard</title>" in page
+    assert node_id[:12] in page and "dash-counter" in page and "Counter" in page
+    assert "http://" not in page.replace(url, "") and "https://" not in page   # no CDN
+    status, kind, body = fetch(url + "/_body")
+    assert status == 200 and node_id[:12] in body
+
+
+def test_it_listens_on_loopback_only_by_default(cluster: Cluster, url: str):
+    port = int(url.rpartition(":")[2])
+    head = psutil.Process(next(r["pid"] for r in cluster.records if r["role"] == "head"))
+    listening = [c.laddr for c in head.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert [a.ip for a in listening] == ["127.0.0.1"]
+    if node_ip() != "127.0.0.1":
+        assert not port_open(node_ip(), port)
+
+
+def test_it_is_read_only_and_refuses_foreign_host_names(url: str):
+    request = urllib.request.Request(url + "/api/cluster", data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=30)
+    assert err.value.code == 405
+    # A page whose DNS name was rebound to 127.0.0.1 still sends its own name.
+    assert fetch(url + "/api/cluster", {"Host": "attacker.example"})[0] == 421
+    assert fetch(url + "/", {"Host": f"localhost:{url.rpartition(':')[2]}"})[0] == 200
+
+
+def test_status_prints_the_dashboard_url(cluster: Cluster, url: str):
+    out = unipar(cluster.env, "status")
+    assert out.returncode == 0, out.stderr
+    assert f"Dashboard: {url}" in out.stdout and "Cluster resources in use: CPU" in out.stdout
+
+
+def test_stop_closes_the_dashboard_port(tmp_path):
+    c = started(tmp_path, "--dashboard-port", "0")
+    try:
+        port = int(URL_LINE.search(c.start_output).group(1).rpartition(":")[2])
+        assert fetch(f"http://127.0.0.1:{port}/api/nodes")[0] == 200
+    finally:
+        stopped = c.stop()
+    assert stopped is not None and stopped.returncode == 0
+    assert not port_open("127.0.0.1", port)
+
+
+def test_a_port_in_use_leaves_the_cluster_running_without_dashboard(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", free_port()))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        c = started(tmp_path, "--dashboard-port", str(port))
+        try:
+            assert (f"Dashboard: off: cannot listen on 127.0.0.1:{port} (Address already in use)"
+                    in c.start_output)
+            assert unipar(c.env, "status").returncode == 0
+        finally:
+            c.stop()
+    finally:
+        taken.close()
+
+
+def test_include_dashboard_false_turns_it_off(tmp_path):
+    c = started(tmp_path, "--include-dashboard", "false")
+    try:
+        assert "Dashboard: off (--include-dashboard false)." in c.start_output
+        assert not c.state()["dashboard"] and not URL_LINE.search(c.start_output)
+    finally:
+        c.stop()
+
+
+HIDE_AIOHTTP = """
+import runpy, sys
+sys.modules["aiohttp"] = None   # as if it were not installed
+sys.argv = ["unipar", *sys.argv[1:]]
+runpy.run_module("unipar.cli", run_name="__main__")
+"""
+
+
+def test_without_aiohttp_the_cluster_starts_and_says_how_to_get_it(tmp_path):
+    c = Cluster(str(tmp_path / "state"), base_env(str(tmp_path / "state")))
+    try:
+        out = subprocess.run([sys.executable, "-c", HIDE_AIOHTTP, "start", "--head", "--port",
+                              "0", "--num-cpus", "1"], env=c.env, capture_output=True,
+                             text=True, timeout=120)
+        c.records = c.state().get("procs", [])
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert ("Dashboard: off: aiohttp is not installed; pip install 'unipar[dashboard]' "
+                "turns it on." in out.stdout)
+        assert unipar(c.env, "status").returncode == 0
+    finally:
+        c.stop()
+
+
+INIT_DRIVER = """
+    import io, json, sys, urllib.request, psutil, unipar
+
+    def head_listeners():
+        [head] = [p for p in psutil.Process().children()
+                  if "unipar.native.head" in " ".join(p.cmdline())]
+        return [c for c in head.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+
+    unipar.init(num_cpus=1)
+    assert len(head_listeners()) == 1, head_listeners()   # its own port only: no dashboard
+    unipar.shutdown()
+
+    captured = io.StringIO()
+    real, sys.stderr = sys.stderr, captured
+    try:
+        unipar.init(num_cpus=1, backend_options={"dashboard_port": 0})
+    finally:
+        sys.stderr = real
+    [line] = [l for l in captured.getvalue().splitlines() if l.startswith("unipar dashboard: ")]
+    url = line.split(": ", 1)[1]
+    with urllib.request.urlopen(url + "/api/nodes", timeout=30) as r:
+        nodes = json.load(r)
+    print(json.dumps({"url": url, "cpus": nodes[0]["resources"]["CPU"]["total"]}))
+    unipar.shutdown()
+"""
+
+
+def test_init_serves_a_dashboard_only_when_asked(tmp_path):
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(INIT_DRIVER)],
+                         env=base_env(str(tmp_path / "state")), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["url"].startswith("http://127.0.0.1:") and found["cpus"] == 1.0
+    assert not port_open("127.0.0.1", int(found["url"].rpartition(":")[2]))
