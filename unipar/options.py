@@ -182,7 +182,14 @@ class InitOptions(_Options):
 
 
 def resource_demand(opts: TaskOptions | ActorOptions) -> dict[str, float]:
-    """The resources a task or actor asks for, as one dict with ``CPU``/``GPU`` keys."""
+    """The resources a task or actor asks for, as one dict with ``CPU``/``GPU`` keys.
+
+    Computed once per options object (they are frozen) and shared: do not modify it."""
+    cached = opts.__dict__.get("_demand")
+    if cached is not None:
+        return cached
     demand = {"CPU": float(opts.num_cpus), "GPU": float(opts.num_gpus)}
     demand.update({k: float(v) for k, v in opts.resources.items()})
-    return {k: v for k, v in demand.items() if v > 0}
+    demand = {k: v for k, v in demand.items() if v > 0}
+    object.__setattr__(opts, "_demand", demand)   # a cache, not a field: equality ignores it
+    return demand

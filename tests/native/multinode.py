@@ -8,11 +8,13 @@ conformance session may have running in the pytest process).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +57,9 @@ class Cluster:
         return os.path.join(self.state_dir, "secret")
 
     def start(self, head_args: list[str], nodes: list[list[str]]) -> None:
-        out = unipar(self.env, "start", "--head", "--port", "0", *head_args)
+        # No dashboard: test clusters must not take a user's 8265.
+        out = unipar(self.env, "start", "--head", "--port", "0", "--include-dashboard", "false",
+                     *head_args)
         assert out.returncode == 0, out.stdout + out.stderr
         self.start_output = out.stdout
         self.head = self.state()["head"]
@@ -168,15 +172,18 @@ class Netns:
         self.hub = f"{NETNS_PREFIX}{tag}-hub"
         self.names = [f"{NETNS_PREFIX}{tag}-n{i}" for i in range(count)]
         self.root_link = f"{LINK_PREFIX}{os.getpid()}{Netns.made}"[:15]
-        self.subnet = _free_subnet()
-        self.root_ip = f"{self.subnet}.1"
-        self.ips = [f"{self.subnet}.{i + 2}" for i in range(count)]
         self.seen_pids: set[int] = set()
-        try:
-            self._create()
-        except BaseException:
-            self.destroy()
-            raise
+        # Test processes running at once (pytest-xdist) must not pick the same subnet.
+        with open(os.path.join(tempfile.gettempdir(), "unipar-netns.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.subnet = _free_subnet()
+            self.root_ip = f"{self.subnet}.1"
+            self.ips = [f"{self.subnet}.{i + 2}" for i in range(count)]
+            try:
+                self._create()
+            except BaseException:
+                self.destroy()
+                raise
 
     def _create(self) -> None:
         for ns in (self.hub, *self.names):
@@ -281,7 +288,7 @@ class NetnsCluster(Cluster):
     def start_netns(self, net: Netns, head_args: list[str], nodes: list[list[str]]) -> None:
         self.net = net
         out = unipar(self.env, "start", "--head", "--port", "0", "--host", net.root_ip,
-                     *head_args)
+                     "--include-dashboard", "false", *head_args)
         assert out.returncode == 0, out.stdout + out.stderr
         self.start_output = out.stdout
         self.head = self.state()["head"]
@@ -302,9 +309,18 @@ class NetnsCluster(Cluster):
         assert out.returncode == 0, out.stdout + out.stderr
         with open(os.path.join(state_dir, "cluster.json")) as f:
             record = json.load(f)["procs"][-1]
-        record["state_dir"] = state_dir
+        record.update(state_dir=state_dir, ns=i)
         self.records.append(record)
         return record
+
+    def driver_in(self, record: dict[str, Any], code: str) -> subprocess.Popen:
+        """Start ``code`` as a driver in the namespace of the node ``record`` names, using
+        that node (``address="auto"``). The caller waits for it; ``Netns.destroy`` kills it."""
+        assert self.net is not None
+        env = dict(base_env(record["state_dir"]), UNIPAR_ADDRESS="auto")
+        return subprocess.Popen([*self.net.exec_args(record["ns"]), sys.executable, "-c",
+                                 textwrap.dedent(code)], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def node_log(self, record: dict[str, Any]) -> str:
         """What a namespaced node daemon wrote to its log."""

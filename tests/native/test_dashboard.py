@@ -25,7 +25,7 @@ from multinode import Cluster, base_env, unipar
 from unipar.native.cluster import node_ip
 from unipar.testing import free_port, terminate
 
-pytest.importorskip("aiohttp", reason="the dashboard needs aiohttp: pip install 'unipar[dashboard]'")
+pytest.importorskip("aiohttp", reason="pip install 'unipar[dashboard]'")
 pytestmark = pytest.mark.timeout(180)
 
 URL_LINE = re.compile(r"View the dashboard \(read-only\) at (http://\S+)")
@@ -147,9 +147,9 @@ def test_page_is_html_naming_the_node_and_actor(url: str, actor_driver: subproce
 
 def test_it_listens_on_loopback_only_by_default(cluster: Cluster, url: str):
     port = int(url.rpartition(":")[2])
-    head = psutil.Process(next(r["pid"] for r in cluster.records if r["role"] == "head"))
-    listening = [c.laddr for c in head.net_connections(kind="tcp")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    head = next(r["pid"] for r in cluster.records if r["role"] == "head")
+    listening = [c.laddr for c in psutil.net_connections("tcp") if c.pid == head
+                 and c.status == psutil.CONN_LISTEN and c.laddr.port == port]
     assert [a.ip for a in listening] == ["127.0.0.1"]
     if node_ip() != "127.0.0.1":
         assert not port_open(node_ip(), port)
@@ -237,7 +237,8 @@ INIT_DRIVER = """
     def head_listeners():
         [head] = [p for p in psutil.Process().children()
                   if "unipar.native.head" in " ".join(p.cmdline())]
-        return [c for c in head.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+        return [c for c in psutil.net_connections("tcp")
+                if c.pid == head.pid and c.status == psutil.CONN_LISTEN]
 
     unipar.init(num_cpus=1)
     assert len(head_listeners()) == 1, head_listeners()   # its own port only: no dashboard

@@ -298,10 +298,28 @@ def test_a_node_cut_off_is_declared_dead_and_its_tasks_run_elsewhere(lab: Lab):
     assert sum(1 for n in lab.nodes() if n["Alive"]) == 2
 
 
+# A driver on node a, whose task there runs until a stops.
+DRIVER_ON_A = """
+    import time, unipar
+    unipar.init()
+    @unipar.remote(resources={"ns_a": 1})
+    def forever():
+        time.sleep(120)
+    ref = forever.remote()
+    print("READY", flush=True)
+    try:
+        unipar.get(ref, timeout=50)
+    except Exception as exc:
+        print("RAISED", type(exc).__name__, flush=True)
+"""
+
+
 @needs_netns
 def test_a_node_that_comes_back_is_told_it_was_declared_dead(lab: Lab):
     driver = lab.driver()
     a = lab.record(0)
+    on_a = lab.cluster.driver_in(a, DRIVER_ON_A)
+    assert on_a.stdout is not None and on_a.stdout.readline() == "READY\n"
     driver.post("map", n=8, delay=1.5, resources={"ns": 1})   # runs on a and b only
     wait_for(lambda: any(a["session_dir"] in w for ws in lab.runs("start").values() for w in ws),
              timeout=30, interval=0.05, message="a task to start on node a")
@@ -321,6 +339,10 @@ def test_a_node_that_comes_back_is_told_it_was_declared_dead(lab: Lab):
     wait_for(lambda: not daemon.is_running() or daemon.status() == psutil.STATUS_ZOMBIE,
              timeout=30, interval=0.2, message="node a to stop once told it was declared dead")
     assert "declared this node" in lab.cluster.node_log(a)
+    # Its driver was told too, and its pending get raised instead of hanging.
+    out, err = on_a.communicate(timeout=20)
+    assert "RAISED ClusterGoneError" in out, out + err
+    assert "declared this node" in err and "dead" in err, err
     # Its late results were dropped: the refs still hold the retries' results.
     assert driver.ask("again") == results
     _check_unique(driver.ask("map", n=4, delay=0, resources={"ns": 1}), 4)

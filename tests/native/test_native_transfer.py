@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from multinode import Cluster, base_env
-from unipar.native import protocol as P
 from unipar.native.dashboard import query_node
 from unipar.native.transfer import CHUNK_SIZE, WINDOW
 from unipar.testing import wait_for
@@ -197,6 +196,41 @@ def test_big_object_from_b_is_read_on_a_once_without_copies_in_the_daemons(clust
     assert not _partials(node_a)
 
 
+def test_copies_survive_their_container_being_dropped_and_nothing_leaks(cluster: Cluster):
+    # The only thing keeping the array alive on B is the list holding its ref, and the driver
+    # drops the list as soon as it has the ref: A's copy must still arrive whole (A holds the
+    # array on B while it copies). Big results of tasks A sent to B are pulled too, and each
+    # such task ends when its result is in (else the next one would wait for B's only slot
+    # forever). Afterwards every store is empty again.
+    code = f"""
+        import numpy as np, unipar
+        unipar.init()
+
+        @unipar.remote(resources={{"res_b": 1}})
+        def make(n):
+            return [unipar.put(np.arange(n, dtype=np.float64))]
+
+        for _ in range(2):
+            inner = unipar.get(make.remote({BIG // 2 // 8}))[0]   # the list is gone now
+            array = unipar.get(inner)
+            assert array[-1] == {BIG // 2 // 8 - 1} and float(array[::4096].sum()) > 0
+            del inner, array
+
+        @unipar.remote(resources={{"res_b": 1}})
+        def full(n):
+            return np.full(n, 2.0)
+        for _ in range(3):
+            assert float(unipar.get(full.remote({BIG // 4 // 8})).sum()) == {BIG // 4 // 4}
+        unipar.shutdown()
+        print("SURVIVED")
+    """
+    out = cluster.driver(code)
+    assert out.returncode == 0 and "SURVIVED" in out.stdout, out.stderr[-3000:]
+    for node in _nodes(cluster):
+        wait_for(lambda: _store(cluster, node)["objects"] == 0, timeout=60, interval=0.5,
+                 message=f"the store of node {node['address']} to be empty")
+
+
 def test_remote_driver_puts_and_gets_objects_bigger_than_its_frame_limit(cluster: Cluster,
                                                                         tmp_path):
     # A driver outside the cluster (role "remote", reached with unipar://): it cannot map the
@@ -269,7 +303,7 @@ KILLED_SOURCE = f"""
         unipar.wait([box_ref])
         print("WATCH", flush=True)       # the test watches A's store from now on
         box = unipar.get(box_ref)        # A starts fetching the array now
-        print("OID", box[0].oid.hex(), flush=True)
+        print("OID", box[0]._handle.oid.hex(), flush=True)
         try:
             unipar.get(box[0], timeout=120)
             print("RESULT GOT", flush=True)
@@ -323,7 +357,8 @@ def _stop_mid_transfer(node: dict[str, Any], driver: Driver) -> bool:
     """Freeze ``node`` (SIGSTOP) while it holds a partial object file; True if it does (its
     transfer is then frozen half-way), False if the transfer ended first (node resumed)."""
     def partial_or_done() -> bool:
-        return bool(_partials(node)) or any(line.startswith("RESULT") for line in driver.seen)
+        return (bool(_partials(node)) or driver.proc.poll() is not None
+                or any(line.startswith("RESULT") for line in driver.seen))
     wait_for(partial_or_done, timeout=120, interval=0.001, message="a transfer to start")
     os.kill(node["pid"], signal.SIGSTOP)
     objects = os.path.join(node["session_dir"], "objects")

@@ -161,6 +161,8 @@ class Client:
                 if due is not None:
                     timeout = min(timeout, max(due - time.monotonic(), 0.001))
             try:
+                if self.direct is not None:
+                    self.direct.flush()
                 if TRACKER.changes:
                     self.conn.send(None)
                 else:
@@ -396,22 +398,29 @@ class Client:
         # being computed here); through the node when it holds or must hold what the task
         # needs: big arguments, refs nested in arguments, objects only it knows.
         direct = self.direct is not None and payload is not None and not contained
+        ready = True   # every dependency's value is in hand (the usual case: none at all)
         with self._cond:
-            if direct:
-                for oid in deps:
-                    entry = self._entries.get(oid)
-                    if entry is None or entry.kind not in ("inline", "error", None) or (
-                            entry.kind is None and not entry.local):
-                        direct = False
-                        break
+            for oid in deps if direct else ():
+                entry = self._entries.get(oid)
+                if entry is None or entry.kind not in ("inline", "error", None) or (
+                        entry.kind is None and not entry.local):
+                    direct = False
+                    break
+                ready = ready and entry.kind is not None
+            entries = self._entries
             for oid in task.return_ids:
-                self._entries[oid] = _Entry(subscribed=True, local=direct)
+                entries[oid] = _Entry(subscribed=True, local=direct)
         refs = [NativeRef.owned(oid) for oid in task.return_ids]
         if not direct:
             self._when_local_ready(deps + contained, lambda: self.submit_via_node(task, contained))
-            return refs
-        task.keep = keep + [NativeRef(oid) for oid in deps]   # alive until the task is done
-        self._when_local_ready(deps, lambda: self._submit_direct(task))
+        elif not deps:
+            self.direct.submit(task)   # type: ignore[union-attr]
+        else:
+            task.keep = keep + [NativeRef(oid) for oid in deps]   # alive until it is done
+            if ready:
+                self._submit_direct(task)
+            else:
+                self._when_local_ready(deps, lambda: self._submit_direct(task))
         return refs
 
     def _when_local_ready(self, oids: Sequence[bytes], then: Callable[[], None]) -> None:
@@ -552,6 +561,8 @@ class Client:
             if len(ready) >= count or (failed and stop_on_error):
                 return ready
         self._subscribe([oids[i] for i in pending])
+        if self.direct is not None:
+            self.direct.flush()
         self.conn.flush()   # what we wait for may still sit in our own outbox
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:

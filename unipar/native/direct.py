@@ -119,11 +119,16 @@ class DirectPool:
         self.tasks: dict[bytes, DirectTask] = {}        # by return id, until done
         self.conns: dict[str, _WorkerConn] = {}         # by worker id
         self.durations: dict[str, float] = {}           # per function: smoothed run time
+        self.unflushed: set[Connection] = set()         # pushed to, not yet written
         self.closed = False
 
     # -- submitting ----------------------------------------------------------------------------
     def submit(self, task: DirectTask) -> None:
-        """Queue a task whose dependencies are all ready here (inline values)."""
+        """Queue a task whose dependencies are all ready here (inline values).
+
+        A task pushed to an idle worker is written at once (latency); one pushed behind
+        others waits for :meth:`flush` — the next ``get``/``wait``, the client's flusher
+        within a millisecond, or a write of many — so a burst leaves in a few writes."""
         shape_key = tuple(sorted(task.resources.items()))
         writes: list[Connection] = []
         with self.lock:
@@ -134,6 +139,21 @@ class DirectPool:
                 self.tasks[oid] = task
             shape.queue.append(task)
             self._pump(shape, writes)
+            lease = task.lease
+            now = lease is not None and len(lease.inflight) == 1
+            if writes and not now:
+                self.unflushed.update(writes)
+        if now:
+            self._write(writes)
+        elif writes and not self.client.conn.posted.is_set():
+            self.client.conn.posted.set()   # wake the flusher
+
+    def flush(self) -> None:
+        """Write what was pushed but not yet written."""
+        if not self.unflushed:
+            return
+        with self.lock:
+            writes, self.unflushed = list(self.unflushed), set()
         self._write(writes)
 
     def _depth(self, fn_key: str) -> int:
@@ -237,36 +257,46 @@ class DirectPool:
 
     # -- worker replies ------------------------------------------------------------------------
     def _read(self, wc: _WorkerConn) -> None:
-        wc.conn.serve_forever(lambda msg: self._on_worker_message(wc, msg))
+        # Results of one read are handled as a batch: one lock, one round of pushes (the
+        # next tasks), one wake-up of the threads waiting for them.
+        done: list[P.TaskDone] = []
+
+        def on_message(msg: P.Message) -> None:
+            if msg.op == "task_done":
+                done.append(msg)  # type: ignore[arg-type]
+            elif msg.op == "log":
+                self._settle(wc, done)   # output keeps its place before later results
+                self.client.show_log(msg)  # type: ignore[arg-type]
+        wc.conn.serve_forever(on_message, lambda: self._settle(wc, done))
+        self._settle(wc, done)
         self._worker_lost(wc)
 
-    def _on_worker_message(self, wc: _WorkerConn, msg: P.Message) -> None:
-        if msg.op == "task_done":
-            self._done(wc, msg)  # type: ignore[arg-type]
-        elif msg.op == "log":
-            self.client.show_log(msg)  # type: ignore[arg-type]
-
-    def _done(self, wc: _WorkerConn, msg: P.TaskDone) -> None:
+    def _settle(self, wc: _WorkerConn, done: list[P.TaskDone]) -> None:
+        if not done:
+            return
         writes: list[Connection] = []
-        deliver = None
+        results: list = []
         with self.lock:
             lease = wc.lease
-            task = lease.inflight.pop(msg.task_id, None) if lease is not None else None
-            if task is None:
-                return
-            self._learn(lease, task)   # type: ignore[arg-type]
-            if msg.status == "retry" and task.retries_left != 0 and not task.cancelled:
-                task.retries_left -= 1 if task.retries_left > 0 else 0
-                lease.shape.queue.appendleft(task)   # type: ignore[union-attr]
-            else:
-                self._forget_task(task)
-                deliver = task
-            if not lease.inflight:   # type: ignore[union-attr]
-                lease.idle_since = time.monotonic()   # type: ignore[union-attr]
-            self._pump(lease.shape, writes)   # type: ignore[union-attr]
+            for msg in done:
+                task = lease.inflight.pop(msg.task_id, None) if lease is not None else None
+                if task is None:
+                    continue
+                self._learn(lease, task)   # type: ignore[arg-type]
+                if msg.status == "retry" and task.retries_left != 0 and not task.cancelled:
+                    task.retries_left -= 1 if task.retries_left > 0 else 0
+                    lease.shape.queue.appendleft(task)   # type: ignore[union-attr]
+                else:   # (a "retry" with no retries left carries error records)
+                    self._forget_task(task)
+                    results.extend(msg.results)
+            done.clear()
+            if lease is not None:
+                if not lease.inflight:
+                    lease.idle_since = time.monotonic()
+                self._pump(lease.shape, writes)
         self._write(writes)
-        if deliver is not None:   # (a "retry" with no retries left carries error records)
-            self.client.deliver(msg.results)
+        if results:
+            self.client.deliver(results)
 
     def _learn(self, lease: _Lease, task: DirectTask) -> None:
         """Update the function's smoothed run time from this completion."""

@@ -138,9 +138,9 @@ class Head:
         retry its tasks and fail calls to its actors) and free the names of its actors.
 
         Its connection is kept, not closed: a node that is only frozen or cut off still reads
-        it when it wakes up, and learns from ``node_declared_dead`` (sent now, and again as
-        the answer to whatever it sends next) that it must stop. Closing it instead would
-        leave such a node running, unaware, with stale work."""
+        it when it wakes up, and learns from ``node_declared_dead`` (sent on it now; on a new
+        connection, in answer to the first thing it sends) that it must stop. Closing it
+        instead would leave such a node running, unaware, with stale work."""
         self.nodes[node_id]["Alive"] = False
         self.dead[node_id] = reason
         for name, (actor_id, _meta) in list(self.names.items()):

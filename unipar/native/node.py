@@ -333,10 +333,16 @@ class Node(ActorHost, PeerHost):
                                        "available": self.sched.available(),
                                        "store": self.store.usage(),
                                        "workers": len(self.workers),
-                                       "running": sum(1 for t in self.tasks.values()
-                                                      if t.state == "running"),
+                                       # Busy task workers: tasks the node sent plus
+                                       # workers leased to clients pushing tasks directly.
+                                       "running": sum(1 for w in self.sched.workers.values()
+                                                      if w.state != "idle"),
+                                       "leases": sum(1 for lease in self.leases.values()
+                                                     if lease.worker is not None),
                                        "queued": sum(1 for t in self.tasks.values()
-                                                     if t.state in ("waiting", "queued")),
+                                                     if t.state in ("waiting", "queued"))
+                                       + sum(1 for lease in self.leases.values()
+                                             if lease.worker is None),
                                        "actors": sum(1 for a in self.actors.values()
                                                      if a.state != "dead"),
                                        "objects": len(self.objects),

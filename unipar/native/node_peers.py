@@ -19,6 +19,11 @@ A ref to an object this node does not know (a ref nested in an argument, a handl
 another node made) is fetched on demand: the node asks every peer; the first that has it sends
 the contents, which are stored once here and shared by every local worker. Objects bigger than
 one chunk are not sent whole: this node pulls them chunk by chunk (:mod:`.transfer`).
+
+A peer the head declares dead (or whose connection drops) is lost for good
+(:meth:`PeerHost._peer_lost`): its tasks are retried elsewhere and nothing it still sends is
+used, so a late result never races the retry. When the head declares *this* node dead, it is
+told (``node_declared_dead``) and stops (:meth:`PeerHost.declared_dead`).
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ class PeerHost(TransferHost):
         self.remote_calls: dict[bytes, deque] = {}     # actor id -> calls not yet sent there
         self.actor_lookups: dict[bytes, list] = {}     # actor id -> calls waiting for the head
         self.fetching: dict[bytes, int] = {}           # object id -> peers yet to answer
+        self.fetch_holds: dict[bytes, set[str]] = {}   # object id -> peers holding it for us
         self.remote_creating: set[bytes] = set()       # actors whose CreateActor is not sent yet
         self.head_reqs: dict[int, Any] = {}
         self.head_req_ids = itertools.count(100)
@@ -256,6 +262,8 @@ class PeerHost(TransferHost):
             self.fetching.pop(oid, None)
             if obj is not None and obj.kind is None:
                 self._adopt(oid, msg.kind, msg.payload, msg.size, [], peer)
+            if oid not in self.pulls:
+                self._fetch_done(oid)   # else once the pull ends
             return
         if obj is None or obj.kind is not None:
             return
@@ -447,12 +455,29 @@ class PeerHost(TransferHost):
             obj.subscribers.append(conn)
         if oid not in self.fetching:
             self.fetching[oid] = len(peers)
+            holds = self.fetch_holds.setdefault(oid, set())
             for peer in peers:
-                if not self._send(peer, P.Subscribe([oid])):
+                # Hold it there until our copy is made: whatever keeps it alive there now
+                # (the object that contains its ref, say) may let go before a big copy ends.
+                # Sent before anything we send later (a release of that container) and
+                # handled before it: no window where nobody holds it.
+                if self._send(peer, P.RefUpdates([oid], []), P.Subscribe([oid])):
+                    holds.add(peer.node_id)
+                else:
                     self.fetching[oid] -= 1
             if self.fetching[oid] <= 0:
                 self._fetch_failed(oid)
         return True
+
+    def _fetch_done(self, oid: bytes) -> None:
+        """The fetch of ``oid`` ended (copied, or failed): drop the holds it took on peers."""
+        for nid in self.fetch_holds.pop(oid, ()):
+            peer = self.peers.get(nid)
+            if peer is not None and peer.alive:
+                self._send(peer, P.RefUpdates([], [oid]))
+
+    def pull_ended(self, oid: bytes) -> None:
+        self._fetch_done(oid)
 
     def pull_source_lost(self, oid: bytes) -> None:
         """The node we pulled ``oid`` from is gone (its partial copy here is removed already).
@@ -470,6 +495,7 @@ class PeerHost(TransferHost):
 
     def _fetch_failed(self, oid: bytes) -> None:
         self.fetching.pop(oid, None)
+        self._fetch_done(oid)
         obj = self.objects.get(oid)
         if obj is not None and obj.kind is None:
             self._resolve(oid, "error", S.pack_error(ObjectLostError(

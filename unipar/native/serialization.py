@@ -52,12 +52,43 @@ def note_ref(oid: bytes) -> None:
         found.append(oid)
 
 
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is built only of types the standard pickler handles exactly as
+    cloudpickle does (no functions or classes that may need pickling by value)."""
+    kind = type(value)
+    if kind in _PLAIN or kind is DepSlot:
+        return True
+    if depth > 2:
+        return False
+    if kind is tuple or kind is list:
+        if len(value) > 16:
+            return False
+        for item in value:
+            if type(item) not in _PLAIN and not _is_plain(item, depth + 1):
+                return False
+        return True
+    if kind is dict:
+        if len(value) > 16:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or (type(item) not in _PLAIN
+                                        and not _is_plain(item, depth + 1)):
+                return False
+        return True
+    return False
+
+
 def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], list[bytes]]:
     """``(pickle stream, out-of-band buffers, ids of refs inside)``.
 
     Raises:
         TypeError: the value cannot be pickled (the message says so).
     """
+    if _is_plain(value):   # the hot path (no-op tasks, small scalars): the C pickler alone
+        return pickle.dumps(value, protocol=5), [], []
     buffers: list[pickle.PickleBuffer] = []
     with collect_refs() as refs:
         try:
@@ -99,8 +130,16 @@ def _views(data: bytes, buffers: list[Any]) -> list[memoryview]:
     return views
 
 
+_ONE_PART = MAGIC + _U32.pack(1)
+_ONE_PAD = b"\0" * _pad(len(_ONE_PART) + 8)
+_ONE_HEADER = len(_ONE_PART) + 8 + len(_ONE_PAD)
+
+
 def pack(data: bytes, buffers: list[Any]) -> bytes:
     """One bytes object holding the pickle stream and its buffers (for small values)."""
+    if not buffers:   # the common case, laid out the same way without the general loop
+        return b"".join((_ONE_PART, _U64.pack(len(data)), _ONE_PAD, data,
+                         b"\0" * _pad(len(data))))
     parts = _views(data, buffers)
     header, _ = _layout(parts)
     out = bytearray(header)
@@ -116,6 +155,9 @@ def unpack(packed: Any) -> tuple[memoryview, list[memoryview]]:
     if view[:4] != MAGIC:
         raise ValueError("not a packed unipar object")
     (n,) = _U32.unpack_from(view, 4)
+    if n == 1:
+        (size,) = _U64.unpack_from(view, 8)
+        return view[_ONE_HEADER:_ONE_HEADER + size], []
     sizes = [_U64.unpack_from(view, 8 + 8 * i)[0] for i in range(n)]
     at = 8 + 8 * n
     at += _pad(at)

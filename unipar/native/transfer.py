@@ -140,7 +140,7 @@ class TransferHost:
             path = self.store.alloc(oid, size)
         except StoreFullError as exc:
             self._forget_spilled()
-            self._pull_error(oid, ObjectStoreFullError(
+            self._cannot_pull(oid, then, ObjectStoreFullError(
                 f"object {oid.hex()} ({size} bytes) cannot be copied to this node: {exc}"))
             return
         self._forget_spilled()   # the alloc may have spilled others: their readers must know
@@ -148,11 +148,17 @@ class TransferHost:
             fd = os.open(path + PARTIAL, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as exc:
             self.store.free(oid)
-            self._pull_error(oid, ObjectLostError(f"cannot create a file for object "
-                                                  f"{oid.hex()} on this node: {exc}"))
+            self._cannot_pull(oid, then, ObjectLostError(
+                f"cannot create a file for object {oid.hex()} on this node: {exc}"))
             return
         pull = self.pulls[oid] = _Pull(oid, size, source, send, path, fd, then)
         self._ask_chunks(pull)
+
+    def _cannot_pull(self, oid: bytes, then: Callable[[], None] | None, exc: Exception) -> None:
+        self._pull_error(oid, exc)
+        self.pull_ended(oid)
+        if then is not None:
+            then()
 
     def _ask_chunks(self, pull: _Pull) -> None:
         while pull.next < pull.size and len(pull.pending) < WINDOW:
@@ -173,22 +179,20 @@ class TransferHost:
             return   # the pull was dropped meanwhile (or this is not its source)
         obj = self.objects.get(msg.oid)
         if obj is None or obj.kind is not None:   # freed here meanwhile: nobody wants it
-            self._drop_pull(pull)
+            self._fail_pull(pull, None)
             return
         expect = min(CHUNK_SIZE, pull.size - msg.offset)
         if msg.error or msg.data is None or len(msg.data) != expect:
-            self._drop_pull(pull)
-            self._pull_error(msg.oid, ObjectLostError(
+            self._fail_pull(pull, ObjectLostError(
                 f"object {msg.oid.hex()} could not be copied from the node holding it: "
                 f"{msg.error or 'it sent a chunk of the wrong size'}"))
             return
         try:
             _pwrite_all(pull.fd, msg.data, msg.offset)
         except OSError as exc:
-            self._drop_pull(pull)
             kind = ObjectStoreFullError if _full_error(exc) else ObjectLostError
-            self._pull_error(msg.oid, kind(f"cannot write object {msg.oid.hex()} on this "
-                                           f"node: {exc}"))
+            self._fail_pull(pull, kind(f"cannot write object {msg.oid.hex()} on this node: "
+                                       f"{exc}"))
             return
         pull.pending.discard(msg.offset)
         pull.done += expect
@@ -204,13 +208,25 @@ class TransferHost:
             os.rename(pull.path + PARTIAL, pull.path)
         except OSError as exc:
             self.store.free(pull.oid)
-            self._pull_error(pull.oid, ObjectLostError(f"object {pull.oid.hex()}: {exc}"))
+            self._fail_pull(pull, ObjectLostError(f"object {pull.oid.hex()}: {exc}"))
             return
         self.store.traffic["pulled"] += 1
         self.store.traffic["pulled_bytes"] += pull.size
         self._resolve(pull.oid, "shm", None, pull.path, pull.size, [])
+        self.pull_ended(pull.oid)
         if pull.then is not None:
             pull.then()
+
+    def _fail_pull(self, pull: _Pull, exc: Exception | None) -> None:
+        """Drop the pull; the object fails with ``exc`` (None: it was freed here meanwhile).
+        ``then`` still runs: a forwarded task's bookkeeping ends as if the result came."""
+        self._drop_pull(pull)
+        if exc is None:
+            self.pull_ended(pull.oid)
+            if pull.then is not None:
+                pull.then()
+        else:
+            self._cannot_pull(pull.oid, pull.then, exc)
 
     def _drop_pull(self, pull: _Pull) -> None:
         """Stop a pull: close and remove its partial file, give its room back."""
@@ -240,6 +256,9 @@ class TransferHost:
 
     def pull_source_lost(self, oid: bytes) -> None:   # the node's policy (node_peers.py)
         self._pull_error(oid, ObjectLostError(f"the node holding object {oid.hex()} was lost"))
+
+    def pull_ended(self, oid: bytes) -> None:   # the node's hook: the pull is over, either way
+        pass
 
     # -- what peers and remote drivers send ------------------------------------------------------
     def on_offer_object(self, conn: Any, msg: P.OfferObject) -> None:

@@ -218,8 +218,10 @@ class Connection:
         if small:
             self.sock.sendall(small)
 
-    def serve_forever(self, handle: Callable[[P.Message], None]) -> None:
-        """Read messages and pass each to ``handle`` until the connection closes."""
+    def serve_forever(self, handle: Callable[[P.Message], None],
+                      drained: Callable[[], None] | None = None) -> None:
+        """Read messages and pass each to ``handle`` until the connection closes.
+        ``drained`` runs after the messages of each read: a reader can act once per burst."""
         buf = bytearray()
         sock = self.sock
         try:
@@ -238,6 +240,8 @@ class Connection:
                     handle(P.decode(body))
                 if pos:
                     del buf[:pos]
+                if drained is not None:
+                    drained()
         except OSError:
             return
         finally:

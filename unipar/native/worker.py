@@ -114,6 +114,7 @@ class Runtime:
         # The direct connection of the client whose task runs now (its print lines and result
         # go back that way), or None for a task the node sent.
         self.reply: Connection | None = None
+        self.unflushed: set[Connection] = set()
         self.task_lock = threading.Lock()
         self.cancelled: set[bytes] = set()
         # Big arguments stay mapped (pages already faulted in) until the node says the object
@@ -182,6 +183,8 @@ class Runtime:
     def run(self) -> None:
         while True:
             try:
+                if self.unflushed and self.inbox.empty():
+                    self._flush_replies()
                 msg, reply = self.inbox.get()
                 if msg.op == "run_task":
                     self.run_task(msg, reply)
@@ -309,10 +312,29 @@ class Runtime:
                 if isinstance(stream, _Forward):
                     stream.finish()
             self.reply = None
+        self._reply(reply, P.TaskDone(msg.task_id, status, results))
+
+    def _reply(self, reply: Connection | None, msg: P.Message) -> None:
+        """Send a task's outcome. Direct results wait while more tasks are queued here, so a
+        burst of short tasks answers in a few writes (the run loop flushes when idle)."""
         try:
-            (reply or self.client.conn).send(P.TaskDone(msg.task_id, status, results))
+            if reply is None:
+                self.client.conn.send(msg)
+            elif self.inbox.empty():
+                reply.send(msg)
+            else:
+                reply.post(msg)
+                self.unflushed.add(reply)
         except ConnectionError:
             pass   # the client that pushed it is gone; its node cleans up after it
+
+    def _flush_replies(self) -> None:
+        pending, self.unflushed = self.unflushed, set()
+        for conn in pending:
+            try:
+                conn.flush()
+            except ConnectionError:
+                pass
 
     # -- actors --------------------------------------------------------------------------------
     def init_actor(self, msg: P.InitActor) -> None:
