@@ -57,9 +57,10 @@ class Cluster:
         return os.path.join(self.state_dir, "secret")
 
     def start(self, head_args: list[str], nodes: list[list[str]]) -> None:
-        # No dashboard: test clusters must not take a user's 8265.
-        out = unipar(self.env, "start", "--head", "--port", "0", "--include-dashboard", "false",
-                     *head_args)
+        # No dashboard unless asked for: test clusters must not take a user's 8265.
+        quiet = [] if any(a.startswith("--dashboard") for a in head_args) else [
+            "--include-dashboard", "false"]
+        out = unipar(self.env, "start", "--head", "--port", "0", *quiet, *head_args)
         assert out.returncode == 0, out.stdout + out.stderr
         self.start_output = out.stdout
         self.head = self.state()["head"]

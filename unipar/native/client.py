@@ -28,6 +28,7 @@ import cloudpickle
 from ..exceptions import (GetTimeoutError, ObjectLostError, ObjectStoreFullError, UniparError)
 from . import protocol as P
 from . import serialization as S
+from .actor_calls import ActorCall, ActorRouter
 from .direct import IDLE_GRACE, DirectPool, DirectTask, direct_values
 from .refs import TRACKER, ActorId, NativeRef
 from .transfer import CHUNK_SIZE, Downloads, upload
@@ -123,6 +124,8 @@ class Client:
         # Tasks go straight to leased workers on this node; a remote driver (no Unix socket
         # to the workers) submits everything through the node.
         self.direct = DirectPool(self) if not self.remote else None
+        self.actor_calls = ActorRouter(self)
+        self._later: list[Callable[[], None]] = []   # writes held back for a burst (later())
         self._flusher = threading.Thread(target=self._flush_refs, name="unipar-ref-flusher",
                                          daemon=True)
         self._flusher.start()
@@ -161,8 +164,7 @@ class Client:
                 if due is not None:
                     timeout = min(timeout, max(due - time.monotonic(), 0.001))
             try:
-                if self.direct is not None:
-                    self.direct.flush()
+                self.flush_direct()
                 if TRACKER.changes:
                     self.conn.send(None)
                 else:
@@ -290,6 +292,98 @@ class Client:
             return [oid for oid in oids if (e := self._entries.get(oid)) is not None
                     and e.local and e.kind is None]
 
+    def later(self, write: Callable[[], None]) -> None:
+        """Run ``write`` (a flush held back so a burst shares writes) at the next get/wait,
+        or from the flusher thread within about a millisecond."""
+        self._later.append(write)
+        if not self.conn.posted.is_set():
+            self.conn.posted.set()
+
+    def flush_direct(self) -> None:
+        """Write what the direct paths (tasks and actor calls) hold back."""
+        if self.direct is not None:
+            self.direct.flush()
+        while self._later:
+            try:
+                write = self._later.pop()
+            except IndexError:
+                break
+            write()
+
+    def request_async(self, make: Callable[[int], P.Message],
+                      then: Callable[[concurrent.futures.Future], None]) -> None:
+        """Send a request; ``then(future)`` runs (on the reader thread) when it is answered."""
+        req_id = next(self._req_counter)
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._reqs[req_id] = fut
+        fut.add_done_callback(then)
+        try:
+            self.conn.send(make(req_id))
+        except ConnectionError as exc:
+            self._reqs.pop(req_id, None)
+            fut.set_exception(exc)
+
+    def sync_node(self) -> None:
+        """Return once the node has handled everything this process sent it before."""
+        self.request(lambda r: P.Ping(r))
+
+    def ready_for(self, direct: bool, deps: Sequence[bytes], contained: Sequence[bytes],
+                  then: Callable[[], None]) -> bool:
+        """Whether a call with these arguments can leave now; if not, ``then`` runs when one
+        more of what it waits for is ready. Direct: every dependency's value must be here
+        (subscribing to those the node has); through the node: only our own unfinished
+        local results hold it back (the node waits for the rest itself)."""
+        wait_for: bytes | None = None
+        unknown: list[bytes] = []
+        with self._cond:
+            for oid in deps:
+                entry = self._entries.get(oid)
+                if entry is None and direct:
+                    entry = self._entries[oid] = _Entry()
+                    unknown.append(oid)
+                if entry is not None and entry.kind is None and (direct or entry.local):
+                    wait_for = oid
+                    break
+            if wait_for is None:
+                for oid in contained:
+                    entry = self._entries.get(oid)
+                    if entry is not None and entry.local and entry.kind is None:
+                        wait_for = oid
+                        break
+            if wait_for is not None:
+                self._entries[wait_for].callbacks.append(then)
+        if unknown:
+            self._subscribe(unknown)
+            self.conn.flush()
+        return wait_for is None
+
+    def dep_values(self, deps: Sequence[bytes]) -> list | bytes:
+        """``[oid, kind, payload, path]`` per dependency (all ready), or the packed error of
+        the first that failed."""
+        values = []
+        with self._cond:
+            for oid in deps:
+                entry = self._entries[oid]
+                if entry.kind == "error":
+                    return entry.payload
+                if entry.kind == "shm":
+                    values.append([oid, "shm", None, entry.path])
+                else:
+                    values.append([oid, entry.kind, P.blob(entry.payload), ""])
+        return values
+
+    def call_via_node(self, actor_id: bytes, call: ActorCall) -> None:
+        """Send a call through the node (the actor is elsewhere), which keeps it ordered."""
+        self.promote(list(call.deps) + list(call.contained))
+        with self._cond:
+            for oid in call.return_ids:
+                entry = self._entries.get(oid)
+                if entry is not None:
+                    entry.local = False
+        self.conn.post(P.CallActor(actor_id, call.task_id, call.method, call.args, call.deps,
+                                   call.contained, call.return_ids))
+        call.keep = []
+
     def code_blob(self, key: str) -> bytes:
         return self._fn_blobs[key]
 
@@ -328,6 +422,7 @@ class Client:
             return self._head
 
     def close(self) -> None:
+        self.actor_calls.close()
         if self.direct is not None:
             self.direct.close()
         self._stop.set()
@@ -484,11 +579,15 @@ class Client:
         if S.payload_size(data, buffers) <= (CHUNK_SIZE if self.remote else self.inline_max):
             oid = self.new_id()
             packed = S.pack(data, buffers)
-            entry = _Entry(subscribed=True)
+            # A small value holding no refs stays here until a ref to it leaves this process
+            # (promote); one holding refs goes to the node now, which keeps those alive.
+            entry = _Entry(subscribed=True, local=not contained)
             entry.kind, entry.payload = "inline", packed
             with self._cond:
                 self._entries[oid] = entry
-            self.conn.post(P.PutObject(oid, "inline", P.blob(packed), "", len(packed), contained))
+            if contained:
+                self.conn.post(P.PutObject(oid, "inline", P.blob(packed), "", len(packed),
+                                           contained))
             return NativeRef.owned(oid)
         return self._put_large(data, buffers, contained)
 
@@ -561,8 +660,7 @@ class Client:
             if len(ready) >= count or (failed and stop_on_error):
                 return ready
         self._subscribe([oids[i] for i in pending])
-        if self.direct is not None:
-            self.direct.flush()
+        self.flush_direct()
         self.conn.flush()   # what we wait for may still sit in our own outbox
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -649,6 +747,8 @@ class Client:
     def cancel(self, ref: NativeRef, force: bool, recursive: bool = True) -> None:
         if self.direct is not None and self.direct.cancel(ref.oid, force):
             return
+        if self.actor_calls.cancel(ref.oid):
+            return
         self.conn.send(P.Cancel(ref.oid, force, recursive))
 
     # -- actors --------------------------------------------------------------------------------
@@ -678,16 +778,16 @@ class Client:
     def call_actor(self, actor_id: ActorId, method: str, args: tuple, kwargs: dict,
                    num_returns: int) -> list[NativeRef]:
         payload, deps, contained, keep = self._pack_args(args, kwargs)
-        self.promote(deps + contained)
-        task_id = self.new_id()
-        return_ids = [self.new_id() for _ in range(num_returns)]
+        call = ActorCall(self.new_id(), method, payload, deps, contained,
+                         [self.new_id() for _ in range(num_returns)], keep)
         with self._cond:
-            for oid in return_ids:
-                self._entries[oid] = _Entry(subscribed=True)
-        self.conn.post(P.CallActor(actor_id.id, task_id, method, payload, deps, contained,
-                                   return_ids))
-        del keep
-        return [NativeRef.owned(oid) for oid in return_ids]
+            for oid in call.return_ids:   # local until we know the call goes through the node
+                self._entries[oid] = _Entry(subscribed=True, local=True)
+        refs = [NativeRef.owned(oid) for oid in call.return_ids]
+        if deps or contained:   # alive until the call is done
+            call.keep = keep + [NativeRef(oid) for oid in deps + contained]
+        self.actor_calls.call(actor_id.id, call)
+        return refs
 
     def kill_actor(self, actor_id: ActorId, no_restart: bool) -> None:
         self.request(lambda r: P.KillActor(r, actor_id.id, no_restart))

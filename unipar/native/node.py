@@ -36,7 +36,7 @@ from . import protocol as P
 from . import serialization as S
 from .object_store import ObjectStore, StoreFullError
 from .boot import report_ready, spawn_worker
-from .node_actors import Actor, ActorHost, exit_code
+from .node_actors import Actor, ActorHost, direct_address, exit_code
 from .node_peers import PeerHost
 from .scheduler import Dispatch, PlaceActor, RetireWorker, Scheduler, StartWorkers
 from .server import ServerConnection, run_loop, serve
@@ -178,6 +178,8 @@ class Node(ActorHost, PeerHost):
             P.NodeInfo.op: self.on_node_info,
             P.Log.op: self.on_log,
             P.RequestLease.op: self.on_request_lease,
+            P.ActorAddress.op: self.on_actor_address,
+            P.Ping.op: lambda conn, msg: conn.send(P.Reply(msg.req_id, None)),
             P.ReturnLease.op: self.on_return_lease,
             P.PutFor.op: self.on_put_for,
             P.Shutdown.op: self.on_shutdown,
@@ -859,11 +861,6 @@ class Node(ActorHost, PeerHost):
                     f"the worker process (pid {w.proc.pid}) running task {task.name} died "
                     f"(exit code {code}) and its retries are used up")))
         self._schedule()
-
-
-def direct_address(node: Node, worker_id: str) -> str:
-    """The address of a worker's own socket (see worker.direct_socket_path)."""
-    return "unix://" + os.path.join(node.session_dir, f"{worker_id}.sock")
 
 
 def _watch_parent(loop: asyncio.AbstractEventLoop, node: Node) -> None:

@@ -20,6 +20,7 @@ from ..exceptions import ActorDiedError
 from . import protocol as P
 from . import serialization as S
 from .scheduler import PlaceActor
+from .worker import direct_socket_path
 
 if TYPE_CHECKING:
     from .node import Task, WorkerProc
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 class Actor:
     __slots__ = ("msg", "state", "worker", "queue", "inflight", "restarts", "death",
-                 "init_task", "gpu_ids", "retries")
+                 "init_task", "gpu_ids", "retries", "address_waiters")
 
     def __init__(self, msg: P.CreateActor) -> None:
         self.msg = msg
@@ -41,6 +42,7 @@ class Actor:
         self.init_task: Task | None = None
         self.gpu_ids: tuple[int, ...] = ()
         self.retries: dict[bytes, int] = {}
+        self.address_waiters: list[tuple[ServerConnection, int]] = []   # see on_actor_address
 
 
 class ActorHost:
@@ -112,7 +114,32 @@ class ActorHost:
             self._actor_dead(actor, bytes(msg.error))
             return
         actor.state = "alive"
+        self._answer_address_waiters(actor)
         self._pump(actor)
+
+    # -- direct calls: clients on this node push calls to the actor's process themselves ----
+    def on_actor_address(self, conn: ServerConnection, msg: P.ActorAddress) -> None:
+        actor = self.actors.get(msg.actor_id)
+        if actor is None or conn.info.get("remote"):
+            conn.send(P.Reply(msg.req_id, {"state": "node"}))   # elsewhere: through the node
+        elif actor.state in ("alive", "dead"):
+            conn.send(P.Reply(msg.req_id, self._actor_address(actor)))
+        else:   # starting (or restarting): answered when it is alive or dead
+            actor.address_waiters.append((conn, msg.req_id))
+
+    def _actor_address(self, actor: Actor) -> dict:
+        if actor.state == "dead":
+            return {"state": "dead", "death": actor.death}
+        w = self.workers[actor.worker]   # type: ignore[index]
+        return {"state": "alive", "worker_id": w.wid, "address": direct_address(self, w.wid),
+                "pid": w.proc.pid, "restarts": actor.restarts,
+                "max_task_retries": actor.msg.max_task_retries,
+                "class_name": actor.msg.class_name}
+
+    def _answer_address_waiters(self, actor: Actor) -> None:
+        waiters, actor.address_waiters = actor.address_waiters, []
+        for conn, req_id in waiters:
+            conn.send(P.Reply(req_id, self._actor_address(actor)))
 
     def on_call_actor(self, conn: ServerConnection, msg: P.CallActor) -> None:
         actor = self.actors.get(msg.actor_id)
@@ -162,6 +189,7 @@ class ActorHost:
     def _actor_dead(self, actor: Actor, death: bytes) -> None:
         actor.state = "dead"
         actor.death = death
+        self._answer_address_waiters(actor)
         pending = list(actor.inflight.values()) + list(actor.queue)
         actor.inflight.clear()
         actor.queue.clear()
@@ -242,6 +270,11 @@ class ActorHost:
         return [{"actor_id": aid.hex(), "class_name": a.msg.class_name, "name": a.msg.name,
                  "state": a.state, "restarts": a.restarts}
                 for aid, a in list(self.actors.items())[-limit:]]
+
+
+def direct_address(node: Any, worker_id: str) -> str:
+    """The address of a worker's own socket, beside the node's (see worker.direct_socket_path)."""
+    return "unix://" + direct_socket_path(node.unix_address, worker_id)
 
 
 def exit_code(proc: subprocess.Popen) -> int | None:

@@ -298,6 +298,24 @@ class ReturnLease(Message):
 
 
 @message
+class ActorAddress(Message):
+    """Client -> node, a request: where to push calls to an actor directly. Answered once the
+    actor is alive (or dead). Reply.value: ``{"state": "alive", "worker_id", "address",
+    "pid", "restarts", "max_task_retries", "class_name"}``, ``{"state": "dead", "death":
+    packed error}``, or ``{"state": "node"}`` (not on this node: call it through the node)."""
+    op = "actor_address"
+    req_id: int
+    actor_id: bytes
+
+
+@message
+class Ping(Message):
+    """A request answered with an empty Reply once everything sent before it was handled."""
+    op = "ping"
+    req_id: int
+
+
+@message
 class Attach(Message):
     """Client -> leased worker, first on a direct connection: who is pushing tasks (its
     client id at the node, so big results can be registered on its behalf)."""

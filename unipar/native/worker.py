@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import importlib
 import io
 import os
@@ -35,6 +36,10 @@ from .transport import Connection, Listener
 from .refs import NativeRef
 
 _current = threading.local()
+# The direct connection of the client whose task or call runs in this context (its print
+# lines and result go back that way), or None for one the node sent. A context variable:
+# threaded and async actors run several calls at once.
+_reply_to: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("reply", default=None)
 MAX_MAPPED = 32   # big arguments kept mapped per worker
 
 
@@ -111,9 +116,6 @@ class Runtime:
         self.client: Client = None  # type: ignore[assignment]
         self.label = "worker"
         self.current_task: bytes | None = None
-        # The direct connection of the client whose task runs now (its print lines and result
-        # go back that way), or None for a task the node sent.
-        self.reply: Connection | None = None
         self.unflushed: set[Connection] = set()
         self.task_lock = threading.Lock()
         self.cancelled: set[bytes] = set()
@@ -128,7 +130,7 @@ class Runtime:
         self.semaphore: asyncio.Semaphore | None = None
 
     def log_conn(self) -> Connection:
-        reply = self.reply
+        reply = _reply_to.get()
         return reply if reply is not None and not reply.closed else self.client.conn
 
     def forward_log(self, msg: P.Log) -> None:
@@ -147,6 +149,10 @@ class Runtime:
     def handle_direct(self, conn: Connection, msg: P.Message) -> None:
         op = msg.op
         if op == "run_task":
+            self.inbox.put((msg, conn))
+        elif op == "run_actor_task" and self.instance is not None and (self.pool or self.loop):
+            self._start_concurrent_call(msg, conn)  # type: ignore[arg-type]
+        elif op == "run_actor_task":
             self.inbox.put((msg, conn))
         elif op == "cancel_task":
             self._cancel(msg.task_id)  # type: ignore[attr-defined]
@@ -191,7 +197,7 @@ class Runtime:
                 elif msg.op == "init_actor":
                     self.init_actor(msg)
                 elif msg.op == "run_actor_task":
-                    self._finish_call(msg, *self._call_sync(msg))
+                    self._run_call(msg, reply)
             except KeyboardInterrupt:
                 continue   # a cancel that arrived just after its task ended
 
@@ -201,7 +207,9 @@ class Runtime:
             fn = self.functions[key] = cloudpickle.loads(blob)
         return fn
 
-    def _arguments(self, packed: Any, deps: list) -> tuple[tuple, dict, Any]:
+    def _arguments(self, packed: Any, deps: list, cache: bool = True) -> tuple[tuple, dict, Any]:
+        """Arguments from their packed form and dependency values. ``cache``: keep big ones
+        mapped (only when the node sent them: it tells us when to let go)."""
         if packed is None:   # big arguments travel as the last dependency
             data, buffers = S.map_file(deps[-1][3]) if deps[-1][1] == "shm" else S.unpack(deps[-1][2])
             packed_args = S.loads(data, buffers)
@@ -209,14 +217,19 @@ class Runtime:
         else:
             packed_args = S.load_packed(packed)
         args, kwargs, extra = packed_args
-        values = [self._load_dep(d) for d in deps]
+        values = [self._load_dep(d, cache) for d in deps]
         args, kwargs = S.fill_slots(args, kwargs, values)
         return args, kwargs, extra
 
-    def _load_dep(self, dep: list) -> Any:
+    def _load_dep(self, dep: list, cache: bool = True) -> Any:
         oid, kind, payload, path = dep
         if kind != "shm":
             return S.load_packed(payload)
+        if not cache:
+            try:
+                return S.loads(*S.map_file(path, populate=True))
+            except FileNotFoundError:   # spilled since: ask where it is now
+                return self.client.get([NativeRef(oid)], None)[0]
         with self.map_lock:
             cached = self.mapped.get(oid)
         if cached is not None and cached[0] == path:
@@ -279,6 +292,7 @@ class Runtime:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.base_cuda
         status, results = "ok", []
         retry_filter: Any = False
+        token = _reply_to.set(reply)
         try:
             with self.task_lock:
                 if msg.task_id in self.cancelled:
@@ -286,13 +300,12 @@ class Runtime:
                     raise KeyboardInterrupt
                 self.current_task = msg.task_id
             fn = self._function(msg.fn_key, msg.fn_blob)
-            args, kwargs, retry_filter = self._arguments(msg.args, msg.deps)
-            self.reply = reply
+            args, kwargs, retry_filter = self._arguments(msg.args, msg.deps, cache=reply is None)
             result = fn(*args, **kwargs)
             with self.task_lock:
                 self.current_task = None
             status, results = self._results(msg.return_ids, result, msg.name, where,
-                                            getattr(reply, "owner", None) if reply else None)
+                                            _owner(reply))
         except KeyboardInterrupt:
             with self.task_lock:
                 self.current_task = None
@@ -311,7 +324,7 @@ class Runtime:
             for stream in (sys.stdout, sys.stderr):
                 if isinstance(stream, _Forward):
                     stream.finish()
-            self.reply = None
+            _reply_to.reset(token)
         self._reply(reply, P.TaskDone(msg.task_id, status, results))
 
     def _reply(self, reply: Connection | None, msg: P.Message) -> None:
@@ -371,46 +384,64 @@ class Runtime:
     def _where(self, msg: P.RunActorTask) -> str:
         return f"{self.label}.{msg.method} (pid={os.getpid()})"
 
-    def _call_sync(self, msg: P.RunActorTask) -> tuple[str, list]:
+    def _run_call(self, msg: P.RunActorTask, reply: Connection | None) -> None:
+        """Run one actor call on this thread; its result goes back over ``reply`` (a call
+        pushed directly) or to the node."""
+        token = _reply_to.set(reply)
+        try:
+            outcome = self._call_sync(msg, reply)
+        finally:
+            _reply_to.reset(token)
+        self._finish_call(msg, *outcome, reply)
+
+    def _call_sync(self, msg: P.RunActorTask, reply: Connection | None) -> tuple[str, list]:
         name = f"{self.label}.{msg.method}"
         try:
             method = getattr(self.instance, msg.method)
-            args, kwargs, _ = self._arguments(msg.args, msg.deps)
+            args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
             result = method(*args, **kwargs)
             if asyncio.iscoroutine(result):
                 result = asyncio.run(result)
         except Exception as exc:
             return "error", self._error_results(msg.return_ids, exc, self._where(msg))
-        return self._results(msg.return_ids, result, name, self._where(msg))
+        return self._results(msg.return_ids, result, name, self._where(msg), _owner(reply))
 
-    def _finish_call(self, msg: P.RunActorTask, status: str, results: list) -> None:
+    def _finish_call(self, msg: P.RunActorTask, status: str, results: list,
+                     reply: Connection | None) -> None:
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, _Forward):
                 stream.finish()
-        self.client.conn.send(P.TaskDone(msg.task_id, status, results))
+        self._reply(reply, P.TaskDone(msg.task_id, status, results))
 
-    def _start_concurrent_call(self, msg: P.RunActorTask) -> None:
+    def _start_concurrent_call(self, msg: P.RunActorTask, reply: Connection | None = None) -> None:
         if self.pool is not None:
-            self.pool.submit(lambda: self._finish_call(msg, *self._call_sync(msg)))
+            self.pool.submit(self._run_call, msg, reply)
             return
         assert self.loop is not None
-        asyncio.run_coroutine_threadsafe(self._call_async(msg), self.loop)
+        asyncio.run_coroutine_threadsafe(self._call_async(msg, reply), self.loop)
 
-    async def _call_async(self, msg: P.RunActorTask) -> None:
+    async def _call_async(self, msg: P.RunActorTask, reply: Connection | None) -> None:
         assert self.semaphore is not None
+        _reply_to.set(reply)   # this call's own context (each coroutine task has one)
         async with self.semaphore:
             name = f"{self.label}.{msg.method}"
             try:
                 method = getattr(self.instance, msg.method)
-                args, kwargs, _ = self._arguments(msg.args, msg.deps)
+                args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
                 result = method(*args, **kwargs)
                 if asyncio.iscoroutine(result):
                     result = await result
             except Exception as exc:
                 outcome = ("error", self._error_results(msg.return_ids, exc, self._where(msg)))
             else:
-                outcome = self._results(msg.return_ids, result, name, self._where(msg))
-        self._finish_call(msg, *outcome)
+                outcome = self._results(msg.return_ids, result, name, self._where(msg),
+                                        _owner(reply))
+        self._finish_call(msg, *outcome, reply)
+
+
+def _owner(reply: Connection | None) -> int | None:
+    """The client id of whoever pushed a task or call over ``reply`` (None: the node)."""
+    return getattr(reply, "owner", None) if reply is not None else None
 
 
 def direct_socket_path(node_address: str, worker_id: str) -> str:
@@ -440,8 +471,8 @@ def main() -> None:
     runtime = Runtime(role)
     node_address = os.environ["UNIPAR_NODE_ADDRESS"]
     wid = os.environ["UNIPAR_WORKER_ID"]
-    if role == "task":   # listen before the node knows us: a lease on us may come at once
-        Listener(direct_socket_path(node_address, wid), secret, runtime.accept)
+    # Listen before the node knows us: a lease on us (or a call to our actor) may come at once.
+    Listener(direct_socket_path(node_address, wid), secret, runtime.accept)
     client = Client(node_address, secret, role="worker" if role == "task" else "actor",
                     worker_id=wid, handler=runtime.handle)
     client.log_sink = runtime.forward_log
