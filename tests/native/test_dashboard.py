@@ -234,14 +234,14 @@ def test_without_aiohttp_the_cluster_starts_and_says_how_to_get_it(tmp_path):
 INIT_DRIVER = """
     import io, json, sys, urllib.request, psutil, unipar
 
-    def head_listeners():
-        [head] = [p for p in psutil.Process().children()
-                  if "unipar.native.head" in " ".join(p.cmdline())]
+    def tcp_listeners():
+        ours = {p.pid for p in psutil.Process().children(recursive=True)}
         return [c for c in psutil.net_connections("tcp")
-                if c.pid == head.pid and c.status == psutil.CONN_LISTEN]
+                if c.pid in ours and c.status == psutil.CONN_LISTEN]
 
     unipar.init(num_cpus=1)
-    assert len(head_listeners()) == 1, head_listeners()   # its own port only: no dashboard
+    # The head's port and the node's, nothing more: no dashboard.
+    assert len(tcp_listeners()) == 2, tcp_listeners()
     unipar.shutdown()
 
     captured = io.StringIO()

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import sys
-from typing import Any, Hashable, Sequence
+import threading
+from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 from ..exceptions import BackendUnavailableError
-from ..native.client import Client
+if TYPE_CHECKING:
+    from ..native.client import Client
 from ..native.refs import ActorId, NativeRef
 from ..options import InitOptions, resource_demand
 from .base import (ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend,
@@ -61,7 +63,14 @@ class NativeBackend(Backend):
             stuck_warning_after=float(extra.get("stuck_warning_after", 5.0)),
             worker_idle_timeout=float(extra.get("worker_idle_timeout", 10.0)),
             dashboard_port=extra.get("dashboard_port")))   # none by default: cold start
-        self._cluster.start()
+        # The engine's client code loads while the daemons start (cold start).
+        loading = threading.Thread(target=_load_client, name="unipar-import")
+        loading.start()
+        try:
+            self._cluster.start()
+        finally:
+            loading.join()
+        from ..native.client import Client
         if "dashboard_port" in extra:   # asked for: say where it is, or why it is not
             where = self._cluster.dashboard_url or f"off: {self._cluster.dashboard_problem}"
             print(f"unipar dashboard: {where}", file=sys.stderr)
@@ -169,6 +178,10 @@ class NativeBackend(Backend):
             for key, value in node.get("Available", node["Resources"]).items():
                 free[key] = free.get(key, 0.0) + value
         return free
+
+
+def _load_client() -> None:
+    import unipar.native.client  # noqa: F401
 
 
 def worker_setup(client: Client) -> None:

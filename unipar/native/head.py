@@ -42,7 +42,8 @@ class Head:
         self.secret = secret
         self.nodes: dict[str, dict[str, Any]] = {}
         self.names: dict[str, tuple[bytes, bytes]] = {}   # name -> (actor id, pickled meta)
-        self.actor_nodes: dict[bytes, str] = {}            # actor id -> hosting node id
+        self.actor_nodes: dict[bytes, str] = {}            # actor id -> hosting node id ("": dead)
+        self.actor_owners: dict[bytes, str] = {}           # actor id -> node that re-creates it
         self.last_seen: dict[str, float] = {}               # node id -> its last status (monotonic)
         self.conns: dict[str, ServerConnection] = {}
         self.dead: dict[str, str] = {}                      # node id -> why it was declared dead
@@ -56,6 +57,7 @@ class Head:
             P.ActorLocation.op: self.on_actor_location,
             P.NodeStatus.op: self.on_node_status,
             P.LookupActor.op: self.on_lookup_actor,
+            P.ActorOwner.op: self.on_actor_owner,
             P.Shutdown.op: self.on_shutdown,
         }
 
@@ -144,7 +146,10 @@ class Head:
         self.nodes[node_id]["Alive"] = False
         self.dead[node_id] = reason
         for name, (actor_id, _meta) in list(self.names.items()):
-            if self.actor_nodes.get(actor_id) == node_id:
+            owner = self.actor_owners.get(actor_id)
+            if owner is not None and owner != node_id and owner not in self.dead:
+                continue   # its owner re-creates it elsewhere (or frees the name)
+            if self.actor_nodes.get(actor_id) == node_id or owner == node_id:
                 del self.names[name]
         conn = self.conns.get(node_id)
         if conn is not None:
@@ -166,6 +171,11 @@ class Head:
         if self._told_dead(conn):
             return
         self.actor_nodes[msg.actor_id] = msg.node_id
+
+    def on_actor_owner(self, conn: ServerConnection, msg: P.ActorOwner) -> None:
+        if self._told_dead(conn):
+            return
+        self.actor_owners[msg.actor_id] = msg.node_id
 
     def on_lookup_actor(self, conn: ServerConnection, msg: P.LookupActor) -> None:
         if self._told_dead(conn):

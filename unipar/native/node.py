@@ -35,7 +35,7 @@ from ..exceptions import (ObjectLostError, TaskCancelledError,
 from . import protocol as P
 from . import serialization as S
 from .object_store import ObjectStore, StoreFullError
-from .boot import report_ready, spawn_worker
+from .boot import WorkerLauncher, report_ready, spawn_worker
 from .node_actors import Actor, ActorHost, direct_address, exit_code
 from .node_peers import PeerHost
 from .scheduler import Dispatch, PlaceActor, RetireWorker, Scheduler, StartWorkers
@@ -139,6 +139,7 @@ class Node(ActorHost, PeerHost):
         self.sched = Scheduler(resources, idle_timeout=worker_idle_timeout)
         self.stuck_warning_after = stuck_warning_after
         self.listen_fds: dict[str, int] = {}   # sockets bound by the starter, if any
+        self.launcher: WorkerLauncher | None = None   # forks workers (boot.py), if given
         self.advertise = ""                    # the host others reach us at, if not self.host
         self.objects: dict[bytes, Obj] = {}
         self.tasks: dict[bytes, Task] = {}
@@ -810,8 +811,9 @@ class Node(ActorHost, PeerHost):
         wid = f"w{self.next_worker}"
         self.next_worker += 1
         cuda = ",".join(str(i) for i in gpu_ids) if role == "actor" else None
-        proc = spawn_worker(wid, role, self.unix_address, self.worker_setup,
-                            self.secret.hex().encode(), cuda)
+        start = self.launcher.start if self.launcher is not None else spawn_worker
+        proc = start(wid, role, self.unix_address, self.worker_setup, self.secret.hex().encode(),
+                     cuda)
         w = WorkerProc(wid, proc, role, actor_id)
         self.workers[wid] = w
         return w
@@ -874,9 +876,10 @@ def _watch_parent(loop: asyncio.AbstractEventLoop, node: Node) -> None:
 
 
 def main(argv: list[str] | None = None, secret: bytes | None = None,
-         prestarted: list[subprocess.Popen] | None = None) -> None:
-    """Run a node daemon. ``secret`` and ``prestarted`` workers come from boot.py; without
-    them the secret is read from stdin and the workers are started here."""
+         prestarted: list[Any] | None = None, launcher: WorkerLauncher | None = None) -> None:
+    """Run a node daemon. ``secret``, ``prestarted`` workers and the ``launcher`` (a fork
+    server) come from boot.py; without them the secret is read from stdin and workers are
+    started as new processes."""
     parser = argparse.ArgumentParser(prog="python -m unipar.native.node")
     parser.add_argument("--config", required=True, help="JSON settings (see cluster.py)")
     args = parser.parse_args(argv)
@@ -897,8 +900,12 @@ def main(argv: list[str] | None = None, secret: bytes | None = None,
                     stuck_warning_after=cfg.get("stuck_warning_after", 5.0),
                     worker_idle_timeout=cfg.get("worker_idle_timeout", 10.0))
         node.listen_fds = {k: cfg[f"{k}_fd"] for k in ("tcp", "unix") if f"{k}_fd" in cfg}
+        node.launcher = launcher
         node.advertise = cfg.get("advertise", "")
         loop.add_signal_handler(signal.SIGTERM, node.stop)
+        if cfg.get("head_fd") is not None:   # a driver's one-machine cluster: the head is here
+            from .head import Head
+            head_servers = await serve(Head(secret), secret, tcp_fd=cfg["head_fd"])  # noqa: F841
         await node.start(prestarted)
         if node.head_address:
             await loop.run_in_executor(None, node.join_head)

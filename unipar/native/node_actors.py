@@ -58,6 +58,8 @@ class ActorHost:
         if peer is not None:   # it asks for resources only another node has
             self.forward_actor(conn, msg, peer)
             return
+        if self.peers and self.create_infeasible_actor(msg):
+            return   # no node could ever hold it: dead at once, its calls raise why
         if self.head is not None:
             self.tell_head(P.ActorLocation(msg.actor_id, self.node_id))
         actor = Actor(msg)
@@ -202,6 +204,7 @@ class ActorHost:
         if w is not None:
             self._retire(w.wid)
         self.status_changed()
+        self.tell_head(P.ActorLocation(actor.msg.actor_id, ""))   # lookups: dead for good
         if actor.msg.name and self.head is not None and not self.head.closed:
             try:
                 self.head.send(P.UnregisterName(0, actor.msg.name, actor.msg.actor_id))

@@ -40,6 +40,7 @@ from typing import Any
 from ..exceptions import ActorDiedError, ObjectLostError, WorkerCrashedError
 from . import protocol as P
 from . import serialization as S
+from .node_failover import FailoverHost, dead_peer_calls
 from .object_store import StoreFullError
 from .server import ServerConnection
 from .transfer import CHUNK_SIZE, TransferHost
@@ -88,7 +89,7 @@ class Peer:
         return all(self.total.get(k, 0.0) >= v for k, v in demand.items() if v > 0)
 
 
-class PeerHost(TransferHost):
+class PeerHost(FailoverHost, TransferHost):
     """Mixed into :class:`~.node.Node`; uses its objects, tasks, store and scheduler."""
 
     def init_peers(self) -> None:
@@ -96,7 +97,7 @@ class PeerHost(TransferHost):
         self.remote_results: dict[bytes, str] = {}     # object id -> peer holding its original
         self.remote_actors: dict[bytes, str] = {}      # actor id -> peer hosting it
         self.remote_calls: dict[bytes, deque] = {}     # actor id -> calls not yet sent there
-        self.actor_lookups: dict[bytes, list] = {}     # actor id -> calls waiting for the head
+        self.actor_lookups: dict[bytes, list] = {}     # actor id -> (call, deps watched) waiting for the head
         self.fetching: dict[bytes, int] = {}           # object id -> peers yet to answer
         self.fetch_holds: dict[bytes, set[str]] = {}   # object id -> peers holding it for us
         self.remote_creating: set[bytes] = set()       # actors whose CreateActor is not sent yet
@@ -104,6 +105,7 @@ class PeerHost(TransferHost):
         self.head_req_ids = itertools.count(100)
         self.peer_ticks = 0
         self.init_transfers()
+        self.init_failover()
 
     # -- the head ------------------------------------------------------------------------------
     def on_head_message(self, msg: P.Message) -> None:
@@ -202,6 +204,9 @@ class PeerHost(TransferHost):
             return
         self._place_stranded()
         self._pull_to(peer)
+        for aid, nid in list(self.remote_actors.items()):   # calls that waited for the link
+            if nid == peer.node_id:
+                self.pump_remote(aid)
 
     def _place_stranded(self) -> None:
         """Tasks queued here for resources this node does not have (they arrived before we
@@ -314,7 +319,8 @@ class PeerHost(TransferHost):
 
     # -- forwarding tasks ----------------------------------------------------------------------
     def maybe_forward(self, task: Any, from_peer: bool) -> bool:
-        """Send ``task`` (deps ready, not failed) to a peer if it belongs there; True if sent."""
+        """Send ``task`` (deps ready, not failed) to a peer if it belongs there; True if sent,
+        or failed because no live node could ever run it (InfeasibleResourcesError)."""
         peers = self.live_peers()
         if not peers:
             return False
@@ -327,6 +333,8 @@ class PeerHost(TransferHost):
         else:
             candidates = [p for p in peers if p.has(demand)]
             candidates = [p for p in candidates if p.room(demand)] or candidates
+            if not candidates and not from_peer:
+                return self.fail_if_infeasible(task)   # no node has that much: fail, not wait
         if not candidates:
             return False
         peer = min(candidates, key=lambda p: p.used.get("CPU", 0.0) / max(p.total.get("CPU", 1.0), 1.0))
@@ -571,11 +579,12 @@ class PeerHost(TransferHost):
         msg: P.CreateActor = task.remote_create
         peer = self.peers.get(self.remote_actors.get(msg.actor_id, ""))
         if peer is None or not peer.alive:
-            self._remote_actor_dead(msg.actor_id, "its node was lost")
             self._finish(task)
+            self.bury_actor(msg.actor_id, "the node chosen for it was lost before it started")
             return
         msgs = self._fn_msgs(peer, msg.class_key) + self._push_deps(peer, task.deps)
         msgs.append(msg)
+        self.own_remote_actor(msg, task)   # if that node dies, this one re-creates it
         if not self._send(peer, *msgs):
             self._release_deps(peer, task.deps)
         else:
@@ -591,6 +600,10 @@ class PeerHost(TransferHost):
         """A call for an actor not hosted here: queue it for the peer hosting it (asking the
         head where that is, once). False when this node knows of no peers at all."""
         aid = task.actor_id
+        death = self.dead_actors.get(aid)
+        if death is not None:   # its node died and it was not restarted
+            self._fail_task(task, death)
+            return True
         if aid in self.remote_actors:
             self.remote_calls.setdefault(aid, deque()).append(task)
             self._watch_deps(task)
@@ -599,32 +612,38 @@ class PeerHost(TransferHost):
             return False
         waiting = self.actor_lookups.get(aid)
         if waiting is not None:
-            waiting.append(task)
+            waiting.append((task, False))
             return True
-        self.actor_lookups[aid] = [task]
-        if not self.ask_head(lambda r: P.LookupActor(r, aid),
-                             lambda nid: self._actor_found(aid, nid)):
-            self._actor_found(aid, None)
+        self.actor_lookups[aid] = [(task, False)]
+        self.lookup_actor(aid)
         return True
 
-    def _actor_found(self, aid: bytes, nid: str | None) -> None:
-        calls = self.actor_lookups.pop(aid, [])
-        if nid == self.node_id and aid in self.actors:
-            for task in calls:   # created here meanwhile
-                self.actors[aid].queue.append(task)
-                self._watch_deps(task)
+    def actor_found(self, aid: bytes, nid: str | None) -> None:
+        """The head answered where ``aid`` lives: send the calls waiting for that there."""
+        if aid not in self.actor_lookups or self.stale_location(aid, nid):
             return
+        calls = self.actor_lookups.pop(aid)
+        self.relocating.pop(aid, None)
+        actor = self.actors.get(aid) if nid == self.node_id else None
         peer = self.peers.get(nid or "")
-        if peer is None or not peer.alive:
-            for task in calls:
+        if actor is None and (peer is None or not peer.alive):
+            for task, _watched in calls:
                 self._fail_task(task, S.pack_error(ActorDiedError(
                     f"actor {aid.hex()[:12]} is not alive on any node of this cluster")))
             return
-        self.remote_actors[aid] = peer.node_id
-        queue = self.remote_calls.setdefault(aid, deque())
-        for task in calls:
+        if actor is not None:   # created (or re-created) here meanwhile
+            queue = actor.queue
+        else:
+            self.remote_actors[aid] = peer.node_id
+            queue = self.remote_calls.setdefault(aid, deque())
+        for task, watched in calls:
             queue.append(task)
-            self._watch_deps(task)
+            if not watched:
+                self._watch_deps(task)
+        if actor is not None:
+            self._pump(actor)
+        else:
+            self.pump_remote(aid)
 
     def pump_remote(self, aid: bytes) -> None:
         """Send queued calls to the remote actor in order, while the next one's deps are ready."""
@@ -643,19 +662,22 @@ class PeerHost(TransferHost):
             msgs.append(P.CallActor(aid, task.task_id, task.method, args, task.deps,
                                     task.contained, task.return_ids))
             if not self._sent(peer, task, msgs):
-                self._fail_task(task, S.pack_error(ActorDiedError(
-                    f"the node hosting actor {aid.hex()[:12]} cannot be reached")))
+                # Not connected yet, or its connection just dropped (``_peer_lost`` follows
+                # and restarts the actor or relocates its calls): the call waits.
+                queue.appendleft(task)
+                return
 
     def kill_remote(self, aid: bytes, no_restart: bool) -> bool:
+        """Kill an actor hosted on a peer; without restarts it is not re-created either."""
         peer = self.peers.get(self.remote_actors.get(aid, ""))
+        if no_restart and aid in self.owned_actors:
+            self.disown(aid)
+            if peer is None or not peer.alive:   # being re-created: it never comes back
+                self.bury_actor(aid, "it was killed with unipar.kill()")
         if peer is None:
             return False
         self._send(peer, P.KillActor(0, aid, no_restart))
         return True
-
-    def _remote_actor_dead(self, aid: bytes, why: str) -> None:
-        for task in self.remote_calls.pop(aid, deque()):
-            self._fail_task(task, S.pack_error(ActorDiedError(f"actor {aid.hex()[:12]}: {why}")))
 
     # -- failures ------------------------------------------------------------------------------
     def _peer_lost(self, peer: Peer) -> None:
@@ -666,6 +688,7 @@ class PeerHost(TransferHost):
         peer.connecting = False
         if peer.conn is not None:
             peer.conn.close()
+        calls = dead_peer_calls(peer)   # actor calls in flight there, per actor
         for task in list(peer.inflight.values()):
             peer.remove(task.task_id)
             if task.state != "forwarded":
@@ -673,18 +696,28 @@ class PeerHost(TransferHost):
             for oid in task.return_ids:
                 self.remote_results.pop(oid, None)
             if task.actor_id is not None:
-                self._fail_task(task, S.pack_error(ActorDiedError(
-                    f"the node running actor call {task.name} died")))
+                continue   # below, with its actor
             elif task.retries_left != 0:
                 task.retries_left -= 1 if task.retries_left > 0 else 0
                 task.state, task.worker = "waiting", None
                 self._deps_ready(task)
+            elif any(self.pulls.get(oid) is not None and self.pulls[oid].source is peer
+                     for oid in task.return_ids):
+                # It ran, but its result was still being copied here: lost with the node.
+                self._fail_task(task, S.pack_error(ObjectLostError(
+                    f"the result of task {task.name} was lost with the node that made it "
+                    "before its copy reached this node, and max_retries does not allow "
+                    "running it again")))
             else:
                 self._fail_task(task, S.pack_error(WorkerCrashedError(
                     f"the node running task {task.name} died and its retries are used up")))
         for aid, nid in list(self.remote_actors.items()):
             if nid == peer.node_id:
-                self._remote_actor_dead(aid, "its node died")
+                self.actor_host_lost(aid, calls.pop(aid, []))
+        for aid, lost in calls.items():   # (not expected: calls follow their actor)
+            for task in lost:
+                self._fail_task(task, S.pack_error(ActorDiedError(
+                    f"the node running actor call {task.name} died")))
         for oid in list(self.fetching):
             self.fetching[oid] -= 1
             if self.fetching[oid] <= 0:

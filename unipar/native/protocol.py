@@ -631,6 +631,19 @@ class PutChunk(Message):
     data: Any
 
 
+# -- actor fail-over (issue #4 point 5: actors restart on another node; see node_failover.py) --
+# ActorLocation with node_id "" means the actor is dead for good (LookupActor then answers "").
+
+@message
+class ActorOwner(Message):
+    """Node -> head: node ``node_id`` created this actor on another node and re-creates it if
+    that node dies (it has restarts left), so its name outlives its node; the owner frees the
+    name (UnregisterName) if it gives up."""
+    op = "actor_owner"
+    actor_id: bytes
+    node_id: str
+
+
 # -- frames ------------------------------------------------------------------------------------
 
 _tls = threading.local()   # per thread: a reusable Packer and the frame being encoded

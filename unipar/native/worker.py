@@ -460,10 +460,31 @@ def _watch_stdin() -> None:
 
 
 def main() -> None:
+    """``python -m unipar.native.worker``: the secret on stdin, which stays open; EOF on it
+    means the node is gone."""
     secret = bytes.fromhex(sys.stdin.buffer.readline().strip().decode())
+    threading.Thread(target=_watch_stdin, name="unipar-watchdog", daemon=True).start()
+    _serve(secret)
+
+
+def forked_main(secret_hex: str, env: dict[str, str], lifeline: Any) -> None:
+    """A worker forked by the node's fork server (boot.WorkerLauncher): ``env`` is this
+    worker's part of the environment; EOF on ``lifeline`` means the node is gone."""
+    os.environ.update(env)
+
+    def watch() -> None:
+        try:
+            while True:
+                lifeline.recv_bytes()
+        except (EOFError, OSError):
+            os._exit(0)
+    threading.Thread(target=watch, name="unipar-watchdog", daemon=True).start()
+    _serve(bytes.fromhex(secret_hex))
+
+
+def _serve(secret: bytes) -> None:
     # Daemons ignore SIGINT; we inherit that, but cancel() needs it to raise KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    threading.Thread(target=_watch_stdin, name="unipar-watchdog", daemon=True).start()
     for entry in reversed(os.environ.get("UNIPAR_DRIVER_SYS_PATH", "").split(os.pathsep)):
         if entry and entry not in sys.path:
             sys.path.insert(1, entry)

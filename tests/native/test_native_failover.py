@@ -1,0 +1,257 @@
+"""Node failure, beyond retrying tasks: actors restart on another node, results already copied
+survive their maker, and work no single node could run fails at once instead of waiting.
+
+Each test starts its own cluster (a head and 2-3 node daemons, ``unipar start``) because it
+kills a node; the driver runs on the head's node (``address="auto"``) and kills a node itself,
+by the pid of the daemon that runs its actor or task (found in the state directory). ``--node-timeout 2``:
+a killed node's connections close at once anyway, so nothing waits for the timeout here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from multinode import Cluster, base_env, unipar
+
+pytestmark = pytest.mark.timeout(240)
+
+HEAD = ["--num-cpus", "1", "--node-timeout", "2"]
+SLOT_NODE = ["--num-cpus", "1", "--resources", '{"slot": 1}']
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Head node A (1 CPU) and nodes B and C, each with the resource ``slot`` A lacks."""
+    state = str(tmp_path / "state")
+    c = Cluster(state, base_env(state))
+    try:
+        c.start(HEAD, [SLOT_NODE, SLOT_NODE])
+        yield c
+    finally:
+        c.stop()
+
+
+def _ok(result) -> str:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def _run(cluster: Cluster, code: str) -> str:
+    return _ok(cluster.driver(code, timeout=180))
+
+
+PRELUDE = """
+    import os, signal, time, unipar
+    from unipar.exceptions import ActorDiedError, ObjectLostError, WorkerCrashedError
+    unipar.init()
+    deadline = time.monotonic() + 60
+    while len([n for n in unipar.nodes() if n["Alive"]]) < 3:   # every node joined
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    def node():
+        return os.environ["UNIPAR_NODE_ADDRESS"]
+
+    def daemon(address):   # the pid of the node daemon at ``address`` (cluster.json's record)
+        import json
+        with open(os.path.join(os.environ["UNIPAR_STATE_DIR"], "cluster.json")) as f:
+            procs = json.load(f)["procs"]
+        return next(r["pid"] for r in procs if r.get("session_dir") and r["session_dir"] in address)
+
+    def kill_node(address):   # and wait until the head knows it is dead
+        os.kill(daemon(address), signal.SIGKILL)
+        while len([n for n in unipar.nodes() if n["Alive"]]) > 2:
+            assert time.monotonic() < deadline + 60, "the head never declared it dead"
+            time.sleep(0.1)
+"""
+
+
+def test_an_actor_restarts_on_another_node_and_keeps_its_name(cluster: Cluster):
+    out = _run(cluster, PRELUDE + """
+    @unipar.remote(resources={"slot": 1}, max_restarts=1, max_task_retries=1)
+    class Counter:
+        def __init__(self):
+            self.n = 0
+        def add(self, k):
+            self.n += k
+            return self.n, node()
+
+    c = Counter.options(name="ctr").remote()
+    assert unipar.get(c.add.remote(2))[0] == 2
+    n, first = unipar.get(c.add.remote(3))
+    assert n == 5
+    os.kill(daemon(first), signal.SIGKILL)   # its node dies; this call was sent before we knew
+    n, second = unipar.get(c.add.remote(1), timeout=60)
+    assert second != first and n == 1, (first, second, n)   # re-created: constructor re-run
+    assert unipar.get(c.add.remote(1))[0] == 2
+    again = unipar.get_actor("ctr")       # the name survived its node
+    assert unipar.get(again.add.remote(10), timeout=60)[0] == 12
+
+    @unipar.remote
+    def call_by_name(k):                  # from a task: routed by the head's new location
+        return unipar.get(unipar.get_actor("ctr").add.remote(k))[0]
+    assert unipar.get(call_by_name.remote(100), timeout=60) == 112
+
+    # Its restart is used up: when its second node dies, it is dead for good.
+    n, third = unipar.get(c.add.remote(0))
+    assert third == second
+    os.kill(daemon(third), signal.SIGKILL)
+    try:
+        unipar.get(c.add.remote(1), timeout=60)
+        raise SystemExit("a dead actor answered")
+    except ActorDiedError as exc:
+        assert "restarts" in str(exc), exc
+    try:
+        unipar.get(c.add.remote(1), timeout=60)
+        raise SystemExit("a dead actor answered")
+    except ActorDiedError:
+        pass
+    deadline = time.monotonic() + 30
+    while True:   # its name is free again
+        try:
+            unipar.get_actor("ctr")
+        except ValueError:
+            break
+        assert time.monotonic() < deadline, "the name of a dead actor was kept"
+        time.sleep(0.2)
+    print("RESTARTED OK")
+    """)
+    assert "RESTARTED OK" in out
+
+
+def test_an_actor_without_restarts_dies_with_its_node(cluster: Cluster):
+    out = _run(cluster, PRELUDE + """
+    @unipar.remote(resources={"slot": 1})
+    class Holder:
+        def where(self):
+            return node()
+
+    h = Holder.options(name="holder").remote()
+    host = unipar.get(h.where.remote())
+    kill_node(host)
+    for _ in range(2):   # in flight or sent later: both fail, neither hangs
+        try:
+            unipar.get(h.where.remote(), timeout=60)
+            raise SystemExit("a dead actor answered")
+        except ActorDiedError:
+            pass
+
+    @unipar.remote
+    def call(handle):   # another process on a live node: it fails there too
+        try:
+            unipar.get(handle.where.remote(), timeout=60)
+        except ActorDiedError:
+            return "died"
+        return "answered"
+    assert unipar.get(call.remote(h), timeout=120) == "died"
+    try:
+        unipar.get_actor("holder")
+        raise SystemExit("the name of a dead actor was kept")
+    except ValueError:
+        pass
+    # A new actor with the resource goes to the node that is left.
+    fresh = Holder.remote()
+    assert unipar.get(fresh.where.remote(), timeout=60) != host
+    print("DIED OK")
+    """)
+    assert "DIED OK" in out
+
+
+def test_a_result_copied_here_outlives_the_node_that_made_it(cluster: Cluster, tmp_path):
+    marks = tmp_path / "runs"
+    marks.mkdir()
+    out = _run(cluster, PRELUDE + f"""
+    import numpy as np
+
+    @unipar.remote(resources={{"slot": 1}}, max_retries=0)
+    def make(n):
+        with open(os.path.join({str(marks)!r}, str(os.getpid()) + "-" + str(time.time())), "w"):
+            pass
+        return np.arange(n, dtype=np.float64), node()
+
+    @unipar.remote(resources={{"slot": 1}})
+    def total(pair):
+        return float(pair[0].sum()), node()
+
+    small, big = make.remote(10), make.remote(3_000_000)   # inline, and through the store
+    _, maker = unipar.get(small)
+    _, maker_big = unipar.get(big)
+    kill_node(maker)
+    # Nothing to rebuild: this node holds copies; the other slot node reads them from here.
+    assert float(unipar.get(small)[0].sum()) == 45.0
+    if maker_big == maker:
+        assert unipar.get(total.remote(big), timeout=60)[0] == float(np.arange(3_000_000).sum())
+    assert unipar.get(total.remote(small), timeout=60)[0] == 45.0
+    print("RUNS", len(os.listdir({str(marks)!r})))
+    print("COPIES OK")
+    """)
+    assert "COPIES OK" in out
+    assert "RUNS 2" in out   # each task ran once: nothing was re-run
+
+
+def test_a_task_killed_with_its_node_without_retries_fails_clearly(cluster: Cluster):
+    out = _run(cluster, PRELUDE + """
+    @unipar.remote(resources={"slot": 1}, max_retries=0)
+    def doomed():
+        os.kill(daemon(node()), signal.SIGKILL)   # its own node dies under it
+        time.sleep(60)
+
+    try:
+        unipar.get(doomed.remote(), timeout=60)
+        raise SystemExit("no error")
+    except (WorkerCrashedError, ObjectLostError) as exc:
+        print("FAILED WITH", type(exc).__name__, exc)
+    print("CLEAR OK")
+    """)
+    assert "CLEAR OK" in out and "retries are used up" in out
+
+
+def test_more_than_any_single_node_has_fails_at_once(tmp_path):
+    state = str(tmp_path / "state")
+    c = Cluster(state, base_env(state))
+    try:
+        c.start(["--num-cpus", "2", "--node-timeout", "2"], [["--num-cpus", "2"]])
+        out = _ok(c.driver("""
+            import time, unipar
+            unipar.init()
+            deadline = time.monotonic() + 60
+            while len([n for n in unipar.nodes() if n["Alive"]]) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert unipar.cluster_resources()["CPU"] == 4.0
+
+            @unipar.remote
+            def f():
+                return 1
+
+            @unipar.remote(num_cpus=3)
+            class Big:
+                def ping(self):
+                    return "pong"
+
+            start = time.monotonic()
+            try:
+                unipar.get(f.options(num_cpus=3).remote(), timeout=60)
+                raise SystemExit("an infeasible task ran")
+            except unipar.InfeasibleResourcesError as exc:
+                print("TASK", exc)
+            try:
+                unipar.get(Big.remote().ping.remote(), timeout=60)
+                raise SystemExit("an infeasible actor answered")
+            except unipar.InfeasibleResourcesError as exc:
+                print("ACTOR", exc)
+            print("SECONDS", time.monotonic() - start)
+            assert unipar.get(f.options(num_cpus=2).remote(), timeout=60) == 1   # fits one node
+            print("INFEASIBLE OK")
+        """, timeout=180))
+    finally:
+        c.stop()
+    assert "INFEASIBLE OK" in out
+    task_line = next(line for line in out.splitlines() if line.startswith("TASK"))
+    assert "{'CPU': 3.0}" in task_line and "{'CPU': 2.0}" in task_line
+    assert "no single node" in task_line and "--num-cpus" in task_line
+    assert "actor Big" in next(line for line in out.splitlines() if line.startswith("ACTOR"))
+    seconds = float(next(line for line in out.splitlines() if line.startswith("SECONDS")).split()[1])
+    assert seconds < 30, seconds   # not a wait for something that never comes
