@@ -262,6 +262,7 @@ class FailoverHost:
         if owned is not None:
             self.tell_head(P.ActorLocation(aid, ""))   # lookups now say: dead
             if owned.msg.name:
+                import traceback, logging; logging.getLogger("x").warning("DBG unreg %s %s", self.node_id, "".join(traceback.format_stack()))
                 self.tell_head(P.UnregisterName(0, owned.msg.name, aid))
             self.disown(aid)
 
