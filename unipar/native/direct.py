@@ -115,6 +115,7 @@ class DirectPool:
         self.client = client
         self.lock = threading.Lock()
         self.shapes: dict[tuple, _Shape] = {}
+        self.shape_of: dict[int, _Shape] = {}           # id(resources dict) -> its shape
         self.pending_leases: dict[bytes, _Shape] = {}
         self.tasks: dict[bytes, DirectTask] = {}        # by return id, until done
         self.conns: dict[str, _WorkerConn] = {}         # by worker id
@@ -129,12 +130,18 @@ class DirectPool:
         A task pushed to an idle worker is written at once (latency); one pushed behind
         others waits for :meth:`flush` — the next ``get``/``wait``, the client's flusher
         within a millisecond, or a write of many — so a burst leaves in a few writes."""
-        shape_key = tuple(sorted(task.resources.items()))
         writes: list[Connection] = []
         with self.lock:
-            shape = self.shapes.get(shape_key)
+            # Demands come from frozen task options, one dict per options object: look the
+            # shape up by the dict's identity first (the shape keeps the dict alive).
+            shape = self.shape_of.get(id(task.resources))
             if shape is None:
-                shape = self.shapes[shape_key] = _Shape(task.resources)
+                shape_key = tuple(sorted(task.resources.items()))
+                shape = self.shapes.get(shape_key)
+                if shape is None:
+                    shape = self.shapes[shape_key] = _Shape(task.resources)
+                if shape.resources is task.resources:
+                    self.shape_of[id(task.resources)] = shape
             for oid in task.return_ids:
                 self.tasks[oid] = task
             shape.queue.append(task)
@@ -169,10 +176,13 @@ class DirectPool:
                 break
             if lease.conn is None or lease.killed:
                 continue
-            while shape.queue and len(lease.inflight) < self._depth(shape.queue[0].fn_key):
+            depth = self._depth(shape.queue[0].fn_key)
+            if len(lease.inflight) >= depth:
+                continue
+            while shape.queue and len(lease.inflight) < depth:
                 self._push(lease, shape.queue.popleft())
-                if lease.conn.conn not in writes:
-                    writes.append(lease.conn.conn)
+            if lease.conn.conn not in writes:
+                writes.append(lease.conn.conn)
         want = min(len(shape.queue), MAX_REQUESTS) - len(shape.requested)
         for _ in range(max(want, 0)):
             lease_id = self.client.new_id()

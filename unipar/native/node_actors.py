@@ -55,6 +55,7 @@ class ActorHost:
             # Fate-sharing, as in Ray: a driver's actors die when it disconnects.
             conn.info.setdefault("actors", []).append(msg.actor_id)
         peer = self.maybe_forward_actor(msg) if self.peers else None
+        import logging; logging.getLogger("x").warning("DBG create %s %s on %s from %s -> %s", msg.class_name, msg.resources, self.node_id[:6], conn.info.get("role"), peer and peer.node_id[:6])
         if peer is not None:   # it asks for resources only another node has
             self.forward_actor(conn, msg, peer)
             return

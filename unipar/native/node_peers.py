@@ -669,6 +669,7 @@ class PeerHost(FailoverHost, TransferHost):
 
     def kill_remote(self, aid: bytes, no_restart: bool) -> bool:
         """Kill an actor hosted on a peer; without restarts it is not re-created either."""
+        import traceback; log.warning("DBG kill_remote %s %s", self.node_id, "".join(traceback.format_stack()[-6:]))
         peer = self.peers.get(self.remote_actors.get(aid, ""))
         if no_restart and aid in self.owned_actors:
             self.disown(aid)
