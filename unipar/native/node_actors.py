@@ -55,12 +55,9 @@ class ActorHost:
             # Fate-sharing, as in Ray: a driver's actors die when it disconnects.
             conn.info.setdefault("actors", []).append(msg.actor_id)
         peer = self.maybe_forward_actor(msg) if self.peers else None
-        import logging; logging.getLogger("x").warning("DBG create %s %s on %s from %s -> %s", msg.class_name, msg.resources, self.node_id[:6], conn.info.get("role"), peer and peer.node_id[:6])
         if peer is not None:   # it asks for resources only another node has
             self.forward_actor(conn, msg, peer)
             return
-        if self.peers and self.create_infeasible_actor(msg):
-            return   # no node could ever hold it: dead at once, its calls raise why
         if self.head is not None:
             self.tell_head(P.ActorLocation(msg.actor_id, self.node_id))
         actor = Actor(msg)
@@ -70,6 +67,13 @@ class ActorHost:
         init.actor_id = msg.actor_id
         actor.init_task = init
         self._watch_deps(init)
+        if self.peers:   # no node could ever hold it: dead, its calls raise why (not a hang)
+            self.check_feasible(msg.resources, f"actor {msg.class_name}",
+                                lambda error: self._infeasible_actor(actor, error))
+
+    def _infeasible_actor(self, actor: Actor, error: Exception) -> None:
+        if self.actors.get(actor.msg.actor_id) is actor and actor.state in ("waiting", "pending"):
+            self._actor_dead(actor, S.pack_error(error))
 
     def _actor_deps_ready(self, actor: Actor) -> None:
         error = self._failed_dep(actor.init_task)  # type: ignore[arg-type]

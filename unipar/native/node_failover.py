@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..exceptions import ActorDiedError, InfeasibleResourcesError
 from . import protocol as P
@@ -90,23 +90,32 @@ class FailoverHost:
             "one node, so the cluster's total does not help. Ask for at most what one node has, "
             "or add a node with more (unipar start --address=... --num-cpus N --resources ...).")
 
-    def fail_if_infeasible(self, task: Task) -> bool:
-        """Fail ``task`` (its ``get`` raises InfeasibleResourcesError) if no node can run it."""
-        error = self.infeasible(task.resources, f"task {task.name}")
-        if error is None:
-            return False
-        self._fail_task(task, S.pack_error(error))
-        return True
+    def check_feasible(self, demand: dict[str, float], what: str,
+                       fail: Callable[[Exception], None]) -> None:
+        """Call ``fail(error)`` if no live node can hold ``demand``. This node's list of peers
+        may lag the head's by a second (a node that just joined): when it says no, the head's
+        list is fetched first, so the verdict comes later; meanwhile ``what`` waits here."""
+        if self.infeasible(demand, what) is None:
+            return
 
-    def create_infeasible_actor(self, msg: P.CreateActor) -> bool:
-        """An actor no live node can hold is dead at once: its calls raise the error."""
-        error = self.infeasible(msg.resources, f"actor {msg.class_name}")
-        if error is None:
-            return False
-        actor = Actor(msg)
-        self.actors[msg.actor_id] = actor
-        self._actor_dead(actor, S.pack_error(error))
-        return True
+        def answered(nodes: list) -> None:
+            self._update_peers(nodes)
+            error = self.infeasible(demand, what)
+            if error is not None:
+                fail(error)
+        if not self.ask_head(lambda r: P.ListNodes(r), answered):
+            error = self.infeasible(demand, what)
+            if error is not None:
+                fail(error)
+
+    def check_task_feasible(self, task: Task) -> None:
+        """``task`` waits here (queued) for resources no known node has: fail it if none has."""
+        def fail(error: Exception) -> None:
+            if self.tasks.get(task.task_id) is task and task.state == "queued" \
+                    and not task.cancelled:
+                self.sched.remove_task(task.task_id)
+                self._fail_task(task, S.pack_error(error))
+        self.check_feasible(task.resources, f"task {task.name}", fail)
 
     # -- actors this node created on a peer ----------------------------------------------------
     def own_remote_actor(self, msg: P.CreateActor, init: Task) -> None:

@@ -319,8 +319,9 @@ class PeerHost(FailoverHost, TransferHost):
 
     # -- forwarding tasks ----------------------------------------------------------------------
     def maybe_forward(self, task: Any, from_peer: bool) -> bool:
-        """Send ``task`` (deps ready, not failed) to a peer if it belongs there; True if sent,
-        or failed because no live node could ever run it (InfeasibleResourcesError)."""
+        """Send ``task`` (deps ready, not failed) to a peer if it belongs there; True if sent.
+        One that no known node could run waits here, and fails (InfeasibleResourcesError) if
+        the head knows no such node either."""
         peers = self.live_peers()
         if not peers:
             return False
@@ -334,7 +335,8 @@ class PeerHost(FailoverHost, TransferHost):
             candidates = [p for p in peers if p.has(demand)]
             candidates = [p for p in candidates if p.room(demand)] or candidates
             if not candidates and not from_peer:
-                return self.fail_if_infeasible(task)   # no node has that much: fail, not wait
+                # It waits here; it fails if the head's list has no node with that much.
+                asyncio.get_running_loop().call_soon(self.check_task_feasible, task)
         if not candidates:
             return False
         peer = min(candidates, key=lambda p: p.used.get("CPU", 0.0) / max(p.total.get("CPU", 1.0), 1.0))

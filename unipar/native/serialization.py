@@ -241,6 +241,9 @@ class DepSlot:
 
 def fill_slots(args: tuple, kwargs: dict, values: list[Any]) -> tuple[tuple, dict]:
     """Replace top-level :class:`DepSlot` entries by their dependency's value."""
+    if not values:
+        return args, kwargs
+
     def one(v: Any) -> Any:
         return values[v.index] if type(v) is DepSlot else v
     return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}

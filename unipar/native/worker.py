@@ -201,6 +201,17 @@ class Runtime:
             except KeyboardInterrupt:
                 continue   # a cancel that arrived just after its task ended
 
+    def _set_cuda(self, gpu_ids: list[int]) -> None:
+        """CUDA_VISIBLE_DEVICES for the next task: its GPUs, else what the worker started with
+        (only touched when it changes: most tasks use none)."""
+        want = ",".join(str(i) for i in gpu_ids) if gpu_ids else self.base_cuda
+        if want == os.environ.get("CUDA_VISIBLE_DEVICES"):
+            return
+        if want is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = want
+
     def _function(self, key: str, blob: Any) -> Any:
         fn = self.functions.get(key)
         if fn is None:
@@ -284,12 +295,7 @@ class Runtime:
         short = msg.name.rsplit(".", 1)[-1]
         _current.label = short
         where = f"{msg.name} (pid={os.getpid()})"
-        if msg.gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in msg.gpu_ids)
-        elif self.base_cuda is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = self.base_cuda
+        self._set_cuda(msg.gpu_ids)
         status, results = "ok", []
         retry_filter: Any = False
         token = _reply_to.set(reply)
