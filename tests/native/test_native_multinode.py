@@ -318,6 +318,31 @@ def test_actors_die_with_the_driver_that_made_them(cluster: Cluster):
     wait_for(freed, timeout=60, interval=0.5, message="the actor's resources to be freed")
 
 
+def test_a_detached_actor_outlives_its_driver(cluster: Cluster):
+    make = """
+        import unipar
+        unipar.init()
+        @unipar.remote
+        class Counter:
+            def __init__(self):
+                self.n = 0
+            def add(self):
+                self.n += 1
+                return self.n
+        c = Counter.options(name="kept", lifetime="detached").remote()
+        assert unipar.get(c.add.remote()) == 1
+    """
+    _ok(cluster.driver(make))   # exits; the actor must live on
+    use = """
+        import unipar
+        unipar.init()
+        c = unipar.get_actor("kept")
+        print("count", unipar.get(c.add.remote()))
+        unipar.kill(c)
+    """
+    assert "count 2" in _ok(cluster.driver(use))
+
+
 @pytest.mark.parametrize("failure", ["killed", "frozen"])
 def test_a_dead_nodes_task_is_retried_on_another_node(tmp_path, failure):
     """A node killed (its connections close) or frozen (SIGSTOP: connected but silent, so

@@ -144,7 +144,7 @@ class NativeBackend(Backend):
             name=opts.name, get_if_exists=opts.get_if_exists, resources=resource_demand(opts),
             max_restarts=opts.max_restarts, max_task_retries=opts.max_task_retries,
             concurrency=opts.concurrency(spec.meta.is_async), is_async=spec.meta.is_async,
-            meta=spec.meta)
+            meta=spec.meta, detached=opts.lifetime == "detached")
 
     def call_actor(self, actor_id: ActorId, call: ActorCall) -> list[Hashable]:
         args, kwargs = _deps(call.args, call.kwargs)

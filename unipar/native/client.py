@@ -784,7 +784,8 @@ class Client:
     def create_actor(self, cls: type, class_id: str, args: tuple, kwargs: dict, *,
                      class_name: str, name: str | None, get_if_exists: bool,
                      resources: dict[str, float], max_restarts: int, max_task_retries: int,
-                     concurrency: int, is_async: bool, meta: Any) -> ActorId:
+                     concurrency: int, is_async: bool, meta: Any,
+                     detached: bool = False) -> ActorId:
         actor_id = ActorId(os.urandom(16), name)
         if name is not None:
             reply = self.request(lambda r: P.RegisterName(r, name, actor_id.id,
@@ -800,7 +801,7 @@ class Client:
             self.direct.return_idle()
         self.conn.send(P.CreateActor(actor_id.id, key, class_name, payload, deps, contained,
                                      resources, max_restarts, max_task_retries, concurrency,
-                                     is_async, name or ""))
+                                     is_async, name or "", detached))
         del keep
         return actor_id
 

@@ -51,8 +51,9 @@ class ActorHost:
     actors: dict[bytes, Actor]
 
     def on_create_actor(self, conn: ServerConnection, msg: P.CreateActor) -> None:
-        if conn.info.get("role") in ("driver", "remote", "peer"):
-            # Fate-sharing, as in Ray: a driver's actors die when it disconnects.
+        if conn.info.get("role") in ("driver", "remote", "peer") and not msg.detached:
+            # Fate-sharing, as in Ray: a driver's actors die when it disconnects (detached
+            # ones live on until killed, or until the cluster stops).
             conn.info.setdefault("actors", []).append(msg.actor_id)
         peer = self.maybe_forward_actor(msg) if self.peers else None
         if peer is not None:   # it asks for resources only another node has
@@ -147,6 +148,13 @@ class ActorHost:
         waiters, actor.address_waiters = actor.address_waiters, []
         for conn, req_id in waiters:
             conn.send(P.Reply(req_id, self._actor_address(actor)))
+
+    def actor_left(self, actor: Actor) -> None:
+        """The actor moved to another node before it started here: whoever waits for its
+        address calls it through this node (which forwards)."""
+        waiters, actor.address_waiters = actor.address_waiters, []
+        for conn, req_id in waiters:
+            conn.send(P.Reply(req_id, {"state": "node"}))
 
     def on_call_actor(self, conn: ServerConnection, msg: P.CallActor) -> None:
         actor = self.actors.get(msg.actor_id)

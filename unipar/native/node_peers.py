@@ -552,6 +552,7 @@ class PeerHost(FailoverHost, TransferHost):
                 peer.avail[key] = peer.avail.get(key, 0.0) - amount
             self.sched.remove_actor(aid)
             del self.actors[aid]   # type: ignore[arg-type]
+            self.actor_left(actor)   # callers waiting for its address: call via the node
             init = actor.init_task
             init.remote_create = actor.msg
             self.remote_creating.add(aid)   # type: ignore[arg-type]

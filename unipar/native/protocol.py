@@ -431,6 +431,7 @@ class CreateActor(Message):
     concurrency: int
     is_async: bool
     name: str
+    detached: bool = False   # lifetime="detached": it outlives the driver that created it
 
 
 @message
