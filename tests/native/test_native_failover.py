@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from multinode import Cluster, base_env, unipar
+from multinode import Cluster, base_env
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -97,19 +97,19 @@ RESTART = """
 
     @unipar.remote(resources={"caller": 1})
     class Caller:   # on node D
-        def add(self, k):
-            return unipar.get(unipar.get_actor("ctr").add.remote(k), timeout=60)
+        def add(self, handle, k):
+            return unipar.get(handle.add.remote(k), timeout=60)
 
     c = Counter.options(name="ctr").remote()
     caller = Caller.remote()
     assert unipar.get(c.add.remote(2))[0] == 2
-    n, first = unipar.get(caller.add.remote(3))   # D knows where it lives now
+    n, first = unipar.get(caller.add.remote(c, 3))   # D knows where it lives now
     assert n == 5
     # Its node dies during this call: the call runs again on the re-created actor.
     n, second = unipar.get(c.crash_node_if_used.remote(), timeout=60)
     assert second != first and n == 0, (first, second, n)   # constructor re-run
     assert unipar.get(c.add.remote(1))[0] == 1
-    assert unipar.get(caller.add.remote(10), timeout=60) == (11, second)   # D found it again
+    assert unipar.get(caller.add.remote(c, 10), timeout=60) == (11, second)   # D found it again
     again = unipar.get_actor("ctr")       # the name survived its node
     assert unipar.get(again.add.remote(100), timeout=60) == (111, second)
 
@@ -119,9 +119,9 @@ RESTART = """
         raise SystemExit("a dead actor answered")
     except ActorDiedError as exc:
         assert "restarts" in str(exc), exc
-    for handle in (c, caller):   # later calls fail too, here and from D
+    for call in (lambda: c.add.remote(1), lambda: caller.add.remote(c, 1)):   # here and on D
         try:
-            unipar.get(handle.add.remote(1), timeout=60)
+            unipar.get(call(), timeout=60)
             raise SystemExit("a dead actor answered")
         except ActorDiedError:
             pass
@@ -271,3 +271,100 @@ def test_more_than_any_single_node_has_fails_at_once(tmp_path):
     assert "actor Big" in next(line for line in out.splitlines() if line.startswith("ACTOR"))
     seconds = float(next(line for line in out.splitlines() if line.startswith("SECONDS")).split()[1])
     assert seconds < 30, seconds   # not a wait for something that never comes
+
+
+# -- a result lost while it was being copied: made again by re-running its task ---------------
+
+BIG = 320 * 1024 * 1024        # 40 chunks: its copy takes long enough to be caught half-way
+
+REBUILT = """
+    import os, sys, time, numpy as np, unipar
+    unipar.init()
+    deadline = time.monotonic() + 60
+    while len([n for n in unipar.nodes() if n["Alive"]]) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    @unipar.remote(resources={{"slot": 1}}, max_retries={retries})
+    def make(n, attempt):
+        name = f"{{attempt}}-{{os.getpid()}}-{{time.monotonic_ns()}}"
+        with open(os.path.join({marks!r}, name), "w") as f:
+            f.write(os.environ["UNIPAR_NODE_ADDRESS"])
+        return np.full(n, 7.0)
+
+    for attempt in range(5):
+        print("WATCH", attempt, flush=True)
+        ref = make.remote({n}, attempt)
+        try:
+            a = unipar.get(ref, timeout=120)
+            print("RESULT GOT", a.size == {n} and float(a[::4096].sum()) == 7.0 * a[::4096].size,
+                  flush=True)
+            del a
+        except unipar.exceptions.ObjectLostError as exc:
+            print("RESULT LOST", exc, flush=True)
+        del ref
+        if sys.stdin.readline().strip() != "again":
+            break
+"""
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_result_lost_while_being_copied_is_made_again(cluster: Cluster, tmp_path, retries):
+    """The node that ran the task dies while the submitting node copies its big result (it is
+    frozen half-way, then killed): with a retry left the task runs again on the other node and
+    ``get`` returns the right value; without, ``get`` raises ObjectLostError."""
+    import signal
+
+    from test_native_transfer import Driver, _partials
+    from unipar.native.transfer import CHUNK_SIZE, WINDOW
+    from unipar.testing import wait_for
+
+    marks = tmp_path / "runs"
+    marks.mkdir()
+    node_a = next(r for r in cluster.records if r["role"] == "node")   # the head's node
+    driver = Driver(cluster, REBUILT.format(retries=retries, marks=str(marks), n=BIG // 8))
+    stopped: list[int] = []
+    try:
+        for attempt in range(5):
+            driver.expect("WATCH")
+            results = sum(line.startswith("RESULT") for line in driver.seen)
+            runs = wait_for(lambda: [m for m in os.listdir(marks) if m.startswith(f"{attempt}-")],
+                            timeout=60, interval=0.001, message="the task to start")
+            maker = (marks / runs[0]).read_text()
+            victim = next(r for r in cluster.records
+                          if r.get("session_dir") and r["session_dir"] in maker)
+            wait_for(lambda: _partials(node_a) or sum(
+                line.startswith("RESULT") for line in driver.seen) > results,
+                timeout=60, interval=0.001, message="its result to be copied")
+            os.kill(victim["pid"], signal.SIGSTOP)
+            stopped.append(victim["pid"])
+            objects = os.path.join(node_a["session_dir"], "objects")
+            written = [os.stat(os.path.join(objects, p)).st_size for p in _partials(node_a)]
+            if written and written[0] < BIG - 2 * WINDOW * CHUNK_SIZE:
+                os.kill(victim["pid"], signal.SIGKILL)   # caught half-way: its node dies
+                break
+            os.kill(victim["pid"], signal.SIGCONT)       # the copy ended first: again
+            stopped.pop()
+            assert driver.expect("RESULT") == "GOT True"
+            driver.say("again")
+        else:
+            pytest.fail("never caught a copy half-way in 5 tries")
+        result = driver.expect("RESULT", timeout=120)
+        driver.say("stop")
+        driver.finish()
+    finally:
+        driver.kill()
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    again = sorted(m for m in os.listdir(marks) if m.startswith(f"{attempt}-"))
+    if retries:
+        assert result == "GOT True", result
+        assert len(again) == 2, again          # it ran twice: there, then on the other node
+        places = {(marks / m).read_text() for m in again}
+        assert len(places) == 2, places
+    else:
+        assert result.startswith("LOST") and "lost with the node that made it" in result, result
+        assert len(again) == 1, again

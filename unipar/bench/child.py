@@ -63,7 +63,7 @@ def run(backend: str, names: list[str], sizes: Sizes, out: IO[str]) -> int:
         return FATAL_EXIT
     _emit(out, name="cold_start", value=time.perf_counter() - start)
     time.sleep(IDLE_SETTLE_S)
-    _emit(out, name="idle_memory", value=tree_rss(os.getpid()) / 2**20)
+    _emit(out, name="idle_memory", value=tree_rss(os.getpid(), proportional=True) / 2**20)
     for name in names:
         _run_one(suite, name, sizes, out)
     start = time.perf_counter()

@@ -35,8 +35,11 @@ def _descendants(root: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def tree_rss(pid: int) -> int:
-    """Sum of RSS in bytes of ``pid`` and all its live descendants (0 when it is gone)."""
+def tree_rss(pid: int, proportional: bool = False) -> int:
+    """Memory in bytes of ``pid`` and all its live descendants (0 when it is gone): summed
+    RSS, or with ``proportional`` summed PSS where the system reports it (each shared page
+    counted once over the processes sharing it — the tree's real footprint, fair to engines
+    whose processes are forked or map one store)."""
     try:
         root = psutil.Process(pid)
     except psutil.NoSuchProcess:
@@ -44,7 +47,8 @@ def tree_rss(pid: int) -> int:
     total = 0
     for proc in [root, *_descendants(root)]:
         try:
-            total += proc.memory_info().rss
+            info = proc.memory_full_info() if proportional else proc.memory_info()
+            total += getattr(info, "pss", info.rss)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
     return total

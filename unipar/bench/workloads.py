@@ -85,7 +85,7 @@ WORKLOADS: tuple[Workload, ...] = (
 
 LIFECYCLE: tuple[Workload, ...] = (
     Workload("cold_start", "cold start (init to first result)", "s"),
-    Workload("idle_memory", "idle memory, all processes", "MB"),
+    Workload("idle_memory", "idle memory, all processes (PSS)", "MB"),
     Workload("shutdown", "shutdown", "s"),
 )
 

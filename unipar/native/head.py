@@ -111,7 +111,6 @@ class Head:
         conn.send(P.Reply(msg.req_id, list(found) if found else None))
 
     def on_unregister_name(self, conn: ServerConnection, msg: P.UnregisterName) -> None:
-        log.warning("DBG unregister %s from %s", msg.name, conn.info)
         found = self.names.get(msg.name)
         if found is not None and found[0] == msg.actor_id:
             del self.names[msg.name]
@@ -151,7 +150,6 @@ class Head:
             if owner is not None and owner != node_id and owner not in self.dead:
                 continue   # its owner re-creates it elsewhere (or frees the name)
             if self.actor_nodes.get(actor_id) == node_id or owner == node_id:
-                log.warning("DBG declare dead frees %s owner %s", name, owner)
                 del self.names[name]
         conn = self.conns.get(node_id)
         if conn is not None:

@@ -220,7 +220,6 @@ class ActorHost:
         self.tell_head(P.ActorLocation(actor.msg.actor_id, ""))   # lookups: dead for good
         if actor.msg.name and self.head is not None and not self.head.closed:
             try:
-                import traceback, logging; logging.getLogger("x").warning("DBG unreg %s %s", self.node_id, "".join(traceback.format_stack()))
                 self.head.send(P.UnregisterName(0, actor.msg.name, actor.msg.actor_id))
             except ConnectionError:
                 pass
@@ -269,7 +268,6 @@ class ActorHost:
                     f"actor {actor.msg.class_name} died: the driver that created it exited")))
 
     def on_kill_actor(self, conn: ServerConnection, msg: P.KillActor) -> None:
-        import logging; logging.getLogger("x").warning("DBG kill from %s %s", conn.info.get("role"), conn.info.get("pid"))
         actor = self.actors.get(msg.actor_id)
         if actor is None:
             self.kill_remote(msg.actor_id, msg.no_restart)

@@ -86,7 +86,7 @@ class FailoverHost:
         has = {k: biggest.get(k, 0.0) for k in demand}
         return InfeasibleResourcesError(
             f"{what} asks for {demand}, but no single node of this cluster has that much: the "
-            f"biggest for it has {has} (of {len(nodes)} live nodes). A task or actor runs on "
+            f"biggest node has {has} (of {len(nodes)} live nodes). A task or actor runs on "
             "one node, so the cluster's total does not help. Ask for at most what one node has, "
             "or add a node with more (unipar start --address=... --num-cpus N --resources ...).")
 
@@ -196,11 +196,11 @@ class FailoverHost:
             self.bury_actor(aid, "it had died before its node did")
         else:
             owned.restarts += 1
-            self._place_again(aid, owned, restart=True)
+            self._place_again(aid, owned)
 
-    def _place_again(self, aid: bytes, owned: OwnedActor, restart: bool) -> None:
+    def _place_again(self, aid: bytes, owned: OwnedActor) -> None:
         """Create the actor again on a live node that has its resources (here if there is
-        room here now). ``restart``: its constructor ran before (a restart is counted)."""
+        room here now); its constructor runs again, from the arguments kept here."""
         msg = owned.msg
         demand = {k: v for k, v in msg.resources.items() if v > 0}
         home = self._actor_home(demand)
@@ -212,8 +212,6 @@ class FailoverHost:
             self._recreate_here(aid, owned)
             return
         self.remote_actors[aid] = home.node_id
-        if not restart:
-            return   # its CreateActor is still waiting for arguments: sent there when ready
         left = -1 if msg.max_restarts == -1 else msg.max_restarts - owned.restarts
         init = self._make_task(None, aid, f"{msg.class_name}.__init__", msg.args, msg.deps,
                                msg.contained, [], msg.resources, 0)
@@ -271,7 +269,6 @@ class FailoverHost:
         if owned is not None:
             self.tell_head(P.ActorLocation(aid, ""))   # lookups now say: dead
             if owned.msg.name:
-                import traceback, logging; logging.getLogger("x").warning("DBG unreg %s %s", self.node_id, "".join(traceback.format_stack()))
                 self.tell_head(P.UnregisterName(0, owned.msg.name, aid))
             self.disown(aid)
 

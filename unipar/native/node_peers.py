@@ -323,10 +323,14 @@ class PeerHost(FailoverHost, TransferHost):
         One that no known node could run waits here, and fails (InfeasibleResourcesError) if
         the head knows no such node either."""
         peers = self.live_peers()
-        if not peers:
-            return False
         demand = task.resources
         here = all(self.sched.total.get(k, 0.0) >= v for k, v in demand.items() if v > 0)
+        if not here and not from_peer and not any(p.has(demand) for p in peers):
+            # It waits here; it fails if the head's list has no node with that much.
+            asyncio.get_running_loop().call_soon(self.check_task_feasible, task)
+            return False
+        if not peers:
+            return False
         if here:
             if from_peer or self._room_here(demand):
                 return False
@@ -334,9 +338,6 @@ class PeerHost(FailoverHost, TransferHost):
         else:
             candidates = [p for p in peers if p.has(demand)]
             candidates = [p for p in candidates if p.room(demand)] or candidates
-            if not candidates and not from_peer:
-                # It waits here; it fails if the head's list has no node with that much.
-                asyncio.get_running_loop().call_soon(self.check_task_feasible, task)
         if not candidates:
             return False
         peer = min(candidates, key=lambda p: p.used.get("CPU", 0.0) / max(p.total.get("CPU", 1.0), 1.0))
@@ -672,7 +673,6 @@ class PeerHost(FailoverHost, TransferHost):
 
     def kill_remote(self, aid: bytes, no_restart: bool) -> bool:
         """Kill an actor hosted on a peer; without restarts it is not re-created either."""
-        import traceback; log.warning("DBG kill_remote %s %s", self.node_id, "".join(traceback.format_stack()[-6:]))
         peer = self.peers.get(self.remote_actors.get(aid, ""))
         if no_restart and aid in self.owned_actors:
             self.disown(aid)
