@@ -38,7 +38,7 @@ class ActorCall:
     """One call from submission until its results are delivered."""
 
     __slots__ = ("task_id", "method", "args", "deps", "contained", "return_ids", "keep",
-                 "tries", "cancelled")
+                 "tries", "cancelled", "synced")
 
     def __init__(self, task_id: bytes, method: str, args: Any, deps: list[bytes],
                  contained: list[bytes], return_ids: list[bytes], keep: list) -> None:
@@ -51,6 +51,8 @@ class ActorCall:
         self.keep = keep            # refs that must live until the call is done
         self.tries = 0
         self.cancelled = False
+        # True: may leave; False: refs inside, the node must know them first; None: asked it
+        self.synced: bool | None = not contained
 
 
 class _Route:
@@ -167,17 +169,25 @@ class ActorRouter:
             if not self.client.ready_for(route.state == "direct", call.deps, call.contained,
                                          lambda: self.pump(route)):
                 break
-            route.queue.popleft()
             if route.state == "node":
+                route.queue.popleft()
                 self.client.call_via_node(route.actor_id, call)
                 continue
+            if call.synced is not True:
+                # Refs inside the arguments: the actor may ask the node for them, so the node
+                # must have them first. Hand them over, and push once the node answers a ping
+                # sent after them (never wait here: this may run on the node's reader thread).
+                if call.synced is False:
+                    call.synced = None   # asked
+                    self.client.promote(call.contained)
+                    self.client.request_async(lambda r: P.Ping(r),
+                                              lambda _f: self._synced(route, call))
+                break
+            route.queue.popleft()
             values = self.client.dep_values(call.deps)
             if isinstance(values, bytes):   # a failed argument fails the call
                 self.client.fail_locally(call.return_ids, values)
                 continue
-            if call.contained:   # refs inside the arguments: the node must know them first
-                self.client.promote(call.contained)
-                self.client.sync_node()
             route.inflight[call.task_id] = call
             route.conn.post(P.RunActorTask(call.task_id, call.method, call.args,  # type: ignore[union-attr]
                                            values, call.return_ids))
@@ -191,6 +201,10 @@ class ActorRouter:
     def pump(self, route: _Route) -> None:
         with self.lock:
             self._pump(route)
+
+    def _synced(self, route: _Route, call: ActorCall) -> None:
+        call.synced = True
+        self.pump(route)
 
     @staticmethod
     def _flush(route: _Route) -> None:

@@ -341,10 +341,6 @@ class Client:
             self._reqs.pop(req_id, None)
             fut.set_exception(exc)
 
-    def sync_node(self) -> None:
-        """Return once the node has handled everything this process sent it before."""
-        self.request(lambda r: P.Ping(r))
-
     def ready_for(self, direct: bool, deps: Sequence[bytes], contained: Sequence[bytes],
                   then: Callable[[], None]) -> bool:
         """Whether a call with these arguments can leave now; if not, ``then`` runs when one
