@@ -126,8 +126,12 @@ class ActorRouter:
                 raise ConnectionError("the node has not yet seen the actor's process die")
             conn = Connection(value["address"], self.client.secret)
         except (OSError, ConnectionError, P.ProtocolError):
-            # Its process died before the node noticed: ask again shortly.
-            threading.Timer(RETRY_RESOLVE, self._resolve, args=(route,)).start()
+            # Its process died before the node noticed: ask again shortly (a daemon timer: it
+            # must never hold the interpreter's exit).
+            if not self.closed:
+                timer = threading.Timer(RETRY_RESOLVE, self._resolve, args=(route,))
+                timer.daemon = True
+                timer.start()
             return
         conn.send(P.Attach(self.client.client_id))
         with self.lock:
