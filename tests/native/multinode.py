@@ -40,6 +40,12 @@ def unipar(env: dict[str, str], *args: str, timeout: float = CLI_TIMEOUT
                           capture_output=True, text=True, timeout=timeout)
 
 
+def ok(result: subprocess.CompletedProcess) -> str:
+    """The stdout of a command that must have succeeded (its output tails are the message)."""
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
 @dataclass
 class Cluster:
     state_dir: str

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from multinode import Cluster, base_env
+from multinode import Cluster, base_env, ok as _ok
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -32,11 +32,6 @@ def cluster(tmp_path):
         yield c
     finally:
         c.stop()
-
-
-def _ok(result) -> str:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
 
 
 def _run(cluster: Cluster, code: str) -> str:

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from multinode import Cluster, base_env, unipar
+from multinode import Cluster, base_env, ok as _ok, unipar
 from unipar.testing import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -32,11 +32,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         yield c
     finally:
         c.stop()
-
-
-def _ok(result) -> str:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
 
 
 def test_start_prints_how_to_join_connect_and_stop(cluster: Cluster):
