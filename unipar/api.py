@@ -12,7 +12,8 @@ import logging
 import warnings
 from typing import Any, Sequence
 
-from . import _state, config
+from . import _state
+from . import config
 from .backends import load_backend
 from .backends.base import ActorCall, ActorSpec, Backend, TaskSpec
 from .exceptions import InfeasibleResourcesError, ResourcesBusyWarning

@@ -43,11 +43,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("benchmark standard workloads on several backends and against plain Dask/Spark/Ray",
               "unipar.bench.runner:configure"),
     "start": ("start a native cluster's head (--head) or join a node to one (--address=HOST:PORT)",
-              "unipar.native.cli:configure_start"),
+              "unipar.native.cluster.cli:configure_start"),
     "stop": ("stop every native cluster process `unipar start` started on this machine",
-             "unipar.native.cli:configure_stop"),
+             "unipar.native.cluster.cli:configure_stop"),
     "status": ("show the native cluster's nodes, resources in use, tasks, actors and stores",
-               "unipar.native.cli:configure_status"),
+               "unipar.native.cluster.cli:configure_status"),
 }
 
 

@@ -179,7 +179,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except re.error as exc:
         print(f"unipar compare: bad --ignore regex: {exc}", file=sys.stderr)
         return 2
-    from .bench.proctree import exit_on_sigterm
+    from .proctree import exit_on_sigterm
     exit_on_sigterm()
     runs = run_all(args, backends, ignore)
     reference = judge(runs)
@@ -196,7 +196,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def run_all(args: argparse.Namespace, backends: list[str],
             ignore: list[re.Pattern[str]]) -> list[BackendRuns]:
     """Run the script ``args.repeat`` times on each backend, alternating backends."""
-    from .bench.proctree import run_measured
+    from .proctree import run_measured
     runs = {name: BackendRuns(name) for name in backends}
     argv = [sys.executable, args.script, *args.args]
     for rep in range(args.repeat):

@@ -26,7 +26,8 @@ from typing import Any, Iterator
 import cloudpickle
 import pytest
 
-from . import api, config
+from . import api
+from . import config
 from .backends import available_backends
 from .exceptions import BackendUnavailableError
 
@@ -136,5 +137,5 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def terminate(procs: list[Any], grace: float = 10.0) -> None:
     """Stop psutil processes: SIGTERM, then SIGKILL whatever is left after ``grace`` seconds."""
-    from .bench.proctree import kill_tree
+    from .proctree import kill_tree
     kill_tree(procs, grace=grace)

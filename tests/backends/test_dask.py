@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("distributed")
 
 import unipar  # noqa: E402
-from unipar.backends._dask_cluster import split, worker_groups  # noqa: E402
+from unipar.backends.dask.cluster import split, worker_groups  # noqa: E402
 from unipar.options import InitOptions  # noqa: E402
 from unipar.testing import free_port, terminate, wait_for  # noqa: E402
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from unipar.bench.proctree import run_measured
+from unipar.proctree import run_measured
 from unipar.bench.report import BackendResult, Report
 from unipar.bench.workloads import LIFECYCLE, WORKLOADS, Sizes
 from unipar.compare import normalise_output

@@ -8,8 +8,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from unipar.native.head import Head
-from unipar.native.server import serve
+from unipar.native.head.daemon import Head
+from unipar.native.wire.server import serve
 
 
 class LoopServer:

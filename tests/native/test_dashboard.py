@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from multinode import Cluster, base_env, unipar
-from unipar.native.cluster import node_ip
+from unipar.native.cluster.launcher import node_ip
 from unipar.testing import free_port, terminate
 
 pytest.importorskip("aiohttp", reason="pip install 'unipar[dashboard]'")

@@ -312,7 +312,7 @@ def test_a_result_lost_while_being_copied_is_made_again(cluster: Cluster, tmp_pa
     import signal
 
     from test_native_transfer import Driver, _partials
-    from unipar.native.transfer import CHUNK_SIZE, WINDOW
+    from unipar.native.wire.chunks import CHUNK_SIZE, WINDOW
     from unipar.testing import wait_for
 
     marks = tmp_path / "runs"

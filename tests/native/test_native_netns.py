@@ -25,9 +25,9 @@ import psutil
 import pytest
 
 from multinode import NetnsCluster, Netns, base_env, netns_unavailable
-from unipar.native import protocol as P
-from unipar.native.connect import list_nodes
-from unipar.native.transport import Connection
+from unipar.native.wire import protocol as P
+from unipar.native.cluster.connect import list_nodes
+from unipar.native.wire.transport import Connection
 from unipar.testing import wait_for
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,10 +8,10 @@ import pickle
 import numpy as np
 import pytest
 
-from unipar.native import serialization as S
-from unipar.native.object_store import ObjectStore, StoreFullError
-from unipar.native import refs as refs_module
-from unipar.native.refs import NativeRef, RefTracker
+from unipar.native.wire import serialization as S
+from unipar.native.node.store import ObjectStore, StoreFullError
+from unipar.native.client import refs as refs_module
+from unipar.native.client.refs import NativeRef, RefTracker
 
 
 def test_numpy_buffers_stay_out_of_band_and_unpacked_without_copy():

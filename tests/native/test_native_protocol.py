@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from unipar.native import protocol as P
-from unipar.native.transport import Connection
+from unipar.native.wire import protocol as P
+from unipar.native.wire.transport import Connection
 
 
 def _frame(msg: P.Message) -> memoryview:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unipar.native.scheduler import Dispatch, PlaceActor, RetireWorker, Scheduler, StartWorkers
+from unipar.native.node.scheduler import Dispatch, PlaceActor, RetireWorker, Scheduler, StartWorkers
 
 
 def _with_workers(sched: Scheduler, count: int) -> list[str]:

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from multinode import Cluster, base_env
-from unipar.native.dashboard import query_node
-from unipar.native.transfer import CHUNK_SIZE, WINDOW
+from unipar.native.dashboard.server import query_node
+from unipar.native.wire.chunks import CHUNK_SIZE, WINDOW
 from unipar.testing import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -240,7 +240,8 @@ def test_remote_driver_puts_and_gets_objects_bigger_than_its_frame_limit(cluster
     env["UNIPAR_CLUSTER_SECRET"] = _secret(cluster).hex()
     code = f"""
         import numpy as np, unipar
-        from unipar.native import protocol as P, transport
+        from unipar.native.wire import protocol as P
+        from unipar.native.wire import transport
         LIMIT = 16 << 20
         transport.Connection.__init__.__kwdefaults__["max_frame"] = LIMIT
         frames, encode = [], P.encode

@@ -33,15 +33,15 @@ class BackendInfo:
 
 KNOWN_BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
     info.name: info for info in sorted([
-        BackendInfo("dask", "unipar.backends._dask:DaskBackend", ("dask", "distributed"),
+        BackendInfo("dask", "unipar.backends.dask.backend:DaskBackend", ("dask", "distributed"),
                     "pip install 'unipar[dask]'", None, "Dask distributed (LocalCluster or a scheduler)"),
-        BackendInfo("local", "unipar.backends._local:LocalBackend", (), None, None,
+        BackendInfo("local", "unipar.backends.local:LocalBackend", (), None, None,
                     "everything in the calling process, for debugging"),
-        BackendInfo("native", "unipar.backends._native:NativeBackend", (), None, None,
+        BackendInfo("native", "unipar.backends.native:NativeBackend", (), None, None,
                     "unipar's own engine (default)"),
-        BackendInfo("ray", "unipar.backends._ray:RayBackend", ("ray",),
+        BackendInfo("ray", "unipar.backends.ray:RayBackend", ("ray",),
                     "pip install 'unipar[ray]'", None, "Ray (local or an existing cluster)"),
-        BackendInfo("spark", "unipar.backends._spark:SparkBackend", ("pyspark",),
+        BackendInfo("spark", "unipar.backends.spark.backend:SparkBackend", ("pyspark",),
                     "pip install 'unipar[spark]' (and Java 17+)", None,
                     "PySpark (local[N] or a standalone master)"),
     ], key=lambda i: i.name)

@@ -22,7 +22,7 @@ import time
 import traceback
 from typing import IO, Any
 
-from .proctree import tree_rss
+from ..proctree import tree_rss
 from .workloads import PREPARE, Sizes, UniparSuite
 
 IDLE_SETTLE_S = 0.5   # let pools finish spawning before the idle-memory sample

@@ -96,7 +96,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 2
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
     timeout = args.timeout or (900.0 if args.quick or scale < 1 else 1800.0)
-    from .proctree import exit_on_sigterm
+    from ..proctree import exit_on_sigterm
     exit_on_sigterm()
     report = run_bench(backends, names, repeat, Sizes(scale), baseline, timeout)
     return _output(report, args)
@@ -156,7 +156,7 @@ def run_bench(backends: list[str], names: list[str], repeat: int, sizes: Sizes, 
 def _run_child(backend: str, names: list[str], sizes: Sizes, timeout: float, out: Path,
                result: BackendResult, advance: Callable[[int], None]) -> int:
     """One backend's run in a fresh process; records into ``result``; returns steps seen."""
-    from .proctree import run_measured
+    from ..proctree import run_measured
     out.touch()
     argv = [sys.executable, "-m", "unipar.bench.child", "--backend", backend,
             "--workloads", ",".join(names), "--scale", repr(sizes.scale), "--out", str(out)]

@@ -1,6 +1,6 @@
 """unipar's own engine: a head, a node daemon per machine, worker processes and a shared-memory
 object store per node. It knows nothing about ``unipar.backends``; the ``native`` adapter
-(:mod:`unipar.backends._native`) translates between the seam and :class:`~.client.Client`.
+(:mod:`unipar.backends.native`) translates between the seam and :class:`~.client.Client`.
 
 Roles and data flow (see docs/architecture.md)::
 

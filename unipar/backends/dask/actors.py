@@ -1,0 +1,625 @@
+"""What runs inside Dask workers for the ``dask`` backend: the task wrapper, actor hosts, print
+forwarding, and the value format both sides share.
+
+Data flow::
+
+    driver (DaskBackend)                        worker process
+    --------------------                        --------------
+    f.remote(x, ref, [ref2])
+      -> client.submit(run_task, fn_key, fn_blob, call_bytes, label, topic, *deps)
+         call_bytes = pickled (args, kwargs) with top-level refs replaced by Dep(i);
+         deps = the top-level refs' Dask futures (Dask resolves only these; ref2 stays a ref)
+                                                run_task: install the worker backend (once),
+                                                resolve Dep(i), call f with stdout captured,
+                                                return the *pickled* result (or Failed)
+
+    Cls.remote()   -> client.submit(ActorHost, ..., actor=True)   a Dask actor: owns the user's
+                                                                  instance, its own thread(s)
+                                                                  or event loop, a sequencer
+    a.m.remote(x)  -> client.submit(run_actor_call, actor_future, caller, seq, ...)
+                                                run_actor_call: hand the call to the host (in
+                                                process, or over Dask's actor RPC), secede,
+                                                return the host's pickled result
+
+Values: every stored value is ``bytes`` (a cloudpickle of the user's value), a tuple of such
+bytes for ``num_returns > 1``, or a :class:`Failed`. Storing bytes gives unipar's snapshot rule
+for free (Dask hands objects by reference to tasks on the same worker; bytes are unpickled
+afresh by every reader) and makes failures plain data, so Dask never sees an application error
+(its ``retries`` and error logging stay out of the way; worker loss is all it handles).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import os
+import sys
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import cloudpickle
+
+from ... import _state
+from ...exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError, capture_remote
+
+#: Dask's default ``distributed.scheduler.allowed-failures``: re-runs after worker loss. A task
+#: whose ``max_retries`` is lower counts its own attempts (see :func:`_attempt_allowed`).
+ALLOWED_FAILURES = 3
+
+_tls = threading.local()
+
+
+# -- values ----------------------------------------------------------------------------------
+
+class Failed:
+    """A stored failure: whoever reads it raises ``error`` (already a unipar error)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __reduce__(self):
+        return (Failed, (self.error,))
+
+
+@dataclass(frozen=True)
+class Dep:
+    """Placeholder for a top-level ref argument: the ``pos``-th Dask dependency, element ``index``."""
+
+    pos: int
+    index: int | None
+
+
+def extract(value: Any, index: int | None) -> Any:
+    """The stored item a handle names: the whole value, or one element of a multi-return."""
+    if index is None or isinstance(value, Failed):
+        return value
+    return value[index]
+
+
+def load(item: Any) -> Any:
+    """The user's value from a stored item; raises the stored failure."""
+    if isinstance(item, Failed):
+        raise item.error
+    return cloudpickle.loads(item)
+
+
+def dumps(value: Any) -> tuple[bytes, list[Any]]:
+    """Pickle ``value``; also return the Dask futures of every ref pickled inside it.
+
+    The caller keeps those futures alive as long as the bytes may be read, since Dask frees a
+    key as soon as no live Future names it.
+    """
+    outer = getattr(_tls, "collect", None)
+    _tls.collect = collected = []
+    try:
+        data = cloudpickle.dumps(value)
+    finally:
+        _tls.collect = outer
+    return data, collected
+
+
+def note_pickled(future: Any) -> None:
+    """Called by handles as they are pickled, so :func:`dumps` can keep their keys alive."""
+    collected = getattr(_tls, "collect", None)
+    if collected is not None:
+        collected.append(future)
+    else:
+        # Pickled by something other than our dumps (user code): keep the key for this process.
+        _ESCAPED[future.key] = future
+
+
+#: Futures of refs that left this process inside a result or through user pickling. Dask has
+#: no borrowing protocol, so they stay pinned until the process exits (see docs/backend-dask.md).
+_ESCAPED: dict[Any, Any] = {}
+
+
+def pack_result(result: Any, num_returns: int, label: str) -> Any:
+    """Pickle a function's result the way handles read it (one item per return value)."""
+    if num_returns == 1:
+        data, escaped = dumps(result)
+        _pin(escaped)
+        return data
+    if num_returns == 0:
+        return ()
+    if not isinstance(result, (tuple, list)) or len(result) != num_returns:
+        got = f"{len(result)} values" if isinstance(result, (tuple, list)) else type(result).__name__
+        raise ValueError(f"{label} was declared with num_returns={num_returns} but returned {got}")
+    items = []
+    for value in result:
+        data, escaped = dumps(value)
+        _pin(escaped)
+        items.append(data)
+    return tuple(items)
+
+
+def _pin(futures: list[Any]) -> None:
+    for future in futures:
+        _ESCAPED[future.key] = future
+
+
+def resolve_args(call_bytes: bytes, deps: tuple) -> tuple[tuple, dict]:
+    """Unpickle ``(args, kwargs)`` and put dependency values where the top-level refs were.
+
+    Raises:
+        UniparError: a dependency failed (the task fails with that same error).
+    """
+    args, kwargs = cloudpickle.loads(call_bytes)
+    if not deps:
+        return args, kwargs
+
+    def one(value: Any) -> Any:
+        # Each occurrence is unpickled afresh: a ref passed twice gives two private copies.
+        if type(value) is not Dep:
+            return value
+        return load(extract(deps[value.pos], value.index))
+    return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
+
+
+# -- worker process setup ----------------------------------------------------------------------
+
+@dataclass
+class _Context:
+    """What the current thread runs: for print prefixes, topics and slot release."""
+
+    name: str
+    topic: str
+    forward: bool
+    in_task: bool          # a Dask task thread (may secede); False in actor threads
+    seceded: bool = False
+
+
+def current_context() -> _Context | None:
+    return getattr(_tls, "ctx", None)
+
+
+@contextlib.contextmanager
+def context(name: str, topic: str, forward: bool, in_task: bool) -> Iterator[_Context]:
+    outer = getattr(_tls, "ctx", None)
+    ctx = _tls.ctx = _Context(name, topic, forward, in_task)
+    try:
+        yield ctx
+    finally:
+        _flush(ctx)
+        _tls.ctx = outer
+
+
+_setup_lock = threading.Lock()
+_WORKER: Any = None
+_BACKEND: Any = None  # the worker-side DaskBackend of this process
+_setup_done = False
+
+
+def ensure_worker_setup() -> None:
+    """Install the worker-side backend (again, if user code shut it down) and, once per
+    process, the print forwarder."""
+    global _setup_done, _WORKER, _BACKEND
+    if _setup_done and _state.current() is _BACKEND:
+        return
+    with _setup_lock:
+        if _setup_done and _state.current() is _BACKEND:
+            return
+        from distributed import get_worker
+        from .backend import DaskBackend
+        _WORKER = get_worker()  # actor threads are not Dask's: get_worker() fails there
+        current = _state.current()
+        if not isinstance(current, DaskBackend):
+            from distributed import get_client
+            from ..base import install_worker_backend
+            if _BACKEND is None:
+                _BACKEND = DaskBackend.for_worker(get_client())
+            install_worker_backend(_BACKEND)
+        else:
+            _BACKEND = current
+        if not isinstance(sys.stdout, _Tee):
+            sys.stdout = _Tee(sys.stdout, "stdout")
+            sys.stderr = _Tee(sys.stderr, "stderr")
+        _setup_done = True
+
+
+class _Tee:
+    """A ``sys.stdout`` stand-in: lines written by unipar tasks go to the driver, prefixed.
+
+    Writes from threads that run no unipar task (Dask's own) go to the original stream.
+    """
+
+    def __init__(self, original: Any, stream: str) -> None:
+        self._original = original
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        ctx = getattr(_tls, "ctx", None)
+        if ctx is None or not ctx.forward:
+            return self._original.write(text)
+        buffers = ctx.__dict__.setdefault("buffers", {})
+        pending = buffers.get(self._stream, "") + text
+        if "\n" in pending:
+            done, _, pending = pending.rpartition("\n")
+            _send(ctx, self._stream, done)
+        buffers[self._stream] = pending
+        return len(text)
+
+    def flush(self) -> None:
+        self._original.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+def _send(ctx: _Context, stream: str, text: str) -> None:
+    prefix = f"({ctx.name} pid={os.getpid()}) "
+    body = "".join(prefix + line + "\n" for line in text.split("\n"))
+    try:
+        assert _WORKER is not None
+        _WORKER.log_event(ctx.topic, {"stream": stream, "text": body})
+    except Exception:  # not in a worker (or it is closing): print here rather than lose it
+        original = sys.__stdout__ if stream == "stdout" else sys.__stderr__
+        if original is not None:
+            original.write(body)
+
+
+def _flush(ctx: _Context) -> None:
+    for stream, pending in ctx.__dict__.get("buffers", {}).items():
+        if pending:
+            _send(ctx, stream, pending)
+    ctx.__dict__.pop("buffers", None)
+
+
+# -- tasks -------------------------------------------------------------------------------------
+
+_FUNCTIONS: dict[str, tuple] = {}
+
+
+def _function(fn_key: str, fn_blob: bytes) -> tuple:
+    entry = _FUNCTIONS.get(fn_key)
+    if entry is None:
+        entry = _FUNCTIONS[fn_key] = cloudpickle.loads(fn_blob)
+    return entry
+
+
+class TaskInterrupt(KeyboardInterrupt):
+    """Raised inside a running task's thread by ``unipar.cancel`` (as Ray raises KeyboardInterrupt)."""
+
+
+def _dask_key() -> Any:
+    from distributed.worker import thread_state
+    return getattr(thread_state, "key", None)
+
+
+def _attempt_allowed(key: Any, max_retries: int) -> bool:
+    """Count this run of ``key`` on the scheduler; False when worker losses used up max_retries.
+
+    Only tasks asking for fewer re-runs than Dask's allowed-failures pay this round trip.
+    """
+    from distributed import get_client
+    client = get_client()
+    name = ["unipar-attempts", str(key)]
+    attempt = client.get_metadata(name, 0) + 1
+    client.set_metadata(name, attempt)
+    return attempt <= 1 + max_retries
+
+
+def run_task(fn_key: str, fn_blob: bytes, call_bytes: bytes, label: str, topic: str,
+             forward: bool, *deps: Any) -> Any:
+    """The Dask task behind every ``f.remote()``: returns the pickled result or a Failed."""
+    ensure_worker_setup()
+    function, num_returns, max_retries, options = _function(fn_key, fn_blob)
+    where = f"{label} (dask, pid={os.getpid()})"
+    if 0 <= max_retries < ALLOWED_FAILURES and not _attempt_allowed(_dask_key(), max_retries):
+        error = WorkerCrashedError(
+            f"task {label} was running on a Dask worker that died, and its max_retries="
+            f"{max_retries} re-runs are used up")
+        return _fail(error, num_returns)
+    attempts = 1 + (max_retries if max_retries >= 0 else 10**9)
+    with context(label, topic, forward, in_task=True):
+        for attempt in range(attempts):
+            try:
+                args, kwargs = resolve_args(call_bytes, deps)
+                return pack_result(function(*args, **kwargs), num_returns, label)
+            except TaskInterrupt:
+                return _fail(TaskCancelledError(f"task {label} was cancelled while running"),
+                             num_returns)
+            except Exception as exc:
+                if attempt + 1 < attempts and options.should_retry(exc) and not _is_unipar(exc):
+                    continue
+                return _fail(capture_remote(exc, where), num_returns)
+    raise AssertionError("unreachable")
+
+
+def _is_unipar(exc: BaseException) -> bool:
+    from ...exceptions import UniparError
+    return isinstance(exc, UniparError)
+
+
+def _fail(error: BaseException, num_returns: int) -> Any:
+    # A multi-return task fails as one value; every handle's extract() sees the Failed.
+    return Failed(error)
+
+
+def interrupt_task(key: Any, force: bool, dask_worker: Any = None) -> bool:
+    """Run on every worker by ``cancel``: interrupt (or with ``force`` kill) the thread running ``key``."""
+    if dask_worker is None:
+        return False
+    with dask_worker.active_threads_lock:
+        idents = [ident for ident, k in dask_worker.active_threads.items() if k == key]
+    if not idents:
+        return False
+    if force:
+        # Exit after this reply is sent; the nanny starts a fresh worker process.
+        threading.Timer(0.05, os._exit, (1,)).start()
+        return True
+    for ident in idents:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                   ctypes.py_object(TaskInterrupt))
+    return True
+
+
+# -- actors ------------------------------------------------------------------------------------
+
+@dataclass
+class _Call:
+    method: str
+    call_bytes: bytes
+    deps: tuple
+    num_returns: int
+    done: concurrent.futures.Future
+
+
+class ActorHost:
+    """A Dask actor that owns one unipar actor instance.
+
+    Calls are handed over with a per-caller sequence number and start in that order. Sync
+    actors run calls on their own pool of ``concurrency`` threads (never on Dask's single
+    shared actor thread, so one actor's long call does not stall another); async actors run on
+    their own event loop thread. The host never raises from ``__init__``: a failed constructor
+    or a spent restart budget leaves it dead, and every call then fails with ActorDiedError.
+    """
+
+    def __init__(self, blob: bytes, call_bytes: bytes, topic: str, forward: bool, *deps: Any) -> None:
+        ensure_worker_setup()
+        (self._cls, self.class_name, self._concurrency, self._is_async,
+         max_restarts) = cloudpickle.loads(blob)
+        self._call_bytes, self._deps = call_bytes, deps
+        self._topic, self._forward = topic, forward
+        self._lock = threading.Lock()
+        self._next: dict[str, int] = {}
+        self._pending: dict[str, dict[int, _Call | None]] = {}
+        self._instance: Any = None
+        self.dead_reason: str | None = None
+        self._error: BaseException | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._max_restarts = max_restarts
+        starts = self._count_start()
+        # A re-created host (its worker died) accepts each caller's sequence where it resumes.
+        self._restarted = starts > 1
+        if max_restarts != -1 and starts > 1 + max_restarts:
+            self.dead_reason = (f"the Dask worker holding it died and max_restarts={max_restarts} "
+                                "restarts are used up")
+        else:
+            self._construct(in_task=True)
+        self._start_runner()
+
+    def _count_start(self) -> int:
+        key = _dask_key()
+        if key is None:
+            return 1
+        from distributed import get_client
+        client = get_client()
+        name = ["unipar-actor-starts", str(key)]
+        starts = client.get_metadata(name, 0) + 1
+        client.set_metadata(name, starts)
+        return starts
+
+    def _construct(self, in_task: bool) -> None:
+        # In the construction task a blocking get() may secede; a restart runs on Dask's actor
+        # thread, which is no task thread.
+        with context(self.class_name, self._topic, self._forward, in_task=in_task):
+            try:
+                args, kwargs = resolve_args(self._call_bytes, self._deps)
+                self._instance = self._cls(*args, **kwargs)
+                self.dead_reason = None
+            except Exception as exc:
+                self._error = capture_remote(exc, f"{self.class_name}.__init__ (dask, pid={os.getpid()})")
+                self.dead_reason = f"its constructor raised {type(exc).__name__}: {exc}"
+
+    def _start_runner(self) -> None:
+        if self._is_async:
+            loop = self._loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=_run_loop, args=(loop,), daemon=True,
+                                      name=f"unipar-actor-{self.class_name}")
+            thread.start()
+            self._semaphore = asyncio.run_coroutine_threadsafe(
+                _make_semaphore(self._concurrency), loop).result()
+            weakref.finalize(self, loop.call_soon_threadsafe, loop.stop)
+        else:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self._concurrency, thread_name_prefix=f"unipar-actor-{self.class_name}")
+            weakref.finalize(self, self._executor.shutdown, False, cancel_futures=True)
+
+    # -- handing calls over, in order --------------------------------------------------------
+    def deliver_local(self, caller: str, seq: int, call: _Call | None) -> None:
+        """Queue ``call`` as ``caller``'s ``seq``-th; start every call whose turn has come."""
+        with self._lock:
+            nxt = self._next.get(caller)
+            if nxt is None:
+                nxt = seq if self._restarted else 0
+            if seq < nxt:  # a late call after a restart: run it now rather than never
+                self._dispatch(call)
+                return
+            pending = self._pending.setdefault(caller, {})
+            pending.setdefault(seq, call)
+            while nxt in pending:
+                self._dispatch(pending.pop(nxt))
+                nxt += 1
+            self._next[caller] = nxt
+            if not pending:
+                del self._pending[caller]
+
+    async def deliver(self, caller: str, seq: int, method: str, call_bytes: bytes, deps: tuple,
+                      num_returns: int) -> Any:
+        """The same, over Dask's actor RPC (a call task that ran on another worker)."""
+        call = _Call(method, call_bytes, deps, num_returns, concurrent.futures.Future())
+        self.deliver_local(caller, seq, call)
+        return await asyncio.wrap_future(call.done)
+
+    def skip(self, caller: str, seq: int) -> None:
+        """A call that will never arrive (it was cancelled): let the ones after it run."""
+        self.deliver_local(caller, seq, None)
+
+    def _dispatch(self, call: _Call | None) -> None:
+        if call is None:
+            return
+        if self.dead_reason is not None:
+            call.done.set_result(self._dead(call.method))
+        elif self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._run_async(call), self._loop)
+        else:
+            assert self._executor is not None
+            try:
+                self._executor.submit(self._run_sync, call)
+            except RuntimeError:  # shut down by kill() between the check and here
+                call.done.set_result(self._dead(call.method))
+
+    # -- running calls -----------------------------------------------------------------------
+    def _dead(self, method: str) -> Failed:
+        error = ActorDiedError(f"actor {self.class_name} is dead ({self.dead_reason}); "
+                               f"call {method}() did not run")
+        error.__cause__ = self._error
+        return Failed(error)
+
+    def _label(self, method: str) -> str:
+        return f"{self.class_name}.{method}"
+
+    def _run_sync(self, call: _Call) -> None:
+        call.done.set_result(self._execute(call, None))
+
+    async def _run_async(self, call: _Call) -> None:
+        assert self._semaphore is not None
+        async with self._semaphore:
+            result = self._execute(call, asyncio.get_running_loop())
+            if asyncio.iscoroutine(result):
+                result = await self._finish_async(call, result)
+        if not call.done.done():
+            call.done.set_result(result)
+
+    def _execute(self, call: _Call, loop: asyncio.AbstractEventLoop | None) -> Any:
+        """Run one call; returns the packed result, or a coroutine to await for async methods."""
+        if self.dead_reason is not None:
+            return self._dead(call.method)
+        label = self._label(call.method)
+        with context(self.class_name, self._topic, self._forward, in_task=False):
+            try:
+                args, kwargs = resolve_args(call.call_bytes, call.deps)
+                result = getattr(self._instance, call.method)(*args, **kwargs)
+                if asyncio.iscoroutine(result) and loop is not None:
+                    return result
+                if asyncio.iscoroutine(result):  # an async method on a sync host: run it here
+                    result = asyncio.run(result)
+                return pack_result(result, call.num_returns, label)
+            except Exception as exc:
+                return Failed(capture_remote(exc, f"{label} (dask, pid={os.getpid()})"))
+
+    async def _finish_async(self, call: _Call, coro: Any) -> Any:
+        label = self._label(call.method)
+        with context(self.class_name, self._topic, self._forward, in_task=False):
+            try:
+                return pack_result(await coro, call.num_returns, label)
+            except Exception as exc:
+                return Failed(capture_remote(exc, f"{label} (dask, pid={os.getpid()})"))
+
+    # -- life ----------------------------------------------------------------------------------
+    def kill(self, restart: bool) -> None:
+        """Stop the actor; with ``restart`` (and restarts left) start a fresh instance instead."""
+        if restart and self.dead_reason is None and self._max_restarts != 0:
+            self._instance = None
+            self._construct(in_task=False)
+            return
+        self.dead_reason = "it was killed with unipar.kill()"
+        self._instance = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def is_alive(self) -> bool:
+        return self.dead_reason is None
+
+
+async def _make_semaphore(limit: int) -> asyncio.Semaphore:
+    return asyncio.Semaphore(limit)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+def run_actor_call(actor: Any, caller: str, seq: int, method: str, call_bytes: bytes,
+                   num_returns: int, *deps: Any) -> Any:
+    """The Dask task behind every actor method call: hand it to the host and wait for it.
+
+    ``actor`` is Dask's proxy for the host (the dependency on the actor's key). On the host's
+    own worker the call is handed over in process; elsewhere it goes over Dask's actor RPC.
+    """
+    ensure_worker_setup()
+    from distributed import get_worker, secede
+    host = get_worker().state.actors.get(actor.key)
+    if isinstance(host, ActorHost):
+        call = _Call(method, call_bytes, deps, num_returns, concurrent.futures.Future())
+        host.deliver_local(caller, seq, call)
+        try:
+            return call.done.result(timeout=0.002)
+        except concurrent.futures.TimeoutError:
+            # A long call: give the thread slot back so this wait never starves the worker.
+            secede()
+            return call.done.result()
+    secede()
+    return actor.deliver(caller, seq, method, call_bytes, deps, num_returns).result()
+
+
+def call_host(actor: Any, method: str, *args: Any) -> Any:
+    """Run a host management method (kill, skip) on the host's worker, from a task."""
+    from distributed import get_worker
+    host = get_worker().state.actors.get(actor.key)
+    if isinstance(host, ActorHost):
+        return getattr(host, method)(*args)
+    return getattr(actor, method)(*args).result()
+
+
+# -- preload for the processes of a private local cluster ---------------------------------------
+
+def dask_setup(service: Any) -> None:
+    """``--preload`` hook: exit when the driver that started this cluster is gone.
+
+    Only processes started by :class:`~unipar.backends.dask.backend.LocalProcesses` carry
+    ``UNIPAR_DASK_DRIVER_PID``; a shared cluster that preloads this module is left alone.
+    """
+    pid = int(os.environ.get("UNIPAR_DASK_DRIVER_PID", "0") or 0)
+    if pid <= 0:
+        return
+
+    def watch() -> None:
+        import time
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                # The driver cannot clean up any more: remove the cluster's directory (every
+                # process tries; the last one out leaves nothing) and go.
+                import shutil
+                shutil.rmtree(os.environ.get("UNIPAR_DASK_DIRECTORY", ""), ignore_errors=True)
+                os._exit(0)
+            except PermissionError:
+                pass
+    threading.Thread(target=watch, daemon=True, name="unipar-driver-watch").start()

@@ -1,0 +1,189 @@
+"""The ``native`` backend: a thin adapter from the seam to unipar's own engine (unipar.native).
+
+Handles are :class:`unipar.native.client.refs.NativeRef`; actor ids are
+:class:`unipar.native.client.refs.ActorId`. The adapter's one real job is argument translation:
+top-level ObjectRefs become bare NativeRefs, which the engine treats as dependencies (resolved to
+values before the call); refs nested deeper pickle as themselves and arrive as refs.
+
+In workers, :func:`worker_setup` (named to the engine as ``UNIPAR_WORKER_SETUP``) installs a
+backend bound to the worker's own client, so tasks can call ``unipar.get``/``.remote()``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, Hashable, Sequence
+
+from ..exceptions import BackendUnavailableError
+if TYPE_CHECKING:
+    from ..native.client.client import Client
+from ..native.client.refs import ActorId, NativeRef
+from ..options import InitOptions, resource_demand
+from .base import (ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend,
+                   is_ref, unwrap)
+
+WORKER_SETUP = "unipar.backends.native:worker_setup"
+
+
+def _deps(args: tuple, kwargs: Any) -> tuple[tuple, dict]:
+    """Top-level ObjectRefs -> NativeRef (a dependency); everything else unchanged."""
+    def one(value: Any) -> Any:
+        return unwrap(value) if is_ref(value) else value
+    return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
+
+
+class NativeBackend(Backend):
+    """unipar's own engine: a head, a node daemon, worker processes, a shared-memory store."""
+
+    name = "native"
+
+    def __init__(self, client: Client | None = None) -> None:
+        self._client = client
+        self._cluster: Any = None   # a LocalCluster on the driver; workers have none
+        self._connected = False     # a driver of a cluster started by `unipar start`
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self, options: InitOptions) -> None:
+        if options.address not in (None, "local"):
+            self._connect(options)
+            return
+        from ..native.cluster.launcher import ClusterConfig, LocalCluster   # drivers only: keeps workers lean
+        extra = dict(options.backend_options)
+        known = {"spill_limit", "stuck_warning_after", "worker_idle_timeout", "dashboard_port"}
+        unknown = sorted(set(extra) - known)
+        if unknown:
+            raise ValueError(f"unknown native backend_options: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
+        self._cluster = LocalCluster(ClusterConfig(
+            num_cpus=options.num_cpus, num_gpus=options.num_gpus,
+            resources=dict(options.resources), object_store_memory=options.object_store_memory,
+            spill_limit=extra.get("spill_limit"), worker_setup=WORKER_SETUP,
+            stuck_warning_after=float(extra.get("stuck_warning_after", 5.0)),
+            worker_idle_timeout=float(extra.get("worker_idle_timeout", 10.0)),
+            dashboard_port=extra.get("dashboard_port")))   # none by default: cold start
+        # The engine's client code loads while the daemons start (cold start).
+        loading = threading.Thread(target=_load_client, name="unipar-import")
+        loading.start()
+        try:
+            self._cluster.start()
+        finally:
+            loading.join()
+        from ..native.client.client import Client
+        if "dashboard_port" in extra:   # asked for: say where it is, or why it is not
+            where = self._cluster.dashboard_url or f"off: {self._cluster.dashboard_problem}"
+            print(f"unipar dashboard: {where}", file=sys.stderr)
+        self._client = Client(self._cluster.node_unix_address, self._cluster.secret,
+                              role="driver", log_to_driver=options.log_to_driver)
+
+    def _connect(self, options: InitOptions) -> None:
+        """Join a running cluster (``unipar start``) as a driver: it is not ours to stop."""
+        from ..native.cluster.connect import ConnectError, connect_client
+        try:
+            self._client = connect_client(str(options.address), options.log_to_driver)
+        except ConnectError as exc:
+            raise BackendUnavailableError(str(exc)) from None
+        self._connected = True
+
+    def shutdown(self) -> None:
+        if self._connected:   # a cluster we joined: only disconnect
+            client, self._client, self._connected = self._client, None, False
+            if client is not None:
+                client.close()
+            return
+        if self._cluster is None and self._client is not None:
+            # In a worker: the cluster is the driver's to stop. Stay installed, so a stray
+            # unipar.shutdown() in a task cannot make the next call start a second cluster.
+            install_worker_backend(self)
+            return
+        client, self._client = self._client, None
+        cluster, self._cluster = self._cluster, None
+        if client is not None and cluster is not None:
+            client.close()
+        if cluster is not None:
+            cluster.stop()
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise RuntimeError("the native backend is shut down")
+        return self._client
+
+    # -- tasks and objects ---------------------------------------------------------------------
+    def submit(self, spec: TaskSpec) -> list[Hashable]:
+        args, kwargs = _deps(spec.args, spec.kwargs)
+        opts = spec.options
+        return self.client.submit_task(
+            spec.function, spec.function_id, spec.name, args, kwargs,
+            num_returns=opts.num_returns, resources=resource_demand(opts),
+            max_retries=opts.max_retries, retry_exceptions=opts.retry_exceptions)
+
+    def put(self, value: Any) -> Hashable:
+        return self.client.put(value)
+
+    def get(self, handles: Sequence[NativeRef], timeout: float | None) -> list[Any]:
+        return self.client.get(handles, timeout)
+
+    def wait(self, handles: Sequence[NativeRef], num_returns: int, timeout: float | None,
+             fetch_local: bool) -> set[int]:
+        return self.client.wait(handles, num_returns, timeout)
+
+    def cancel(self, handle: NativeRef, force: bool, recursive: bool) -> None:
+        self.client.cancel(handle, force, recursive)
+
+    def future(self, handle: NativeRef) -> concurrent.futures.Future:
+        return self.client.future(handle)
+
+    # -- actors --------------------------------------------------------------------------------
+    def create_actor(self, spec: ActorSpec) -> ActorId:
+        args, kwargs = _deps(spec.args, spec.kwargs)
+        opts = spec.options
+        return self.client.create_actor(
+            spec.cls, spec.class_id, args, kwargs, class_name=spec.meta.class_name,
+            name=opts.name, get_if_exists=opts.get_if_exists, resources=resource_demand(opts),
+            max_restarts=opts.max_restarts, max_task_retries=opts.max_task_retries,
+            concurrency=opts.concurrency(spec.meta.is_async), is_async=spec.meta.is_async,
+            meta=spec.meta, detached=opts.lifetime == "detached")
+
+    def call_actor(self, actor_id: ActorId, call: ActorCall) -> list[Hashable]:
+        args, kwargs = _deps(call.args, call.kwargs)
+        return self.client.call_actor(actor_id, call.method, args, kwargs, call.num_returns)
+
+    def kill_actor(self, actor_id: ActorId, no_restart: bool) -> None:
+        self.client.kill_actor(actor_id, no_restart)
+
+    def get_actor(self, name: str) -> tuple[ActorId, ActorMeta]:
+        return self.client.get_actor(name)
+
+    # -- cluster -------------------------------------------------------------------------------
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in n.items() if k not in ("Address", "Available")}
+                for n in self.client.nodes()]
+
+    def cluster_resources(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for node in self.client.nodes():
+            if node["Alive"]:
+                for key, value in node["Resources"].items():
+                    total[key] = total.get(key, 0.0) + value
+        return total
+
+    def available_resources(self) -> dict[str, float]:
+        nodes = [n for n in self.client.nodes() if n["Alive"]]
+        if len(nodes) <= 1:   # one node: ask it (exact, now)
+            return dict(self.client.node_info()["available"])
+        free: dict[str, float] = {}   # several: what each reported in the last second
+        for node in nodes:
+            for key, value in node.get("Available", node["Resources"]).items():
+                free[key] = free.get(key, 0.0) + value
+        return free
+
+
+def _load_client() -> None:
+    import unipar.native.client.client  # noqa: F401
+
+
+def worker_setup(client: Client) -> None:
+    """Called by the engine in each worker: route the public API through this worker's client."""
+    install_worker_backend(NativeBackend(client))

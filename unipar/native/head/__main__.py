@@ -1,0 +1,4 @@
+"""``python -m unipar.native.head``: the head of a ``unipar start`` cluster."""
+from .daemon import main
+
+main()

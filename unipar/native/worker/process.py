@@ -1,0 +1,518 @@
+"""A worker process: runs tasks (pool workers) or hosts one actor (actor workers).
+
+Started by its node daemon as ``python -m unipar.native.worker`` with the secret on stdin; the
+pipe then stays open, and EOF on it (the node died) ends the worker at once. The worker is also
+a full client: code in a task may call ``get``/``put``/``.remote()``.
+
+Threads: the client's reader thread receives ``run_task``/``init_actor``/... and queues them;
+the main thread runs them one at a time (tasks and plain actors). Threaded actors
+(``max_concurrency`` > 1) run calls on a thread pool; async actors on one event loop thread.
+``print`` goes through :class:`_Forward`, which sends whole lines, prefixed
+``(name pid=N) ``, to the node, which passes them to the driver — always before the task's
+result, since both travel on the same connections in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import importlib
+import io
+import os
+import queue
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+import cloudpickle
+
+from ...exceptions import ActorDiedError, TaskCancelledError, capture_remote
+from ..wire import protocol as P
+from ..wire import serialization as S
+from ..client.client import Client
+from ..wire.transport import Connection, Listener
+from ..client.refs import NativeRef
+
+_current = threading.local()
+# The direct connection of the client whose task or call runs in this context (its print
+# lines and result go back that way), or None for one the node sent. A context variable:
+# threaded and async actors run several calls at once.
+_reply_to: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("reply", default=None)
+MAX_MAPPED = 32   # big arguments kept mapped per worker
+
+
+class _Forward(io.TextIOBase):
+    """A text stream that forwards whole lines to the driver, prefixed with where they ran."""
+
+    def __init__(self, runtime: "Runtime", stream: str) -> None:
+        self.runtime = runtime
+        self.stream = stream
+        self.pending = ""
+        self.lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            self.pending += text
+            if "\n" not in self.pending:
+                return len(text)
+            complete, _, self.pending = self.pending.rpartition("\n")
+        self._send(complete + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        pass   # partial lines wait for their newline (or the end of the task)
+
+    def finish(self) -> None:
+        with self.lock:
+            rest, self.pending = self.pending, ""
+        if rest:
+            self._send(rest + "\n")
+
+    def _send(self, text: str) -> None:
+        name = getattr(_current, "label", None) or self.runtime.label
+        prefix = f"({name} pid={os.getpid()}) "
+        body = "".join(prefix + line + "\n" for line in text.splitlines())
+        try:
+            self.runtime.log_conn().send(P.Log(self.stream, body))
+        except ConnectionError:
+            pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        # Code that needs a real descriptor (subprocess, faulthandler) writes below Python,
+        # straight to the terminal the daemons inherited, without a prefix.
+        return 2 if self.stream == "stderr" else 1
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+
+def _split(result: Any, count: int, name: str) -> list[Any]:
+    if count == 1:
+        return [result]
+    if count == 0:
+        return []
+    if not isinstance(result, (tuple, list)) or len(result) != count:
+        got = f"{len(result)} values" if isinstance(result, (tuple, list)) else type(result).__name__
+        raise ValueError(f"{name} was declared with num_returns={count} but returned {got}")
+    return list(result)
+
+
+class Runtime:
+    """Everything a worker process does besides talking: run tasks and actor calls."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.functions: dict[str, Any] = {}
+        self.client: Client = None  # type: ignore[assignment]
+        self.label = "worker"
+        self.current_task: bytes | None = None
+        self.unflushed: set[Connection] = set()
+        self.task_lock = threading.Lock()
+        self.cancelled: set[bytes] = set()
+        # Big arguments stay mapped (pages already faulted in) until the node says the object
+        # was freed or moved: a task reusing one costs no new mapping. Bounded, as a safety net.
+        self.mapped: dict[bytes, tuple[str, Any, list[Any]]] = {}
+        self.map_lock = threading.Lock()
+        self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.instance: Any = None
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.semaphore: asyncio.Semaphore | None = None
+
+    def log_conn(self) -> Connection:
+        reply = _reply_to.get()
+        return reply if reply is not None and not reply.closed else self.client.conn
+
+    def forward_log(self, msg: P.Log) -> None:
+        """Output of a task this worker's task started (pushed directly): pass it on as it
+        is, already prefixed, the way our own output goes."""
+        try:
+            self.log_conn().send(msg)
+        except ConnectionError:
+            pass
+
+    # direct connections (one thread each): tasks pushed by a client holding a lease on us
+    def accept(self, conn: Connection) -> None:
+        threading.Thread(target=conn.serve_forever, args=(lambda m: self.handle_direct(conn, m),),
+                         name="unipar-direct-reader", daemon=True).start()
+
+    def handle_direct(self, conn: Connection, msg: P.Message) -> None:
+        op = msg.op
+        if op == "run_task":
+            self.inbox.put((msg, conn))
+        elif op == "run_actor_task" and self.instance is not None and (self.pool or self.loop):
+            self._start_concurrent_call(msg, conn)  # type: ignore[arg-type]
+        elif op == "run_actor_task":
+            self.inbox.put((msg, conn))
+        elif op == "cancel_task":
+            self._cancel(msg.task_id)  # type: ignore[attr-defined]
+        elif op == "attach":
+            conn.owner = msg.client_id  # type: ignore[attr-defined]
+        else:
+            conn.close()   # nothing else may arrive here
+
+    def _cancel(self, task_id: bytes) -> None:
+        with self.task_lock:
+            if self.current_task == task_id:
+                os.kill(os.getpid(), signal.SIGINT)   # KeyboardInterrupt in the task
+                self.client.cancel_submitted()         # and in what it started directly
+            else:   # not started yet (still queued here): never start it
+                self.cancelled.add(task_id)
+
+    # reader thread
+    def handle(self, msg: P.Message) -> None:
+        op = msg.op
+        if op == "cancel_task":
+            self._cancel(msg.task_id)  # type: ignore[attr-defined]
+        elif op == "shutdown":
+            os._exit(0)
+        elif op == "forget":
+            with self.map_lock:
+                for oid in msg.oids:  # type: ignore[attr-defined]
+                    self.mapped.pop(oid, None)
+        elif op == "run_actor_task" and self.instance is not None and (self.pool or self.loop):
+            self._start_concurrent_call(msg)  # type: ignore[arg-type]
+        else:
+            self.inbox.put((msg, None))
+
+    # main thread
+    def run(self) -> None:
+        while True:
+            try:
+                if self.unflushed and self.inbox.empty():
+                    self._flush_replies()
+                msg, reply = self.inbox.get()
+                if msg.op == "run_task":
+                    self.run_task(msg, reply)
+                elif msg.op == "init_actor":
+                    self.init_actor(msg)
+                elif msg.op == "run_actor_task":
+                    self._run_call(msg, reply)
+            except KeyboardInterrupt:
+                continue   # a cancel that arrived just after its task ended
+
+    def _set_cuda(self, gpu_ids: list[int]) -> None:
+        """CUDA_VISIBLE_DEVICES for the next task: its GPUs, else what the worker started with
+        (only touched when it changes: most tasks use none)."""
+        want = ",".join(str(i) for i in gpu_ids) if gpu_ids else self.base_cuda
+        if want == os.environ.get("CUDA_VISIBLE_DEVICES"):
+            return
+        if want is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = want
+
+    def _function(self, key: str, blob: Any) -> Any:
+        fn = self.functions.get(key)
+        if fn is None:
+            fn = self.functions[key] = cloudpickle.loads(blob)
+        return fn
+
+    def _arguments(self, packed: Any, deps: list, cache: bool = True) -> tuple[tuple, dict, Any]:
+        """Arguments from their packed form and dependency values. ``cache``: keep big ones
+        mapped (only when the node sent them: it tells us when to let go)."""
+        if packed is None:   # big arguments travel as the last dependency
+            data, buffers = S.map_file(deps[-1][3]) if deps[-1][1] == "shm" else S.unpack(deps[-1][2])
+            packed_args = S.loads(data, buffers)
+            deps = deps[:-1]
+        else:
+            packed_args = S.load_packed(packed)
+        args, kwargs, extra = packed_args
+        values = [self._load_dep(d, cache) for d in deps]
+        args, kwargs = S.fill_slots(args, kwargs, values)
+        return args, kwargs, extra
+
+    def _load_dep(self, dep: list, cache: bool = True) -> Any:
+        oid, kind, payload, path = dep
+        if kind != "shm":
+            return S.load_packed(payload)
+        if not cache:
+            try:
+                return S.loads(*S.map_file(path, populate=True))
+            except FileNotFoundError:   # spilled since: ask where it is now
+                return self.client.get([NativeRef(oid)], None)[0]
+        with self.map_lock:
+            cached = self.mapped.get(oid)
+        if cached is not None and cached[0] == path:
+            return S.loads(cached[1], cached[2])
+        try:
+            data, buffers = S.map_file(path, populate=True)   # the task will likely read it all
+        except FileNotFoundError:   # spilled to disk since the node sent us the path
+            return self.client.get([NativeRef(oid)], None)[0]
+        with self.map_lock:
+            if len(self.mapped) >= MAX_MAPPED:
+                self.mapped.pop(next(iter(self.mapped)))
+            self.mapped[oid] = (path, data, buffers)
+        return S.loads(data, buffers)
+
+    def _result(self, oid: bytes, value: Any, owner: int | None = None) -> list:
+        """The result record of one return value. ``owner``: the client id of a task pushed
+        directly; a big result (or one holding refs) is stored at the node for it first, so
+        the node knows the object before the owner hears of it."""
+        data, buffers, contained = S.dumps(value)
+        if contained:
+            self.client.promote(contained)   # refs to our own direct results: tell the node
+        size = S.payload_size(data, buffers)
+        if size <= self.client.inline_max:
+            result = [oid, "inline", P.blob(S.pack(data, buffers)), "", size, contained]
+            if owner is None or not contained:
+                return result
+        else:
+            reserve = size + 64 * (len(buffers) + 2)
+            path = self.client.request(lambda r: P.Alloc(r, oid, reserve)).value
+            real = S.write_file(path, data, buffers)
+            result = [oid, "shm", None, path, real, contained]
+            if owner is None:
+                return result
+        self.client.request(lambda r: P.PutFor(r, owner, *result))
+        return result
+
+    def _error_results(self, return_ids: list, exc: BaseException, where: str) -> list:
+        err = capture_remote(exc, where)
+        packed = S.pack(*S.dumps(err)[:2])
+        return [[oid, "error", P.blob(packed), "", len(packed), []] for oid in return_ids]
+
+    def _results(self, return_ids: list, result: Any, name: str, where: str,
+                 owner: int | None = None) -> tuple[str, list]:
+        try:
+            values = _split(result, len(return_ids), name)
+            return "ok", [self._result(oid, v, owner) for oid, v in zip(return_ids, values)]
+        except Exception as exc:   # unpicklable result, wrong count, store full
+            return "error", self._error_results(return_ids, exc, where)
+
+    def run_task(self, msg: P.RunTask, reply: Connection | None = None) -> None:
+        """Run one task; its result goes to the node, or back over ``reply`` (pushed directly)."""
+        short = msg.name.rsplit(".", 1)[-1]
+        _current.label = short
+        where = f"{msg.name} (pid={os.getpid()})"
+        self._set_cuda(msg.gpu_ids)
+        status, results = "ok", []
+        retry_filter: Any = False
+        token = _reply_to.set(reply)
+        try:
+            with self.task_lock:
+                if msg.task_id in self.cancelled:
+                    self.cancelled.discard(msg.task_id)
+                    raise KeyboardInterrupt
+                self.current_task = msg.task_id
+            fn = self._function(msg.fn_key, msg.fn_blob)
+            args, kwargs, retry_filter = self._arguments(msg.args, msg.deps, cache=reply is None)
+            result = fn(*args, **kwargs)
+            with self.task_lock:
+                self.current_task = None
+            status, results = self._results(msg.return_ids, result, msg.name, where,
+                                            _owner(reply))
+        except KeyboardInterrupt:
+            with self.task_lock:
+                self.current_task = None
+            status = "error"
+            results = self._error_results(
+                msg.return_ids, TaskCancelledError(f"task {msg.name} was cancelled"), where)
+        except Exception as exc:
+            with self.task_lock:
+                self.current_task = None
+            retry = retry_filter is True or (isinstance(retry_filter, tuple)
+                                             and isinstance(exc, retry_filter))
+            status = "retry" if retry else "error"
+            results = self._error_results(msg.return_ids, exc, where)
+        finally:
+            _current.label = None
+            for stream in (sys.stdout, sys.stderr):
+                if isinstance(stream, _Forward):
+                    stream.finish()
+            _reply_to.reset(token)
+        self._reply(reply, P.TaskDone(msg.task_id, status, results))
+
+    def _reply(self, reply: Connection | None, msg: P.Message) -> None:
+        """Send a task's outcome. Direct results wait while more tasks are queued here, so a
+        burst of short tasks answers in a few writes (the run loop flushes when idle)."""
+        try:
+            if reply is None:
+                self.client.conn.send(msg)
+            elif self.inbox.empty():
+                reply.send(msg)
+            else:
+                reply.post(msg)
+                self.unflushed.add(reply)
+        except ConnectionError:
+            pass   # the client that pushed it is gone; its node cleans up after it
+
+    def _flush_replies(self) -> None:
+        pending, self.unflushed = self.unflushed, set()
+        for conn in pending:
+            try:
+                conn.flush()
+            except ConnectionError:
+                pass
+
+    # -- actors --------------------------------------------------------------------------------
+    def init_actor(self, msg: P.InitActor) -> None:
+        self.label = msg.class_name
+        error = None
+        try:
+            cls = self._function(msg.class_key, msg.class_blob)
+            args, kwargs, _ = self._arguments(msg.args, msg.deps)
+            self.instance = cls(*args, **kwargs)
+        except Exception as exc:
+            cause = capture_remote(exc, f"{msg.class_name}.__init__ (pid={os.getpid()})")
+            died = ActorDiedError(f"actor {msg.class_name} died: its constructor raised "
+                                  f"{type(exc).__name__}: {exc}\n\n{getattr(cause, 'remote_traceback', '')}")
+            error = P.blob(S.pack(*S.dumps(died)[:2]))
+        if error is None and msg.is_async:
+            self._start_loop(msg.concurrency)
+        elif error is None and msg.concurrency > 1:
+            self.pool = concurrent.futures.ThreadPoolExecutor(msg.concurrency,
+                                                              thread_name_prefix="unipar-actor")
+        self.client.conn.send(P.ActorReady(msg.actor_id, error))
+
+    def _start_loop(self, concurrency: int) -> None:
+        ready = threading.Event()
+
+        def run_loop() -> None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            self.semaphore = asyncio.Semaphore(concurrency)
+            ready.set()
+            self.loop.run_forever()
+        threading.Thread(target=run_loop, name="unipar-actor-loop", daemon=True).start()
+        ready.wait(10)
+
+    def _where(self, msg: P.RunActorTask) -> str:
+        return f"{self.label}.{msg.method} (pid={os.getpid()})"
+
+    def _run_call(self, msg: P.RunActorTask, reply: Connection | None) -> None:
+        """Run one actor call on this thread; its result goes back over ``reply`` (a call
+        pushed directly) or to the node."""
+        token = _reply_to.set(reply)
+        try:
+            outcome = self._call_sync(msg, reply)
+        finally:
+            _reply_to.reset(token)
+        self._finish_call(msg, *outcome, reply)
+
+    def _call_sync(self, msg: P.RunActorTask, reply: Connection | None) -> tuple[str, list]:
+        name = f"{self.label}.{msg.method}"
+        try:
+            method = getattr(self.instance, msg.method)
+            args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
+            result = method(*args, **kwargs)
+            if asyncio.iscoroutine(result):
+                result = asyncio.run(result)
+        except Exception as exc:
+            return "error", self._error_results(msg.return_ids, exc, self._where(msg))
+        return self._results(msg.return_ids, result, name, self._where(msg), _owner(reply))
+
+    def _finish_call(self, msg: P.RunActorTask, status: str, results: list,
+                     reply: Connection | None) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, _Forward):
+                stream.finish()
+        self._reply(reply, P.TaskDone(msg.task_id, status, results))
+
+    def _start_concurrent_call(self, msg: P.RunActorTask, reply: Connection | None = None) -> None:
+        if self.pool is not None:
+            self.pool.submit(self._run_call, msg, reply)
+            return
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(self._call_async(msg, reply), self.loop)
+
+    async def _call_async(self, msg: P.RunActorTask, reply: Connection | None) -> None:
+        assert self.semaphore is not None
+        _reply_to.set(reply)   # this call's own context (each coroutine task has one)
+        async with self.semaphore:
+            name = f"{self.label}.{msg.method}"
+            try:
+                method = getattr(self.instance, msg.method)
+                args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
+                result = method(*args, **kwargs)
+                if asyncio.iscoroutine(result):
+                    result = await result
+            except Exception as exc:
+                outcome = ("error", self._error_results(msg.return_ids, exc, self._where(msg)))
+            else:
+                outcome = self._results(msg.return_ids, result, name, self._where(msg),
+                                        _owner(reply))
+        self._finish_call(msg, *outcome, reply)
+
+
+def _owner(reply: Connection | None) -> int | None:
+    """The client id of whoever pushed a task or call over ``reply`` (None: the node)."""
+    return getattr(reply, "owner", None) if reply is not None else None
+
+
+def direct_socket_path(node_address: str, worker_id: str) -> str:
+    """Where worker ``worker_id`` of the node at ``node_address`` (its Unix socket) takes
+    tasks pushed directly: beside the node's socket, so both sides derive it alone."""
+    return os.path.join(os.path.dirname(node_address[len("unix://"):]), f"{worker_id}.sock")
+
+
+def _watch_stdin() -> None:
+    try:
+        while sys.stdin.buffer.read(1 << 16):
+            pass
+    except OSError:
+        pass
+    os._exit(0)   # the node that started us is gone
+
+
+def main() -> None:
+    """``python -m unipar.native.worker``: the secret on stdin, which stays open; EOF on it
+    means the node is gone."""
+    secret = bytes.fromhex(sys.stdin.buffer.readline().strip().decode())
+    threading.Thread(target=_watch_stdin, name="unipar-watchdog", daemon=True).start()
+    _serve(secret)
+
+
+def forked_main(secret_hex: str, env: dict[str, str], lifeline: Any) -> None:
+    """A worker forked by the node's fork server (boot.WorkerLauncher): ``env`` is this
+    worker's part of the environment; EOF on ``lifeline`` means the node is gone."""
+    os.environ.update(env)
+
+    def watch() -> None:
+        try:
+            while True:
+                lifeline.recv_bytes()
+        except (EOFError, OSError):
+            os._exit(0)
+    threading.Thread(target=watch, name="unipar-watchdog", daemon=True).start()
+    _serve(bytes.fromhex(secret_hex))
+
+
+def _serve(secret: bytes) -> None:
+    # Daemons ignore SIGINT; we inherit that, but cancel() needs it to raise KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for entry in reversed(os.environ.get("UNIPAR_DRIVER_SYS_PATH", "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.insert(1, entry)
+    role = os.environ.get("UNIPAR_WORKER_ROLE", "task")
+    runtime = Runtime(role)
+    node_address = os.environ["UNIPAR_NODE_ADDRESS"]
+    wid = os.environ["UNIPAR_WORKER_ID"]
+    # Listen before the node knows us: a lease on us (or a call to our actor) may come at once.
+    Listener(direct_socket_path(node_address, wid), secret, runtime.accept)
+    client = Client(node_address, secret, role="worker" if role == "task" else "actor",
+                    worker_id=wid, handler=runtime.handle)
+    client.log_sink = runtime.forward_log
+    runtime.client = client
+    setup = os.environ.get("UNIPAR_WORKER_SETUP", "")
+    if setup:
+        module, _, attr = setup.partition(":")
+        hook: Callable[[Client], None] = getattr(importlib.import_module(module), attr)
+        hook(client)
+    sys.stdout = _Forward(runtime, "stdout")  # type: ignore[assignment]
+    sys.stderr = _Forward(runtime, "stderr")  # type: ignore[assignment]
+    try:
+        runtime.run()
+    finally:
+        os._exit(0)
+
