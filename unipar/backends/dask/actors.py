@@ -6,20 +6,23 @@ Data flow::
     driver (DaskBackend)                        worker process
     --------------------                        --------------
     f.remote(x, ref, [ref2])
-      -> client.submit(run_task, fn_key, fn_blob, call_bytes, label, topic, *deps)
+      -> client.submit(run_task, DaskBackend, fn_key, fn_blob, call_bytes, label, topic, *deps)
          call_bytes = pickled (args, kwargs) with top-level refs replaced by Dep(i);
          deps = the top-level refs' Dask futures (Dask resolves only these; ref2 stays a ref)
                                                 run_task: install the worker backend (once),
                                                 resolve Dep(i), call f with stdout captured,
                                                 return the *pickled* result (or Failed)
 
-    Cls.remote()   -> client.submit(ActorHost, ..., actor=True)   a Dask actor: owns the user's
-                                                                  instance, its own thread(s)
-                                                                  or event loop, a sequencer
-    a.m.remote(x)  -> client.submit(run_actor_call, actor_future, caller, seq, ...)
+    Cls.remote()   -> client.submit(ActorHost, DaskBackend, ..., actor=True)
+                                                a Dask actor: owns the user's instance, its own
+                                                thread(s) or event loop, a sequencer
+    a.m.remote(x)  -> client.submit(run_actor_call, DaskBackend, actor_future, caller, seq, ...)
                                                 run_actor_call: hand the call to the host (in
                                                 process, or over Dask's actor RPC), secede,
                                                 return the host's pickled result
+
+Every entry point gets the backend class as its first argument (pickled by reference): the
+worker side makes its backend from it, and so never imports the backend module.
 
 Values: every stored value is ``bytes`` (a cloudpickle of the user's value), a tuple of such
 bytes for ``num_returns > 1``, or a :class:`Failed`. Storing bytes gives unipar's snapshot rule
@@ -39,12 +42,15 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import cloudpickle
 
 from ... import _state
 from ...exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError, capture_remote
+
+if TYPE_CHECKING:
+    from ..base import Backend
 
 #: Dask's default ``distributed.scheduler.allowed-failures``: re-runs after worker loss. A task
 #: whose ``max_retries`` is lower counts its own attempts (see :func:`_attempt_allowed`).
@@ -119,6 +125,11 @@ def note_pickled(future: Any) -> None:
 _ESCAPED: dict[Any, Any] = {}
 
 
+def forget_escaped() -> None:
+    """Drop the pinned futures of escaped refs: their client is being closed."""
+    _ESCAPED.clear()
+
+
 def pack_result(result: Any, num_returns: int, label: str) -> Any:
     """Pickle a function's result the way handles read it (one item per return value)."""
     if num_returns == 1:
@@ -189,13 +200,26 @@ def context(name: str, topic: str, forward: bool, in_task: bool) -> Iterator[_Co
         _tls.ctx = outer
 
 
+class BackendClass(Protocol):
+    """The driver's backend class as the worker side sees it.
+
+    The driver passes it (``DaskBackend``, pickled by reference) with every task and actor it
+    submits, so this module makes a worker's backend without importing the backend module,
+    which imports this one for the functions it submits.
+    """
+
+    name: str
+
+    def for_worker(self, client: Any) -> "Backend": ...
+
+
 _setup_lock = threading.Lock()
 _WORKER: Any = None
 _BACKEND: Any = None  # the worker-side DaskBackend of this process
 _setup_done = False
 
 
-def ensure_worker_setup() -> None:
+def ensure_worker_setup(backend_cls: BackendClass) -> None:
     """Install the worker-side backend (again, if user code shut it down) and, once per
     process, the print forwarder."""
     global _setup_done, _WORKER, _BACKEND
@@ -205,14 +229,13 @@ def ensure_worker_setup() -> None:
         if _setup_done and _state.current() is _BACKEND:
             return
         from distributed import get_worker
-        from .backend import DaskBackend
         _WORKER = get_worker()  # actor threads are not Dask's: get_worker() fails there
         current = _state.current()
-        if not isinstance(current, DaskBackend):
+        if current is None or current.name != backend_cls.name:
             from distributed import get_client
             from ..base import install_worker_backend
             if _BACKEND is None:
-                _BACKEND = DaskBackend.for_worker(get_client())
+                _BACKEND = backend_cls.for_worker(get_client())
             install_worker_backend(_BACKEND)
         else:
             _BACKEND = current
@@ -304,10 +327,10 @@ def _attempt_allowed(key: Any, max_retries: int) -> bool:
     return attempt <= 1 + max_retries
 
 
-def run_task(fn_key: str, fn_blob: bytes, call_bytes: bytes, label: str, topic: str,
-             forward: bool, *deps: Any) -> Any:
+def run_task(backend_cls: BackendClass, fn_key: str, fn_blob: bytes, call_bytes: bytes,
+             label: str, topic: str, forward: bool, *deps: Any) -> Any:
     """The Dask task behind every ``f.remote()``: returns the pickled result or a Failed."""
-    ensure_worker_setup()
+    ensure_worker_setup(backend_cls)
     function, num_returns, max_retries, options = _function(fn_key, fn_blob)
     where = f"{label} (dask, pid={os.getpid()})"
     if 0 <= max_retries < ALLOWED_FAILURES and not _attempt_allowed(_dask_key(), max_retries):
@@ -380,8 +403,9 @@ class ActorHost:
     or a spent restart budget leaves it dead, and every call then fails with ActorDiedError.
     """
 
-    def __init__(self, blob: bytes, call_bytes: bytes, topic: str, forward: bool, *deps: Any) -> None:
-        ensure_worker_setup()
+    def __init__(self, backend_cls: BackendClass, blob: bytes, call_bytes: bytes, topic: str,
+                 forward: bool, *deps: Any) -> None:
+        ensure_worker_setup(backend_cls)
         (self._cls, self.class_name, self._concurrency, self._is_async,
          max_restarts) = cloudpickle.loads(blob)
         self._call_bytes, self._deps = call_bytes, deps
@@ -564,14 +588,14 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-def run_actor_call(actor: Any, caller: str, seq: int, method: str, call_bytes: bytes,
-                   num_returns: int, *deps: Any) -> Any:
+def run_actor_call(backend_cls: BackendClass, actor: Any, caller: str, seq: int, method: str,
+                   call_bytes: bytes, num_returns: int, *deps: Any) -> Any:
     """The Dask task behind every actor method call: hand it to the host and wait for it.
 
     ``actor`` is Dask's proxy for the host (the dependency on the actor's key). On the host's
     own worker the call is handed over in process; elsewhere it goes over Dask's actor RPC.
     """
-    ensure_worker_setup()
+    ensure_worker_setup(backend_cls)
     from distributed import get_worker, secede
     host = get_worker().state.actors.get(actor.key)
     if isinstance(host, ActorHost):

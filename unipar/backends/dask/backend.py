@@ -5,7 +5,7 @@ CPU slot, bound to 127.0.0.1, no dashboard) whose workers declare ``CPU``/``GPU`
 resources. With ``init(address="tcp://host:8786")`` (or ``UNIPAR_ADDRESS``) it connects a
 Client to that scheduler.
 
-How unipar's rules map onto Dask (the worker side is in :mod:`._dask_actors`):
+How unipar's rules map onto Dask (the worker side is in :mod:`.actors`):
 
 * every ``.remote()`` is one Dask task with a unique key (``pure=False``), kept running by
   ``fire_and_forget`` even when its ref is dropped (as in Ray); ``num_returns=n`` is one task
@@ -250,7 +250,7 @@ class DaskBackend(Backend):
         self._client = self._cluster = None
         if client is None:
             return
-        worker_side._ESCAPED.clear()  # futures of the client being closed
+        worker_side.forget_escaped()
         with contextlib.suppress(Exception):
             for name, key in list(self._named.items()):
                 self._unpublish(client, name, key)
@@ -331,7 +331,8 @@ class DaskBackend(Backend):
         label = spec.options.name or spec.name.rsplit(".", 1)[-1]
         topic, forward = self._context()
         future = client.submit(
-            worker_side.run_task, fn_key, fn_blob, call_bytes, label, topic, forward, *deps,
+            worker_side.run_task, DaskBackend, fn_key, fn_blob, call_bytes, label, topic, forward,
+            *deps,
             key=f"{label}-{uuid.uuid4().hex}", pure=False,
             resources=self._restrictions(resource_demand(spec.options)))
         fire_and_forget(future)  # a dropped ref must not cancel the task (Ray runs it anyway)
@@ -498,7 +499,7 @@ class DaskBackend(Backend):
         topic, forward = self._context()
         demand = resource_demand(opts)
         resources = self._restrictions(demand)
-        host_args = (blob, call_bytes, topic, forward, *deps)
+        host_args = (DaskBackend, blob, call_bytes, topic, forward, *deps)
         with dask.annotate(**{_DEMAND: demand}):
             future = client.submit(
                 worker_side.ActorHost, *host_args,
@@ -552,7 +553,7 @@ class DaskBackend(Backend):
         seq = self._next_seq(actor_id.key)
         deps, call_bytes, nested = self._pack_args(call.args, call.kwargs)
         future = client.submit(
-            worker_side.run_actor_call, host, self._caller, seq, call.method,
+            worker_side.run_actor_call, DaskBackend, host, self._caller, seq, call.method,
             call_bytes, call.num_returns, *deps,
             key=f"{call.method}-{uuid.uuid4().hex}", pure=False)
         fire_and_forget(future)

@@ -24,7 +24,7 @@ import itertools
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import cloudpickle
 
@@ -32,12 +32,40 @@ from ...exceptions import ActorDiedError
 from ...options import resource_demand
 from ..base import ActorCall, ActorMeta, ActorSpec, is_ref, unwrap
 from .channel import hang_up, recv, send
-from .executor import ActorPayload, DepArg, SparkActorId, SparkRef, actor_partition
+from .executor import ActorPayload, DepArg, SessionInfo, SparkActorId, SparkRef, actor_partition
+from .session import SparkSessionHandle, crash_reason
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-    from .backend import SparkBackend
+
+class Scheduler(Protocol):
+    """What the actor table may ask of the backend that owns it (the spark backend).
+
+    A narrow interface instead of the backend class, so this module never imports the backend.
+    """
+
+    lock: "threading.RLock"
+    session_id: str
+    info: SessionInfo | None
+    spark: SparkSessionHandle | None
+    slots: int
+    slots_used: int
+
+    def new_entry(self, producer: int | None = None) -> tuple[int, SparkRef]: ...
+    def finish(self, oid: int, value: bytes | None = None,
+               error: BaseException | None = None) -> None: ...
+    def drain_counts(self) -> None: ...
+    def pin(self, oids: Sequence[int]) -> None: ...
+    def unpin(self, oids: Sequence[int]) -> None: ...
+    def when_done(self, oids: Sequence[int],
+                  callback: Callable[[BaseException | None], None]) -> int: ...
+    def dep_values(self, oids: Sequence[int]) -> list[bytes]: ...
+    def fits(self, demand: dict[str, float]) -> bool: ...
+    def acquire(self, demand: dict[str, float]) -> dict[str, float]: ...
+    def give_back(self, held: dict[str, float]) -> None: ...
+    def schedule(self) -> None: ...
+    def on_log(self, stream: str, text: str) -> None: ...
 
 
 def split_args(args: tuple, kwargs: dict) -> tuple[bytes, list[int]]:
@@ -93,7 +121,7 @@ class _Actor:
 class ActorTable:
     """Every actor of one spark session, and the named-actor registry."""
 
-    def __init__(self, backend: "SparkBackend") -> None:
+    def __init__(self, backend: Scheduler) -> None:
         self._b = backend
         # Keyed by number: the table must not hold SparkActorId objects, which count handles.
         self._actors: dict[int, _Actor] = {}
@@ -169,8 +197,7 @@ class ActorTable:
             b.spark.run_job(actor.group(b.session_id), f"unipar actor {actor.name}",
                             functools.partial(actor_partition, payload))
         except BaseException as exc:  # the worker or executor died, or the job was cancelled
-            from .backend import _crash_reason
-            reason = _crash_reason(exc)
+            reason = crash_reason(exc)
         with b.lock:
             b.slots_used -= 1
             if actor.attempt == payload.attempt and actor.state in ("starting", "alive"):
@@ -197,7 +224,7 @@ class ActorTable:
                 except (EOFError, OSError):
                     break
                 if message[0] == "log":
-                    b._on_log(message[1], message[2])
+                    b.on_log(message[1], message[2])
                     continue
                 with b.lock:
                     if actor.attempt != attempt or actor.state == "dead":

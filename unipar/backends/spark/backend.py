@@ -36,7 +36,6 @@ import functools
 import itertools
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -52,7 +51,7 @@ from ...options import InitOptions, TaskOptions, resource_demand
 from .actors import ActorTable, split_args
 from .channel import ChannelServer
 from .executor import DRIVER_STORES, SessionInfo, SparkRef, TaskPayload, runner_partition
-from .session import SparkSessionHandle
+from .session import SparkSessionHandle, crash_reason
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec
 
 BROADCAST_BYTES = 1 << 20  # a dependency value this large travels as a broadcast
@@ -118,16 +117,6 @@ def _short_name(spec: TaskSpec) -> str:
     return getattr(spec.function, "__name__", None) or spec.name.rsplit(".", 1)[-1]
 
 
-def _crash_reason(exc: BaseException) -> str:
-    text = str(exc)
-    for pattern in (r"(Python worker exited unexpectedly[^\n]*)", r"(ExecutorLostFailure[^\n]*)",
-                    r"(Job \d+ cancelled[^\n]*)", r"(SparkContext was shut down[^\n]*)"):
-        found = re.search(pattern, text)
-        if found:
-            return found.group(1)
-    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
-
-
 class SparkBackend(Backend):
     """Runs tasks as Spark jobs and actors as long-running Spark tasks (module docstring)."""
 
@@ -173,7 +162,7 @@ class SparkBackend(Backend):
         self.totals.update({k: float(v) for k, v in options.resources.items()})
         self.free = dict(self.totals)
         self.channel = ChannelServer(self.spark.driver_host, self._handlers(),
-                                     {"log": self._on_log}, self.actors.on_connection)
+                                     {"log": self.on_log}, self.actors.on_connection)
         self.info = SessionInfo(self.session_id, self.channel.address, self.channel.authkey,
                                 tuple(p for p in sys.path if p and os.path.isdir(p)))
         DRIVER_STORES[self.session_id] = self
@@ -572,7 +561,7 @@ class SparkBackend(Backend):
 
     def _job_lost(self, task: _Task, error: BaseException | None) -> None:
         """The job ended without the task's result: its worker died (or its executor was lost)."""
-        reason = _crash_reason(error) if error is not None else "it ended without a result"
+        reason = crash_reason(error) if error is not None else "it ended without a result"
         retries = task.options.max_retries
         self._release(task)
         task.runner = None
@@ -767,7 +756,7 @@ class SparkBackend(Backend):
         got = self._done_indices(handles, num_returns, timeout, caller)
         return ("inline", got) if isinstance(got, TaskPayload) else ("done", got)
 
-    def _on_log(self, stream: str, text: str) -> None:
+    def on_log(self, stream: str, text: str) -> None:
         if not self.log_to_driver:
             return
         out = sys.stdout if stream == "stdout" else sys.stderr

@@ -289,3 +289,14 @@ def _total_cores(sc: Any) -> int:
         return int(sc._jsc.sc().schedulerBackend().totalCoreCount().get())
     except Exception:  # a scheduler backend without that counter
         return int(sc.defaultParallelism)
+
+
+def crash_reason(exc: BaseException) -> str:
+    """The line of a Spark job's error that says why its worker or job went away."""
+    text = str(exc)
+    for pattern in (r"(Python worker exited unexpectedly[^\n]*)", r"(ExecutorLostFailure[^\n]*)",
+                    r"(Job \d+ cancelled[^\n]*)", r"(SparkContext was shut down[^\n]*)"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(1)
+    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
