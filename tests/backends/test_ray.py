@@ -254,3 +254,30 @@ def test_joins_an_existing_cluster(ray_head, how, tmp_path):
     # The cluster outlives the driver: it was not ours to stop.
     assert any("gcs_server" in " ".join(p.cmdline())
                for p in _marked(ray_head["marker"], ray_head["temp_dir"]))
+
+
+REINIT_DRIVER = """
+    import json, os
+    import unipar
+
+    @unipar.remote
+    def add(x, y):
+        return x + y
+
+    results = []
+    for round in range(3):   # as a test suite that starts and stops unipar per test does
+        unipar.init(num_cpus=1)
+        results.append(unipar.get(add.remote(round, 10), timeout=120))
+        unipar.shutdown()
+    print(json.dumps({"results": results,
+                      "home_ray": os.path.exists(os.path.expanduser("~/.ray"))}))
+"""
+
+
+def test_init_again_after_shutdown(tmp_path):
+    marker = uuid.uuid4().hex
+    try:
+        out = _run_driver(REINIT_DRIVER, _env(tmp_path, marker), tmp_path)
+    finally:
+        _stop_marked(marker)
+    assert out == {"results": [10, 11, 12], "home_ray": False}

@@ -67,6 +67,10 @@ _SESSION_ENV = {"RAY_COLOR_PREFIX": "0"}
 _LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # One token per driver process: Ray's C++ side caches the token it first read.
 _AUTH_TOKEN = secrets.token_hex(32)
+# Ray's ray.init() sets RAY_AUTH_MODE=token for a new local cluster and leaves it set; left there,
+# the next session would take it for the user's choice, start no token of its own, and the new
+# cluster's daemons would refuse the driver (InvalidAuthToken). Put back to what it was before.
+_RAY_SET_ENV = ("RAY_AUTH_MODE",)
 
 
 def _ray() -> Any:
@@ -234,6 +238,11 @@ class _Environment:
     def __init__(self) -> None:
         self._saved: dict[str, str | None] = {}
 
+    def track(self, keys: Sequence[str]) -> None:
+        """Put ``keys`` back at shutdown to what they are now, whoever changes them later."""
+        for key in keys:
+            self._saved.setdefault(key, os.environ.get(key))
+
     def set_default(self, values: dict[str, str]) -> None:
         for key, value in values.items():
             if key not in os.environ:
@@ -330,6 +339,7 @@ class RayBackend(Backend):
         if loopback:
             self._env.set_default(_LOOPBACK_ENV)   # the Ray processes we start read it too
         self._env.set_default(_SESSION_ENV)
+        self._env.track(_RAY_SET_ENV)
         ray = self._ray_mod = _ray()
         if loopback and imported:
             # Ray was imported before (by the user, or an earlier session): it read the switch
