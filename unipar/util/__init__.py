@@ -1,0 +1,16 @@
+"""Helpers built on unipar's public API; each runs on every backend.
+
+- :class:`ActorPool` — spread calls over a fixed set of actors (``ray.util.ActorPool``).
+- :mod:`unipar.util.queue` — ``Queue``, a FIFO shared by drivers, tasks and actors.
+- :mod:`unipar.util.multiprocessing` — ``Pool``, a drop-in for ``multiprocessing.Pool``.
+- :mod:`unipar.util.joblib` — ``register_unipar()``: joblib (and scikit-learn's ``n_jobs``)
+  on the cluster; needs joblib.
+- :class:`UniparExecutor` — a ``concurrent.futures.Executor`` over tasks.
+
+Importing this package starts nothing and imports no engine library.
+"""
+
+from .actor_pool import ActorPool
+from .executor import UniparExecutor
+
+__all__ = ["ActorPool", "UniparExecutor"]
