@@ -1,22 +1,175 @@
-"""The one backend this process talks to: set by ``init`` on a driver, by a backend in a worker."""
+"""This process's session with its backend: starting and stopping it, and the calls that every
+public function and remote object makes through it.
+
+The public API imports downward; each module knows only those below it::
+
+    __init__.py  api.py  remote.py     the public surface (api and remote wrap handles in refs)
+    refs.py                            ObjectRef: ``future()`` asks this module for the backend
+    _state.py                          this module: start/stop, the current backend (started on
+                                       first use), submit / create_actor / call_actor with the
+                                       cluster-wide resource checks
+    backends/__init__.py               the table of backends, loaded by name
+    backends/base.py                   the seam, and the slot the current backend sits in
+
+Handles go up, values go down: this module returns backend handles; the modules above wrap them.
+"""
 
 from __future__ import annotations
 
+import atexit
+import logging
 import threading
-from typing import TYPE_CHECKING
+import warnings
+from typing import Any, Hashable
 
-if TYPE_CHECKING:
-    from .backends.base import Backend
+from . import config
+from .backends import load_backend
+from .backends.base import ActorCall, ActorSpec, Backend, TaskSpec, current_backend, install_worker_backend
+from .exceptions import InfeasibleResourcesError, ResourcesBusyWarning
+from .options import InitOptions, resource_demand
 
+__all__ = ["lock", "current", "install", "already_running", "start", "stop", "backend", "submit",
+           "create_actor", "call_actor"]
+
+log = logging.getLogger("unipar")
+
+#: Held while the current backend changes (init, shutdown), so two threads never start two.
 lock = threading.RLock()
-_backend: "Backend | None" = None
+_totals: dict[str, float] = {}  # cluster totals as last seen, for the feasibility check
+_atexit_registered = False
 
 
-def current() -> "Backend | None":
-    return _backend
+def current() -> Backend | None:
+    """The backend this process talks to, or None (before init, after shutdown)."""
+    return current_backend()
 
 
-def install(backend: "Backend | None") -> None:
-    global _backend
+def install(backend: Backend | None) -> None:
+    """Make ``backend`` the current one (None: no backend)."""
     with lock:
-        _backend = backend
+        install_worker_backend(backend)
+
+
+def already_running(ignore_reinit_error: bool) -> bool:
+    """True when a backend is current and that is allowed; call with :data:`lock` held.
+
+    Raises:
+        RuntimeError: a backend is current and ``ignore_reinit_error`` is False.
+    """
+    running = current_backend()
+    if running is None:
+        return False
+    if ignore_reinit_error:
+        return True
+    raise RuntimeError(
+        f"unipar is already initialised (backend {running.name!r}); call "
+        "unipar.shutdown() first, or pass ignore_reinit_error=True")
+
+
+def start(name: str | None, options: InitOptions) -> None:
+    """Start backend ``name`` (else ``UNIPAR_BACKEND``, else native) and make it current.
+
+    Raises:
+        RuntimeError: a backend is current already.
+        ValueError: an unknown backend name.
+        BackendUnavailableError: the backend's extra or service is missing.
+    """
+    global _atexit_registered
+    with lock:
+        already_running(ignore_reinit_error=False)
+        instance: Backend = load_backend(name or config.backend_name())()
+        try:
+            instance.start(options)
+        except BaseException:
+            instance.shutdown()
+            raise
+        install_worker_backend(instance)
+        _totals.clear()
+        if not _atexit_registered:
+            atexit.register(stop)
+            _atexit_registered = True
+        log.info("unipar started backend %r", instance.name)
+
+
+def stop() -> None:
+    """Stop the current backend, if any. Safe to call any number of times."""
+    with lock:
+        running = current_backend()
+        install_worker_backend(None)
+        _totals.clear()
+    if running is not None:
+        running.shutdown()
+
+
+def backend() -> Backend:
+    """The current backend; the first use starts the default one, as in Ray."""
+    running = current_backend()
+    if running is None:
+        with lock:
+            if not already_running(ignore_reinit_error=True):
+                start(None, InitOptions(address=config.address()))
+            running = current_backend()
+        assert running is not None
+    return running
+
+
+# -- tasks and actors ---------------------------------------------------------------------------
+
+def _check_feasible(running: Backend, demand: dict[str, float], what: str) -> None:
+    if not demand:
+        return
+    if not _totals or any(_totals.get(k, 0.0) < v for k, v in demand.items()):
+        _totals.clear()
+        _totals.update(running.cluster_resources())
+    missing = {k: v for k, v in demand.items() if _totals.get(k, 0.0) < v}
+    if missing:
+        have = {k: _totals.get(k, 0.0) for k in missing}
+        raise InfeasibleResourcesError(
+            f"{what} asks for {missing} but the whole cluster has {have}; it could never run. "
+            "Ask for less, or start the cluster with more (unipar.init(num_cpus=..., "
+            "num_gpus=..., resources={...}) or more nodes).")
+
+
+def _warn_if_busy(running: Backend, demand: dict[str, float], what: str) -> None:
+    free = running.available_resources()
+    short = {k: v for k, v in demand.items() if free.get(k, 0.0) < v}
+    if short:
+        # stacklevel 4: this function, create_actor, ActorClass.remote, the user's line.
+        warnings.warn(
+            f"{what} waits for {short}: only {({k: max(free.get(k, 0.0), 0.0) for k in short})} "
+            f"of {({k: _totals.get(k, 0.0) for k in short})} are free, the rest held by running "
+            "tasks and live actors. It starts when they release them (unipar.kill(actor) frees "
+            "an actor's).", ResourcesBusyWarning, stacklevel=4)
+
+
+def submit(spec: TaskSpec) -> list[Hashable]:
+    """Start one task; one handle per return value.
+
+    Raises:
+        InfeasibleResourcesError: the whole cluster could never give what it asks for.
+    """
+    running = backend()
+    _check_feasible(running, resource_demand(spec.options), f"task {spec.name}")
+    return running.submit(spec)
+
+
+def create_actor(spec: ActorSpec) -> Any:
+    """Start an actor and return its id; warns (ResourcesBusyWarning) when it must wait.
+
+    Raises:
+        InfeasibleResourcesError: the whole cluster could never give what it asks for.
+    """
+    running = backend()
+    what = f"actor {spec.meta.class_name}"
+    demand = resource_demand(spec.options)
+    _check_feasible(running, demand, what)
+    if demand:
+        # Actors hold resources for life: a user who starts more than fit must hear why the
+        # next one does not start, instead of a silent hang.
+        _warn_if_busy(running, demand, what)
+    return running.create_actor(spec)
+
+
+def call_actor(actor_id: Any, call: ActorCall) -> list[Hashable]:
+    """Queue one actor method call; one handle per return value."""
+    return backend().call_actor(actor_id, call)

@@ -7,17 +7,12 @@ auto-initialisation, idempotent shutdown.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import warnings
 from typing import Any, Sequence
 
 from . import _state
 from . import config
-from .backends import load_backend
-from .backends.base import ActorCall, ActorSpec, Backend, TaskSpec
-from .exceptions import InfeasibleResourcesError, ResourcesBusyWarning
-from .options import InitOptions, resource_demand
+from .options import InitOptions
 from .refs import ObjectRef
 from .remote import ActorHandle
 
@@ -28,9 +23,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("unipar")
-
-_totals: dict[str, float] = {}  # cluster totals as last seen, for the feasibility check
-_atexit_registered = False
 
 
 def init(address: str | None = None, *, backend: str | None = None, num_cpus: int | None = None,
@@ -47,42 +39,20 @@ def init(address: str | None = None, *, backend: str | None = None, num_cpus: in
         ValueError: an unknown backend name.
         BackendUnavailableError: the backend's extra or service is missing.
     """
-    global _atexit_registered
     with _state.lock:
-        if _state.current() is not None:
-            if ignore_reinit_error:
-                return
-            raise RuntimeError(
-                f"unipar is already initialised (backend {_state.current().name!r}); call "
-                "unipar.shutdown() first, or pass ignore_reinit_error=True")
+        if _state.already_running(ignore_reinit_error):
+            return
         options = InitOptions(
             address=address if address is not None else config.address(),
             num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
             object_store_memory=object_store_memory, log_to_driver=log_to_driver,
             backend_options=backend_options or {})
-        name = backend or config.backend_name()
-        instance: Backend = load_backend(name)()
-        try:
-            instance.start(options)
-        except BaseException:
-            instance.shutdown()
-            raise
-        _state.install(instance)
-        _totals.clear()
-        if not _atexit_registered:
-            atexit.register(shutdown)
-            _atexit_registered = True
-        log.info("unipar started backend %r", instance.name)
+        _state.start(backend, options)
 
 
 def shutdown() -> None:
     """Stop the backend this process started. Safe to call any number of times."""
-    with _state.lock:
-        backend = _state.current()
-        _state.install(None)
-        _totals.clear()
-    if backend is not None:
-        backend.shutdown()
+    _state.stop()
 
 
 def is_initialized() -> bool:
@@ -93,65 +63,6 @@ def backend_name() -> str | None:
     """The name of the running backend (``"native"``, ``"dask"``, ...), or None before init."""
     backend = _state.current()
     return backend.name if backend is not None else None
-
-
-def _backend() -> Backend:
-    backend = _state.current()
-    if backend is None:
-        init(ignore_reinit_error=True)  # the first use initialises, as in Ray
-        backend = _state.current()
-        assert backend is not None
-    return backend
-
-
-# -- tasks and actors --------------------------------------------------------------------------
-
-def _check_feasible(backend: Backend, demand: dict[str, float], what: str) -> None:
-    if not demand:
-        return
-    if not _totals or any(_totals.get(k, 0.0) < v for k, v in demand.items()):
-        _totals.clear()
-        _totals.update(backend.cluster_resources())
-    missing = {k: v for k, v in demand.items() if _totals.get(k, 0.0) < v}
-    if missing:
-        have = {k: _totals.get(k, 0.0) for k in missing}
-        raise InfeasibleResourcesError(
-            f"{what} asks for {missing} but the whole cluster has {have}; it could never run. "
-            "Ask for less, or start the cluster with more (unipar.init(num_cpus=..., "
-            "num_gpus=..., resources={...}) or more nodes).")
-
-
-def _submit(spec: TaskSpec) -> list[ObjectRef]:
-    backend = _backend()
-    _check_feasible(backend, resource_demand(spec.options), f"task {spec.name}")
-    return [ObjectRef(h) for h in backend.submit(spec)]
-
-
-def _warn_if_busy(backend: Backend, demand: dict[str, float], what: str) -> None:
-    free = backend.available_resources()
-    short = {k: v for k, v in demand.items() if free.get(k, 0.0) < v}
-    if short:
-        warnings.warn(
-            f"{what} waits for {short}: only {({k: max(free.get(k, 0.0), 0.0) for k in short})} "
-            f"of {({k: _totals.get(k, 0.0) for k in short})} are free, the rest held by running "
-            "tasks and live actors. It starts when they release them (unipar.kill(actor) frees "
-            "an actor's).", ResourcesBusyWarning, stacklevel=4)
-
-
-def _create_actor(spec: ActorSpec) -> Any:
-    backend = _backend()
-    what = f"actor {spec.meta.class_name}"
-    demand = resource_demand(spec.options)
-    _check_feasible(backend, demand, what)
-    if demand:
-        # Actors hold resources for life: a user who starts more than fit must hear why the
-        # next one does not start, instead of a silent hang.
-        _warn_if_busy(backend, demand, what)
-    return backend.create_actor(spec)
-
-
-def _call_actor(actor_id: Any, call: ActorCall) -> list[ObjectRef]:
-    return [ObjectRef(h) for h in _backend().call_actor(actor_id, call)]
 
 
 # -- objects ------------------------------------------------------------------------------------
@@ -177,7 +88,7 @@ def put(value: Any) -> ObjectRef:
     if isinstance(value, ObjectRef):
         raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself, or wrap it "
                         "in a list to store a reference to it")
-    return ObjectRef(_backend().put(value))
+    return ObjectRef(_state.backend().put(value))
 
 
 def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
@@ -190,11 +101,11 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
     """
     _check_timeout(timeout)
     if isinstance(refs, ObjectRef):
-        return _backend().get([refs._handle], timeout)[0]
+        return _state.backend().get([refs._handle], timeout)[0]
     ref_list = _as_ref_list(refs, "get")
     if not ref_list:
         return []
-    return _backend().get([r._handle for r in ref_list], timeout)
+    return _state.backend().get([r._handle for r in ref_list], timeout)
 
 
 def wait(refs: ObjectRef | Sequence[ObjectRef], *, num_returns: int = 1,
@@ -215,7 +126,7 @@ def wait(refs: ObjectRef | Sequence[ObjectRef], *, num_returns: int = 1,
                          "refs given")
     if not distinct or num_returns == 0:
         return [], ref_list
-    done = _backend().wait([r._handle for r in distinct], num_returns, timeout, fetch_local)
+    done = _state.backend().wait([r._handle for r in distinct], num_returns, timeout, fetch_local)
     ready_set = {distinct[i] for i in sorted(done)[:num_returns]}
     ready = [r for r in ref_list if r in ready_set]
     not_ready = [r for r in ref_list if r not in ready_set]
@@ -226,7 +137,7 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     """Cancel the task behind ``ref``; its ``get`` raises TaskCancelledError. Finished tasks stay."""
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
-    _backend().cancel(ref._handle, force, recursive)
+    _state.backend().cancel(ref._handle, force, recursive)
 
 
 # -- actors -------------------------------------------------------------------------------------
@@ -235,7 +146,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Stop an actor now; its pending and later calls raise ActorDiedError."""
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
-    _backend().kill_actor(actor._actor_id, no_restart)
+    _state.backend().kill_actor(actor._actor_id, no_restart)
 
 
 def get_actor(name: str) -> ActorHandle:
@@ -246,7 +157,7 @@ def get_actor(name: str) -> ActorHandle:
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"get_actor() takes an actor name (a non-empty string), got {name!r}")
-    actor_id, meta = _backend().get_actor(name)
+    actor_id, meta = _state.backend().get_actor(name)
     return ActorHandle(actor_id, meta)
 
 
@@ -254,14 +165,14 @@ def get_actor(name: str) -> ActorHandle:
 
 def nodes() -> list[dict[str, Any]]:
     """One dict per node: ``NodeID``, ``Alive``, ``NodeManagerAddress``, ``Resources``."""
-    return _backend().nodes()
+    return _state.backend().nodes()
 
 
 def cluster_resources() -> dict[str, float]:
     """Total resources of the cluster, e.g. ``{"CPU": 4.0, "GPU": 0.0}``."""
-    return _backend().cluster_resources()
+    return _state.backend().cluster_resources()
 
 
 def available_resources() -> dict[str, float]:
     """Resources not held by running tasks or live actors."""
-    return _backend().available_resources()
+    return _state.backend().available_resources()

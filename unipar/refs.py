@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Hashable
+from typing import TYPE_CHECKING, Any, Hashable
+
+from . import _state
 
 if TYPE_CHECKING:
     import concurrent.futures
 
-__all__ = ["ObjectRef"]
+__all__ = ["ObjectRef", "is_ref", "unwrap", "wrap"]
 
 
 class ObjectRef:
@@ -43,9 +45,25 @@ class ObjectRef:
 
         Cancelling the Future does not cancel the task; use ``unipar.cancel(ref)``.
         """
-        from .api import _backend
-        return _backend().future(self._handle)
+        return _state.backend().future(self._handle)
 
     def __await__(self):
         import asyncio  # only code that awaits pays for importing asyncio
         return asyncio.wrap_future(self.future()).__await__()
+
+
+# -- for backends: what they may know of public refs ---------------------------------------------
+
+def is_ref(value: Any) -> bool:
+    """Whether ``value`` is a public ObjectRef (top-level args that are refs get resolved)."""
+    return isinstance(value, ObjectRef)
+
+
+def unwrap(ref: ObjectRef) -> Hashable:
+    """The backend handle inside a public ObjectRef."""
+    return ref._handle
+
+
+def wrap(handle: Hashable) -> ObjectRef:
+    """A public ObjectRef around a backend handle."""
+    return ObjectRef(handle)

@@ -7,6 +7,7 @@ import itertools
 import os
 from typing import Any, Callable
 
+from . import _state
 from .backends.base import ActorCall, ActorMeta, ActorSpec, MethodMeta, TaskSpec
 from .options import ActorOptions, MethodOptions, TaskOptions
 from .refs import ObjectRef
@@ -21,12 +22,13 @@ def _new_id(kind: str) -> str:
     return f"{kind}-{os.getpid()}-{next(_ids)}"
 
 
-def _returns(refs: list[ObjectRef], num_returns: int) -> Any:
+def _returns(handles: list[Any], num_returns: int) -> Any:
+    """What ``.remote()`` returns: one ref, None (``num_returns=0``) or a list of refs."""
     if num_returns == 1:
-        return refs[0]
+        return ObjectRef(handles[0])
     if num_returns == 0:
         return None
-    return refs
+    return [ObjectRef(h) for h in handles]
 
 
 class RemoteFunction:
@@ -51,10 +53,9 @@ class RemoteFunction:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Start one task; returns an ObjectRef (a list of them when ``num_returns`` > 1)."""
-        from .api import _submit
         spec = TaskSpec(self._function, self._function_id, self._options.name or self._name,
                         args, kwargs, self._options)
-        return _returns(_submit(spec), self._options.num_returns)
+        return _returns(_state.submit(spec), self._options.num_returns)
 
     def options(self, **options: Any) -> "RemoteFunction":
         """A copy with some options changed, e.g. ``f.options(num_cpus=2).remote(x)``."""
@@ -100,9 +101,8 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
         """Start an actor (or return the named one when ``get_if_exists=True``)."""
-        from .api import _create_actor
         spec = ActorSpec(self._cls, self._class_id, args, kwargs, self._options, self._meta)
-        return ActorHandle(_create_actor(spec), self._meta)
+        return ActorHandle(_state.create_actor(spec), self._meta)
 
     def options(self, **options: Any) -> "ActorClass":
         return ActorClass(self._cls, self._options.merge(**options), self._class_id, self._meta)
@@ -155,10 +155,8 @@ class ActorMethod:
         self._options = options
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        from .api import _call_actor
         call = ActorCall(self._name, args, kwargs, self._options.num_returns)
-        refs = _call_actor(self._handle._actor_id, call)
-        return _returns(refs, self._options.num_returns)
+        return _returns(_state.call_actor(self._handle._actor_id, call), self._options.num_returns)
 
     def options(self, **options: Any) -> "ActorMethod":
         return ActorMethod(self._handle, self._name, self._options.merge(**options))

@@ -23,7 +23,10 @@ failed fails with that same error.
 
 Worker side: code running inside a task calls ``unipar.get``/``.remote()`` too. A backend makes
 that work by calling :func:`install_worker_backend` with a backend object valid in that process
-before user code runs.
+before user code runs. That slot is the one the public API reads (through ``unipar._state``).
+
+Backends find the public ObjectRef helpers (``is_ref``, ``unwrap``, ``wrap``) in
+:mod:`unipar.refs`: this module is the bottom of the public API and imports nothing of it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Hashable, Mapping, Sequence
 
-from .. import _state
 from ..options import ActorOptions, InitOptions, TaskOptions
 
 __all__ = [
@@ -43,9 +45,7 @@ __all__ = [
     "ActorCall",
     "ActorMeta",
     "install_worker_backend",
-    "is_ref",
-    "unwrap",
-    "wrap",
+    "current_backend",
 ]
 
 
@@ -194,23 +194,15 @@ class Backend(ABC):
         """Resources not held by running tasks or live actors right now."""
 
 
+_current: Backend | None = None  # the one backend this process talks to
+
+
 def install_worker_backend(backend: Backend | None) -> None:
     """Make ``backend`` the one the public API uses in this (worker) process."""
-    _state.install(backend)
+    global _current
+    _current = backend
 
 
-def is_ref(value: Any) -> bool:
-    """Whether ``value`` is a public ObjectRef (top-level args that are refs get resolved)."""
-    from ..refs import ObjectRef
-    return isinstance(value, ObjectRef)
-
-
-def unwrap(ref: Any) -> Hashable:
-    """The backend handle inside a public ObjectRef."""
-    return ref._handle
-
-
-def wrap(handle: Hashable) -> Any:
-    """A public ObjectRef around a backend handle."""
-    from ..refs import ObjectRef
-    return ObjectRef(handle)
+def current_backend() -> Backend | None:
+    """The backend the public API uses in this process (None before init and after shutdown)."""
+    return _current

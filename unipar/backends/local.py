@@ -25,7 +25,8 @@ import cloudpickle
 
 from ..exceptions import ActorDiedError, ObjectLostError, UniparError, capture_remote
 from ..options import InitOptions, TaskOptions, resource_demand
-from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, is_ref, unwrap
+from ..refs import is_ref, unwrap
+from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec
 
 _STORES: dict[str, "_Store"] = {}
 

@@ -17,12 +17,13 @@ import threading
 from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 from ..exceptions import BackendUnavailableError
-if TYPE_CHECKING:
-    from ..native.client.client import Client
 from ..native.client.refs import ActorId, NativeRef
 from ..options import InitOptions, resource_demand
-from .base import (ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend,
-                   is_ref, unwrap)
+from ..refs import is_ref, unwrap
+from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend
+
+if TYPE_CHECKING:
+    from ..native.client.client import Client
 
 WORKER_SETUP = "unipar.backends.native:worker_setup"
 

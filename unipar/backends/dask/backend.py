@@ -43,7 +43,8 @@ from ...options import InitOptions, TaskOptions, resource_demand
 from . import actors as worker_side
 from .cluster import LocalProcesses
 from .actors import Dep, dumps, extract, load, note_pickled
-from ..base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, is_ref, unwrap
+from ...refs import is_ref, unwrap
+from ..base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec
 
 log = logging.getLogger("unipar.dask")
 

@@ -30,7 +30,8 @@ import cloudpickle
 
 from ...exceptions import ActorDiedError
 from ...options import resource_demand
-from ..base import ActorCall, ActorMeta, ActorSpec, is_ref, unwrap
+from ...refs import is_ref, unwrap
+from ..base import ActorCall, ActorMeta, ActorSpec
 from .channel import hang_up, recv, send
 from .executor import ActorPayload, DepArg, SessionInfo, SparkActorId, SparkRef, actor_partition
 from .session import SparkSessionHandle, crash_reason
