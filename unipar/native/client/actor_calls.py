@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol, Sequence
 
 from ...exceptions import ActorDiedError, TaskCancelledError
 from ..wire import protocol as P
 from ..wire import serialization as S
 from ..wire.transport import Connection
-
-if TYPE_CHECKING:
-    from .client import Client
+from .delivery import Delivery
 
 RETRY_RESOLVE = 0.02   # seconds before asking again when the node's answer was stale
 
@@ -55,6 +53,32 @@ class ActorCall:
         self.synced: bool | None = not contained
 
 
+class CallOwner(Delivery, Protocol):
+    """What actor calls may ask of their client besides delivering results."""
+
+    remote: bool   # cannot reach actors' sockets: every call goes through the node
+
+    def request_async(self, make: Callable[[int], P.Message],
+                      then: Callable[[Any], None]) -> None:
+        """Send a request to the node; ``then(future)`` runs when it is answered."""
+
+    def ready_for(self, direct: bool, deps: Sequence[bytes], contained: Sequence[bytes],
+                  then: Callable[[], None]) -> bool:
+        """Whether a call with these arguments can leave now; else ``then`` runs later."""
+
+    def dep_values(self, deps: Sequence[bytes]) -> list | bytes:
+        """``[oid, kind, payload, path]`` per (ready) dependency, or the first packed error."""
+
+    def promote(self, oids: Sequence[bytes]) -> None:
+        """Hand our local objects among ``oids`` to the node."""
+
+    def call_via_node(self, actor_id: bytes, call: ActorCall) -> None:
+        """Send a call through the node (the actor is elsewhere)."""
+
+    def later(self, write: Callable[[], None]) -> None:
+        """Run ``write`` at the next get/wait or within about a millisecond."""
+
+
 class _Route:
     """How this process reaches one actor: its queue, calls in flight, its connection."""
 
@@ -75,7 +99,7 @@ class ActorRouter:
     """The actor calls of one client. ``lock`` guards all routes; pushing happens under it
     so two threads cannot reorder one actor's calls."""
 
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: CallOwner) -> None:
         self.client = client
         self.lock = threading.RLock()
         self.routes: dict[bytes, _Route] = {}

@@ -27,15 +27,13 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ...exceptions import TaskCancelledError, WorkerCrashedError
 from ..wire import protocol as P
 from ..wire import serialization as S
 from ..wire.transport import Connection
-
-if TYPE_CHECKING:
-    from .client import Client
+from .delivery import Delivery
 
 IDLE_GRACE = 0.02          # an idle lease is kept this long for the next task of its shape
 PIPELINE_BUDGET = 0.004    # seconds of queued work a lease may carry
@@ -107,11 +105,21 @@ class _WorkerConn:
         self.lease: _Lease | None = None
 
 
+class TaskOwner(Delivery, Protocol):
+    """What the direct path may ask of its client besides delivering results."""
+
+    def code_blob(self, key: str) -> bytes:
+        """The pickled function registered under ``key`` (sent once per worker)."""
+
+    def submit_via_node(self, task: DirectTask) -> None:
+        """Take over a task this pool cannot run (no lease to be had): through the node."""
+
+
 class DirectPool:
     """The client's leases and the tasks it pushes over them. Thread-safe: ``lock`` guards
     all state; messages are queued under it and written after it is released."""
 
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: TaskOwner) -> None:
         self.client = client
         self.lock = threading.Lock()
         self.shapes: dict[tuple, _Shape] = {}
@@ -152,8 +160,8 @@ class DirectPool:
                 self.unflushed.update(writes)
         if now:
             self._write(writes)
-        elif writes and not self.client.conn.posted.is_set():
-            self.client.conn.posted.set()   # wake the flusher
+        elif writes:
+            self.client.wake_flusher()
 
     def flush(self) -> None:
         """Write what was pushed but not yet written."""
@@ -188,7 +196,7 @@ class DirectPool:
             lease_id = self.client.new_id()
             shape.requested.add(lease_id)
             self.pending_leases[lease_id] = shape
-            self.client.conn.post(P.RequestLease(lease_id, shape.resources,
+            self.client.to_node(P.RequestLease(lease_id, shape.resources,
                                                  f"task {shape.queue[0].name}"))
 
     def _push(self, lease: _Lease, task: DirectTask) -> None:
@@ -220,13 +228,13 @@ class DirectPool:
                 shape.requested.discard(msg.lease_id)
             wanted = shape is not None and bool(shape.queue) and not self.closed
         if not wanted:
-            self.client.conn.post(P.ReturnLease(msg.lease_id))
+            self.client.to_node(P.ReturnLease(msg.lease_id))
             return
         try:
             wc = self._connect(msg.worker_id, msg.address)
         except (OSError, ConnectionError, P.ProtocolError):
             # The worker died between grant and connect: the node notices and frees it.
-            self.client.conn.post(P.ReturnLease(msg.lease_id))
+            self.client.to_node(P.ReturnLease(msg.lease_id))
             self.on_refused(P.LeaseRefused(msg.lease_id, "worker gone"))
             return
         writes: list[Connection] = []
@@ -379,7 +387,7 @@ class DirectPool:
         if lease is None or force:
             self.client.fail_locally(task.return_ids, error)
         if lease is not None and force:
-            self.client.conn.send(P.ReturnLease(lease.lease_id, True))
+            self.client.to_node(P.ReturnLease(lease.lease_id, True), now=True)
         elif conn is not None:
             try:
                 conn.send(P.CancelTask(task.task_id))
@@ -408,7 +416,7 @@ class DirectPool:
                         shape.leases.remove(lease)
                         if lease.conn is not None:
                             lease.conn.lease = None
-                        self.client.conn.post(P.ReturnLease(lease.lease_id))
+                        self.client.to_node(P.ReturnLease(lease.lease_id))
                     else:
                         at = lease.idle_since + older_than
                         due = at if due is None else min(due, at)
@@ -424,7 +432,7 @@ class DirectPool:
             self.closed = True
             for shape in self.shapes.values():
                 for lease in shape.leases:
-                    self.client.conn.post(P.ReturnLease(lease.lease_id))
+                    self.client.to_node(P.ReturnLease(lease.lease_id))
                 shape.leases.clear()
             conns = list(self.conns.values())
             self.conns.clear()

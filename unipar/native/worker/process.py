@@ -29,11 +29,11 @@ from typing import Any, Callable
 import cloudpickle
 
 from ...exceptions import ActorDiedError, TaskCancelledError, capture_remote
+from ..client.client import Client
+from ..client.refs import NativeRef
 from ..wire import protocol as P
 from ..wire import serialization as S
-from ..client.client import Client
 from ..wire.transport import Connection, Listener
-from ..client.refs import NativeRef
 
 _current = threading.local()
 # The direct connection of the client whose task or call runs in this context (its print
@@ -128,6 +128,25 @@ class Runtime:
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.semaphore: asyncio.Semaphore | None = None
+        # What each kind of message does, by op: from our node (reader thread), from clients
+        # pushing work to us (their reader threads), and on the main thread (one at a time).
+        self.node_handlers: dict[str, Callable[[Any], None]] = {
+            P.CancelTask.op: lambda msg: self._cancel(msg.task_id),
+            P.Shutdown.op: lambda msg: os._exit(0),
+            P.Forget.op: self._forget,
+            P.RunActorTask.op: lambda msg: self._on_run_actor_task(msg, None),
+        }
+        self.direct_handlers: dict[str, Callable[[Any, Connection], None]] = {
+            P.RunTask.op: self._queue,
+            P.RunActorTask.op: self._on_run_actor_task,
+            P.CancelTask.op: lambda msg, conn: self._cancel(msg.task_id),
+            P.Attach.op: self._on_attach,
+        }
+        self.run_handlers: dict[str, Callable[[Any, Connection | None], None]] = {
+            P.RunTask.op: self.run_task,
+            P.InitActor.op: lambda msg, reply: self.init_actor(msg),
+            P.RunActorTask.op: self._run_call,
+        }
 
     def log_conn(self) -> Connection:
         reply = _reply_to.get()
@@ -147,19 +166,24 @@ class Runtime:
                          name="unipar-direct-reader", daemon=True).start()
 
     def handle_direct(self, conn: Connection, msg: P.Message) -> None:
-        op = msg.op
-        if op == "run_task":
-            self.inbox.put((msg, conn))
-        elif op == "run_actor_task" and self.instance is not None and (self.pool or self.loop):
-            self._start_concurrent_call(msg, conn)  # type: ignore[arg-type]
-        elif op == "run_actor_task":
-            self.inbox.put((msg, conn))
-        elif op == "cancel_task":
-            self._cancel(msg.task_id)  # type: ignore[attr-defined]
-        elif op == "attach":
-            conn.owner = msg.client_id  # type: ignore[attr-defined]
-        else:
+        """A message from a client that pushes work to us directly (``direct_handlers``)."""
+        handle = self.direct_handlers.get(msg.op)
+        if handle is None:
             conn.close()   # nothing else may arrive here
+        else:
+            handle(msg, conn)
+
+    def _on_attach(self, msg: P.Attach, conn: Connection) -> None:
+        conn.owner = msg.client_id  # type: ignore[attr-defined]
+
+    def _on_run_actor_task(self, msg: P.RunActorTask, conn: Connection | None) -> None:
+        if self.instance is not None and (self.pool or self.loop):
+            self._start_concurrent_call(msg, conn)   # threaded or async: runs at once
+        else:
+            self.inbox.put((msg, conn))
+
+    def _queue(self, msg: P.Message, conn: Connection | None = None) -> None:
+        self.inbox.put((msg, conn))
 
     def _cancel(self, task_id: bytes) -> None:
         with self.task_lock:
@@ -171,33 +195,30 @@ class Runtime:
 
     # reader thread
     def handle(self, msg: P.Message) -> None:
-        op = msg.op
-        if op == "cancel_task":
-            self._cancel(msg.task_id)  # type: ignore[attr-defined]
-        elif op == "shutdown":
-            os._exit(0)
-        elif op == "forget":
-            with self.map_lock:
-                for oid in msg.oids:  # type: ignore[attr-defined]
-                    self.mapped.pop(oid, None)
-        elif op == "run_actor_task" and self.instance is not None and (self.pool or self.loop):
-            self._start_concurrent_call(msg)  # type: ignore[arg-type]
-        else:
+        """A message from our node (``node_handlers``); the rest is queued for the main thread."""
+        handle = self.node_handlers.get(msg.op)
+        if handle is None:
             self.inbox.put((msg, None))
+        else:
+            handle(msg)
+
+    def _forget(self, msg: P.Forget) -> None:
+        with self.map_lock:
+            for oid in msg.oids:
+                self.mapped.pop(oid, None)
 
     # main thread
     def run(self) -> None:
+        """Run what the reader threads queued, one at a time (``run_handlers``), forever."""
+        handlers = self.run_handlers
         while True:
             try:
                 if self.unflushed and self.inbox.empty():
                     self._flush_replies()
                 msg, reply = self.inbox.get()
-                if msg.op == "run_task":
-                    self.run_task(msg, reply)
-                elif msg.op == "init_actor":
-                    self.init_actor(msg)
-                elif msg.op == "run_actor_task":
-                    self._run_call(msg, reply)
+                handle = handlers.get(msg.op)
+                if handle is not None:
+                    handle(msg, reply)
             except KeyboardInterrupt:
                 continue   # a cancel that arrived just after its task ended
 
