@@ -84,6 +84,9 @@ class LocalProcesses:
         preload = ["--preload", "unipar.backends.dask.actors"]
         self._spawn("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler",
                                   "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                  # Its HTTP server (/health, /metrics) runs even without the
+                                  # dashboard, on every interface unless told otherwise.
+                                  "--dashboard-address", "127.0.0.1:0",
                                   "--scheduler-file", scheduler_file, *preload], env)
         deadline = time.monotonic() + start_timeout
         while not os.path.exists(scheduler_file):
@@ -98,7 +101,8 @@ class LocalProcesses:
             self._spawn(f"workers-{i}", [
                 sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
                 scheduler_file, "--nthreads", "1", "--nworkers", str(count), "--host", "127.0.0.1",
-                "--no-dashboard", "--name", f"unipar-{i}", "--death-timeout", "60",
+                "--no-dashboard", "--dashboard-address", "127.0.0.1:0",   # as the scheduler's
+                "--name", f"unipar-{i}", "--death-timeout", "60",
                 "--local-directory", self.directory,
                 "--resources", " ".join(f"{k}={v:g}" for k, v in resources.items()),
                 *preload, "--preload-nanny", "unipar.backends.dask.actors"], worker_env)

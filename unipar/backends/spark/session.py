@@ -161,11 +161,20 @@ class SparkSessionHandle:
             java_opts = conf.get("spark.driver.extraJavaOptions", "")
             conf.set("spark.driver.extraJavaOptions",
                      f"{java_opts} -Dlog4j2.configurationFile=file:{path}".strip())
+            # The UI binds to $SPARK_LOCAL_IP, else to every interface: give the JVM the
+            # driver's bind address (127.0.0.1 on loopback) unless the user set it.
+            bind = conf.get("spark.driver.bindAddress", None)
+            local_ip = bind if bind and "SPARK_LOCAL_IP" not in os.environ else None
+            if local_ip:
+                os.environ["SPARK_LOCAL_IP"] = local_ip   # launch_gateway copies os.environ
             try:
                 gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE})
             except Exception as exc:
                 raise BackendUnavailableError(f"could not start Spark's JVM: {exc} "
                                               "(is Java 17+ installed?)") from exc
+            finally:
+                if local_ip:
+                    os.environ.pop("SPARK_LOCAL_IP", None)
             threading.Thread(target=_forward_stderr, args=(gateway.proc.stderr,),
                              name="unipar-spark-stderr", daemon=True).start()
             try:
