@@ -125,3 +125,47 @@ def test_shutdown_without_init_is_fine(no_backend):
     unipar.shutdown()
     unipar.shutdown()
     assert unipar.backend_name() is None
+
+
+def test_init_twice_is_an_error_unless_ignored(no_backend):
+    unipar.init(backend="local")
+    with pytest.raises(RuntimeError, match="already initialised.*'local'.*ignore_reinit_error"):
+        unipar.init(backend="local")
+    unipar.init(backend="native", ignore_reinit_error=True)  # a no-op: local stays
+    assert unipar.backend_name() == "local"
+
+
+def test_first_use_starts_the_default_backend(no_backend, monkeypatch):
+    monkeypatch.setenv("UNIPAR_BACKEND", "local")
+
+    @unipar.remote
+    def add(a, b):
+        return a + b
+
+    ref = add.remote(1, 2)  # no init: the first use starts UNIPAR_BACKEND
+    assert unipar.backend_name() == "local"
+    assert ref.future().result(timeout=10) == 3
+
+
+def test_num_returns_splits_results_the_same_way_everywhere():
+    from unipar.options import split_returns
+    assert split_returns((1, 2), 1, "f") == [(1, 2)]
+    assert split_returns("x", 0, "f") == []
+    assert split_returns((1, 2), 2, "f") == [1, 2] == split_returns([1, 2], 2, "f")
+    with pytest.raises(ValueError, match=r"f was declared with num_returns=2 but returned 3 values"):
+        split_returns((1, 2, 3), 2, "f")
+    with pytest.raises(ValueError, match=r"num_returns=2 but returned int"):
+        split_returns(5, 2, "f")
+
+
+def test_wrong_number_of_returns_fails_the_task(no_backend):
+    unipar.init(backend="local")
+
+    @unipar.remote(num_returns=2)
+    def three():
+        return 1, 2, 3
+
+    first, second = three.remote()
+    for ref in (first, second):
+        with pytest.raises(ValueError, match="declared with num_returns=2 but returned 3 values"):
+            unipar.get(ref, timeout=10)

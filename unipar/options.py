@@ -10,7 +10,28 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["TaskOptions", "ActorOptions", "MethodOptions", "InitOptions", "resource_demand"]
+__all__ = ["TaskOptions", "ActorOptions", "MethodOptions", "InitOptions", "resource_demand",
+           "split_returns"]
+
+
+def split_returns(result: Any, num_returns: int, name: str) -> list[Any]:
+    """The values a task or actor method returned, one per declared return value.
+
+    ``num_returns=1``: the result itself; ``0``: none (the result is dropped); ``n > 1``: the
+    items of a tuple or list of exactly ``n`` values. Every backend and the native worker split
+    results here, so the rule and its error are the same everywhere.
+
+    Raises:
+        ValueError: ``n > 1`` and the result is not a tuple or list of ``n`` values.
+    """
+    if num_returns == 1:
+        return [result]
+    if num_returns == 0:
+        return []
+    if not isinstance(result, (tuple, list)) or len(result) != num_returns:
+        got = f"{len(result)} values" if isinstance(result, (tuple, list)) else type(result).__name__
+        raise ValueError(f"{name} was declared with num_returns={num_returns} but returned {got}")
+    return list(result)
 
 
 def _check_number(name: str, value: Any, *, minimum: float = 0.0, integer: bool = False) -> None:

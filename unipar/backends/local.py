@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import cloudpickle
 
 from ..exceptions import ActorDiedError, ObjectLostError, UniparError, capture_remote
-from ..options import InitOptions, TaskOptions, resource_demand
+from ..options import InitOptions, TaskOptions, resource_demand, split_returns
 from ..refs import is_ref, unwrap
 from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec
 
@@ -225,23 +225,13 @@ class LocalBackend(Backend):
             return value
         return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
 
-    def _outputs(self, result: Any, num_returns: int, name: str) -> list[Any]:
-        if num_returns == 1:
-            return [result]
-        if num_returns == 0:
-            return []
-        if not isinstance(result, (tuple, list)) or len(result) != num_returns:
-            got = f"{len(result)} values" if isinstance(result, (tuple, list)) else type(result).__name__
-            raise ValueError(f"{name} was declared with num_returns={num_returns} but returned {got}")
-        return list(result)
-
     def _store_outputs(self, call: Callable[[], Any], num_returns: int, name: str,
                        options: TaskOptions | None = None) -> list[LocalRef]:
         store = self._live_store()
         attempts = 1 + (max(options.max_retries, 0) if options else 0)
         for attempt in range(attempts):
             try:
-                values = self._outputs(call(), num_returns, name)
+                values = split_returns(call(), num_returns, name)
                 return [store.new(cloudpickle.dumps(v)) for v in values]
             except Exception as exc:
                 if options is not None and attempt + 1 < attempts and options.should_retry(exc):

@@ -48,6 +48,7 @@ import cloudpickle
 
 from ... import _state
 from ...exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError, capture_remote
+from ...options import split_returns
 
 if TYPE_CHECKING:
     from ..base import Backend
@@ -131,22 +132,14 @@ def forget_escaped() -> None:
 
 
 def pack_result(result: Any, num_returns: int, label: str) -> Any:
-    """Pickle a function's result the way handles read it (one item per return value)."""
-    if num_returns == 1:
-        data, escaped = dumps(result)
-        _pin(escaped)
-        return data
-    if num_returns == 0:
-        return ()
-    if not isinstance(result, (tuple, list)) or len(result) != num_returns:
-        got = f"{len(result)} values" if isinstance(result, (tuple, list)) else type(result).__name__
-        raise ValueError(f"{label} was declared with num_returns={num_returns} but returned {got}")
+    """Pickle a function's result the way handles read it: the bytes of the one value for
+    ``num_returns=1``, else a tuple of bytes, one per return value."""
     items = []
-    for value in result:
+    for value in split_returns(result, num_returns, label):
         data, escaped = dumps(value)
         _pin(escaped)
         items.append(data)
-    return tuple(items)
+    return items[0] if num_returns == 1 else tuple(items)
 
 
 def _pin(futures: list[Any]) -> None:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 import cloudpickle
 
 from ...exceptions import UniparError, capture_remote
-from ...options import InitOptions, TaskOptions
+from ...options import InitOptions, TaskOptions, split_returns
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend
 from .channel import ChannelClient, recv, send
 
@@ -293,18 +293,6 @@ def resolve_args(args_blob: bytes, dep_values: Sequence[Any]) -> tuple[tuple, di
     return args, kwargs
 
 
-def split_outputs(result: Any, num_returns: int, name: str) -> list[Any]:
-    """The values a call returns, one per declared return."""
-    if num_returns == 1:
-        return [result]
-    if num_returns == 0:
-        return []
-    if not isinstance(result, (tuple, list)) or len(result) != num_returns:
-        got = f"{len(result)} values" if isinstance(result, (tuple, list)) else type(result).__name__
-        raise ValueError(f"{name} was declared with num_returns={num_returns} but returned {got}")
-    return list(result)
-
-
 def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     result = fn(*args, **kwargs)
     if asyncio.iscoroutine(result):
@@ -321,7 +309,7 @@ def execute_task(payload: TaskPayload) -> tuple:
         try:
             fn = _load_function(payload.fn_id, payload.fn_bytes)
             args, kwargs = resolve_args(payload.args_blob, payload.dep_values)
-            outputs = split_outputs(_call(fn, args, kwargs), payload.num_returns, payload.name)
+            outputs = split_returns(_call(fn, args, kwargs), payload.num_returns, payload.name)
             return ("ok", [cloudpickle.dumps(v) for v in outputs])
         except Exception as exc:
             if attempt + 1 < attempts and options.should_retry(exc):
@@ -521,7 +509,7 @@ class _ActorServer:
         return call_id, getattr(self._instance, method), args, kwargs, num_returns, method
 
     def _reply(self, call_id: int, method: str, num_returns: int, result: Any) -> None:
-        outputs = split_outputs(result, num_returns, f"{self._payload.name}.{method}")
+        outputs = split_returns(result, num_returns, f"{self._payload.name}.{method}")
         self._send(("result", call_id, ("ok", [cloudpickle.dumps(v) for v in outputs])))
 
     def _fail(self, call_id: int, method: str, exc: BaseException) -> None:
@@ -573,4 +561,4 @@ def actor_partition(payload: ActorPayload, rows: Iterable[Any]) -> list:
 
 __all__ = ["SparkRef", "SparkActorId", "SessionInfo", "DepArg", "TaskPayload", "ActorPayload",
            "ExecutorBackend", "runner_partition", "actor_partition", "ensure_worker",
-           "execute_task", "resolve_args", "split_outputs", "DRIVER_STORES"]
+           "execute_task", "resolve_args", "DRIVER_STORES"]
