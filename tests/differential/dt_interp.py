@@ -1,0 +1,357 @@
+"""Run a generated program on whatever backend unipar is initialised with; compare two runs.
+
+What a run observes (and so what two runs are compared on):
+
+* every ``Get``: the value, with refs nested in it resolved in turn, or the exception's type
+  (the user's own type for a task's error: ``ValueError``, not ``TaskError``);
+* every ``Fetch``, ``Put``, ``.remote()``, ``cancel``, ``get_actor``: whether it raised, and what;
+* every ``Wait``: that ``ready`` and ``not_ready`` split the input in order, that ``ready`` has
+  at most ``num_returns`` distinct refs, and — for the long timeout only — exactly that many;
+* at the end: the value of every variable still held, and each actor's ``state()`` (the sum
+  of what it returned and of the refs it holds: independent of call order);
+* the side effects: the set of ``<who> <tag>`` lines the program's calls wrote to its log.
+
+What it leaves out, on purpose: timing, the order of side effects (compared as sets, never as
+sequences, so calls on different actors or tasks in parallel may interleave freely), which refs
+a short ``wait`` finds ready, and whether a cancelled call ran. A cancel makes its target and
+everything that depends on it *tainted* (:func:`taint`): their observations may be the oracle's
+or a ``TaskCancelledError``, and their side effects are not compared.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import unipar
+from unipar.exceptions import GetTimeoutError, TaskError
+
+import dt_runtime as rt
+from dt_program import (Call, Cancel, DictOf, Expr, Fetch, Get, GetActor, Inline, Item, ListOf,
+                        Lit, NewActor, Program, Put, Step, Task, Var, Wait)
+
+LONG_WAIT = 30.0   # a Wait with this timeout must find num_returns refs ready
+
+
+@dataclass
+class Run:
+    """What one run of a program observed."""
+    observations: dict[str, tuple[frozenset[str], Any]] = field(default_factory=dict)
+    log: set[tuple[str, int]] = field(default_factory=set)
+    hung: bool = False   # a GetTimeoutError was seen: the backend may hold stuck work
+
+
+def classify(exc: BaseException) -> str:
+    """The exception type a user would catch: the cause's type for a task's error."""
+    if isinstance(exc, TaskError) and exc.cause is not None:
+        return classify(exc.cause)
+    return type(exc).__name__
+
+
+# -- the names an expression or step touches --------------------------------------------------
+
+def names(e: Expr) -> Iterator[str]:
+    """Variables read by an expression."""
+    if isinstance(e, (Var, Item)):
+        yield e.name
+    elif isinstance(e, ListOf):
+        for item in e.items:
+            yield from names(item)
+    elif isinstance(e, DictOf):
+        for _, item in e.items:
+            yield from names(item)
+    elif isinstance(e, Inline):
+        for item in e.args:
+            yield from names(item)
+
+
+def inline_tags(e: Expr) -> Iterator[int]:
+    if isinstance(e, Inline):
+        yield e.tag
+        for a in e.args:
+            yield from inline_tags(a)
+    elif isinstance(e, ListOf):
+        for a in e.items:
+            yield from inline_tags(a)
+    elif isinstance(e, DictOf):
+        for _, a in e.items:
+            yield from inline_tags(a)
+
+
+def step_inputs(step: Step) -> list[Expr]:
+    if isinstance(step, (Task, Call)):
+        return list(step.args)
+    if isinstance(step, NewActor):
+        return list(step.held)
+    if isinstance(step, (Put,)):
+        return [step.value]
+    if isinstance(step, (Get, Fetch, Cancel)):
+        return [step.what]
+    if isinstance(step, Wait):
+        return list(step.refs)
+    return []
+
+
+@dataclass
+class Taint:
+    """What a cancel makes uncertain: variables, call tags and actors (by their variable)."""
+    names: set[str] = field(default_factory=set)
+    tags: set[int] = field(default_factory=set)
+    actors: set[str] = field(default_factory=set)
+
+
+def taint(program: Program) -> Taint:
+    """The fixed point of "depends on a cancelled call", over the whole program (a call
+    submitted before the cancel may still be waiting for its target)."""
+    out = Taint()
+    alias = {s.out: s.out for s in program.steps if isinstance(s, NewActor)}
+    names_of = {s.out: next((a.out for a in program.steps if isinstance(a, NewActor)
+                             and a.name == s.name), s.out)
+                for s in program.steps if isinstance(s, GetActor)}
+    alias.update(names_of)
+    for step in program.steps:
+        if isinstance(step, Cancel):
+            out.names.update(names(step.what))
+    changed = True
+    while changed:
+        before = (len(out.names), len(out.tags), len(out.actors))
+        for step in program.steps:
+            _taint_step(step, out, alias)
+        changed = before != (len(out.names), len(out.tags), len(out.actors))
+    return out
+
+
+def _taint_step(step: Step, out: Taint, alias: dict[str, str]) -> None:
+    inputs = step_inputs(step)
+    read = {n for e in inputs for n in names(e)}
+    own = getattr(step, "out", None)
+    if not (read & out.names or (own is not None and own in out.names)):
+        return
+    if own is not None and not isinstance(step, NewActor):
+        out.names.add(own)
+    tag = getattr(step, "tag", None)
+    if tag is not None:
+        out.tags.add(tag)
+    out.tags.update(t for e in inputs for t in inline_tags(e))
+    out.actors.update(alias[n] for n in read if n in alias)
+    if isinstance(step, Call):
+        out.actors.add(alias.get(step.actor, step.actor))
+    if isinstance(step, NewActor):
+        out.actors.add(step.out)
+
+
+# -- running ------------------------------------------------------------------------------------
+
+class Interpreter:
+    """Runs one program's steps against the public API and records what it observes."""
+
+    def __init__(self, program: Program, log: str, ns: str, timeout: float) -> None:
+        self.program = program
+        self.log = log
+        self.ns = ns
+        self.timeout = timeout
+        self.env: dict[str, Any] = {}
+        self.actors: dict[str, Any] = {}   # variable -> handle, for state() and kill()
+        self.run = Run()
+
+    def value(self, e: Expr) -> Any:
+        if isinstance(e, Lit):
+            return e.value
+        if isinstance(e, Var):
+            return self.env[e.name]
+        if isinstance(e, Item):
+            return self.env[e.name][e.index]
+        if isinstance(e, ListOf):
+            return [self.value(i) for i in e.items]
+        if isinstance(e, DictOf):
+            return {k: self.value(v) for k, v in e.items}
+        return rt.work.remote(self.log, e.tag, *[self.value(a) for a in e.args])
+
+    def canon(self, value: Any) -> Any:
+        """A comparable form of a value: refs in it resolved (with the timeout)."""
+        if isinstance(value, unipar.ObjectRef):
+            try:
+                return ("ref", self.canon(unipar.get(value, timeout=self.timeout)))
+            except Exception as exc:
+                return ("ref-raised", self.failed(exc))
+        if isinstance(value, (list, tuple)):
+            return type(value).__name__, [self.canon(v) for v in value]
+        if isinstance(value, dict):
+            return "dict", sorted((k, self.canon(v)) for k, v in value.items())
+        if isinstance(value, unipar.ActorHandle):
+            return "actor"
+        return value
+
+    def failed(self, exc: BaseException) -> str:
+        if isinstance(exc, GetTimeoutError):
+            self.run.hung = True
+        return classify(exc)
+
+    def observe(self, key: str, reads: set[str], outcome: Any) -> None:
+        self.run.observations[key] = (frozenset(reads), outcome)
+
+    def execute(self) -> Run:
+        """Run every step, then the end phase; never raises for what the program does."""
+        try:
+            for i, step in enumerate(self.program.steps):
+                reads = {n for e in step_inputs(step) for n in names(e)}
+                own = getattr(step, "out", None)
+                try:
+                    outcome = self.step(step)
+                except Exception as exc:
+                    outcome = ("raised", self.failed(exc))
+                    if own is not None:
+                        self.env[own] = None
+                self.observe(f"step {i} ({type(step).__name__})", reads | {own} - {None}, outcome)
+            self.finish()
+        finally:
+            self.cleanup()
+        return self.run
+
+    def step(self, step: Step) -> Any:
+        if isinstance(step, Put):
+            self.env[step.out] = unipar.put(self.value(step.value))
+        elif isinstance(step, Task):
+            self.env[step.out] = self.task(step)
+        elif isinstance(step, NewActor):
+            self.env[step.out] = self.actors[step.out] = self.new_actor(step)
+        elif isinstance(step, Call):
+            self.env[step.out] = self.call(step)
+        elif isinstance(step, GetActor):
+            self.env[step.out] = unipar.get_actor(self.ns + step.name)
+        elif isinstance(step, Get):
+            return self.canon(unipar.get(self.value(step.what), timeout=self.timeout))
+        elif isinstance(step, Fetch):
+            self.env[step.out] = unipar.get(self.value(step.what), timeout=self.timeout)
+        elif isinstance(step, Wait):
+            return self.wait(step)
+        elif isinstance(step, Cancel):
+            unipar.cancel(self.value(step.what))
+        else:
+            del self.env[step.name]
+        return "ok"
+
+    def task(self, step: Task) -> Any:
+        fn = getattr(rt, step.fn)
+        if step.num_returns != 1:
+            fn = fn.options(num_returns=step.num_returns)
+        extra = (self.program.error,) if step.fn == "fail" else ()
+        kwargs: dict[str, Any] = {}
+        if step.num_returns != 1:
+            kwargs["n"] = step.num_returns
+        if step.nap:
+            kwargs["nap"] = step.nap
+        return fn.remote(self.log, step.tag, *extra, *[self.value(a) for a in step.args], **kwargs)
+
+    def new_actor(self, step: NewActor) -> Any:
+        cls = rt.AsyncActor if step.kind == "async" else rt.SyncActor
+        opts: dict[str, Any] = {}
+        if step.kind == "threaded":
+            opts["max_concurrency"] = 3
+        if step.name is not None:
+            opts["name"] = self.ns + step.name
+        if opts:
+            cls = cls.options(**opts)
+        kwargs = {"fail": self.program.error} if step.fail else {}
+        return cls.remote(self.log, step.tag, *[self.value(a) for a in step.held], **kwargs)
+
+    def call(self, step: Call) -> Any:
+        method = getattr(self.env[step.actor], step.method)
+        kwargs: dict[str, Any] = {}
+        if step.num_returns != 1:
+            method = method.options(num_returns=step.num_returns)
+            kwargs["n"] = step.num_returns
+        extra = (self.program.error,) if step.method == "fail" else ()
+        return method.remote(self.log, step.tag, *extra, *[self.value(a) for a in step.args],
+                             **kwargs)
+
+    def wait(self, step: Wait) -> Any:
+        refs = [self.value(r) for r in step.refs]
+        ready, not_ready = unipar.wait(refs, num_returns=step.num_returns, timeout=step.timeout)
+        split = (sorted(map(id, ready + not_ready)) == sorted(map(id, refs))
+                 and _ordered(ready, refs) and _ordered(not_ready, refs)
+                 and len(set(ready)) <= step.num_returns)
+        if step.timeout >= LONG_WAIT:
+            if len(set(ready)) < step.num_returns:
+                self.run.hung = True
+            return ("split in order", split, "ready", len(set(ready)))
+        return ("split in order", split)
+
+    def finish(self) -> None:
+        """Observe every variable still held and every actor's state; read the log."""
+        for name, value in list(self.env.items()):
+            if value is None or isinstance(value, unipar.ActorHandle):
+                continue
+            self.observe(f"end value of {name}", {name}, self.canon(value))
+        for name, handle in self.actors.items():
+            try:
+                state = self.canon(unipar.get(handle.state.remote(self.log), timeout=self.timeout))
+            except Exception as exc:
+                state = ("raised", self.failed(exc))
+            self.observe(f"end state of actor {name}", {name}, state)
+        if os.path.exists(self.log):
+            with open(self.log) as f:
+                for entry in f.read().splitlines():
+                    who, tag = entry.split()
+                    self.run.log.add((who, int(tag)))
+
+    def cleanup(self) -> None:
+        """Kill the program's actors and drop every ref it holds."""
+        for handle in self.actors.values():
+            try:
+                unipar.kill(handle)
+            except Exception:   # noqa: BLE001 - a dead actor is already what we want
+                pass
+        self.env.clear()
+        self.actors.clear()
+        gc.collect()
+        try:
+            os.unlink(self.log)
+        except FileNotFoundError:
+            pass
+
+
+def _ordered(part: list[Any], whole: list[Any]) -> bool:
+    """``part`` is a subsequence of ``whole`` (by identity)."""
+    it = iter(map(id, whole))
+    return all(any(x == y for y in it) for x in map(id, part))
+
+
+def run(program: Program, log: str, ns: str, timeout: float) -> Run:
+    """Run ``program`` on the backend unipar is initialised with."""
+    return Interpreter(program, log, ns, timeout).execute()
+
+
+# -- comparing ----------------------------------------------------------------------------------
+
+def compare(program: Program, oracle: Run, other: Run) -> list[str]:
+    """The differences between two runs that the compared semantics forbid (module doc)."""
+    t = taint(program)
+    actor_tags = {f"a{s.tag}": s.out for s in program.steps if isinstance(s, NewActor)}
+    diffs = []
+    for key in sorted(oracle.observations.keys() | other.observations.keys(), key=_step_order):
+        reads, want = oracle.observations.get(key, (frozenset(), "<not observed>"))
+        _, got = other.observations.get(key, (frozenset(), "<not observed>"))
+        if got == want:
+            continue
+        uncertain = bool(reads & (t.names | t.actors))
+        if uncertain and "TaskCancelledError" in repr(got):
+            continue
+        diffs.append(f"{key}: local gave {want!r}, this backend {got!r}")
+
+    def compared(entry: tuple[str, int]) -> bool:
+        who, tag = entry
+        return tag not in t.tags and actor_tags.get(who) not in t.actors and tag >= 0
+    want_log = {e for e in oracle.log if compared(e)}
+    got_log = {e for e in other.log if compared(e)}
+    if want_log != got_log:
+        diffs.append(f"side effects: only on local {sorted(want_log - got_log)}, "
+                     f"only on this backend {sorted(got_log - want_log)}")
+    return diffs
+
+
+def _step_order(key: str) -> tuple[int, str]:
+    parts = key.split()
+    return (int(parts[1]), key) if parts[0] == "step" else (1 << 30, key)
