@@ -142,3 +142,55 @@ def test_native_engine_never_imports_backends() -> None:
                  if mod.startswith("unipar.native") for dep in deps
                  if dep == "unipar.backends" or dep.startswith("unipar.backends."))
     assert not bad, "the native engine must not know unipar.backends:\n" + "\n".join(bad)
+
+
+# -- environment variables ------------------------------------------------------------------------
+
+def _settings() -> set[str]:
+    """The variables users set: every upper-case string constant in unipar/config.py."""
+    tree = ast.parse((ROOT / "config.py").read_text())
+    return {node.value.value for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str) and node.value.value.isupper()
+            and all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets)}
+
+
+def _environment_reads(tree: ast.AST) -> set[str]:
+    """Names read with ``os.environ.get("X")``, ``os.getenv("X")`` or ``os.environ["X"]``."""
+    found = set()
+    for node in ast.walk(tree):
+        key = None
+        if isinstance(node, ast.Call) and node.args and ast.unparse(node.func) in (
+                "os.environ.get", "os.getenv", "environ.get", "getenv"):
+            key = node.args[0]
+        elif (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+              and ast.unparse(node.value) in ("os.environ", "environ")):
+            key = node.slice
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            found.add(key.value)
+    return found
+
+
+def test_user_settings_are_read_only_in_config() -> None:
+    # CUDA_VISIBLE_DEVICES is CUDA's: the native worker also reads and sets it per task.
+    settings = {var for var in _settings() if var.startswith("UNIPAR_")}
+    assert {"UNIPAR_BACKEND", "UNIPAR_ADDRESS", "UNIPAR_STATE_DIR"} <= settings
+    elsewhere = sorted(f"{name} reads ${var}" for name, path in _modules().items()
+                       if name != "unipar.config"
+                       for var in _environment_reads(ast.parse(path.read_text()))
+                       if var in settings or (var.startswith("UNIPAR_") and not _internal(var)))
+    assert not elsewhere, ("user settings are read in unipar/config.py only:\n"
+                           + "\n".join(elsewhere))
+
+
+def _internal(var: str) -> bool:
+    """A hand-off between our own processes, listed as such in config.py's docstring."""
+    doc = ast.get_docstring(ast.parse((ROOT / "config.py").read_text())) or ""
+    return f"``{var}``" in doc.split("Not settings", 1)[-1]
+
+
+def test_every_setting_is_in_the_table_of_docs_api_md() -> None:
+    doc = (ROOT.parent / "docs" / "api.md").read_text()
+    table = doc.split("## Environment variables", 1)[-1]
+    missing = sorted(var for var in _settings() if f"| `{var}` |" not in table)
+    assert not missing, f"docs/api.md's table of environment variables lacks {missing}"

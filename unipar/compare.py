@@ -40,7 +40,7 @@ DIFF_LINES = 30   # a short diff: enough to see what differs, not a wall of text
 def backend_env(backend: str | None, address: str | None,
                 base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a script sees under ``unipar run --backend B --address A``."""
-    env = dict(os.environ if base is None else base)
+    env = dict(os.environ if base is None else base)   # the script inherits ours, plus:
     if backend:
         env["UNIPAR_BACKEND"] = backend
     if address:

@@ -1,15 +1,25 @@
-"""The one place unipar reads environment variables.
+"""The one place unipar reads the environment variables its users set (docs/api.md lists them).
 
-=========================  ===================================================================
-``UNIPAR_BACKEND``         backend used when ``init(backend=...)`` is not given (default native)
-``UNIPAR_ADDRESS``         cluster address used when ``init(address=...)`` is not given
-``UNIPAR_TEST_BACKENDS``   comma list narrowing the backends the test fixture runs on
-``UNIPAR_REQUIRE_BACKENDS`` comma list of backends that must start in tests (CI): no skipping
-=========================  ===================================================================
+==============================  ============================================================
+``UNIPAR_BACKEND``              backend used when ``init(backend=...)`` is not given (default
+                                native)
+``UNIPAR_ADDRESS``              cluster address used when ``init(address=...)`` is not given
+``UNIPAR_TEST_BACKENDS``        comma list narrowing the backends the test fixture runs on
+``UNIPAR_REQUIRE_BACKENDS``     comma list of backends that must start in tests (CI): no skipping
+``UNIPAR_STATE_DIR``            where ``unipar start`` keeps its state on this machine (default
+                                ``$TMPDIR/unipar-<uid>``)
+``UNIPAR_CLUSTER_SECRET``       a native cluster's secret, in hex
+``UNIPAR_CLUSTER_SECRET_FILE``  a file holding a native cluster's secret
+``CUDA_VISIBLE_DEVICES``        (CUDA's own) the GPUs a native local cluster may hand out
+==============================  ============================================================
 
-The native engine also passes a few variables between its own processes (``UNIPAR_NODE_ADDRESS``,
-``UNIPAR_WORKER_ID``, ``UNIPAR_WORKER_ROLE``, ``UNIPAR_WORKER_SETUP``, ``UNIPAR_DRIVER_SYS_PATH``);
-they are internal to ``unipar.native`` and not settings for users.
+Not settings, and so not read here: variables our own processes pass each other. The native
+engine hands a worker ``UNIPAR_NODE_ADDRESS``, ``UNIPAR_WORKER_ID``, ``UNIPAR_WORKER_ROLE``,
+``UNIPAR_WORKER_SETUP`` and ``UNIPAR_DRIVER_SYS_PATH`` (and sets its ``CUDA_VISIBLE_DEVICES``
+per task); the dask backend hands its private cluster ``UNIPAR_DASK_DRIVER_PID`` and
+``UNIPAR_DASK_DIRECTORY``. The engine adapters also pass through their engines' own variables
+(``RAY_ADDRESS``, ``JAVA_HOME``, ``PYSPARK_PYTHON``, ``SPARK_LOCAL_IP``), which those engines
+document.
 """
 
 from __future__ import annotations
@@ -18,13 +28,27 @@ import os
 
 DEFAULT_BACKEND = "native"
 
+BACKEND = "UNIPAR_BACKEND"
+ADDRESS = "UNIPAR_ADDRESS"
+TEST_BACKENDS = "UNIPAR_TEST_BACKENDS"
+REQUIRE_BACKENDS = "UNIPAR_REQUIRE_BACKENDS"
+STATE_DIR = "UNIPAR_STATE_DIR"
+CLUSTER_SECRET = "UNIPAR_CLUSTER_SECRET"
+CLUSTER_SECRET_FILE = "UNIPAR_CLUSTER_SECRET_FILE"
+CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+
+
+def _text(var: str) -> str | None:
+    """The variable's value with surrounding blanks removed; None when unset or blank."""
+    return os.environ.get(var, "").strip() or None
+
 
 def backend_name() -> str:
-    return os.environ.get("UNIPAR_BACKEND", "").strip() or DEFAULT_BACKEND
+    return _text(BACKEND) or DEFAULT_BACKEND
 
 
 def address() -> str | None:
-    return os.environ.get("UNIPAR_ADDRESS", "").strip() or None
+    return _text(ADDRESS)
 
 
 def _names(var: str) -> list[str]:
@@ -32,8 +56,31 @@ def _names(var: str) -> list[str]:
 
 
 def test_backends() -> list[str]:
-    return _names("UNIPAR_TEST_BACKENDS")
+    return _names(TEST_BACKENDS)
 
 
 def required_backends() -> list[str]:
-    return _names("UNIPAR_REQUIRE_BACKENDS")
+    return _names(REQUIRE_BACKENDS)
+
+
+def state_dir() -> str | None:
+    """``UNIPAR_STATE_DIR``; None: the default directory."""
+    return _text(STATE_DIR)
+
+
+def cluster_secret() -> str | None:
+    """``UNIPAR_CLUSTER_SECRET`` as written (hex digits, not yet checked)."""
+    return _text(CLUSTER_SECRET)
+
+
+def cluster_secret_file() -> str | None:
+    """``UNIPAR_CLUSTER_SECRET_FILE``: the path of a file holding the secret."""
+    return _text(CLUSTER_SECRET_FILE)
+
+
+def visible_gpus() -> list[str] | None:
+    """The GPU ids in ``CUDA_VISIBLE_DEVICES``; None when it is unset (all GPUs are visible)."""
+    visible = os.environ.get(CUDA_VISIBLE_DEVICES)
+    if visible is None:
+        return None
+    return [v.strip() for v in visible.split(",") if v.strip()]

@@ -16,17 +16,48 @@ import functools
 import os
 import secrets
 import shutil
+import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from .workloads import (Counter, Sizes, SortActor, bubble_sort, check_sorted, nbytes, noop,
                         random_list, sort_new)
 
-__all__ = ["DaskPlain", "SparkPlain", "RayPlain", "PLAIN_SUITES"]
+__all__ = ["DaskPlain", "SparkPlain", "SparkJobError", "RayPlain", "PLAIN_SUITES"]
 
 
 def _cpus() -> int:
     return os.cpu_count() or 1
+
+
+class SparkJobError(RuntimeError):
+    """A plain Spark job failed; the message leads with the Python exception that ended it."""
+
+
+def _unipar_root() -> str:
+    """The folder the running ``unipar`` package was imported from (its parent directory)."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+def _python_cause(exc: BaseException) -> str:
+    """The final line of the last Python traceback inside a Spark error, e.g.
+    ``ModuleNotFoundError: No module named 'unipar'``.
+
+    PySpark's errors put the JVM's message and stack trace first and the Python worker's
+    traceback last, so a message cut to a few hundred characters would lose exactly that line.
+    Falls back to the error's first line when it holds no Python traceback.
+    """
+    text = str(exc)
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line]
+    if starts:
+        # Frames are indented; the exception line that ends the traceback is not.
+        for line in lines[starts[-1] + 1:]:
+            if line.strip() and not line[0].isspace():
+                return line.strip()
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}"[:300]
 
 
 class DaskPlain:
@@ -124,7 +155,7 @@ class RayPlain:
 
     def start(self) -> None:
         # As unipar's ray backend configures it: loopback only, no usage stats, 2 GiB store,
-        # a private temp dir (removed at shutdown).
+        # a private temp dir (removed at shutdown). Ray's own variables, set for Ray to read.
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         # Ray would otherwise write a token to ~/.ray/auth_token; keep it in the environment.
@@ -230,12 +261,27 @@ class SparkPlain:
                       .appName("unipar-bench-plain").config("spark.ui.enabled", "false")
                       .config("spark.driver.host", "127.0.0.1")
                       .config("spark.driver.bindAddress", "127.0.0.1")
-                      .config("spark.driver.memory", "2g").getOrCreate())
+                      .config("spark.driver.memory", "2g")
+                      # The workloads are functions of unipar.bench.workloads, pickled by
+                      # name: Spark's workers must import that module from any folder, so
+                      # they run this interpreter (PySpark's default is "python3" from PATH)
+                      # and see the folder unipar was imported from.
+                      .config("spark.pyspark.python",
+                              os.environ.get("PYSPARK_PYTHON") or sys.executable)
+                      .config("spark.executorEnv.PYTHONPATH", _unipar_root())
+                      .getOrCreate())
         self.sc = self.spark.sparkContext
         self.sc.setLogLevel("ERROR")
 
+    def _collect(self, rdd: Any) -> list[Any]:
+        """``rdd.collect()``; a failed job raises :class:`SparkJobError` naming its cause."""
+        try:
+            return rdd.collect()
+        except Exception as exc:
+            raise SparkJobError(f"a Spark job failed: {_python_cause(exc)}") from exc
+
     def _one(self, fn: Any, value: Any) -> Any:
-        return self.sc.parallelize([value], 1).map(fn).collect()[0]
+        return self._collect(self.sc.parallelize([value], 1).map(fn))[0]
 
     def first_result(self) -> None:
         assert self._one(noop, 1) == 1
@@ -248,13 +294,13 @@ class SparkPlain:
 
     def w_tutorial_tasks(self, s: Sizes) -> None:
         rdd = self.sc.parallelize(range(s.sorts), s.sorts)
-        check_sorted(rdd.map(functools.partial(sort_new, s.sort_length)).collect(), s.sorts,
+        check_sorted(self._collect(rdd.map(functools.partial(sort_new, s.sort_length))), s.sorts,
                      s.sort_length)
 
     def w_tutorial_dependent(self, s: Sizes) -> None:
         rdd = self.sc.parallelize(range(s.sorts), s.sorts)
         lists = rdd.map(lambda seed, n=s.sort_length: random_list(n, seed))
-        check_sorted(lists.map(bubble_sort).collect(), s.sorts, s.sort_length)
+        check_sorted(self._collect(lists.map(bubble_sort)), s.sorts, s.sort_length)
 
     def w_tasks_sequential(self, s: Sizes) -> None:
         for i in range(s.count(1000)):
@@ -262,7 +308,7 @@ class SparkPlain:
 
     def w_tasks_batch(self, s: Sizes) -> None:
         n = s.count(10000)
-        assert self.sc.parallelize(range(n)).map(noop).collect() == list(range(n))
+        assert self._collect(self.sc.parallelize(range(n)).map(noop)) == list(range(n))
 
     def w_array_to_task(self, s: Sizes, array: Any) -> None:
         shared = self.sc.broadcast(array)

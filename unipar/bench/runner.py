@@ -218,6 +218,7 @@ def _record(record: dict[str, Any], result: BackendResult) -> int:
 
 
 def _child_env() -> dict[str, str]:
+    # The child inherits our environment; only what it must not see is changed here.
     env = dict(os.environ)
     env.pop("UNIPAR_BACKEND", None)   # the child names its backend explicitly
     env.setdefault("RAY_DEDUP_LOGS", "0")

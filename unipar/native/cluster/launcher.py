@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from ... import config
+
 START_TIMEOUT = 30.0
 BOOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "node",
                     "boot.py")   # the node launcher, run by path
@@ -36,9 +38,9 @@ SHM_ROOT = "/dev/shm"
 
 def detect_gpus() -> int:
     """GPUs visible to this process: CUDA_VISIBLE_DEVICES if set, else the NVIDIA driver's list."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = config.visible_gpus()
     if visible is not None:
-        return len([v for v in visible.split(",") if v.strip()])
+        return len(visible)
     try:
         return len(os.listdir("/proc/driver/nvidia/gpus"))
     except OSError:
@@ -159,7 +161,8 @@ class LocalCluster:
         read_fd, write_fd = os.pipe()
         fds = {name: sock.fileno() for name, sock in socks.items()}
         settings = dict(settings, ready_fd=write_fd, **fds)
-        env = dict(os.environ)
+        env = dict(os.environ)   # the daemons inherit the driver's environment
+        # An internal hand-off, not a setting: workers import what the driver could import.
         env["UNIPAR_DRIVER_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
         target = [module] if module.endswith(".py") else ["-m", module]
         out = None

@@ -19,13 +19,15 @@ import os
 import tempfile
 from typing import Any
 
-SECRET_ENV = "UNIPAR_CLUSTER_SECRET"
-SECRET_FILE_ENV = "UNIPAR_CLUSTER_SECRET_FILE"
+from ... import config
+
+SECRET_ENV = config.CLUSTER_SECRET            # named in messages that say what to set
+SECRET_FILE_ENV = config.CLUSTER_SECRET_FILE
 
 
 def state_dir() -> str:
     """The per-user state directory (created 0700 on first use by :func:`ensure_state_dir`)."""
-    override = os.environ.get("UNIPAR_STATE_DIR", "").strip()
+    override = config.state_dir()
     if override:
         return override
     return os.path.join(tempfile.gettempdir(), f"unipar-{os.getuid()}")
@@ -100,9 +102,10 @@ def load_secret(secret_file: str | None = None) -> bytes | None:
     if secret_file:
         with open(secret_file) as f:
             return parse_secret(f.read(), secret_file)
-    if os.environ.get(SECRET_ENV, "").strip():
-        return parse_secret(os.environ[SECRET_ENV], f"${SECRET_ENV}")
-    env_file = os.environ.get(SECRET_FILE_ENV, "").strip()
+    from_env = config.cluster_secret()
+    if from_env:
+        return parse_secret(from_env, f"${SECRET_ENV}")
+    env_file = config.cluster_secret_file()
     if env_file:
         with open(env_file) as f:
             return parse_secret(f.read(), env_file)
