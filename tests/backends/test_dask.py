@@ -231,6 +231,68 @@ def test_actor_restarts_after_its_worker_died(joined):
         unipar.get(counter.incr.remote(), timeout=120)
 
 
+@unipar.remote(max_restarts=2, max_task_retries=-1)
+class Phoenix:
+    """Its process exits during the first call of each ``exit_once`` marker file."""
+
+    def __init__(self):
+        self.value = 0
+
+    def incr(self):
+        self.value += 1
+        return self.value
+
+    def exit_once(self, marker):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return self.value, os.getpid()
+
+
+@pytest.mark.slow
+def test_actor_call_in_flight_is_retried_on_the_restarted_actor(joined, tmp_path):
+    phoenix = Phoenix.remote()
+    assert unipar.get([phoenix.incr.remote(), phoenix.incr.remote()], timeout=60) == [1, 2]
+    first = unipar.get(phoenix.exit_once.remote(str(tmp_path / "a")), timeout=120)
+    assert first[0] == 0, "the call ran again on a fresh instance (its constructor re-run)"
+    assert unipar.get(phoenix.incr.remote(), timeout=120) == 1
+    second = unipar.get(phoenix.exit_once.remote(str(tmp_path / "b")), timeout=120)
+    assert second[0] == 0 and second[1] != first[1]   # the second of max_restarts=2
+    # Both restarts are used up: the next exit is the end of it, and the call fails.
+    with pytest.raises(unipar.ActorDiedError, match="restarts"):
+        unipar.get(phoenix.exit_once.remote(str(tmp_path / "c")), timeout=120)
+    with pytest.raises(unipar.ActorDiedError):
+        unipar.get(phoenix.incr.remote(), timeout=120)
+
+
+@pytest.mark.slow
+def test_function_workers_cannot_unpickle_names_the_worker_and_cause(joined, tmp_path,
+                                                                      monkeypatch):
+    name = f"driver_only_{uuid.uuid4().hex[:8]}"   # importable here, on no worker
+    (tmp_path / f"{name}.py").write_text(
+        # The decorated function and class pickle by value; the helper they use, by reference.
+        "import unipar\n\ndef helper():\n    return 'hi'\n\n"
+        "@unipar.remote\ndef hello():\n    return helper()\n\n"
+        "@unipar.remote\nclass Greeter:\n    def __init__(self):\n        self.greet = helper\n"
+        "    def hello(self):\n        return self.greet()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = __import__(name)
+    try:
+        with pytest.raises(ModuleNotFoundError, match=name) as info:
+            unipar.get(module.hello.remote(), timeout=60)
+        assert isinstance(info.value, unipar.TaskError)
+        assert "scheduler" not in str(info.value), info.value
+        assert "unpickling the function" in str(info.value), info.value
+        assert "worker tcp://127.0.0.1:" in str(info.value), info.value
+        # An actor whose class cannot be unpickled is dead, and says why and where.
+        greeter = module.Greeter.remote()
+        with pytest.raises(unipar.ActorDiedError, match=f"ModuleNotFoundError.*{name}") as died:
+            unipar.get(greeter.hello.remote(), timeout=60)
+        assert "worker tcp://127.0.0.1:" in str(died.value), died.value
+    finally:
+        sys.modules.pop(name, None)
+
+
 @pytest.mark.slow
 def test_unreachable_scheduler_is_backend_unavailable():
     unipar.shutdown()

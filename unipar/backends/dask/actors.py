@@ -324,8 +324,11 @@ def run_task(backend_cls: BackendClass, fn_key: str, fn_blob: bytes, call_bytes:
              label: str, topic: str, forward: bool, *deps: Any) -> Any:
     """The Dask task behind every ``f.remote()``: returns the pickled result or a Failed."""
     ensure_worker_setup(backend_cls)
-    function, num_returns, max_retries, options = _function(fn_key, fn_blob)
-    where = f"{label} (dask, pid={os.getpid()})"
+    where = _where(label)
+    try:
+        function, num_returns, max_retries, options = _function(fn_key, fn_blob)
+    except Exception as exc:   # e.g. a module it needs is not importable on this worker
+        return Failed(capture_remote(exc, f"{where}, unpickling the function"))
     if 0 <= max_retries < ALLOWED_FAILURES and not _attempt_allowed(_dask_key(), max_retries):
         error = WorkerCrashedError(
             f"task {label} was running on a Dask worker that died, and its max_retries="
@@ -345,6 +348,12 @@ def run_task(backend_cls: BackendClass, fn_key: str, fn_blob: bytes, call_bytes:
                     continue
                 return _fail(capture_remote(exc, where), num_returns)
     raise AssertionError("unreachable")
+
+
+def _where(label: str) -> str:
+    """Where code runs, for remote tracebacks: the Dask worker's address and the process."""
+    address = getattr(_WORKER, "address", None) or "?"
+    return f"{label} (dask worker {address}, pid={os.getpid()})"
 
 
 def _is_unipar(exc: BaseException) -> bool:
@@ -399,8 +408,11 @@ class ActorHost:
     def __init__(self, backend_cls: BackendClass, blob: bytes, call_bytes: bytes, topic: str,
                  forward: bool, *deps: Any) -> None:
         ensure_worker_setup(backend_cls)
-        (self._cls, self.class_name, self._concurrency, self._is_async,
+        # The class travels pickled apart, so one this worker cannot unpickle makes a dead
+        # actor that says why (in _construct), not a failed Dask task.
+        (self._cls_blob, self.class_name, self._concurrency, self._is_async,
          max_restarts) = cloudpickle.loads(blob)
+        self._cls: type | None = None
         self._call_bytes, self._deps = call_bytes, deps
         self._topic, self._forward = topic, forward
         self._lock = threading.Lock()
@@ -439,11 +451,19 @@ class ActorHost:
         # thread, which is no task thread.
         with context(self.class_name, self._topic, self._forward, in_task=in_task):
             try:
+                if self._cls is None:
+                    self._cls = cloudpickle.loads(self._cls_blob)
+            except Exception as exc:   # e.g. a module it needs is not importable here
+                self._error = capture_remote(exc, _where(f"{self.class_name}, unpickling the class"))
+                self.dead_reason = (f"its class could not be unpickled on Dask worker "
+                                    f"{getattr(_WORKER, 'address', '?')}: {type(exc).__name__}: {exc}")
+                return
+            try:
                 args, kwargs = resolve_args(self._call_bytes, self._deps)
                 self._instance = self._cls(*args, **kwargs)
                 self.dead_reason = None
             except Exception as exc:
-                self._error = capture_remote(exc, f"{self.class_name}.__init__ (dask, pid={os.getpid()})")
+                self._error = capture_remote(exc, _where(f"{self.class_name}.__init__"))
                 self.dead_reason = f"its constructor raised {type(exc).__name__}: {exc}"
 
     def _start_runner(self) -> None:
@@ -541,7 +561,7 @@ class ActorHost:
                     result = asyncio.run(result)
                 return pack_result(result, call.num_returns, label)
             except Exception as exc:
-                return Failed(capture_remote(exc, f"{label} (dask, pid={os.getpid()})"))
+                return Failed(capture_remote(exc, _where(label)))
 
     async def _finish_async(self, call: _Call, coro: Any) -> Any:
         label = self._label(call.method)
@@ -549,7 +569,7 @@ class ActorHost:
             try:
                 return pack_result(await coro, call.num_returns, label)
             except Exception as exc:
-                return Failed(capture_remote(exc, f"{label} (dask, pid={os.getpid()})"))
+                return Failed(capture_remote(exc, _where(label)))
 
     # -- life ----------------------------------------------------------------------------------
     def kill(self, restart: bool) -> None:

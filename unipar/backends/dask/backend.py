@@ -174,7 +174,8 @@ def _map_error(exc: BaseException, handle: DaskRef) -> BaseException:
         return TaskCancelledError(f"task {handle.key} was cancelled")
     if handle.call is not None:
         return ActorDiedError(f"actor call {handle.key} failed in Dask: {exc}")
-    return capture_remote(exc, f"dask scheduler (task {handle.key})")
+    # Raised on the worker that ran the task (run_task stores its own failures as values).
+    return capture_remote(exc, f"a Dask worker (task {handle.key})")
 
 
 # -- the backend ---------------------------------------------------------------------------------
@@ -493,7 +494,7 @@ class DaskBackend(Backend):
                     return found[0]
                 raise ValueError(f"an actor named {opts.name!r} already exists; use "
                                  "get_actor(name) or .options(name=..., get_if_exists=True)")
-        blob = cloudpickle.dumps((spec.cls, spec.meta.class_name,
+        blob = cloudpickle.dumps((cloudpickle.dumps(spec.cls), spec.meta.class_name,
                                   opts.concurrency(spec.meta.is_async), spec.meta.is_async,
                                   opts.max_restarts))
         deps, call_bytes, nested = self._pack_args(spec.args, spec.kwargs)
