@@ -164,6 +164,16 @@ def test_joins_the_scheduler_and_uses_its_workers(joined):
 
 
 @pytest.mark.slow
+def test_nodes_are_machines_not_worker_processes(joined):
+    # Two 1-thread workers on one machine are one node, as Ray lists one raylet per machine.
+    nodes = unipar.nodes()
+    assert [(n["NodeManagerAddress"], n["Alive"], n["Resources"]) for n in nodes] == [
+        ("127.0.0.1", True, {"CPU": 2.0, "GPU": 0.0})], nodes
+    assert isinstance(nodes[0]["NodeID"], str) and nodes[0]["NodeID"]
+    assert unipar.cluster_resources() == nodes[0]["Resources"]
+
+
+@pytest.mark.slow
 def test_put_is_one_ref_and_nested_refs_stay_refs(joined):
     ref = unipar.put([1, 2, 3])
     assert unipar.get(ref) == [1, 2, 3]

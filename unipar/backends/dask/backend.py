@@ -673,10 +673,15 @@ class DaskBackend(Backend):
         return resources
 
     def nodes(self) -> list[dict[str, Any]]:
-        return [{"NodeID": info.get("id") or address, "Alive": True,
-                 "NodeManagerAddress": info.get("host", address),
-                 "Resources": self._worker_resources(info)}
-                for address, info in self._workers().items()]
+        """One entry per machine (host), its workers' resources summed: a Dask worker is one
+        process, while a node is what Ray and the other backends call one (a machine)."""
+        by_host: dict[str, dict[str, float]] = {}
+        for address, info in self._workers().items():
+            total = by_host.setdefault(str(info.get("host") or address), {})
+            for name, amount in self._worker_resources(info).items():
+                total[name] = total.get(name, 0.0) + amount
+        return [{"NodeID": f"dask-{host}", "Alive": True, "NodeManagerAddress": host,
+                 "Resources": resources} for host, resources in sorted(by_host.items())]
 
     def cluster_resources(self) -> dict[str, float]:
         totals: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
