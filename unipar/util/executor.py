@@ -45,6 +45,9 @@ class _TaskFuture(concurrent.futures.Future):
     def cancel(self) -> bool:
         if not super().cancel():
             return False
+        # CANCELLED -> CANCELLED_AND_NOTIFIED now: concurrent.futures.wait/as_completed count a
+        # cancelled future as done only once its executor has notified it.
+        self.set_running_or_notify_cancel()
         ref = self.ref
         if ref is not None:
             try:
