@@ -307,6 +307,7 @@ def test_executor_timeout_and_cancel(unipar_backend):
         blocked.result(timeout=0.05)
     assert queued.cancel() and queued.cancelled()
     assert queued in concurrent.futures.wait([queued], timeout=GATE_S).done
+    assert queued.cancel()  # twice is fine
     gate.put("open")
     assert blocked.result(timeout=GATE_S) == "first"
     stuck = executor.submit(gated, gate, "never")

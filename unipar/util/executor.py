@@ -41,13 +41,17 @@ class _TaskFuture(concurrent.futures.Future):
     def __init__(self) -> None:
         super().__init__()
         self.ref: "unipar.ObjectRef | None" = None
+        self._cancel_lock = threading.Lock()
 
     def cancel(self) -> bool:
-        if not super().cancel():
-            return False
-        # CANCELLED -> CANCELLED_AND_NOTIFIED now: concurrent.futures.wait/as_completed count a
-        # cancelled future as done only once its executor has notified it.
-        self.set_running_or_notify_cancel()
+        with self._cancel_lock:
+            if self.cancelled():
+                return True  # a second cancel() changes nothing
+            if not super().cancel():
+                return False
+            # CANCELLED -> CANCELLED_AND_NOTIFIED now: concurrent.futures.wait/as_completed count
+            # a cancelled future as done only once its executor has notified it.
+            self.set_running_or_notify_cancel()
         ref = self.ref
         if ref is not None:
             try:
