@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from ..wire import protocol as P
-from ..node.boot import report_ready
+from ..node.spawn import report_ready
 from ..wire.server import ServerConnection, run_loop, serve
 
 

@@ -76,35 +76,6 @@ class WorkerLauncher:
         return ForkedWorker(process)
 
 
-def spawn_worker(wid: str, role: str, node_address: str, worker_setup: str, secret_hex: bytes,
-                 cuda: str | None = None) -> subprocess.Popen:
-    """Start ``python -m unipar.native.worker``; the secret goes through its stdin pipe, never
-    argv or the environment. The pipe then stays open: when the node dies, the worker reads EOF
-    and exits."""
-    env = dict(os.environ)
-    env.update(UNIPAR_NODE_ADDRESS=node_address, UNIPAR_WORKER_ID=wid, UNIPAR_WORKER_ROLE=role,
-               UNIPAR_WORKER_SETUP=worker_setup)
-    if cuda is not None:
-        env["CUDA_VISIBLE_DEVICES"] = cuda
-    proc = subprocess.Popen([sys.executable, "-m", "unipar.native.worker"],
-                            stdin=subprocess.PIPE, env=env, close_fds=True)
-    assert proc.stdin is not None
-    proc.stdin.write(secret_hex + b"\n")
-    proc.stdin.flush()
-    return proc
-
-
-def report_ready(cfg: dict, line: str) -> None:
-    """Tell the starter our addresses on its dedicated pipe (stdout stays the user's)."""
-    fd = cfg.get("ready_fd")
-    if fd is None:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        return
-    os.write(fd, line.encode())
-    os.close(fd)
-
-
 def main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or ".") == here:

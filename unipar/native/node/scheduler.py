@@ -274,6 +274,35 @@ class Scheduler:
         """Whether ``demand`` could ever fit on this node."""
         return all(self.total.get(k, 0.0) + EPS >= v for k, v in demand.items() if v > EPS)
 
+    # -- queries (what placement.py may read) ----------------------------------------------------
+    def queued_shapes(self) -> list[dict[str, float]]:
+        """The demands that tasks queued here ask for, one per shape, oldest shape first."""
+        return [dict(shape) for shape in self.queues]
+
+    def queued_ids(self, demand: dict[str, float]) -> list[Hashable]:
+        """Ids of the tasks (and lease requests) queued with ``demand``, first in line first."""
+        return list(self.queues.get(tuple(sorted(demand.items()))) or ())
+
+    def task_of(self, worker_id: str) -> Hashable | None:
+        """The task (or lease) the worker runs now, if any."""
+        worker = self.workers.get(worker_id)
+        return worker.task_id if worker is not None else None
+
+    def busy_workers(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state != "idle")
+
+    def queued_demand(self) -> dict[str, float]:
+        """What every task queued here asks for, summed."""
+        total: dict[str, float] = {}
+        for shape, queue in self.queues.items():
+            for key, amount in shape:
+                total[key] = total.get(key, 0.0) + amount * len(queue)
+        return total
+
+    def waiting_actors(self) -> list[tuple[Hashable, dict[str, float]]]:
+        """Actors waiting here for resources, with what each asks for, oldest first."""
+        return [(aid, dict(item.demand)) for aid, item in self.actor_queue.items()]
+
     # -- resources -----------------------------------------------------------------------------
     def _fits(self, demand: dict[str, float]) -> bool:
         for key, amount in demand.items():

@@ -32,8 +32,8 @@ from typing import Any, Callable
 
 from ...exceptions import ObjectLostError, ObjectStoreFullError
 from ..wire import protocol as P
-from ..wire import serialization as S
 from ..wire.chunks import CHUNK_SIZE, WINDOW
+from .objects import ObjectDirectory
 from .store import PARTIAL, StoreFullError
 
 
@@ -89,21 +89,25 @@ class _Pull:
         self.then = then              # run once the object is ready here
 
 
-class TransferHost:
-    """Mixed into the node (through :class:`~.node_peers.PeerHost`): both ends of chunked
-    transfers. Uses the node's ``objects``, ``store``, ``_resolve``, ``_hold`` and peers."""
+class Transfers:
+    """Both ends of chunked transfers for one node. ``pull_ended(oid)`` runs when a pull is
+    over, either way; ``pull_source_lost(oid)`` decides what to do with an object whose
+    source went away mid-copy (ask elsewhere, wait for a retried task, or fail it)."""
 
-    def init_transfers(self) -> None:
+    def __init__(self, objects: ObjectDirectory) -> None:
+        self.objects = objects
+        self.store = objects.store
         self.pulls: dict[bytes, _Pull] = {}
+        self.pull_ended: Callable[[bytes], None] = lambda oid: None
+        self.pull_source_lost: Callable[[bytes], None] = lambda oid: self.objects.fail(
+            oid, ObjectLostError(f"the node holding object {oid.hex()} was lost"))
+
+    def pull_source(self, oid: bytes) -> Any:
+        """Where ``oid`` is being pulled from (a Peer or a connection), or None."""
+        pull = self.pulls.get(oid)
+        return pull.source if pull is not None else None
 
     # -- sending -------------------------------------------------------------------------------
-    def ready_for_remote(self, oid: bytes, obj: Any) -> P.ObjectReady:
-        """What a remote client (driver or peer node) is told about an object file here: its
-        contents when they fit in one chunk, else that it must pull them."""
-        if obj.size > CHUNK_SIZE:
-            return P.ObjectReady(oid, "chunked", None, "", obj.size)
-        return P.ObjectReady(oid, "inline", P.blob(self._read_object(oid, obj)), "", obj.size)
-
     def on_fetch_chunk(self, conn: Any, msg: P.FetchChunk) -> None:
         self.serve_chunk(conn_sender(conn), msg)
 
@@ -135,11 +139,11 @@ class TransferHost:
         try:
             path = self.store.alloc(oid, size)
         except StoreFullError as exc:
-            self._forget_spilled()
+            self.objects.forget_spilled()
             self._cannot_pull(oid, then, ObjectStoreFullError(
                 f"object {oid.hex()} ({size} bytes) cannot be copied to this node: {exc}"))
             return
-        self._forget_spilled()   # the alloc may have spilled others: their readers must know
+        self.objects.forget_spilled()   # the alloc may have spilled others: their readers must know
         try:
             fd = os.open(path + PARTIAL, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as exc:
@@ -208,7 +212,7 @@ class TransferHost:
             return
         self.store.traffic["pulled"] += 1
         self.store.traffic["pulled_bytes"] += pull.size
-        self._resolve(pull.oid, "shm", None, pull.path, pull.size, [])
+        self.objects.resolve(pull.oid, "shm", None, pull.path, pull.size, [])
         self.pull_ended(pull.oid)
         if pull.then is not None:
             pull.then()
@@ -237,9 +241,7 @@ class TransferHost:
         self.store.free(pull.oid)   # removes <path>.tmp too
 
     def _pull_error(self, oid: bytes, exc: Exception) -> None:
-        obj = self.objects.get(oid)
-        if obj is not None and obj.kind is None:
-            self._resolve(oid, "error", S.pack_error(exc), "", 0, [])
+        self.objects.fail(oid, exc)
 
     def pulls_lost(self, source: Any) -> None:
         """``source`` is gone: drop what was being pulled from it, then let the node decide
@@ -250,30 +252,7 @@ class TransferHost:
         for pull in lost:
             self.pull_source_lost(pull.oid)
 
-    def pull_source_lost(self, oid: bytes) -> None:   # the node's policy (node_peers.py)
-        self._pull_error(oid, ObjectLostError(f"the node holding object {oid.hex()} was lost"))
-
-    def pull_ended(self, oid: bytes) -> None:   # the node's hook: the pull is over, either way
-        pass
-
     # -- what peers and remote drivers send ------------------------------------------------------
-    def on_offer_object(self, conn: Any, msg: P.OfferObject) -> None:
-        """A peer sends us a task that needs this big object: pull it from that peer."""
-        obj = self.objects.get(msg.oid)
-        if obj is None:
-            obj = self.objects[msg.oid] = self.new_obj()
-        self._hold(conn, msg.oid, obj)   # released by the peer's RefUpdates, as a PutObject
-        if obj.kind is not None or msg.oid in self.pulls:
-            return
-        self.fetching.pop(msg.oid, None)
-        peer = self.peers.get(msg.node_id)
-        if peer is not None and peer.alive and peer.conn is not None:
-            # Over our own connection to it: its server side then sends the chunks, from its
-            # event loop, without ever blocking on a slow reader.
-            self.pull(msg.oid, msg.size, peer, lambda m: self._send(peer, m))
-        else:   # we do not know it yet (it joined a moment ago): ask on its connection
-            self.pull(msg.oid, msg.size, conn, conn_sender(conn))
-
     def on_put_chunk(self, conn: Any, msg: P.PutChunk) -> None:
         """A remote driver's big put, one piece: written in place into the allocated file
         (readers learn its path only from the PutObject that follows the last piece)."""
@@ -315,7 +294,7 @@ class TransferHost:
         uploads.add(msg.oid)
         return ""
 
-    def transfers_disconnected(self, conn: Any) -> None:
+    def disconnected(self, conn: Any) -> None:
         """A connection closed: pulls over it stop; its unfinished uploads are removed."""
         self.pulls_lost(conn)
         for oid in conn.info.get("uploads", ()):

@@ -1,0 +1,247 @@
+"""Where work goes in a cluster: decisions about peers, with no I/O and no clock.
+
+The node's I/O shells (peers.py, leases.py, remote_actors.py) ask these functions and then send
+what they decide. Everything they read comes from the scheduler's query interface
+(:class:`SchedulerView`: totals, what is free, what is queued) and from :class:`PeerView`
+records (each peer's totals, what this node sent it, what it last reported free), so placement
+bugs replay in a unit test with a :class:`~.scheduler.Scheduler` and a few peers.
+
+Rules:
+
+* A task runs here when it fits this node's totals and there is room here now (free minus
+  what is queued here already); else it goes to the peer with room that is least loaded by
+  what we sent it (CPU share). One that asks for what this node does not have goes to a peer
+  that has it (one with room first). Tasks that came from a peer are never sent on again.
+* A lease (the direct path) is refused ("busy") when peers exist and there is no room here
+  now: the client then submits through this node, which spreads the work. Lease requests
+  already queued here are refused once a peer reports room for them (a node that joined, or
+  work that finished elsewhere), so work queued before a join still spreads.
+* An actor goes to a peer only when this node has no room for it now and a peer reported
+  room (or this node could never hold it); the peer's reported room is then counted down.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Hashable, Literal, Protocol, Sequence, TypeVar
+
+from ...exceptions import InfeasibleResourcesError
+
+EPS = 1e-9
+
+
+class SchedulerView(Protocol):
+    """The part of :class:`~.scheduler.Scheduler` placement reads."""
+
+    total: dict[str, float]
+
+    def available(self) -> dict[str, float]: ...
+    def queued_shapes(self) -> list[dict[str, float]]: ...
+    def queued_ids(self, demand: dict[str, float]) -> list[Hashable]: ...
+    def queued_demand(self) -> dict[str, float]: ...
+    def waiting_actors(self) -> list[tuple[Hashable, dict[str, float]]]: ...
+
+
+class PeerView(Protocol):
+    """The part of :class:`~.records.Peer` placement reads (and ``avail``, which it counts
+    down for actors it places there)."""
+
+    total: dict[str, float]
+    used: dict[str, float]
+    avail: dict[str, float]
+
+    def has(self, demand: dict[str, float]) -> bool: ...
+    def room(self, demand: dict[str, float]) -> bool: ...
+
+
+P = TypeVar("P", bound=PeerView)
+
+
+def fits(have: dict[str, float], demand: dict[str, float]) -> bool:
+    """Whether every positive amount of ``demand`` fits in ``have``."""
+    return all(have.get(k, 0.0) + EPS >= v for k, v in demand.items() if v > 0)
+
+
+def positive(demand: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in demand.items() if v > 0}
+
+
+def room_here(sched: SchedulerView, demand: dict[str, float]) -> bool:
+    """Free resources now, minus what tasks already queued here will take."""
+    free = sched.available()
+    for key, amount in sched.queued_demand().items():
+        free[key] = free.get(key, 0.0) - amount
+    return fits(free, demand)
+
+
+def _holds(sched: SchedulerView, demand: dict[str, float]) -> bool:
+    return all(sched.total.get(k, 0.0) >= v for k, v in demand.items() if v > 0)
+
+
+def _least_loaded(peers: Sequence[P]) -> P:
+    return min(peers, key=lambda p: p.used.get("CPU", 0.0) / max(p.total.get("CPU", 1.0), 1.0))
+
+
+def _roomiest(peers: Sequence[P]) -> P:
+    return max(peers, key=lambda p: p.avail.get("CPU", 0.0))
+
+
+def _reserve(peer: PeerView, demand: dict[str, float]) -> None:
+    for key, amount in demand.items():
+        peer.avail[key] = peer.avail.get(key, 0.0) - amount
+
+
+# -- tasks -------------------------------------------------------------------------------------
+def home_unknown(sched: SchedulerView, demand: dict[str, float], peers: Sequence[PeerView],
+                 from_peer: bool) -> bool:
+    """True when neither this node nor a known peer could ever run ``demand``: the task waits
+    here while the head's list is checked (it fails if no node there has that much)."""
+    return not _holds(sched, demand) and not from_peer and not any(p.has(demand) for p in peers)
+
+
+def task_peer(sched: SchedulerView, demand: dict[str, float], peers: Sequence[P],
+              from_peer: bool) -> P | None:
+    """The peer a task whose dependencies are ready goes to, or None: it stays here."""
+    if not peers:
+        return None
+    if _holds(sched, demand):
+        if from_peer or room_here(sched, demand):
+            return None
+        candidates = [p for p in peers if p.room(demand)]
+    else:
+        candidates = [p for p in peers if p.has(demand)]
+        candidates = [p for p in candidates if p.room(demand)] or candidates
+    return _least_loaded(candidates) if candidates else None
+
+
+def stranded(sched: SchedulerView) -> list[list[Hashable]]:
+    """Ids queued here (per shape, first in line first) for resources this node does not have
+    at all: they arrived before a peer that has them was known, or their node died."""
+    return [sched.queued_ids(demand) for demand in sched.queued_shapes()
+            if not _holds(sched, demand)]
+
+
+def pull_to(sched: SchedulerView, peer: PeerView,
+            movable: Callable[[Hashable], bool]) -> list[Hashable]:
+    """Queued ids to send ``peer`` (newest first, per shape) while it has room, counting
+    what we sent it; ``movable`` says which queued ids may go (tasks, not leases or tasks
+    that came from a peer)."""
+    used = dict(peer.used)
+    chosen: list[Hashable] = []
+    for demand in sched.queued_shapes():
+        if not peer.has(demand):
+            continue
+        for item in reversed(sched.queued_ids(demand)):
+            if not all(peer.total.get(k, 0.0) + EPS >= used.get(k, 0.0) + v
+                       for k, v in demand.items() if v > 0):
+                break
+            if not movable(item):
+                continue
+            chosen.append(item)
+            for key, amount in demand.items():
+                used[key] = used.get(key, 0.0) + amount
+    return chosen
+
+
+# -- leases (the direct path) ------------------------------------------------------------------
+def lease_refusal(sched: SchedulerView, demand: dict[str, float], fits_now: bool,
+                  peers: Sequence[PeerView]) -> str | None:
+    """Why a lease request is refused now ("busy": go through the node, which spreads the
+    work; "infeasible": this node could never run it), or None: queue it here. ``fits_now``:
+    the scheduler says it fits what is free (GPU ids included)."""
+    if peers and not fits_now:
+        return "busy"
+    if not fits(sched.total, demand):
+        return "infeasible"
+    return None
+
+
+def leases_to_refuse(queued: Sequence[tuple[Hashable, dict[str, float]]],
+                     peers: Sequence[PeerView]) -> list[Hashable]:
+    """Lease requests queued here (not granted) whose demand a peer has room for now (by
+    what we sent it and by what it last reported free): refuse them, so the client sends
+    their tasks through this node, which forwards them."""
+    return [lease_id for lease_id, demand in queued
+            if any(p.room(demand) and fits(p.avail, demand) for p in peers)]
+
+
+# -- actors ------------------------------------------------------------------------------------
+def actor_peer(sched: SchedulerView, demand: dict[str, float], peers: Sequence[P]) -> P | None:
+    """A peer for a new actor (None: create it here). Here when this node has room for it
+    now (counting actors waiting here); else a peer that reported room (counted down);
+    else here if this node could ever hold it, else any peer that could."""
+    demand = positive(demand)
+    if not demand:
+        return None
+    free = sched.available()
+    for _aid, queued in sched.waiting_actors():
+        for key, amount in queued.items():
+            free[key] = free.get(key, 0.0) - amount
+    if fits(free, demand):
+        return None
+    able = [p for p in peers if p.has(demand)]
+    roomy = [p for p in able if fits(p.avail, demand)]
+    if not roomy and (_holds(sched, demand) or not able):
+        return None
+    peer = _roomiest(roomy or able)
+    _reserve(peer, demand)
+    return peer
+
+
+def waiting_actor_moves(sched: SchedulerView, peers: Sequence[P],
+                        movable: Callable[[Hashable], bool]) -> list[tuple[Hashable, P]]:
+    """Actors waiting here for resources that a peer reported room for: where each goes."""
+    moves = []
+    for aid, demand in sched.waiting_actors():
+        demand = positive(demand)
+        if not demand or not movable(aid):
+            continue
+        roomy = [p for p in peers if p.has(demand) and fits(p.avail, demand)]
+        if roomy:
+            peer = _roomiest(roomy)
+            _reserve(peer, demand)
+            moves.append((aid, peer))
+    return moves
+
+
+def actor_home(sched: SchedulerView, demand: dict[str, float],
+               peers: Sequence[P]) -> P | Literal["here"] | None:
+    """Where to re-create an actor whose node died: "here" when there is room here now, a
+    peer that reported room, here if it could ever fit, any peer that has it, else None."""
+    demand = positive(demand)
+    if fits(sched.available(), demand):
+        return "here"
+    able = [p for p in peers if p.has(demand)]
+    roomy = [p for p in able if fits(p.avail, demand)]
+    if not roomy and fits(sched.total, demand):
+        return "here"
+    if not able:
+        return None
+    peer = _roomiest(roomy or able)
+    _reserve(peer, demand)
+    return peer
+
+
+def any_peer(demand: dict[str, float], peers: Sequence[P]) -> P | None:
+    """The peer with the most reported free CPUs among those that have ``demand``."""
+    able = [p for p in peers if p.has(positive(demand))]
+    return _roomiest(able) if able else None
+
+
+# -- feasibility -------------------------------------------------------------------------------
+def infeasible(demand: dict[str, float], totals: Sequence[dict[str, float]],
+               what: str) -> Exception | None:
+    """The error for ``what`` asking for ``demand`` when no node of ``totals`` (this one and
+    the live peers) has that much, else None."""
+    demand = positive(demand)
+    if not demand or any(fits(total, demand) for total in totals):
+        return None
+
+    def coverage(total: dict[str, float]) -> float:
+        return sum(min(total.get(k, 0.0) / v, 1.0) for k, v in demand.items())
+    biggest = max(totals, key=coverage)
+    has = {k: biggest.get(k, 0.0) for k in demand}
+    return InfeasibleResourcesError(
+        f"{what} asks for {demand}, but no single node of this cluster has that much: the "
+        f"biggest node has {has} (of {len(totals)} live nodes). A task or actor runs on "
+        "one node, so the cluster's total does not help. Ask for at most what one node has, "
+        "or add a node with more (unipar start --address=... --num-cpus N --resources ...).")
