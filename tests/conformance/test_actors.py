@@ -207,3 +207,45 @@ def test_actors_run_in_parallel(unipar_backend, tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     refs = [left.meet.remote(a, b), right.meet.remote(b, a)]
     assert unipar.get(refs, timeout=60) == [True, True]
+
+
+@unipar.remote
+def twice(x):
+    return 2 * x
+
+
+@unipar.remote
+class Gate:
+    """Sums refs nested in its argument; or blocks until a file exists (bounded)."""
+
+    def total(self, refs):
+        return sum(unipar.get(list(refs), timeout=30))
+
+    def wait_for(self, path):
+        import os
+        import time
+        deadline = time.monotonic() + 120
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return os.path.exists(path)
+
+
+def test_refs_nested_in_actor_call_arguments_live_until_the_call_ran(unipar_backend):
+    gate = Gate.remote()
+    # The caller keeps no handle of its own to the inner refs: only the pending call does.
+    assert unipar.get(gate.total.remote([twice.remote(i) for i in range(3)]), timeout=60) == 6
+    unipar.kill(gate)
+
+
+def test_an_actor_blocked_in_a_call_holds_up_no_other_actor(unipar_backend, tmp_path):
+    marker = str(tmp_path / "go")
+    blocked, free = Gate.remote(), Gate.remote()
+    slow = blocked.wait_for.remote(marker)
+    try:
+        refs = [free.total.remote([]) for _ in range(50)]
+        assert unipar.get(refs, timeout=60) == [0] * 50
+    finally:
+        open(marker, "w").close()
+    assert unipar.get(slow, timeout=60) is True
+    unipar.kill(blocked)
+    unipar.kill(free)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -160,3 +161,40 @@ def test_infeasible_resources_fail_fast(unipar_backend):
         double.options(num_cpus=10_000).remote(1)
     with pytest.raises(unipar.InfeasibleResourcesError, match="no_such_resource"):
         double.options(resources={"no_such_resource": 1}).remote(1)
+
+
+@unipar.remote
+def total_of(value):
+    """Sums refs nested in a list, tuple or dict (values) — fetched here, by the task."""
+    refs = list(value.values()) if isinstance(value, dict) else list(value)
+    return sum(unipar.get(refs, timeout=30))
+
+
+def test_refs_nested_in_arguments_live_while_the_task_waits(unipar_backend):
+    # The caller keeps no handle of its own to the inner refs: only the pending task does.
+    assert unipar.get(total_of.remote([double.remote(i) for i in range(3)]), timeout=60) == 6
+    assert unipar.get(total_of.remote(tuple(double.remote(i) for i in range(3))),
+                      timeout=60) == 6
+    assert unipar.get(total_of.remote({i: double.remote(i) for i in range(3)}), timeout=60) == 6
+
+
+@unipar.remote
+def wait_for_file(path):
+    """Blocks until ``path`` exists (bounded, so a failed test leaves nothing running long)."""
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os.path.exists(path)
+
+
+def test_short_tasks_finish_while_one_task_is_blocked(unipar_backend, tmp_path):
+    marker = str(tmp_path / "go")
+    assert unipar.get([double.remote(i) for i in range(50)], timeout=60) == [
+        2 * i for i in range(50)]   # double is known to be short: worth pipelining
+    slow = wait_for_file.remote(marker)
+    short = [double.remote(i) for i in range(100)]
+    try:
+        assert unipar.get(short, timeout=60) == [2 * i for i in range(100)]
+    finally:
+        open(marker, "w").close()
+    assert unipar.get(slow, timeout=60) is True

@@ -393,6 +393,9 @@ class Client:
                 entries[oid] = Entry(subscribed=True, local=direct)
         refs = [NativeRef.owned(oid) for oid in task.return_ids]
         if not direct:
+            # Until the node has the task (and pins what it names), we hold its arguments:
+            # the caller may drop its own handles to refs nested in them at once.
+            task.keep = keep + [NativeRef(oid) for oid in deps + contained]
             self.objects.when_local_ready(deps + contained,
                                           lambda: self.submit_via_node(task, contained))
         elif not deps:

@@ -12,7 +12,11 @@ The node daemon is a scheduler of *leases*, not of tasks on this path::
 
 A lease carries up to ``depth`` tasks at once, where depth adapts to how long that function's
 tasks take (about PIPELINE_BUDGET seconds of queued work per worker), so a thousand no-op tasks
-share a few writes while a few long tasks spread over every worker. Small results stay with
+share a few writes while a few long tasks spread over every worker. Nothing is queued behind a
+task that may take long (unknown or slow function); and once a lease is idle with nothing left
+to push, tasks queued behind others are taken back (``TakeBack``: the worker gives back those
+not started) and run there, so a task never waits on a busy worker while a slot is free. Small
+results stay with
 the client that submitted the task (it *owns* them) until a ref to them leaves the process; the
 client then hands them to its node first (:meth:`Client.promote`). Big results and results
 holding refs are stored at the node by the worker on the owner's behalf (``PutFor``).
@@ -45,7 +49,7 @@ class DirectTask:
     """One task on the direct path, from submission until its results are delivered."""
 
     __slots__ = ("task_id", "fn_key", "name", "args", "deps", "return_ids", "resources",
-                 "retries_left", "keep", "cancelled", "lease", "pushed_at", "values")
+                 "retries_left", "keep", "cancelled", "lease", "pushed_at", "values", "solo")
 
     def __init__(self, task_id: bytes, fn_key: str, name: str, args: Any, deps: list[bytes],
                  return_ids: list[bytes], resources: dict, retries: int, keep: list) -> None:
@@ -62,11 +66,12 @@ class DirectTask:
         self.lease: _Lease | None = None
         self.pushed_at = 0.0
         self.values: list = []           # [oid, kind, payload, path] per dependency
+        self.solo = False                # may take long: nothing is queued behind it
 
 
 class _Lease:
     __slots__ = ("lease_id", "shape", "worker_id", "pid", "gpu_ids", "conn", "inflight",
-                 "idle_since", "killed", "last_done")
+                 "idle_since", "killed", "last_done", "solo", "yielded")
 
     def __init__(self, lease_id: bytes, shape: "_Shape") -> None:
         self.lease_id = lease_id
@@ -79,6 +84,16 @@ class _Lease:
         self.idle_since = 0.0
         self.killed = False
         self.last_done = 0.0
+        self.solo = 0              # tasks in flight that nothing may wait behind
+        self.yielded = False       # gave back its queued tasks: takes no more until it drains
+
+    def open(self) -> bool:
+        """Whether tasks may be pushed onto this lease now."""
+        return self.conn is not None and not self.killed and not self.yielded
+
+    def backlog(self) -> bool:
+        """Whether tasks wait here behind another (which another worker could run now)."""
+        return len(self.inflight) > 1 and not self.yielded and not self.killed
 
 
 class _Shape:
@@ -178,26 +193,51 @@ class DirectPool:
         return max(1, min(MAX_DEPTH, int(PIPELINE_BUDGET / max(took, 1e-6))))
 
     def _pump(self, shape: _Shape, writes: list[Connection]) -> None:
-        """Push queued tasks onto leases with room; ask for more leases if tasks still wait."""
+        """Push queued tasks onto leases with room; ask for more leases if tasks still wait.
+
+        Pipelining (tasks queued on a worker behind the one it runs) is only for tasks known
+        to be short, and never behind one that may take long (``solo``); once nothing is left
+        to push and a lease is idle, what waits behind others is taken back (:meth:`_steal`).
+        """
         for lease in shape.leases:
             if not shape.queue:
                 break
-            if lease.conn is None or lease.killed:
+            if not lease.open() or (lease.inflight and lease.solo):
                 continue
             depth = self._depth(shape.queue[0].fn_key)
             if len(lease.inflight) >= depth:
                 continue
-            while shape.queue and len(lease.inflight) < depth:
+            while shape.queue and len(lease.inflight) < depth and not lease.solo:
                 self._push(lease, shape.queue.popleft())
-            if lease.conn.conn not in writes:
-                writes.append(lease.conn.conn)
-        want = min(len(shape.queue), MAX_REQUESTS) - len(shape.requested)
+            if lease.conn.conn not in writes:   # type: ignore[union-attr]
+                writes.append(lease.conn.conn)   # type: ignore[union-attr]
+        backlog = False
+        if not shape.queue:
+            backlog = self._steal(shape, writes)
+        want = min(len(shape.queue) + backlog, MAX_REQUESTS) - len(shape.requested)
+        label = f"task {shape.queue[0].name}" if shape.queue else "a task"
         for _ in range(max(want, 0)):
             lease_id = self.client.new_id()
             shape.requested.add(lease_id)
             self.pending_leases[lease_id] = shape
-            self.client.to_node(P.RequestLease(lease_id, shape.resources,
-                                                 f"task {shape.queue[0].name}"))
+            self.client.to_node(P.RequestLease(lease_id, shape.resources, label))
+
+    def _steal(self, shape: _Shape, writes: list[Connection]) -> bool:
+        """With a lease of ``shape`` idle, take back the tasks queued behind others (the
+        workers answer "returned" for those not started). Without one, returns whether any
+        task waits behind another: one more lease is then worth asking for."""
+        backlogged = [lease for lease in shape.leases if lease.backlog()]
+        if not backlogged:
+            return False
+        if not any(lease.open() and not lease.inflight for lease in shape.leases):
+            return True
+        for lease in backlogged:
+            lease.yielded = True
+            conn = lease.conn.conn   # type: ignore[union-attr]
+            conn.post(P.TakeBack(list(lease.inflight)[1:]))
+            if conn not in writes:
+                writes.append(conn)
+        return False
 
     def _push(self, lease: _Lease, task: DirectTask) -> None:
         wc = lease.conn
@@ -208,6 +248,8 @@ class DirectPool:
             wc.fns.add(task.fn_key)
         task.lease = lease
         task.pushed_at = time.perf_counter()
+        task.solo = self._depth(task.fn_key) == 1
+        lease.solo += task.solo
         lease.inflight[task.task_id] = task
         wc.conn.post(P.RunTask(task.task_id, task.fn_key, fn_blob, task.name, task.args,
                                task.values, task.return_ids, lease.gpu_ids))
@@ -226,7 +268,8 @@ class DirectPool:
             shape = self.pending_leases.pop(msg.lease_id, None)
             if shape is not None:
                 shape.requested.discard(msg.lease_id)
-            wanted = shape is not None and bool(shape.queue) and not self.closed
+            wanted = shape is not None and not self.closed and (
+                bool(shape.queue) or any(lease.backlog() for lease in shape.leases))
         if not wanted:
             self.client.to_node(P.ReturnLease(msg.lease_id))
             return
@@ -294,11 +337,18 @@ class DirectPool:
             return
         writes: list[Connection] = []
         results: list = []
+        cancelled: list[DirectTask] = []
         with self.lock:
             lease = wc.lease
+            returned: list[DirectTask] = []
             for msg in done:
                 task = lease.inflight.pop(msg.task_id, None) if lease is not None else None
                 if task is None:
+                    continue
+                lease.solo -= task.solo   # type: ignore[union-attr]
+                task.lease = None
+                if msg.status == "returned":   # taken back unstarted: runs elsewhere
+                    (cancelled if task.cancelled else returned).append(task)
                     continue
                 self._learn(lease, task)   # type: ignore[arg-type]
                 if msg.status == "retry" and task.retries_left != 0 and not task.cancelled:
@@ -309,12 +359,19 @@ class DirectPool:
                     results.extend(msg.results)
             done.clear()
             if lease is not None:
+                lease.shape.queue.extendleft(reversed(returned))
                 if not lease.inflight:
                     lease.idle_since = time.monotonic()
+                    lease.yielded = False
                 self._pump(lease.shape, writes)
+            for task in cancelled:
+                self._forget_task(task)
         self._write(writes)
         if results:
             self.client.deliver(results)
+        for task in cancelled:
+            self.client.fail_locally(task.return_ids, S.pack_error(
+                TaskCancelledError(f"task {task.name} was cancelled")))
 
     def _learn(self, lease: _Lease, task: DirectTask) -> None:
         """Update the function's smoothed run time from this completion."""

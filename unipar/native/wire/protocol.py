@@ -249,8 +249,9 @@ class RunTask(Message):
 
 @message
 class TaskDone(Message):
-    """Worker -> node. ``status``: "ok", "error" or "retry"; results are ``[oid, kind,
-    payload, path, size, contained]``."""
+    """Worker -> node (or client). ``status``: "ok", "error", "retry", or "returned" (a task
+    given back unstarted, see TakeBack); results are ``[oid, kind, payload, path, size,
+    contained]``."""
     op = "task_done"
     task_id: bytes
     status: str
@@ -321,6 +322,15 @@ class Attach(Message):
     client id at the node, so big results can be registered on its behalf)."""
     op = "attach"
     client_id: int
+
+
+@message
+class TakeBack(Message):
+    """Client -> leased worker: give back these pushed tasks unless they have started (a
+    slot elsewhere is free). Each one given back is answered ``TaskDone(task_id,
+    "returned", [])``; one that started is answered as usual when it ends."""
+    op = "take_back"
+    task_ids: list
 
 
 @message

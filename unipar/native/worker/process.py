@@ -24,6 +24,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 import cloudpickle
@@ -41,6 +42,7 @@ _current = threading.local()
 # threaded and async actors run several calls at once.
 _reply_to: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("reply", default=None)
 MAX_MAPPED = 32   # big arguments kept mapped per worker
+REPLY_DELAY = 0.0005   # seconds a finished task's result may wait for others to share a write
 
 
 class _Forward(io.TextIOBase):
@@ -119,6 +121,12 @@ class Runtime:
         self.unflushed: set[Connection] = set()
         self.task_lock = threading.Lock()
         self.cancelled: set[bytes] = set()
+        # Tasks pushed directly that have not started (a client may take them back while
+        # this worker is busy), and those it took back (skipped when their turn comes).
+        self.waiting: set[bytes] = set()
+        self.taken: set[bytes] = set()
+        self.replies_posted = threading.Event()   # results wait for the reply flusher
+        self.reply_lock = threading.Lock()          # guards unflushed
         # Big arguments stay mapped (pages already faulted in) until the node says the object
         # was freed or moved: a task reusing one costs no new mapping. Bounded, as a safety net.
         self.mapped: dict[bytes, tuple[str, Any, list[Any]]] = {}
@@ -137,13 +145,14 @@ class Runtime:
             P.RunActorTask.op: lambda msg: self._on_run_actor_task(msg, None),
         }
         self.direct_handlers: dict[str, Callable[[Any, Connection], None]] = {
-            P.RunTask.op: self._queue,
+            P.RunTask.op: self._on_run_task,
             P.RunActorTask.op: self._on_run_actor_task,
             P.CancelTask.op: lambda msg, conn: self._cancel(msg.task_id),
+            P.TakeBack.op: self._take_back,
             P.Attach.op: self._on_attach,
         }
         self.run_handlers: dict[str, Callable[[Any, Connection | None], None]] = {
-            P.RunTask.op: self.run_task,
+            P.RunTask.op: self._run_pushed,
             P.InitActor.op: lambda msg, reply: self.init_actor(msg),
             P.RunActorTask.op: self._run_call,
         }
@@ -182,8 +191,40 @@ class Runtime:
         else:
             self.inbox.put((msg, conn))
 
-    def _queue(self, msg: P.Message, conn: Connection | None = None) -> None:
+    def _on_run_task(self, msg: P.RunTask, conn: Connection) -> None:
+        with self.task_lock:
+            self.waiting.add(msg.task_id)
         self.inbox.put((msg, conn))
+
+    def _take_back(self, msg: P.TakeBack, conn: Connection) -> None:
+        """Give back the tasks among ``msg.task_ids`` that have not started (another worker
+        is free for them); the rest finish here as usual."""
+        given = []
+        with self.task_lock:
+            for task_id in msg.task_ids:
+                if task_id in self.waiting:
+                    self.waiting.discard(task_id)
+                    self.taken.add(task_id)
+                    given.append(task_id)
+        try:
+            for task_id in given:
+                conn.post(P.TaskDone(task_id, "returned", []))
+            conn.flush()
+        except ConnectionError:
+            pass
+
+    def _run_pushed(self, msg: P.RunTask, reply: Connection | None) -> None:
+        """Run a task from the inbox unless its client took it back meanwhile."""
+        if reply is not None:
+            with self.task_lock:
+                taken = msg.task_id in self.taken
+                self.taken.discard(msg.task_id)
+                self.waiting.discard(msg.task_id)
+            if taken:
+                if msg.fn_blob is not None:   # later pushes of it come without the code
+                    self._function(msg.fn_key, msg.fn_blob)
+                return
+        self.run_task(msg, reply)
 
     def _cancel(self, task_id: bytes) -> None:
         with self.task_lock:
@@ -355,21 +396,38 @@ class Runtime:
         self._reply(reply, P.TaskDone(msg.task_id, status, results))
 
     def _reply(self, reply: Connection | None, msg: P.Message) -> None:
-        """Send a task's outcome. Direct results wait while more tasks are queued here, so a
-        burst of short tasks answers in a few writes (the run loop flushes when idle)."""
+        """Send a task's outcome. A result never waits for the work queued behind it: an
+        actor's is written before its next call starts (a crash then re-runs only the call
+        it interrupted); a task's, with more queued here, goes out with the next write of
+        the reply flusher, within about REPLY_DELAY (a burst of short tasks answers in a
+        few writes), or when the queue runs empty."""
         try:
             if reply is None:
                 self.client.conn.send(msg)
-            elif self.inbox.empty():
+            elif self.role != "task" or self.inbox.empty():
                 reply.send(msg)
             else:
                 reply.post(msg)
-                self.unflushed.add(reply)
+                with self.reply_lock:
+                    self.unflushed.add(reply)
+                if not self.replies_posted.is_set():
+                    self.replies_posted.set()
         except ConnectionError:
             pass   # the client that pushed it is gone; its node cleans up after it
 
+    def flush_replies_forever(self) -> None:
+        """The reply flusher (its own thread): writes posted results within ~REPLY_DELAY."""
+        while True:
+            self.replies_posted.wait()
+            time.sleep(REPLY_DELAY)   # let the results of a burst gather into one write
+            self.replies_posted.clear()
+            self._flush_replies()
+
     def _flush_replies(self) -> None:
-        pending, self.unflushed = self.unflushed, set()
+        if not self.unflushed:
+            return
+        with self.reply_lock:
+            pending, self.unflushed = self.unflushed, set()
         for conn in pending:
             try:
                 conn.flush()
@@ -530,6 +588,8 @@ def _serve(secret: bytes) -> None:
         module, _, attr = setup.partition(":")
         hook: Callable[[Client], None] = getattr(importlib.import_module(module), attr)
         hook(client)
+    threading.Thread(target=runtime.flush_replies_forever, name="unipar-reply-flusher",
+                     daemon=True).start()
     sys.stdout = _Forward(runtime, "stdout")  # type: ignore[assignment]
     sys.stderr = _Forward(runtime, "stderr")  # type: ignore[assignment]
     try:
