@@ -49,6 +49,17 @@ def test_remote_exception_keeps_its_type(unipar_backend):
         unipar.get(ref)
 
 
+def test_remote_traceback_shows_the_users_file_line_and_source(unipar_backend):
+    # The function is pickled by value (a test module, like a script's __main__): the worker's
+    # traceback must still name this file and show the failing line, as on `local`.
+    with pytest.raises(ZeroDivisionError) as info:
+        unipar.get(divide.remote(1, 0), timeout=60)
+    text = str(info.value)
+    assert f'File "{__file__}"' in text, text
+    assert "return a / b" in text, text
+    assert "<dynamic-code>" not in text
+
+
 def test_custom_exception_keeps_its_fields(unipar_backend):
     with pytest.raises(RemoteOops) as info:
         unipar.get(raise_custom.remote(7))

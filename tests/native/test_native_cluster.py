@@ -85,6 +85,32 @@ def test_driver_sigkill_leaves_no_processes_or_shared_memory():
             proc.kill()
 
 
+def test_a_cluster_leaves_nothing_in_the_temp_folder(tmp_path):
+    # The node's fork server makes a temp directory (multiprocessing's pymp-*) and the node
+    # exits with os._exit, which skips multiprocessing's own clean-up: nothing may be left.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    marker = uuid.uuid4().hex
+    code = textwrap.dedent("""
+        import unipar
+        unipar.init(num_cpus=2)
+        @unipar.remote
+        def one():
+            return 1
+        assert unipar.get(one.remote(), timeout=60) == 1
+        unipar.shutdown()
+    """)
+    try:
+        result = subprocess.run([sys.executable, "-c", code], env={**_env(marker), "TMPDIR": str(tmp)},
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        wait_for(lambda: not _marked(marker), timeout=30, message="the cluster's processes to exit")
+        assert sorted(os.listdir(tmp)) == []
+    finally:
+        for proc in _marked(marker):
+            proc.kill()
+
+
 def test_failures_surface_as_defined_errors():
     result = _run("""
         import os, unipar

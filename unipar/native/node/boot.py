@@ -49,6 +49,19 @@ class ForkedWorker:
         return self.process.exitcode
 
 
+def _temp_dir_inside(parent: str) -> None:
+    """Make this process's multiprocessing temp directory (``pymp-*``, where the fork server's
+    socket lives) inside ``parent``. Only an atexit hook removes it otherwise, and the node ends
+    with ``os._exit``; the node removes ``parent`` (its session directory) itself."""
+    import multiprocessing.util
+    import tempfile
+    saved, tempfile.tempdir = tempfile.tempdir, parent
+    try:
+        multiprocessing.util.get_temp_dir()   # created now, and remembered for the process
+    finally:
+        tempfile.tempdir = saved
+
+
 class WorkerLauncher:
     """Starts workers as children of one fork server (``multiprocessing``'s forkserver) that
     imported the worker's code once: a new worker costs a fork (milliseconds), not a Python
@@ -56,8 +69,10 @@ class WorkerLauncher:
     parallel with the node itself. Workers learn that the node died from EOF on a pipe whose
     only writer is the node."""
 
-    def __init__(self) -> None:
+    def __init__(self, temp_parent: str | None = None) -> None:
         import multiprocessing
+        if temp_parent is not None:
+            _temp_dir_inside(temp_parent)
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["unipar.native.worker.process", "unipar.backends.native"])
         self.lifeline, self._lifeline_w = self.ctx.Pipe(duplex=False)
@@ -83,7 +98,7 @@ def main() -> None:
     cfg = json.loads(sys.argv[sys.argv.index("--config") + 1])
     secret_hex = sys.stdin.buffer.readline().strip()
     address = "unix://" + os.path.join(cfg["session_dir"], "node.sock")
-    launcher = WorkerLauncher()
+    launcher = WorkerLauncher(temp_parent=cfg["session_dir"])
     workers: list[ForkedWorker] = []
 
     def prestart() -> None:   # the first start waits for the fork server's imports
