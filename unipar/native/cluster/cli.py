@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from typing import Any
 
 import psutil

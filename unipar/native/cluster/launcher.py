@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -76,6 +77,34 @@ class ClusterConfig:
     dashboard_host: str = "127.0.0.1"
 
 
+@dataclass
+class _Listeners:
+    """The sockets the driver binds before it starts the daemons, which inherit them."""
+
+    node: socket.socket                      # the node's TCP listener
+    unix: socket.socket                      # the node's Unix socket, for local clients
+    head: socket.socket | None = None        # None: the node joins a head elsewhere
+    dashboard: socket.socket | None = None   # the head's web dashboard, when asked for
+    embed_head: bool = False                 # the head runs inside the node daemon
+
+    def head_fds(self) -> dict[str, socket.socket]:
+        fds = {"tcp_fd": self.head} if self.head is not None else {}
+        if self.dashboard is not None:
+            fds["dashboard_fd"] = self.dashboard
+        return fds
+
+    def node_fds(self) -> dict[str, socket.socket]:
+        fds = {"tcp_fd": self.node, "unix_fd": self.unix}
+        if self.embed_head and self.head is not None:
+            fds["head_fd"] = self.head
+        return fds
+
+    def close(self) -> None:
+        for sock in (self.head, self.dashboard, self.node, self.unix):
+            if sock is not None:
+                sock.close()
+
+
 class LocalCluster:
     """A head and a node daemon on this machine, owned by this process."""
 
@@ -93,6 +122,7 @@ class LocalCluster:
         self.resources: dict[str, float] = {}
         self.dashboard_url = ""              # set when the head serves a dashboard
         self.dashboard_problem = ""          # why it does not, when one was asked for
+        self._advertised = ""                # the host name other machines reach us by
 
     def start(self, head_address: str = "") -> None:
         """Start a head and a node, or — given ``head_address`` — only a node that joins that
@@ -103,58 +133,67 @@ class LocalCluster:
         self.resources = {"CPU": float(cpus), "GPU": float(gpus)}
         self.resources.update({k: float(v) for k, v in cfg.resources.items()})
         os.makedirs(self.session_dir, mode=0o700)
-        # Bind every listener here, so both daemons know all addresses before they run and
-        # start in parallel; a client connecting early waits in the listen backlog.
-        head_sock = None if head_address else _listen_tcp(cfg.host, cfg.port)
-        node_sock = _listen_tcp(cfg.host)
-        shown = advertised_host(cfg.host)
-        unix_path = os.path.join(self.session_dir, "node.sock")
-        unix_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        unix_sock.bind(unix_path)
-        unix_sock.listen(512)
-        self.head_address = head_address or f"tcp://{shown}:{head_sock.getsockname()[1]}"
-        self.node_address = f"tcp://{shown}:{node_sock.getsockname()[1]}"
-        self.node_unix_address = f"unix://{unix_path}"
-        head_socks = {"tcp_fd": head_sock}
-        if head_sock is not None and cfg.dashboard_port is not None:
-            from ..dashboard.server import bind
-            dash = bind(cfg.dashboard_host, cfg.dashboard_port, advertised_host(cfg.dashboard_host))
-            self.dashboard_url, self.dashboard_problem = dash.url, dash.problem
-            if dash.sock is not None:
-                head_socks["dashboard_fd"] = dash.sock
+        listeners = self._bind(head_address)
         launched = []
-        # A driver's own throw-away cluster runs its head inside the node daemon: one Python
-        # start-up fewer on the way to the first result. `unipar start` keeps them apart.
-        embed = head_sock is not None and not cfg.detached and "dashboard_fd" not in head_socks
-        node_socks = {"tcp_fd": node_sock, "unix_fd": unix_sock}
-        if embed:
-            node_socks["head_fd"] = head_sock
         try:
-            if head_sock is not None and not embed:
-                launched.append(self._launch("unipar.native.head",
-                                             {"host": cfg.host, "detached": cfg.detached,
-                                              "node_timeout": cfg.node_timeout
-                                              if cfg.detached else 0},
-                                             head_socks))
-            launched.append(self._launch(BOOT, {
-                "node_id": uuid.uuid4().hex, "session_dir": self.session_dir,
-                "spill_dir": self.spill_dir, "resources": self.resources,
-                "store_limit": cfg.object_store_memory or default_store_limit(),
-                "spill_limit": cfg.spill_limit, "head_address": self.head_address,
-                "worker_setup": cfg.worker_setup, "prestart": int(cpus), "host": cfg.host,
-                "stuck_warning_after": cfg.stuck_warning_after,
-                "worker_idle_timeout": cfg.worker_idle_timeout, "advertise": shown,
-                "detached": cfg.detached},
-                node_socks))
+            if listeners.head is not None and not listeners.embed_head:
+                launched.append(self._launch("unipar.native.head", {
+                    "host": cfg.host, "detached": cfg.detached,
+                    "node_timeout": cfg.node_timeout if cfg.detached else 0},
+                    listeners.head_fds()))
+            launched.append(self._launch(BOOT, self._node_settings(int(cpus)),
+                                         listeners.node_fds()))
         finally:
-            for sock in (*head_socks.values(), node_sock, unix_sock):
-                if sock is not None:
-                    sock.close()   # the daemons hold their own copies
+            listeners.close()   # the daemons hold their own copies
         for read_fd, proc, module in launched:
             try:
                 self._read_ready(read_fd, proc, module)
             finally:
                 os.close(read_fd)
+
+    def _bind(self, head_address: str) -> "_Listeners":
+        """Bind every listener here, so both daemons know all addresses before they run and
+        start in parallel; a client connecting early waits in the listen backlog."""
+        cfg = self.config
+        listeners = _Listeners(node=_listen_tcp(cfg.host),
+                               unix=socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        try:
+            unix_path = os.path.join(self.session_dir, "node.sock")
+            listeners.unix.bind(unix_path)
+            listeners.unix.listen(512)
+            if not head_address:
+                listeners.head = _listen_tcp(cfg.host, cfg.port)
+            if listeners.head is not None and cfg.dashboard_port is not None:
+                from ..dashboard.server import bind
+                dash = bind(cfg.dashboard_host, cfg.dashboard_port,
+                            advertised_host(cfg.dashboard_host))
+                self.dashboard_url, self.dashboard_problem = dash.url, dash.problem
+                listeners.dashboard = dash.sock
+        except BaseException:
+            listeners.close()
+            raise
+        # A driver's own throw-away cluster runs its head inside the node daemon: one Python
+        # start-up fewer on the way to the first result. `unipar start` keeps them apart.
+        listeners.embed_head = (listeners.head is not None and not cfg.detached
+                                and listeners.dashboard is None)
+        shown = self._advertised = advertised_host(cfg.host)
+        self.head_address = head_address or f"tcp://{shown}:{listeners.head.getsockname()[1]}"
+        self.node_address = f"tcp://{shown}:{listeners.node.getsockname()[1]}"
+        self.node_unix_address = f"unix://{unix_path}"
+        return listeners
+
+    def _node_settings(self, cpus: int) -> dict[str, Any]:
+        """The node daemon's ``--config`` (its sockets are added by :meth:`_launch`)."""
+        cfg = self.config
+        return {
+            "node_id": uuid.uuid4().hex, "session_dir": self.session_dir,
+            "spill_dir": self.spill_dir, "resources": self.resources,
+            "store_limit": cfg.object_store_memory or default_store_limit(),
+            "spill_limit": cfg.spill_limit, "head_address": self.head_address,
+            "worker_setup": cfg.worker_setup, "prestart": cpus, "host": cfg.host,
+            "stuck_warning_after": cfg.stuck_warning_after,
+            "worker_idle_timeout": cfg.worker_idle_timeout, "advertise": self._advertised,
+            "detached": cfg.detached}
 
     def _launch(self, module: str, settings: dict, socks: dict[str, socket.socket]
                 ) -> tuple[int, subprocess.Popen, str]:
