@@ -30,6 +30,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from ...exceptions import ActorDiedError, TaskCancelledError, capture_remote
+from ...options import split_returns
 from ..client.client import Client
 from ..client.refs import NativeRef
 from ..wire import protocol as P
@@ -95,17 +96,6 @@ class _Forward(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return "utf-8"
-
-
-def _split(result: Any, count: int, name: str) -> list[Any]:
-    if count == 1:
-        return [result]
-    if count == 0:
-        return []
-    if not isinstance(result, (tuple, list)) or len(result) != count:
-        got = f"{len(result)} values" if isinstance(result, (tuple, list)) else type(result).__name__
-        raise ValueError(f"{name} was declared with num_returns={count} but returned {got}")
-    return list(result)
 
 
 class Runtime:
@@ -347,7 +337,7 @@ class Runtime:
     def _results(self, return_ids: list, result: Any, name: str, where: str,
                  owner: int | None = None) -> tuple[str, list]:
         try:
-            values = _split(result, len(return_ids), name)
+            values = split_returns(result, len(return_ids), name)
             return "ok", [self._result(oid, v, owner) for oid, v in zip(return_ids, values)]
         except Exception as exc:   # unpicklable result, wrong count, store full
             return "error", self._error_results(return_ids, exc, where)
