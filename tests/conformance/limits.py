@@ -22,6 +22,18 @@ NOT_RUN: dict[str, dict[str, str]] = {
             "this test starts would never return",
         "test_cancel_running_task_force":
             "local runs each task inside .remote(): there is no running task to cancel",
+        "test_actor_pool_get_next_timeout":
+            "local runs each call to completion inside .remote(): a call that waits on a "
+            "Queue only a later put fills never returns control",
+        "test_queue_blocking_get_waits_for_a_later_put":
+            "local runs each call to completion inside .remote(): a call that waits on a "
+            "Queue only a later put fills never returns control",
+        "test_pool_get_timeout":
+            "local runs each call to completion inside .remote(): a call that waits on a "
+            "Queue only a later put fills never returns control",
+        "test_executor_timeout_and_cancel":
+            "local runs each call to completion inside .remote(): a call that waits on a "
+            "Queue only a later put fills never returns control",
     },
 }
 
