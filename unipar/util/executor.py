@@ -125,7 +125,13 @@ class UniparExecutor(concurrent.futures.Executor):
         if future.cancelled():
             self._finished(future)
             return
-        future.ref = self._remote.remote(fn, args, kwargs)
+        try:
+            future.ref = self._remote.remote(fn, args, kwargs)
+        except Exception as exc:  # e.g. an argument that cannot be pickled: the future says so
+            if not future.cancelled():
+                future.set_exception(exc)
+            self._finished(future)
+            return
         if future.cancelled():  # cancelled while the task was being submitted
             unipar.cancel(future.ref)
         source = future.ref.future()
