@@ -201,3 +201,25 @@ print("a", unipar.get(slow, timeout=60))
 unipar.shutdown()
 """)
     assert "b done True" in out and "a -1" in out
+
+
+def test_a_finished_task_is_not_held_back_by_the_tasks_queued_behind_it(tmp_path):
+    marker = str(tmp_path / "go")
+    out = _run(_WAIT_FOR_MARKER + f"""
+import unipar
+unipar.init(num_cpus=1)   # one worker: tasks of a short function are pipelined onto it
+
+@unipar.remote
+def work(i, marker):
+    if i > 0:
+        wait_marker(marker)
+    return i
+
+assert unipar.get([work.remote(0, "") for _ in range(200)], timeout=60) == [0] * 200
+refs = [work.remote(i, {marker!r}) for i in range(20)]
+print("first", unipar.get(refs[0], timeout=30))   # while 19 tasks wait behind it
+open({marker!r}, "w").close()
+print("all", unipar.get(refs, timeout=60) == list(range(20)))
+unipar.shutdown()
+""")
+    assert "first 0" in out and "all True" in out
