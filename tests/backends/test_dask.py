@@ -159,7 +159,7 @@ class Counter:
 def test_joins_the_scheduler_and_uses_its_workers(joined):
     assert unipar.backend_name() == "dask"
     assert unipar.cluster_resources()["CPU"] == 2
-    assert len(unipar.nodes()) == 2
+    assert len(unipar.nodes()) == 1   # two worker processes on one machine
     assert unipar.get([double.remote(i) for i in range(6)], timeout=60) == [0, 2, 4, 6, 8, 10]
 
 

@@ -1,5 +1,6 @@
-"""What runs inside Dask workers for the ``dask`` backend: the task wrapper, actor hosts, print
-forwarding, and the value format both sides share.
+"""What runs inside Dask workers for the ``dask`` backend: the task wrapper, print forwarding,
+worker setup, and the value format both sides share (actor hosts are in :mod:`.hosts`; this
+module is also the ``--preload`` of a private cluster's processes).
 
 Data flow::
 
@@ -13,14 +14,6 @@ Data flow::
                                                 resolve Dep(i), call f with stdout captured,
                                                 return the *pickled* result (or Failed)
 
-    Cls.remote()   -> client.submit(ActorHost, DaskBackend, ..., actor=True)
-                                                a Dask actor: owns the user's instance, its own
-                                                thread(s) or event loop, a sequencer
-    a.m.remote(x)  -> client.submit(run_actor_call, DaskBackend, actor_future, caller, seq, ...)
-                                                run_actor_call: hand the call to the host (in
-                                                process, or over Dask's actor RPC), secede,
-                                                return the host's pickled result
-
 Every entry point gets the backend class as its first argument (pickled by reference): the
 worker side makes its backend from it, and so never imports the backend module.
 
@@ -33,21 +26,18 @@ afresh by every reader) and makes failures plain data, so Dask never sees an app
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
 import os
 import sys
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import cloudpickle
 
 from ... import _state
-from ...exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError, capture_remote
+from ...exceptions import TaskCancelledError, WorkerCrashedError, capture_remote
 from ...options import split_returns
 
 if TYPE_CHECKING:
@@ -302,7 +292,7 @@ class TaskInterrupt(KeyboardInterrupt):
     """Raised inside a running task's thread by ``unipar.cancel`` (as Ray raises KeyboardInterrupt)."""
 
 
-def _dask_key() -> Any:
+def dask_key() -> Any:
     from distributed.worker import thread_state
     return getattr(thread_state, "key", None)
 
@@ -324,12 +314,12 @@ def run_task(backend_cls: BackendClass, fn_key: str, fn_blob: bytes, call_bytes:
              label: str, topic: str, forward: bool, *deps: Any) -> Any:
     """The Dask task behind every ``f.remote()``: returns the pickled result or a Failed."""
     ensure_worker_setup(backend_cls)
-    where = _where(label)
+    where = where_ran(label)
     try:
         function, num_returns, max_retries, options = _function(fn_key, fn_blob)
     except Exception as exc:   # e.g. a module it needs is not importable on this worker
         return Failed(capture_remote(exc, f"{where}, unpickling the function"))
-    if 0 <= max_retries < ALLOWED_FAILURES and not _attempt_allowed(_dask_key(), max_retries):
+    if 0 <= max_retries < ALLOWED_FAILURES and not _attempt_allowed(dask_key(), max_retries):
         error = WorkerCrashedError(
             f"task {label} was running on a Dask worker that died, and its max_retries="
             f"{max_retries} re-runs are used up")
@@ -350,10 +340,14 @@ def run_task(backend_cls: BackendClass, fn_key: str, fn_blob: bytes, call_bytes:
     raise AssertionError("unreachable")
 
 
-def _where(label: str) -> str:
+def where_ran(label: str) -> str:
     """Where code runs, for remote tracebacks: the Dask worker's address and the process."""
-    address = getattr(_WORKER, "address", None) or "?"
-    return f"{label} (dask worker {address}, pid={os.getpid()})"
+    return f"{label} (dask worker {worker_address()}, pid={os.getpid()})"
+
+
+def worker_address() -> str:
+    """This Dask worker's address ("?" before the first task set the process up)."""
+    return str(getattr(_WORKER, "address", None) or "?")
 
 
 def _is_unipar(exc: BaseException) -> bool:
@@ -382,255 +376,6 @@ def interrupt_task(key: Any, force: bool, dask_worker: Any = None) -> bool:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
                                                    ctypes.py_object(TaskInterrupt))
     return True
-
-
-# -- actors ------------------------------------------------------------------------------------
-
-@dataclass
-class _Call:
-    method: str
-    call_bytes: bytes
-    deps: tuple
-    num_returns: int
-    done: concurrent.futures.Future
-
-
-class ActorHost:
-    """A Dask actor that owns one unipar actor instance.
-
-    Calls are handed over with a per-caller sequence number and start in that order. Sync
-    actors run calls on their own pool of ``concurrency`` threads (never on Dask's single
-    shared actor thread, so one actor's long call does not stall another); async actors run on
-    their own event loop thread. The host never raises from ``__init__``: a failed constructor
-    or a spent restart budget leaves it dead, and every call then fails with ActorDiedError.
-    """
-
-    def __init__(self, backend_cls: BackendClass, blob: bytes, call_bytes: bytes, topic: str,
-                 forward: bool, *deps: Any) -> None:
-        ensure_worker_setup(backend_cls)
-        # The class travels pickled apart, so one this worker cannot unpickle makes a dead
-        # actor that says why (in _construct), not a failed Dask task.
-        (self._cls_blob, self.class_name, self._concurrency, self._is_async,
-         max_restarts) = cloudpickle.loads(blob)
-        self._cls: type | None = None
-        self._call_bytes, self._deps = call_bytes, deps
-        self._topic, self._forward = topic, forward
-        self._lock = threading.Lock()
-        self._next: dict[str, int] = {}
-        self._pending: dict[str, dict[int, _Call | None]] = {}
-        self._instance: Any = None
-        self.dead_reason: str | None = None
-        self._error: BaseException | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._semaphore: asyncio.Semaphore | None = None
-        self._max_restarts = max_restarts
-        starts = self._count_start()
-        # A re-created host (its worker died) accepts each caller's sequence where it resumes.
-        self._restarted = starts > 1
-        if max_restarts != -1 and starts > 1 + max_restarts:
-            self.dead_reason = (f"the Dask worker holding it died and max_restarts={max_restarts} "
-                                "restarts are used up")
-        else:
-            self._construct(in_task=True)
-        self._start_runner()
-
-    def _count_start(self) -> int:
-        key = _dask_key()
-        if key is None:
-            return 1
-        from distributed import get_client
-        client = get_client()
-        name = ["unipar-actor-starts", str(key)]
-        starts = client.get_metadata(name, 0) + 1
-        client.set_metadata(name, starts)
-        return starts
-
-    def _construct(self, in_task: bool) -> None:
-        # In the construction task a blocking get() may secede; a restart runs on Dask's actor
-        # thread, which is no task thread.
-        with context(self.class_name, self._topic, self._forward, in_task=in_task):
-            try:
-                if self._cls is None:
-                    self._cls = cloudpickle.loads(self._cls_blob)
-            except Exception as exc:   # e.g. a module it needs is not importable here
-                self._error = capture_remote(exc, _where(f"{self.class_name}, unpickling the class"))
-                self.dead_reason = (f"its class could not be unpickled on Dask worker "
-                                    f"{getattr(_WORKER, 'address', '?')}: {type(exc).__name__}: {exc}")
-                return
-            try:
-                args, kwargs = resolve_args(self._call_bytes, self._deps)
-                self._instance = self._cls(*args, **kwargs)
-                self.dead_reason = None
-            except Exception as exc:
-                self._error = capture_remote(exc, _where(f"{self.class_name}.__init__"))
-                self.dead_reason = f"its constructor raised {type(exc).__name__}: {exc}"
-
-    def _start_runner(self) -> None:
-        if self._is_async:
-            loop = self._loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=_run_loop, args=(loop,), daemon=True,
-                                      name=f"unipar-actor-{self.class_name}")
-            thread.start()
-            self._semaphore = asyncio.run_coroutine_threadsafe(
-                _make_semaphore(self._concurrency), loop).result()
-            weakref.finalize(self, loop.call_soon_threadsafe, loop.stop)
-        else:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                self._concurrency, thread_name_prefix=f"unipar-actor-{self.class_name}")
-            weakref.finalize(self, self._executor.shutdown, False, cancel_futures=True)
-
-    # -- handing calls over, in order --------------------------------------------------------
-    def deliver_local(self, caller: str, seq: int, call: _Call | None) -> None:
-        """Queue ``call`` as ``caller``'s ``seq``-th; start every call whose turn has come."""
-        with self._lock:
-            nxt = self._next.get(caller)
-            if nxt is None:
-                nxt = seq if self._restarted else 0
-            if seq < nxt:  # a late call after a restart: run it now rather than never
-                self._dispatch(call)
-                return
-            pending = self._pending.setdefault(caller, {})
-            pending.setdefault(seq, call)
-            while nxt in pending:
-                self._dispatch(pending.pop(nxt))
-                nxt += 1
-            self._next[caller] = nxt
-            if not pending:
-                del self._pending[caller]
-
-    async def deliver(self, caller: str, seq: int, method: str, call_bytes: bytes, deps: tuple,
-                      num_returns: int) -> Any:
-        """The same, over Dask's actor RPC (a call task that ran on another worker)."""
-        call = _Call(method, call_bytes, deps, num_returns, concurrent.futures.Future())
-        self.deliver_local(caller, seq, call)
-        return await asyncio.wrap_future(call.done)
-
-    def skip(self, caller: str, seq: int) -> None:
-        """A call that will never arrive (it was cancelled): let the ones after it run."""
-        self.deliver_local(caller, seq, None)
-
-    def _dispatch(self, call: _Call | None) -> None:
-        if call is None:
-            return
-        if self.dead_reason is not None:
-            call.done.set_result(self._dead(call.method))
-        elif self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._run_async(call), self._loop)
-        else:
-            assert self._executor is not None
-            try:
-                self._executor.submit(self._run_sync, call)
-            except RuntimeError:  # shut down by kill() between the check and here
-                call.done.set_result(self._dead(call.method))
-
-    # -- running calls -----------------------------------------------------------------------
-    def _dead(self, method: str) -> Failed:
-        error = ActorDiedError(f"actor {self.class_name} is dead ({self.dead_reason}); "
-                               f"call {method}() did not run")
-        error.__cause__ = self._error
-        return Failed(error)
-
-    def _label(self, method: str) -> str:
-        return f"{self.class_name}.{method}"
-
-    def _run_sync(self, call: _Call) -> None:
-        call.done.set_result(self._execute(call, None))
-
-    async def _run_async(self, call: _Call) -> None:
-        assert self._semaphore is not None
-        async with self._semaphore:
-            result = self._execute(call, asyncio.get_running_loop())
-            if asyncio.iscoroutine(result):
-                result = await self._finish_async(call, result)
-        if not call.done.done():
-            call.done.set_result(result)
-
-    def _execute(self, call: _Call, loop: asyncio.AbstractEventLoop | None) -> Any:
-        """Run one call; returns the packed result, or a coroutine to await for async methods."""
-        if self.dead_reason is not None:
-            return self._dead(call.method)
-        label = self._label(call.method)
-        with context(self.class_name, self._topic, self._forward, in_task=False):
-            try:
-                args, kwargs = resolve_args(call.call_bytes, call.deps)
-                result = getattr(self._instance, call.method)(*args, **kwargs)
-                if asyncio.iscoroutine(result) and loop is not None:
-                    return result
-                if asyncio.iscoroutine(result):  # an async method on a sync host: run it here
-                    result = asyncio.run(result)
-                return pack_result(result, call.num_returns, label)
-            except Exception as exc:
-                return Failed(capture_remote(exc, _where(label)))
-
-    async def _finish_async(self, call: _Call, coro: Any) -> Any:
-        label = self._label(call.method)
-        with context(self.class_name, self._topic, self._forward, in_task=False):
-            try:
-                return pack_result(await coro, call.num_returns, label)
-            except Exception as exc:
-                return Failed(capture_remote(exc, _where(label)))
-
-    # -- life ----------------------------------------------------------------------------------
-    def kill(self, restart: bool) -> None:
-        """Stop the actor; with ``restart`` (and restarts left) start a fresh instance instead."""
-        if restart and self.dead_reason is None and self._max_restarts != 0:
-            self._instance = None
-            self._construct(in_task=False)
-            return
-        self.dead_reason = "it was killed with unipar.kill()"
-        self._instance = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-
-    def is_alive(self) -> bool:
-        return self.dead_reason is None
-
-
-async def _make_semaphore(limit: int) -> asyncio.Semaphore:
-    return asyncio.Semaphore(limit)
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        loop.close()
-
-
-def run_actor_call(backend_cls: BackendClass, actor: Any, caller: str, seq: int, method: str,
-                   call_bytes: bytes, num_returns: int, *deps: Any) -> Any:
-    """The Dask task behind every actor method call: hand it to the host and wait for it.
-
-    ``actor`` is Dask's proxy for the host (the dependency on the actor's key). On the host's
-    own worker the call is handed over in process; elsewhere it goes over Dask's actor RPC.
-    """
-    ensure_worker_setup(backend_cls)
-    from distributed import get_worker, secede
-    host = get_worker().state.actors.get(actor.key)
-    if isinstance(host, ActorHost):
-        call = _Call(method, call_bytes, deps, num_returns, concurrent.futures.Future())
-        host.deliver_local(caller, seq, call)
-        try:
-            return call.done.result(timeout=0.002)
-        except concurrent.futures.TimeoutError:
-            # A long call: give the thread slot back so this wait never starves the worker.
-            secede()
-            return call.done.result()
-    secede()
-    return actor.deliver(caller, seq, method, call_bytes, deps, num_returns).result()
-
-
-def call_host(actor: Any, method: str, *args: Any) -> Any:
-    """Run a host management method (kill, skip) on the host's worker, from a task."""
-    from distributed import get_worker
-    host = get_worker().state.actors.get(actor.key)
-    if isinstance(host, ActorHost):
-        return getattr(host, method)(*args)
-    return getattr(actor, method)(*args).result()
 
 
 # -- preload for the processes of a private local cluster ---------------------------------------

@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import itertools
 import logging
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import cloudpickle
@@ -41,8 +39,11 @@ from ...exceptions import (ActorDiedError, BackendUnavailableError, GetTimeoutEr
                           capture_remote)
 from ...options import InitOptions, TaskOptions, resource_demand
 from . import actors as worker_side
-from .cluster import LocalProcesses
+from . import hosts
 from .actors import Dep, dumps, extract, load, note_pickled
+from .cluster import LocalProcesses
+from .restarts import DEMAND as _DEMAND
+from .restarts import Recipe, Restarts
 from ...refs import is_ref, unwrap
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec
 
@@ -50,7 +51,6 @@ log = logging.getLogger("unipar.dask")
 
 _EMPTY_CALL = cloudpickle.dumps(((), {}))
 _NAME_PREFIX = "unipar-actor:"
-_DEMAND = "unipar_demand"         # annotation on an actor's host task: what it holds for life
 _KILLED = "unipar-killed-actors"  # scheduler metadata: host keys of killed actors
 
 
@@ -119,19 +119,23 @@ class DaskActorId:
     """An actor id: a stable key, and the future of the Dask actor hosting it now.
 
     ``key`` is the first host's Dask key and never changes; after a restart (its worker died)
-    the creating process's backend knows the new host (see ``DaskBackend._host_future``).
+    the creating process's backend knows the new host (see :mod:`.restarts`). ``retries`` is
+    the actor's ``max_task_retries`` where it may be restarted (else 0): calls on such an actor
+    are retried on the new host (see ``hosts.run_retrying_call``).
     """
 
-    __slots__ = ("key", "future", "keep", "__weakref__")
+    __slots__ = ("key", "future", "keep", "retries", "__weakref__")
 
-    def __init__(self, future: Any, keep: Any = None, key: str | None = None) -> None:
+    def __init__(self, future: Any, keep: Any = None, key: str | None = None,
+                 retries: int = 0) -> None:
         self.key = key or future.key
         self.future = future
         self.keep = keep
+        self.retries = retries
 
     def __reduce__(self):
         note_pickled(self.future)
-        return (_rebuild_actor_id, (self.key, self.future.key))
+        return (_rebuild_actor_id, (self.key, self.future.key, self.retries))
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -143,19 +147,8 @@ class DaskActorId:
         return f"dask-actor:{self.key}"
 
 
-def _rebuild_actor_id(key: str, host_key: str) -> DaskActorId:
-    return DaskActorId(_future(host_key), None, key)
-
-
-@dataclass
-class _Recipe:
-    """How the creating process starts an actor's host again after its worker died."""
-
-    args: tuple
-    resources: dict[str, float] | None
-    demand: dict[str, float]
-    max_restarts: int
-    restarts: int = 0
+def _rebuild_actor_id(key: str, host_key: str, retries: int = 0) -> DaskActorId:
+    return DaskActorId(_future(host_key), None, key, retries)
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -194,13 +187,12 @@ class DaskBackend(Backend):
         self._forward = True
         self._in_worker = False
         self._functions: dict[tuple[str, int], tuple[str, bytes, TaskOptions]] = {}
-        self._seqs: dict[str, Iterator[int]] = {}
+        self._seqs: dict[str, int] = {}   # actor key -> number of this process's next call
         self._lock = threading.Lock()
         self._worker_max: dict[str, float] = {}
         self._declared: set[str] = set()
         self._named: dict[str, str] = {}  # name -> actor key, published by this driver
-        self._recipes: dict[str, _Recipe] = {}   # actors this process may restart
-        self._hosts: dict[str, Any] = {}         # actor key -> future of its current host
+        self._restarts = Restarts(self._live, self._caller, self._peek_seq)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
@@ -253,6 +245,7 @@ class DaskBackend(Backend):
         if client is None:
             return
         worker_side.forget_escaped()
+        self._restarts.clear()
         with contextlib.suppress(Exception):
             for name, key in list(self._named.items()):
                 self._unpublish(client, name, key)
@@ -501,15 +494,17 @@ class DaskBackend(Backend):
         topic, forward = self._context()
         demand = resource_demand(opts)
         resources = self._restrictions(demand)
-        host_args = (DaskBackend, blob, call_bytes, topic, forward, *deps)
+        host_args = (DaskBackend, blob, call_bytes, topic, forward, None, *deps)
         with dask.annotate(**{_DEMAND: demand}):
             future = client.submit(
-                worker_side.ActorHost, *host_args,
+                hosts.ActorHost, *host_args,
                 key=f"{spec.meta.class_name}-actor-{uuid.uuid4().hex}", actor=True, pure=False,
                 resources=resources)
-        actor_id = DaskActorId(future, nested)
+        actor_id = DaskActorId(future, nested,
+                               retries=opts.max_task_retries if opts.max_restarts != 0 else 0)
         if opts.max_restarts != 0:
-            self._recipes[actor_id.key] = _Recipe(host_args, resources, demand, opts.max_restarts)
+            self._restarts.add(actor_id.key, future,
+                               Recipe(host_args, resources, demand, opts.max_restarts))
         if opts.name is not None:
             existing = self._publish(opts.name, actor_id, spec.meta, detached=opts.lifetime == "detached")
             if existing is not None:  # lost a race with another creator
@@ -521,43 +516,31 @@ class DaskBackend(Backend):
 
     def _next_seq(self, key: str) -> int:
         with self._lock:
-            counter = self._seqs.get(key)
-            if counter is None:
-                counter = self._seqs[key] = itertools.count()
-            return next(counter)
+            seq = self._seqs.get(key, 0)
+            self._seqs[key] = seq + 1
+            return seq
 
-    def _host_future(self, actor_id: DaskActorId) -> Any:
-        """The future of the actor's current host, starting a new one if the last one's worker
-        died and ``max_restarts`` allows (only the creating process can: it has the recipe)."""
-        future = self._hosts.get(actor_id.key, actor_id.future)
-        recipe = self._recipes.get(actor_id.key)
-        if recipe is None or future.status != "error":
-            return future
-        import dask
+    def _peek_seq(self, key: str) -> int:
         with self._lock:
-            future = self._hosts.get(actor_id.key, actor_id.future)
-            if future.status == "error" and (recipe.max_restarts == -1
-                                             or recipe.restarts < recipe.max_restarts):
-                recipe.restarts += 1
-                with dask.annotate(**{_DEMAND: recipe.demand}):
-                    future = self._live().submit(
-                        worker_side.ActorHost, *recipe.args,
-                        key=f"{actor_id.key}-r{recipe.restarts}", actor=True, pure=False,
-                        resources=recipe.resources)
-                self._hosts[actor_id.key] = future
-                self._seqs.pop(actor_id.key, None)  # the new host counts this caller from 0
-        return future
+            return self._seqs.get(key, 0)
 
     def call_actor(self, actor_id: DaskActorId, call: ActorCall) -> list[DaskRef]:
         from distributed import fire_and_forget
         client = self._live()
-        host = self._host_future(actor_id)
+        host = self._restarts.host(actor_id.key, actor_id.future)
         seq = self._next_seq(actor_id.key)
         deps, call_bytes, nested = self._pack_args(call.args, call.kwargs)
-        future = client.submit(
-            worker_side.run_actor_call, DaskBackend, host, self._caller, seq, call.method,
-            call_bytes, call.num_returns, *deps,
-            key=f"{call.method}-{uuid.uuid4().hex}", pure=False)
+        key = f"{call.method}-{uuid.uuid4().hex}"
+        if actor_id.retries:
+            # Not a dependency on the host: the scheduler would fail the call with its worker.
+            future = client.submit(
+                hosts.run_retrying_call, DaskBackend, actor_id.key, host.key, self._caller, seq,
+                call.method, call_bytes, call.num_returns, actor_id.retries, *deps,
+                key=key, pure=False)
+        else:
+            future = client.submit(
+                hosts.run_actor_call, DaskBackend, host, self._caller, seq, call.method,
+                call_bytes, call.num_returns, *deps, key=key, pure=False)
         fire_and_forget(future)
         keep = (host, nested)
         tag = (host.key, self._caller, seq)
@@ -567,11 +550,11 @@ class DaskBackend(Backend):
 
     def _host_call(self, actor_id: DaskActorId, method: str, *args: Any) -> Any:
         """Call a host management method (kill, skip) and wait for it."""
-        host = self._hosts.get(actor_id.key, actor_id.future)
+        host = self._restarts.current(actor_id.key, actor_id.future)
         with self._slot_released():
             proxy = host.result(timeout=60)
             if self._in_worker:
-                return worker_side.call_host(proxy, method, *args)
+                return hosts.call_host(proxy, method, *args)
         if proxy._client is None and proxy._worker is None:
             # Dask binds actor proxies to the default client, which ours is not (a user's own
             # Client stays the default); bind it to ours.
@@ -580,7 +563,7 @@ class DaskBackend(Backend):
 
     def kill_actor(self, actor_id: DaskActorId, no_restart: bool) -> None:
         client = self._live()
-        host = self._hosts.get(actor_id.key, actor_id.future)
+        host = self._restarts.current(actor_id.key, actor_id.future)
         if host.status == "pending":
             # Not built yet: wait for it, so the kill is not lost (creation is usually quick).
             with contextlib.suppress(Exception), self._slot_released():
@@ -589,7 +572,7 @@ class DaskBackend(Backend):
             with contextlib.suppress(Exception):
                 self._host_call(actor_id, "kill", not no_restart)
         if no_restart:
-            self._recipes.pop(actor_id.key, None)
+            self._restarts.forget(actor_id.key)
             # Live actors' demand is read off the scheduler; mark this one as no longer holding.
             with contextlib.suppress(Exception), self._slot_released():
                 client.set_metadata([_KILLED, str(host.key)], True)
@@ -611,8 +594,8 @@ class DaskBackend(Backend):
             entry = client.get_dataset(_NAME_PREFIX + name, default=None)
         if entry is None:
             return None
-        future, meta_blob = entry
-        return DaskActorId(future), cloudpickle.loads(meta_blob)
+        future, meta_blob, *rest = entry
+        return DaskActorId(future, retries=rest[0] if rest else 0), cloudpickle.loads(meta_blob)
 
     def _publish(self, name: str, actor_id: DaskActorId, meta: ActorMeta,
                  detached: bool) -> tuple[DaskActorId, ActorMeta] | None:
@@ -620,7 +603,7 @@ class DaskBackend(Backend):
         try:
             with self._slot_released():
                 client.publish_dataset(actor_id.future, cloudpickle.dumps(meta),
-                                       name=_NAME_PREFIX + name)
+                                       actor_id.retries, name=_NAME_PREFIX + name)
         except KeyError:
             return self._lookup(name)
         if not detached and not self._in_worker:
