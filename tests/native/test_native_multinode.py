@@ -390,3 +390,65 @@ def test_a_dead_nodes_task_is_retried_on_another_node(tmp_path, failure):
         assert "Nodes: 2 alive, 1 dead" in status
     finally:
         c.stop()
+
+
+def test_work_queued_before_a_node_joins_spreads_over_it(tmp_path):
+    """Issue #13, point 4: a map submitted while the cluster had one node, still queued when a
+    second node joins, must use the new node too. Each task waits (up to a safety bound)
+    until tasks on two different nodes have started, so with one node only the first task
+    would wait out the bound and the map would report a single node."""
+    state = str(tmp_path / "state")
+    c = Cluster(state, base_env(state))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    try:
+        c.start(["--num-cpus", "1"], [])
+        code = f"""
+            import os, time, unipar
+            unipar.init()
+            marks = {str(marks)!r}
+
+            @unipar.remote
+            def where(i):
+                me = os.environ["UNIPAR_NODE_ADDRESS"]
+                with open(os.path.join(marks, f"{{i}}.tmp"), "w") as f:
+                    f.write(me)
+                os.replace(os.path.join(marks, f"{{i}}.tmp"), os.path.join(marks, f"{{i}}"))
+                # Wait until tasks ran on two nodes. The bound only keeps a failing run short:
+                # the first task to reach it tells the others (gave_up) not to wait too.
+                deadline = time.monotonic() + 60
+                while not os.path.exists(os.path.join(marks, "gave_up")):
+                    seen = set()
+                    for name in os.listdir(marks):
+                        if name[0].isdigit() and not name.endswith(".tmp"):
+                            with open(os.path.join(marks, name)) as f:
+                                seen.add(f.read())
+                    if len(seen) >= 2:
+                        break
+                    if time.monotonic() > deadline:
+                        open(os.path.join(marks, "gave_up"), "w").close()
+                    time.sleep(0.05)
+                return me
+
+            refs = [where.remote(i) for i in range(20)]
+            print("NODES", len(set(unipar.get(refs, timeout=240))))
+        """
+        import subprocess, sys, textwrap
+        driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                                  env=dict(c.env, UNIPAR_ADDRESS="auto"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: os.listdir(marks), timeout=120, interval=0.2,
+                     message="the first task to start")
+            _ok(unipar(c.env, "start", "--address", c.head.removeprefix("tcp://"),
+                       "--num-cpus", "1"))
+            c.records = c.state()["procs"]
+            out, err = driver.communicate(timeout=240)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.communicate()
+        assert driver.returncode == 0, out + err
+        assert "NODES 2" in out, out + err
+    finally:
+        c.stop()

@@ -115,6 +115,27 @@ def test_leases_are_granted_here_without_peers_and_refused_when_busy_with_peers(
     assert placement.lease_refusal(node(1), {"CPU": 2}, False, []) == "infeasible"
 
 
+def test_lease_requests_beyond_the_room_here_are_refused_with_peers():
+    """A burst of requests arrives before any is granted: only those that fit in what is
+    free minus what is queued are queued here (issue #13: the rest went nowhere else)."""
+    sched = node(2)
+    sched.add_task("lease1", CPU1, 0.0)
+    sched.add_task("lease2", CPU1, 0.0)
+    assert sched.fits_now(CPU1)   # nothing dispatched yet
+    assert placement.lease_refusal(sched, CPU1, True, [peer()]) == "busy"
+    assert placement.lease_refusal(sched, CPU1, True, []) is None
+
+
+def test_a_peer_with_reported_room_is_sent_queued_work():
+    sched = node(1)
+    busy(sched, 1)
+    sched.add_task("t0", CPU1, 0.0)
+    b = peer("b", 1)
+    assert placement.reported_room(sched, b)
+    b.avail = {"CPU": 0.0}
+    assert not placement.reported_room(sched, b)
+
+
 def test_queued_lease_requests_are_refused_once_a_peer_has_room():
     queued = [("l1", CPU1), ("l2", {"GPU": 1.0})]
     full = peer("full", 1)

@@ -14,7 +14,8 @@ callables)::
           ├─ links       PeerLinks      other nodes: connect, lose (peers.py)
           ├─ forwarding  Forwarding     tasks to peers, objects from them (forwarding.py)
           ├─ remote      RemoteActors   actors on peers, their fail-over (remote_actors.py)
-          └─ transfers   Transfers      chunked copies of big objects (transfers.py)
+          ├─ transfers   Transfers      chunked copies of big objects (transfers.py)
+          └─ observe     Observer       machine figures, task events, log files (observe.py)
 
 Where work goes across nodes is :mod:`.placement` (sans-I/O). Messages are dispatched by the
 ``handlers`` table (op -> the part's method); the scheduler's actions by :meth:`Node.run_actions`.
@@ -41,6 +42,8 @@ from .forwarding import Forwarding
 from .head_link import HeadLink
 from .leases import Leases
 from .objects import ObjectDirectory
+from .logfiles import setup_daemon_log
+from .observe import Observer, pending_of
 from .peers import PeerLinks
 from .pool import WorkerPool
 from .records import INLINE_MAX, Peer, Task, WorkerProc
@@ -62,7 +65,8 @@ class Node:
     def __init__(self, *, node_id: str, session_dir: str, spill_dir: str, secret: bytes,
                  resources: dict, store_limit: int, spill_limit: int | None, head_address: str,
                  worker_setup: str, prestart: int, host: str = "127.0.0.1",
-                 stuck_warning_after: float = 5.0, worker_idle_timeout: float = 10.0) -> None:
+                 stuck_warning_after: float = 5.0, worker_idle_timeout: float = 10.0,
+                 log_dir: str = "") -> None:
         self.node_id = node_id
         self.session_dir = session_dir
         self.spill_dir = spill_dir
@@ -85,7 +89,9 @@ class Node:
         os.makedirs(store.shm_dir, exist_ok=True)
         self.sched = Scheduler(resources, idle_timeout=worker_idle_timeout)
         self._compose(store, head_address, worker_setup)
-        self.handlers = self._handlers()
+        self.observe = Observer(node_id, session_dir, spill_dir, log_dir,
+                                lambda: pending_of(self.tasks.tasks))
+        self.handlers = {**self._handlers(), **self.observe.handlers()}
 
     def _compose(self, store: ObjectStore, head_address: str, worker_setup: str) -> None:
         """Build the parts and hand each what it may ask of the others."""
@@ -165,6 +171,7 @@ class Node:
         if not prestarted:
             self.pool.start_workers(self.prestart)
         asyncio.get_running_loop().call_later(TICK, self._tick)
+        self.observe.start()
 
     def join_head(self) -> None:
         """Register with the head (blocking: run it on a thread)."""
@@ -173,6 +180,7 @@ class Node:
     def stop(self) -> None:
         """Kill every worker and remove this node's files. Idempotent."""
         self.links.stopping = True
+        self.observe.stop()
         self.pool.stop()
         shutil.rmtree(self.session_dir, ignore_errors=True)
         shutil.rmtree(self.spill_dir, ignore_errors=True)
@@ -187,6 +195,7 @@ class Node:
         if cid is None:
             return
         self.transfers.disconnected(conn)
+        self.observe.disconnected(conn)
         self.clients.pop(cid, None)
         if conn in self.drivers:
             self.drivers.remove(conn)
@@ -239,6 +248,8 @@ class Node:
             return
         conn.info["worker_id"] = w.wid
         w.conn = conn
+        actor = self.actors.get(w.actor_id) if w.actor_id is not None else None
+        self.observe.worker_connected(w.wid, msg.pid, w.role, actor.msg if actor else None)
         if w.role == "task":
             self.sched.worker_registered(w.wid, time.monotonic())
             self.schedule()
@@ -257,16 +268,17 @@ class Node:
                 self.links.send(peer, msg)
 
     def on_node_info(self, conn: ServerConnection, msg: P.NodeInfo) -> None:
-        conn.send(P.Reply(msg.req_id, {
+        seen = self.observe.report()   # tasks as their workers and clients report them
+        conn.send(P.Reply(msg.req_id, {**seen,
             "total": dict(self.sched.total),
             "available": self.sched.available(),
             "store": self.objects.store.usage(),
             "workers": len(self.pool),
-            # Busy task workers: tasks the node sent plus workers leased to clients
-            # pushing tasks directly.
-            "running": self.sched.busy_workers(),
+            "running": seen["tasks"]["running"],
+            "busy_workers": self.sched.busy_workers(),   # incl. leased ones with nothing to do
             "leases": self.leases.granted(),
-            "queued": self.tasks.pending() + self.leases.waiting(),
+            "leases_waiting": self.leases.waiting(),
+            "queued": seen["tasks"]["queued"],
             "actors": self.actors.live(),
             "objects": len(self.objects),
             "drivers": len(self.drivers),
@@ -305,10 +317,14 @@ class Node:
     def _peer_connected(self, peer: Peer) -> None:
         self.forwarding.place_stranded()
         self.forwarding.pull_to(peer)
+        self.leases.reconsider()
         self.remote.peer_connected(peer)
 
     def _peers_refreshed(self) -> None:
+        """A new node list (every second): room elsewhere is used by work queued here."""
         self.remote.move_waiting_actors()
+        self.leases.reconsider()
+        self.forwarding.spread()
 
     def _peer_lost(self, peer: Peer) -> None:
         calls = calls_in_flight(peer)   # before its tasks are counted out
@@ -360,7 +376,8 @@ def _make_node(cfg: dict, secret: bytes, launcher: Launcher | None) -> Node:
                 worker_setup=cfg.get("worker_setup", ""), prestart=cfg.get("prestart", 0),
                 host=cfg.get("host", "127.0.0.1"),
                 stuck_warning_after=cfg.get("stuck_warning_after", 5.0),
-                worker_idle_timeout=cfg.get("worker_idle_timeout", 10.0))
+                worker_idle_timeout=cfg.get("worker_idle_timeout", 10.0),
+                log_dir=cfg.get("log_dir", ""))
     node.listen_fds = {k: cfg[f"{k}_fd"] for k in ("tcp", "unix") if f"{k}_fd" in cfg}
     node.pool.launcher = launcher
     node.advertise = cfg.get("advertise", "")
@@ -397,11 +414,15 @@ def main(argv: list[str] | None = None, secret: bytes | None = None,
     cfg = json.loads(args.config)
     if secret is None:
         secret = bytes.fromhex(sys.stdin.buffer.readline().strip().decode())
-    logging.basicConfig(level=logging.WARNING, format="(unipar node) %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s (unipar node) %(levelname)s %(message)s")
+    setup_daemon_log(cfg.get("log_dir", ""), cfg.get("log_level", "info"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the driver's Ctrl-C is the driver's to handle
     try:
         run_loop(_run(cfg, secret, prestarted, launcher))
     finally:
         shutil.rmtree(cfg["session_dir"], ignore_errors=True)
         shutil.rmtree(cfg["spill_dir"], ignore_errors=True)
+        if cfg.get("log_dir") and not cfg.get("keep_logs"):
+            shutil.rmtree(cfg["log_dir"], ignore_errors=True)
     os._exit(0)

@@ -160,6 +160,13 @@ class Forwarding:
         first) while it has room, so a wide map keeps every node busy."""
         self._resend(placement.pull_to(self.sched, peer, self._movable), peer)
 
+    def spread(self) -> None:
+        """Peers reported room (a node joined, or work ended elsewhere): each that has room
+        for work queued here is sent some, so a map queued before a join still spreads."""
+        for peer in self.links.live():
+            if placement.reported_room(self.sched, peer):
+                self.pull_to(peer)
+
     def place_stranded(self) -> None:
         """Tasks queued here for resources this node does not have (they arrived before we
         knew a peer that has them, or their node died): send them where they can run."""

@@ -113,6 +113,13 @@ def task_peer(sched: SchedulerView, demand: dict[str, float], peers: Sequence[P]
     return _least_loaded(candidates) if candidates else None
 
 
+def reported_room(sched: SchedulerView, peer: PeerView) -> bool:
+    """Whether ``peer`` last reported room for some task queued here (and has room by what
+    we sent it): worth sending it queued work now."""
+    return any(peer.room(demand) and fits(peer.avail, demand)
+               for demand in sched.queued_shapes())
+
+
 def stranded(sched: SchedulerView) -> list[list[Hashable]]:
     """Ids queued here (per shape, first in line first) for resources this node does not have
     at all: they arrived before a peer that has them was known, or their node died."""
@@ -148,7 +155,7 @@ def lease_refusal(sched: SchedulerView, demand: dict[str, float], fits_now: bool
     """Why a lease request is refused now ("busy": go through the node, which spreads the
     work; "infeasible": this node could never run it), or None: queue it here. ``fits_now``:
     the scheduler says it fits what is free (GPU ids included)."""
-    if peers and not fits_now:
+    if peers and not (fits_now and room_here(sched, demand)):
         return "busy"
     if not fits(sched.total, demand):
         return "infeasible"
