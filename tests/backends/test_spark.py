@@ -5,6 +5,9 @@
   once, and says where its UI is.
 * Against a real standalone master and worker, started here on loopback and stopped after
   (even on failure), tasks, nested tasks and actors run on the executors, not on the driver.
+* Work survives a Python worker (or the executor JVM) killed mid-run: every task finishes and
+  every CPU comes back; a task or actor that must wait for slots live actors hold says so.
+* ``unipar bench --backends spark-plain`` runs from any folder and shows a failed job's cause.
 
 Spark takes seconds to start, so each session is shared by the tests of one class.
 """
@@ -15,9 +18,13 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+import psutil
 import pytest
 
 import unipar
@@ -92,6 +99,48 @@ class Fragile:
         os._exit(1)
 
 
+@unipar.remote
+def nap_or_hang(i, marker_dir, hang_at):
+    """Sleep 0.1 s; task ``hang_at`` first writes its pid to a marker and hangs until killed.
+
+    Its retry finds the marker and naps like the rest, so a test kills a worker exactly while
+    that task runs, without depending on timing.
+    """
+    marker = Path(marker_dir) / str(i)
+    if i == hang_at and not marker.exists():
+        temp = marker.with_suffix(".tmp")
+        temp.write_text(str(os.getpid()))
+        os.replace(temp, marker)  # whole, or not there
+        time.sleep(600)
+    time.sleep(0.1)
+    return i
+
+
+def _kill_descendant(pid: int) -> None:
+    """SIGKILL ``pid``, which must be one of the processes this test process started."""
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert pid in ours, f"process {pid} is not a descendant of this test process"
+    os.kill(pid, signal.SIGKILL)
+
+
+def _marker_pid(marker: Path) -> int:
+    wait_for(marker.exists, timeout=300, interval=0.05, message=f"the marker {marker.name}")
+    return int(marker.read_text())
+
+
+def _all_cpus_free() -> bool:
+    return unipar.available_resources().get("CPU") == unipar.cluster_resources()["CPU"]
+
+
+def _run_100_and_kill(tmp_path: Path, kill: Callable[[int], None]) -> None:
+    """100 tasks of 0.1 s; ``kill(pid)`` while task 10 (not the first of its runner) runs."""
+    refs = [nap_or_hang.remote(i, str(tmp_path), 10) for i in range(100)]
+    kill(_marker_pid(tmp_path / "10"))
+    assert unipar.get(refs, timeout=120) == list(range(100))
+    # The lost task's CPUs came back (issue #13, check 3).
+    wait_for(_all_cpus_free, timeout=30, message="every CPU to be free again")
+
+
 @pytest.fixture(scope="class")
 def two_slot_session() -> Iterator[None]:
     unipar.shutdown()
@@ -148,6 +197,15 @@ class TestLocalSession:
         wait_for(arrived, timeout=30, message="the task's print")
         line = next(l for l in "".join(seen).splitlines() if "spark-says-hi" in l)
         assert line.startswith("(shout pid=")
+
+
+def test_killed_python_worker_loses_no_task(tmp_path):
+    unipar.shutdown()
+    unipar.init(backend="spark", num_cpus=2)
+    try:
+        _run_100_and_kill(tmp_path, _kill_descendant)
+    finally:
+        unipar.shutdown()
 
 
 def test_init_names_the_ui_and_master(capfd):
@@ -243,5 +301,64 @@ class TestStandaloneCluster:
         with pytest.raises(unipar.ActorDiedError):
             unipar.get(counter.add.remote(1), timeout=60)
 
+    def test_waiting_for_slots_that_actors_hold_is_announced(self):
+        # Two actors hold both of the worker's slots: a task or a third actor could only wait.
+        holders = [Counter.remote() for _ in range(2)]
+        try:
+            assert unipar.get([h.add.remote(1) for h in holders], timeout=120) == [1, 1]
+            with pytest.warns(unipar.ResourcesBusyWarning, match="slot"):
+                task = where_am_i.remote()
+            with pytest.warns(unipar.ResourcesBusyWarning, match="slot"):
+                third = Counter.remote()
+            holders.append(third)
+            unipar.kill(holders.pop(0))
+            assert unipar.get(task, timeout=120) != os.getpid()
+            assert unipar.get(third.add.remote(5), timeout=120) == 5
+        finally:
+            for holder in holders:
+                unipar.kill(holder)
+
+    def test_killed_python_worker_loses_no_task(self, tmp_path):
+        _run_100_and_kill(tmp_path, _kill_descendant)
+
+    def test_killed_executor_loses_no_task(self, tmp_path):
+        # Last in the class: the worker starts a new executor, which takes a while.
+        def kill_executor(worker_pid: int) -> None:
+            executor = next(p for p in psutil.Process(worker_pid).parents()
+                            if "CoarseGrainedExecutorBackend" in " ".join(p.cmdline()))
+            _kill_descendant(executor.pid)
+        _run_100_and_kill(tmp_path, kill_executor)
 
 
+# -- unipar bench's plain Spark ------------------------------------------------------------------
+
+_PLAIN_SCRIPT = textwrap.dedent("""
+    from unipar.bench.baselines import SparkPlain
+    from unipar.bench.child import _error_text
+
+    def deep(n):
+        if n == 0:
+            raise LookupError("the-real-cause")
+        return deep(n - 1)
+
+    suite = SparkPlain()
+    suite.start()
+    try:
+        suite.first_result()
+        print("first result: ok", flush=True)
+        try:
+            suite._one(deep, 40)  # a long traceback before the cause
+        except Exception as exc:
+            print("shown:", _error_text(exc).replace("\\n", " "), flush=True)
+    finally:
+        suite.shutdown()
+""")
+
+
+def test_plain_spark_bench_runs_from_any_folder_and_shows_causes(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYSPARK_PYTHON"}
+    done = subprocess.run([sys.executable, "-c", _PLAIN_SCRIPT], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert "first result: ok" in done.stdout, done.stderr[-3000:]
+    shown = next(l for l in done.stdout.splitlines() if l.startswith("shown:"))
+    assert "LookupError: the-real-cause" in shown

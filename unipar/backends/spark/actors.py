@@ -178,6 +178,41 @@ class ActorTable:
                 self._ready.remove(actor)
                 self._launch(actor)
 
+    # -- waiting for slots ---------------------------------------------------------------------
+    def slot_wait(self, what: str, task_cores: int, actor_number: int | None = None) -> str | None:
+        """Why ``what`` cannot get a Spark task slot now, or None when it need not wait.
+
+        Args:
+            what: the task or actor, as the message names it.
+            task_cores: slots held by runner jobs running a task now (a runner job with no
+                task ends within ``RUNNER_LINGER_S``, so its slot does not count as held).
+            actor_number: for an actor, its number (None for a task). A task waits only when
+                live actors hold every slot: that wait has no end until one is killed (running
+                tasks free their slots; tasks queueing for them are not warned about, as on
+                every backend). An actor not started yet waits when running tasks,
+                live actors and actors queued ahead of it hold every slot.
+        """
+        b = self._b
+        live = sum(1 for a in self._actors.values() if a.state in ("starting", "alive"))
+        if actor_number is None:
+            if live < b.slots:
+                return None
+            held = f"{live} live actors"
+        else:
+            actor = self._actors.get(actor_number)
+            if actor is None or actor.state not in ("waiting", "ready"):
+                return None
+            ahead = sum(1 for a in self._ready if a.state == "ready" and a is not actor)
+            if live + ahead + task_cores < b.slots:
+                return None
+            held = f"{live} live actors and {task_cores} running tasks"
+            held += f" ({ahead} more actors wait ahead of it)" if ahead else ""
+        return (f"{what} waits for a Spark task slot: all {b.slots} are held by {held}, and a "
+                "live actor holds its slot for life. It starts when one is released "
+                "(unipar.kill(actor) frees an actor's). On a cluster, give the workers more "
+                "cores than the CPUs you need (e.g. --cores 32) and cap running tasks with "
+                "unipar.init(num_cpus=...).")
+
     def _launch(self, actor: _Actor) -> None:
         b = self._b
         actor.state = "starting"

@@ -40,13 +40,14 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import cloudpickle
 
-from ...exceptions import (GetTimeoutError, ObjectLostError, TaskCancelledError, UniparError,
-                          WorkerCrashedError)
+from ...exceptions import (GetTimeoutError, ObjectLostError, ResourcesBusyWarning,
+                          TaskCancelledError, UniparError, WorkerCrashedError)
 from ...options import InitOptions, TaskOptions, resource_demand
 from .actors import ActorTable, split_args
 from .channel import ChannelServer
@@ -403,7 +404,21 @@ class SparkBackend(Backend):
                 self._tasks[parent].children.append(task_id)
             self.when_done(deps, functools.partial(self._deps_done, task))
             self.schedule()
+            # A nested task's parent holds a slot itself (and may lend it): only the driver's
+            # tasks can find every slot held by actors.
+            busy = self._task_slot_wait(task) if parent is None else None
+        if busy is not None:
+            _warn_busy(busy)
         return [ref for _, ref in made]
+
+    def _task_slot_wait(self, task: _Task) -> str | None:
+        if task.state not in ("waiting", "ready"):
+            return None
+        return self.actors.slot_wait(f"task {task.name}", self._task_cores())
+
+    def _task_cores(self) -> int:
+        """Slots of runner jobs running a task now (not idle, lingered out or cancelled)."""
+        return sum(runner.cores for runner in self._runners.values() if runner.task is not None)
 
     def _deps_done(self, task: _Task, error: BaseException | None) -> None:
         if task.state != "waiting":
@@ -536,7 +551,8 @@ class SparkBackend(Backend):
             self._runners.pop(runner.id, None)
             if runner in self._idle:
                 self._idle.remove(runner)
-            for lost in (runner.task, runner.handed):
+            lost_tasks, runner.task, runner.handed = (runner.task, runner.handed), None, None
+            for lost in lost_tasks:
                 if lost is not None and lost.state == "running" and lost.runner is runner:
                     self._job_lost(lost, error)
             self.schedule()
@@ -599,8 +615,13 @@ class SparkBackend(Backend):
             return self._next_task(runner) if runner is not None else None
 
     def _next_task(self, runner: "_Runner") -> TaskPayload | None:
-        """Wait (lock held) up to RUNNER_LINGER_S for a task to hand to this idle runner."""
-        runner.task = None
+        """Wait (lock held) up to RUNNER_LINGER_S for a task to hand to this idle runner.
+
+        A task handed to the runner is its ``runner.task`` from the moment it is handed
+        (``_start``), so if the runner's job dies while running it, ``_run_job`` re-queues it.
+        ``runner.task`` is not touched here: the task may have been handed already, when its
+        previous task's resources came back in ``_on_task_done``.
+        """
         if runner.ended or self._stopped:
             if runner in self._idle:
                 self._idle.remove(runner)
@@ -615,7 +636,7 @@ class SparkBackend(Backend):
                 break
             self.cond.wait(remaining)
         task, runner.handed = runner.handed, None
-        if task is None:
+        if task is None or runner.ended:  # ended: its job died while it waited (task re-queued)
             if runner in self._idle:
                 self._idle.remove(runner)
             runner.ended = True  # its job is about to end: hand it nothing more
@@ -691,8 +712,22 @@ class SparkBackend(Backend):
 
     # -- actors (the table lives in _spark_actors) ---------------------------------------------
     def create_actor(self, spec: ActorSpec) -> Any:
+        actor_id, busy = self._create_actor(spec)
+        if busy is not None:
+            _warn_busy(busy)
+        return actor_id
+
+    def _create_actor(self, spec: ActorSpec) -> tuple[Any, str | None]:
+        """Create an actor; returns its id and why it waits for a Spark slot (None: it need not).
+
+        Executors call this (the "create_actor" op) and raise the warning in the caller.
+        """
         self._check_live()
-        return self.actors.create(spec)
+        actor_id = self.actors.create(spec)
+        with self.lock:
+            busy = self.actors.slot_wait(f"actor {spec.meta.class_name}", self._task_cores(),
+                                         actor_id.number)
+        return actor_id, busy
 
     def call_actor(self, actor_id: Any, call: ActorCall) -> list[SparkRef]:
         self._check_live()
@@ -731,7 +766,7 @@ class SparkBackend(Backend):
             "wait": self._remote_wait,
             "cancel": self.cancel,
             "task_done": self._on_task_done,
-            "create_actor": self.create_actor,
+            "create_actor": self._create_actor,
             "call_actor": self.call_actor,
             "kill_actor": self.kill_actor,
             "get_actor": self.get_actor,
@@ -762,6 +797,12 @@ class SparkBackend(Backend):
         out = sys.stdout if stream == "stdout" else sys.stderr
         out.write(text)
         out.flush()
+
+
+def _warn_busy(message: str) -> None:
+    # stacklevel 5: this function, the backend's submit/create_actor, the session layer's,
+    # .remote(), the user's line.
+    warnings.warn(message, ResourcesBusyWarning, stacklevel=5)
 
 
 def _settle(fut: concurrent.futures.Future, entry: _Entry | None) -> None:

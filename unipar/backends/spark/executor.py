@@ -29,12 +29,13 @@ import io
 import os
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import cloudpickle
 
-from ...exceptions import UniparError, capture_remote
+from ...exceptions import ResourcesBusyWarning, UniparError, capture_remote
 from ...options import InitOptions, TaskOptions, split_returns
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend
 from .channel import ChannelClient, recv, send
@@ -409,7 +410,10 @@ class ExecutorBackend(Backend):
         return fut
 
     def create_actor(self, spec: ActorSpec) -> Any:
-        return _client().call("create_actor", spec)
+        actor_id, busy = _client().call("create_actor", spec)
+        if busy is not None:  # raised here, so it reaches the driver as this task's stderr
+            warnings.warn(busy, ResourcesBusyWarning, stacklevel=4)
+        return actor_id
 
     def call_actor(self, actor_id: Any, call: ActorCall) -> list[Hashable]:
         return _client().call("call_actor", actor_id, call)
