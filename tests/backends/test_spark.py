@@ -21,6 +21,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -141,6 +142,19 @@ def _run_100_and_kill(tmp_path: Path, kill: Callable[[int], None]) -> None:
     wait_for(_all_cpus_free, timeout=30, message="every CPU to be free again")
 
 
+@unipar.remote
+class Maker:
+    def make_two(self):
+        """Two Counters, the second when no slot is left: returns its warnings and both."""
+        first = Counter.remote()
+        unipar.get(first.add.remote(1), timeout=60)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            second = Counter.remote()
+        busy = [str(w.message) for w in seen if w.category is unipar.ResourcesBusyWarning]
+        return busy, [first, second]
+
+
 @pytest.fixture(scope="class")
 def two_slot_session() -> Iterator[None]:
     unipar.shutdown()
@@ -197,6 +211,17 @@ class TestLocalSession:
         wait_for(arrived, timeout=30, message="the task's print")
         line = next(l for l in "".join(seen).splitlines() if "spark-says-hi" in l)
         assert line.startswith("(shout pid=")
+
+    def test_actor_made_in_an_actor_says_it_waits_for_a_slot(self):
+        # The maker holds one of the two slots and its first Counter the other.
+        maker = Maker.remote()
+        warned, made = unipar.get(maker.make_two.remote(), timeout=120)
+        try:
+            assert len(warned) == 1 and "waits for a Spark task slot" in warned[0]
+            assert "2 live actors" in warned[0]
+        finally:
+            for actor in [maker, *made]:
+                unipar.kill(actor)
 
 
 def test_killed_python_worker_loses_no_task(tmp_path):
