@@ -31,6 +31,9 @@ from dt_program import (Call, Cancel, DictOf, Drop, Expr, Fetch, Get, GetActor, 
 from dt_runtime import ERRORS
 
 MAX_ACTORS = 3
+# How long a task sleeps first: long enough that the driver moves on (drops refs, cancels)
+# while it is queued or running, which is where lifetimes and cancellation go wrong.
+NAPS = st.sampled_from([0.0, 0.0, 0.05, 0.2])
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def _arg(draw: Any, live: _Live, depth: int, below: int | None) -> Expr:
     if kind == "handle":
         return Var(draw(st.sampled_from(handles)))
     if kind == "inline":
-        return Inline(live.new_tag(), _args(draw, live, depth + 1, below, 2))
+        return Inline(live.new_tag(), _args(draw, live, depth + 1, below, 2), draw(NAPS))
     items = _args(draw, live, depth + 1, below, 3)
     if kind == "list":
         return ListOf(items)
@@ -121,7 +124,7 @@ def _args(draw: Any, live: _Live, depth: int, below: int | None,
 def _task(draw: Any, live: _Live, features: Features) -> Step:
     fn = draw(st.sampled_from(["work", "work", "echo", "fail"]))
     num_returns = draw(st.integers(1, 3)) if fn == "work" else 1
-    nap = draw(st.sampled_from([0.0, 0.05, 0.2])) if features.cancel and fn == "work" else 0.0
+    nap = draw(NAPS) if fn == "work" else 0.0
     step = Task(live.new_var(), fn, live.new_tag(), _args(draw, live, 0, None, 3),
                 num_returns, nap)
     _bind(live, step.out, num_returns, involves(live, step.args), task=True)
@@ -222,7 +225,12 @@ def _step(draw: Any, live: _Live, features: Features) -> Step:
     if kind == "task":
         return _task(draw, live, features)
     if kind == "put":
-        step = Put(live.new_var(), _arg(draw, live, 1, None))
+        # A container or a literal: put() of a bare ref is a TypeError (an API check, not
+        # worth a step of every program).
+        items = _args(draw, live, 1, None, 3)
+        value = DictOf(tuple((f"k{i}", e) for i, e in enumerate(items))) if draw(
+            st.booleans()) else ListOf(items)
+        step = Put(live.new_var(), value)
         _bind(live, step.out, 1, involves(live, (step.value,)), task=False)
         return step
     if kind in ("get", "get_list", "fetch", "wait"):

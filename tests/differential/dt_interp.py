@@ -37,7 +37,8 @@ LONG_WAIT = 30.0   # a Wait with this timeout must find num_returns refs ready
 
 @dataclass
 class Run:
-    """What one run of a program observed."""
+    """What one run of a program observed (``log``: as read at the end of the run; a call
+    whose ref the program dropped unawaited may write later, see ``compared_log``)."""
     observations: dict[str, tuple[frozenset[str], Any]] = field(default_factory=dict)
     log: set[tuple[str, int]] = field(default_factory=set)
     hung: bool = False   # a GetTimeoutError was seen: the backend may hold stuck work
@@ -167,7 +168,8 @@ class Interpreter:
             return [self.value(i) for i in e.items]
         if isinstance(e, DictOf):
             return {k: self.value(v) for k, v in e.items}
-        return rt.work.remote(self.log, e.tag, *[self.value(a) for a in e.args])
+        kwargs = {"nap": e.nap} if e.nap else {}
+        return rt.work.remote(self.log, e.tag, *[self.value(a) for a in e.args], **kwargs)
 
     def canon(self, value: Any) -> Any:
         """A comparable form of a value: refs in it resolved (with the timeout)."""
@@ -291,11 +293,7 @@ class Interpreter:
             except Exception as exc:
                 state = ("raised", self.failed(exc))
             self.observe(f"end state of actor {name}", {name}, state)
-        if os.path.exists(self.log):
-            with open(self.log) as f:
-                for entry in f.read().splitlines():
-                    who, tag = entry.split()
-                    self.run.log.add((who, int(tag)))
+        self.run.log = read_log(self.log)
 
     def cleanup(self) -> None:
         """Kill the program's actors and drop every ref it holds."""
@@ -307,10 +305,14 @@ class Interpreter:
         self.env.clear()
         self.actors.clear()
         gc.collect()
-        try:
-            os.unlink(self.log)
-        except FileNotFoundError:
-            pass
+
+
+def read_log(path: str) -> set[tuple[str, int]]:
+    """The ``(who, tag)`` entries a program's calls wrote so far."""
+    if not os.path.exists(path):
+        return set()
+    with open(path) as f:
+        return {(who, int(tag)) for who, tag in (e.split() for e in f.read().splitlines())}
 
 
 def _ordered(part: list[Any], whole: list[Any]) -> bool:
@@ -329,7 +331,6 @@ def run(program: Program, log: str, ns: str, timeout: float) -> Run:
 def compare(program: Program, oracle: Run, other: Run) -> list[str]:
     """The differences between two runs that the compared semantics forbid (module doc)."""
     t = taint(program)
-    actor_tags = {f"a{s.tag}": s.out for s in program.steps if isinstance(s, NewActor)}
     diffs = []
     for key in sorted(oracle.observations.keys() | other.observations.keys(), key=_step_order):
         reads, want = oracle.observations.get(key, (frozenset(), "<not observed>"))
@@ -341,15 +342,21 @@ def compare(program: Program, oracle: Run, other: Run) -> list[str]:
             continue
         diffs.append(f"{key}: local gave {want!r}, this backend {got!r}")
 
-    def compared(entry: tuple[str, int]) -> bool:
-        who, tag = entry
-        return tag not in t.tags and actor_tags.get(who) not in t.actors and tag >= 0
-    want_log = {e for e in oracle.log if compared(e)}
-    got_log = {e for e in other.log if compared(e)}
+    want_log = compared_log(program, oracle.log)
+    got_log = compared_log(program, other.log)
     if want_log != got_log:
         diffs.append(f"side effects: only on local {sorted(want_log - got_log)}, "
                      f"only on this backend {sorted(got_log - want_log)}")
     return diffs
+
+
+def compared_log(program: Program, log: set[tuple[str, int]]) -> set[tuple[str, int]]:
+    """The side effects that must match: not those of tainted calls and actors, nor those of
+    the end phase's ``state()`` calls (tag -1)."""
+    t = taint(program)
+    actor_tags = {f"a{s.tag}": s.out for s in program.steps if isinstance(s, NewActor)}
+    return {(who, tag) for who, tag in log
+            if tag not in t.tags and actor_tags.get(who) not in t.actors and tag >= 0}
 
 
 def _step_order(key: str) -> tuple[int, str]:

@@ -50,6 +50,7 @@ class Inline:
     """A ``work`` task started inside an argument: only the enclosing container holds its ref."""
     tag: int
     args: tuple["Expr", ...]
+    nap: float = 0.0
 
 
 Expr = Union[Lit, Var, Item, ListOf, DictOf, Inline]
@@ -161,7 +162,8 @@ def expr(e: Expr) -> str:
         return "[" + ", ".join(expr(i) for i in e.items) + "]"
     if isinstance(e, DictOf):
         return "{" + ", ".join(f"{k!r}: {expr(v)}" for k, v in e.items) + "}"
-    return f"work.remote(LOG, {e.tag}{_args(e.args)})"
+    nap = f", nap={e.nap}" if e.nap else ""
+    return f"work.remote(LOG, {e.tag}{_args(e.args)}{nap})"
 
 
 def _args(args: tuple[Expr, ...]) -> str:
@@ -252,8 +254,26 @@ unipar.shutdown()
 '''
 
 
+def held_at_end(program: Program) -> tuple[list[str], list[str]]:
+    """The variables a program still holds after its last step: (values and refs, actors)."""
+    held: dict[str, str] = {}
+    for step in program.steps:
+        if isinstance(step, Drop):
+            held.pop(step.name, None)
+        elif getattr(step, "out", None) is not None:
+            held[step.out] = type(step).__name__
+    return ([n for n, kind in held.items() if kind not in ("NewActor", "GetActor")],
+            [n for n, kind in held.items() if kind == "NewActor"])
+
+
 def render(program: Program, backend: str, origin: str, timeout: float) -> str:
-    """The program as a standalone script (steps in order; observations printed)."""
+    """The program as a standalone script (steps in order; observations printed), ending as
+    the tester's runs end: every value still held and every actor's state, printed."""
     body = [line(step, program.error) for step in program.steps]
+    values, actors = held_at_end(program)
+    fetched = {s.out for s in program.steps if isinstance(s, Fetch)}
+    body += [f"show(lambda: {n})" if n in fetched else f"show(lambda: unipar.get({n}, timeout=T))"
+             for n in values]
+    body += [f"show(lambda: unipar.get({n}.state.remote(LOG), timeout=T))" for n in actors]
     return (HEADER.format(origin=origin, timeout=timeout, backend=backend)
             + "\n".join(body) + "\n" + FOOTER)
