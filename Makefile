@@ -11,7 +11,7 @@ BACKEND ?= native
 COMPARE ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean fuzz
 
 venv: $(STAMP)
 
@@ -28,6 +28,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# `make fuzz`: the differential tester (tests/differential) on BACKEND for FUZZ_MINUTES, in
+# batches of FUZZ_EXAMPLES generated programs with fresh seeds (FUZZ_SEED fixes the first;
+# FUZZ_MINUTES=0 runs that one batch). Every get in a program has a timeout, so no pytest one.
+FUZZ_MINUTES  ?= 30
+FUZZ_EXAMPLES ?= 50
+FUZZ_SEED     ?=
+
+fuzz: $(STAMP)
+	UNIPAR_FUZZ_MINUTES=$(FUZZ_MINUTES) UNIPAR_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+	$(if $(FUZZ_SEED),UNIPAR_FUZZ_SEED=$(FUZZ_SEED)) \
+	$(BIN)/python -m pytest -x --timeout=0 --unipar-backends=$(BACKEND) \
+		tests/differential/test_differential.py::test_fuzz $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
