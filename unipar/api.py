@@ -28,11 +28,13 @@ log = logging.getLogger("unipar")
 def init(address: str | None = None, *, backend: str | None = None, num_cpus: int | None = None,
          num_gpus: int | None = None, resources: dict[str, float] | None = None,
          object_store_memory: int | None = None, log_to_driver: bool = True,
-         ignore_reinit_error: bool = False, backend_options: dict[str, Any] | None = None) -> None:
+         ignore_reinit_error: bool = False, backend_options: dict[str, Any] | None = None,
+         runtime_env: dict[str, Any] | None = None) -> None:
     """Start or connect to a backend for this process.
 
     Backend: ``backend``, else ``UNIPAR_BACKEND``, else ``"native"``. Address: ``address``, else
     ``UNIPAR_ADDRESS``, else a new local cluster. ``num_cpus`` etc. size a local cluster.
+    ``runtime_env``: the job's default code and settings for its workers (docs/runtime-env.md).
 
     Raises:
         RuntimeError: already initialised (pass ``ignore_reinit_error=True`` to allow it).
@@ -46,7 +48,7 @@ def init(address: str | None = None, *, backend: str | None = None, num_cpus: in
             address=address if address is not None else config.address(),
             num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
             object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-            backend_options=backend_options or {})
+            backend_options=backend_options or {}, runtime_env=runtime_env)
         _state.start(backend, options)
 
 

@@ -15,8 +15,8 @@
 
 Not settings, and so not read here: variables our own processes pass each other. The native
 engine hands a worker ``UNIPAR_NODE_ADDRESS``, ``UNIPAR_WORKER_ID``, ``UNIPAR_WORKER_ROLE``,
-``UNIPAR_WORKER_SETUP`` and ``UNIPAR_DRIVER_SYS_PATH`` (and sets its ``CUDA_VISIBLE_DEVICES``
-per task); the dask backend hands its private cluster ``UNIPAR_DASK_DRIVER_PID`` and
+``UNIPAR_WORKER_SETUP``, ``UNIPAR_DRIVER_SYS_PATH`` and ``UNIPAR_RUNTIME_ENV`` (and sets
+its ``CUDA_VISIBLE_DEVICES`` per task); the dask backend hands its private cluster ``UNIPAR_DASK_DRIVER_PID`` and
 ``UNIPAR_DASK_DIRECTORY``. The engine adapters also pass through their engines' own variables
 (``RAY_ADDRESS``, ``JAVA_HOME``, ``PYSPARK_PYTHON``, ``SPARK_LOCAL_IP``), which those engines
 document.

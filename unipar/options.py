@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .runtime_env import validate as _check_runtime_env
+
 __all__ = ["TaskOptions", "ActorOptions", "MethodOptions", "InitOptions", "resource_demand",
            "split_returns"]
 
@@ -86,9 +88,11 @@ class TaskOptions(_Options):
     max_retries: int = 3
     retry_exceptions: bool | tuple[type, ...] = False
     name: str | None = None
+    runtime_env: Mapping[str, Any] | None = None   # merged over init's (see runtime_env.py)
 
     def __post_init__(self) -> None:
         _check_number("num_returns", self.num_returns, integer=True)
+        object.__setattr__(self, "runtime_env", _check_runtime_env(self.runtime_env) or None)
         _check_number("num_cpus", self.num_cpus)
         _check_number("num_gpus", self.num_gpus)
         _check_resources(self.resources)
@@ -137,8 +141,10 @@ class ActorOptions(_Options):
     name: str | None = None
     get_if_exists: bool = False
     lifetime: str | None = None
+    runtime_env: Mapping[str, Any] | None = None   # merged over init's (see runtime_env.py)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "runtime_env", _check_runtime_env(self.runtime_env) or None)
         _check_number("num_cpus", self.num_cpus)
         _check_number("num_gpus", self.num_gpus)
         _check_resources(self.resources)
@@ -189,8 +195,10 @@ class InitOptions(_Options):
     object_store_memory: int | None = None
     log_to_driver: bool = True
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    runtime_env: Mapping[str, Any] | None = None   # the job's default (see runtime_env.py)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "runtime_env", _check_runtime_env(self.runtime_env) or None)
         if self.num_cpus is not None:
             _check_number("num_cpus", self.num_cpus, minimum=1, integer=True)
         if self.num_gpus is not None:

@@ -12,13 +12,16 @@ backend bound to the worker's own client, so tasks can call ``unipar.get``/``.re
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 from ..exceptions import BackendUnavailableError
 from ..native.client.refs import ActorId, NativeRef
-from ..options import InitOptions, resource_demand
+from ..native.node.scheduler import ENV_TAG
+from ..options import ActorOptions, InitOptions, TaskOptions, resource_demand
+from ..runtime_env import canonical, merge, pack
 from ..refs import is_ref, unwrap
 from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend
 
@@ -44,9 +47,17 @@ class NativeBackend(Backend):
         self._client = client
         self._cluster: Any = None   # a LocalCluster on the driver; workers have none
         self._connected = False     # a driver of a cluster started by `unipar start`
+        self._job_env: dict[str, Any] = {}
+        # A worker's tasks inherit its runtime env (as in Ray): its tag, "" for none.
+        self._inherited = os.environ.get("UNIPAR_RUNTIME_ENV", "") if client is not None else ""
+        self._env_tags: dict[str, str] = {}          # canonical env -> its tag
+        self._env_specs: list[NativeRef] = []         # shipped specs: held while we live
+        self._demands: dict[tuple, dict[str, float]] = {}
+        self._env_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
+        self._job_env = dict(options.runtime_env or {})
         if options.address not in (None, "local"):
             self._connect(options)
             return
@@ -117,8 +128,44 @@ class NativeBackend(Backend):
         opts = spec.options
         return self.client.submit_task(
             spec.function, spec.function_id, spec.name, args, kwargs,
-            num_returns=opts.num_returns, resources=resource_demand(opts),
+            num_returns=opts.num_returns, resources=self._demand(opts),
             max_retries=opts.max_retries, retry_exceptions=opts.retry_exceptions)
+
+    # -- runtime envs (docs/runtime-env.md) ---------------------------------------------------
+    def _demand(self, opts: TaskOptions | ActorOptions) -> dict[str, float]:
+        """What to ask the engine for: the resources, plus the runtime env's tag (a key
+        with amount 0), which sends the work to workers set up for that env only."""
+        demand = resource_demand(opts)
+        tag = self._env_tag(opts.runtime_env)
+        if not tag:
+            return demand
+        key = (tuple(sorted(demand.items())), tag)
+        found = self._demands.get(key)
+        if found is None:   # one dict per shape: the client groups leases by it
+            found = self._demands[key] = {**demand, tag: 0.0}
+        return found
+
+    def _env_tag(self, task_env: Any) -> str:
+        env = merge(self._job_env, task_env)
+        if not env:
+            return self._inherited
+        key = canonical(env)
+        with self._env_lock:
+            tag = self._env_tags.get(key)
+            if tag is None:
+                tag = self._env_tags[key] = self._ship(env)
+        return tag
+
+    def _ship(self, env: dict[str, Any]) -> str:
+        """Pack ``env`` and put it in the object store (once per distinct env): nodes pull
+        the spec and packages from there when a worker of this env starts."""
+        packed = pack(env)
+        packages = {digest: (p.kind, self.client.put(p.data))
+                    for digest, p in packed.packages.items()}
+        spec = self.client.put({"spec": packed.spec, "packages": packages})
+        self.client.promote([spec.oid])   # workers name it by id: the node must know it
+        self._env_specs.append(spec)
+        return ENV_TAG + spec.oid.hex()
 
     def put(self, value: Any) -> Hashable:
         return self.client.put(value)
@@ -142,7 +189,7 @@ class NativeBackend(Backend):
         opts = spec.options
         return self.client.create_actor(
             spec.cls, spec.class_id, args, kwargs, class_name=spec.meta.class_name,
-            name=opts.name, get_if_exists=opts.get_if_exists, resources=resource_demand(opts),
+            name=opts.name, get_if_exists=opts.get_if_exists, resources=self._demand(opts),
             max_restarts=opts.max_restarts, max_task_retries=opts.max_task_retries,
             concurrency=opts.concurrency(spec.meta.is_async), is_async=spec.meta.is_async,
             meta=spec.meta, detached=opts.lifetime == "detached")

@@ -25,7 +25,7 @@ from .objects import ObjectDirectory
 from .pool import WorkerPool
 from .ports import Elsewhere, HeadPort
 from .records import Actor, Task, WorkerProc, exit_code
-from .scheduler import PlaceActor, Scheduler
+from .scheduler import PlaceActor, Scheduler, env_of
 from .tasks import TaskTable, cancelled_error
 
 
@@ -110,7 +110,8 @@ class Actors:
 
     def _start_process(self, actor: Actor) -> None:
         actor.state = "starting"
-        w = self.pool.spawn("actor", actor.msg.actor_id, actor.gpu_ids)
+        w = self.pool.spawn("actor", actor.msg.actor_id, actor.gpu_ids,
+                            env_of(actor.msg.resources))
         actor.worker = w.wid
 
     def init_actor(self, w: WorkerProc) -> None:

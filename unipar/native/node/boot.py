@@ -78,11 +78,13 @@ class WorkerLauncher:
         self.lifeline, self._lifeline_w = self.ctx.Pipe(duplex=False)
 
     def start(self, wid: str, role: str, node_address: str, worker_setup: str,
-              secret_hex: bytes, cuda: str | None = None) -> ForkedWorker:
+              secret_hex: bytes, cuda: str | None = None, runtime_env: str = "") -> ForkedWorker:
         env = {"UNIPAR_NODE_ADDRESS": node_address, "UNIPAR_WORKER_ID": wid,
                "UNIPAR_WORKER_ROLE": role, "UNIPAR_WORKER_SETUP": worker_setup}
         if cuda is not None:
             env["CUDA_VISIBLE_DEVICES"] = cuda
+        if runtime_env:   # the worker sets the env up before it runs anything
+            env["UNIPAR_RUNTIME_ENV"] = runtime_env
         # ``exec`` of a two-line program: the target must be picklable by reference, and
         # naming a unipar function here would import unipar before the node needs it.
         process = self.ctx.Process(target=exec, name=f"unipar-worker-{wid}", args=(

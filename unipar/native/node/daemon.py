@@ -251,7 +251,7 @@ class Node:
         actor = self.actors.get(w.actor_id) if w.actor_id is not None else None
         self.observe.worker_connected(w.wid, msg.pid, w.role, actor.msg if actor else None)
         if w.role == "task":
-            self.sched.worker_registered(w.wid, time.monotonic())
+            self.sched.worker_registered(w.wid, time.monotonic(), w.env)
             self.schedule()
         else:
             self.actors.init_actor(w)
@@ -351,7 +351,7 @@ class Node:
                 if not self.leases.grant(action):
                     self.tasks.dispatch(action)
             elif isinstance(action, StartWorkers):
-                self.pool.start_workers(action.count)
+                self.pool.start_workers(action.count, action.env)
             elif isinstance(action, PlaceActor):
                 self.actors.place(action)
             elif isinstance(action, RetireWorker):

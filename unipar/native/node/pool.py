@@ -63,20 +63,22 @@ class WorkerPool:
         self.sched.workers_requested(len(prestarted))
 
     def spawn(self, role: str, actor_id: bytes | None = None,
-              gpu_ids: tuple[int, ...] = ()) -> WorkerProc:
+              gpu_ids: tuple[int, ...] = (), env: str = "") -> WorkerProc:
+        """Start a worker; ``env`` (a runtime env's tag) dedicates it to that env's work."""
         wid = self._next_id()
         cuda = ",".join(str(i) for i in gpu_ids) if role == "actor" else None
         start = self.launcher.start if self.launcher is not None else spawn_worker
         proc = start(wid, role, self.unix_address, self.worker_setup, self.secret.hex().encode(),
-                     cuda)
+                     cuda, env)
         w = WorkerProc(wid, proc, role, actor_id)
+        w.env = env
         self.workers[wid] = w
         return w
 
-    def start_workers(self, count: int) -> None:
+    def start_workers(self, count: int, env: str = "") -> None:
         for _ in range(count):
-            self.spawn("task")
-        self.sched.workers_requested(count)
+            self.spawn("task", env=env)
+        self.sched.workers_requested(count, env)
 
     @staticmethod
     def kill(w: WorkerProc) -> None:
@@ -103,7 +105,7 @@ class WorkerPool:
         self.kill(w)
         self.exited.append(w)
         if w.conn is None and w.role == "task":
-            self.sched.worker_start_failed()
+            self.sched.worker_start_failed(w.env)
 
     def died_unconnected(self) -> list[WorkerProc]:
         """Workers whose process exited before they connected; reaps exited ones."""

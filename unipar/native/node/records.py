@@ -86,7 +86,7 @@ class Lease:
 class WorkerProc:
     """A worker process of this node (``role`` "task", or "actor" for one actor's process)."""
 
-    __slots__ = ("wid", "proc", "conn", "role", "actor_id", "fns", "started")
+    __slots__ = ("wid", "proc", "conn", "role", "actor_id", "fns", "started", "env")
 
     def __init__(self, wid: str, proc: Any, role: str, actor_id: bytes | None) -> None:
         self.wid = wid
@@ -96,6 +96,7 @@ class WorkerProc:
         self.actor_id = actor_id
         self.fns: set[str] = set()
         self.started = time.monotonic()
+        self.env = ""         # the runtime env it is dedicated to (scheduler.env_of), if any
 
 
 class Actor:

@@ -16,6 +16,9 @@ Rules:
 * Actors hold their demand for life; each gets a new process.
 * Workers are started on demand, up to ``max_active`` not-blocked workers; idle workers beyond
   ``keep_idle`` retire after ``idle_timeout`` seconds.
+* A runtime env is a demand key ``runtime_env:<id>`` with amount 0 (:func:`env_of`): its tasks
+  and actors run only on workers started for it, and those run nothing else. Such workers are
+  started on demand and retire when idle (``keep_idle`` counts only plain workers).
 """
 
 from __future__ import annotations
@@ -26,6 +29,15 @@ from dataclasses import dataclass, field
 from typing import Hashable
 
 EPS = 1e-9
+ENV_TAG = "runtime_env:"
+
+
+def env_of(demand: dict[str, float] | tuple) -> str:
+    """The runtime env a demand (dict or shape) names, or "" for none."""
+    for key in (demand if isinstance(demand, dict) else dict(demand)):
+        if key.startswith(ENV_TAG):
+            return key
+    return ""
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,7 @@ class PlaceActor:
 @dataclass(frozen=True)
 class StartWorkers:
     count: int
+    env: str = ""   # the runtime env they are dedicated to ("" for plain workers)
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,7 @@ class _Worker:
     demand: dict[str, float] = field(default_factory=dict)
     gpu_ids: tuple[int, ...] = ()
     idle_since: float = 0.0
+    env: str = ""
 
 
 class Scheduler:
@@ -91,6 +105,7 @@ class Scheduler:
         self.actors: dict[Hashable, tuple[dict[str, float], tuple[int, ...]]] = {}
         self.workers: dict[str, _Worker] = {}
         self.starting = 0
+        self.starting_env: dict[str, int] = {}   # of ``starting``: workers for a runtime env
         self.warned_labels: set[str] = set()
 
     # -- events --------------------------------------------------------------------------------
@@ -131,16 +146,25 @@ class Scheduler:
         if held is not None:
             self._release(*held)
 
-    def workers_requested(self, count: int) -> None:
+    def workers_requested(self, count: int, env: str = "") -> None:
         """The shell started ``count`` processes (they register later)."""
         self.starting += count
+        if env:
+            self.starting_env[env] = self.starting_env.get(env, 0) + count
 
-    def worker_start_failed(self) -> None:
+    def _started(self, env: str) -> None:
         self.starting = max(0, self.starting - 1)
+        if env and env in self.starting_env:
+            self.starting_env[env] -= 1
+            if self.starting_env[env] <= 0:
+                del self.starting_env[env]
 
-    def worker_registered(self, worker_id: str, now: float) -> None:
-        self.starting = max(0, self.starting - 1)
-        self.workers[worker_id] = _Worker(idle_since=now)
+    def worker_start_failed(self, env: str = "") -> None:
+        self._started(env)
+
+    def worker_registered(self, worker_id: str, now: float, env: str = "") -> None:
+        self._started(env)
+        self.workers[worker_id] = _Worker(idle_since=now, env=env)
 
     def task_finished(self, worker_id: str, now: float) -> Hashable | None:
         """The worker's task ended; it is idle again. Returns the task id it ran."""
@@ -183,9 +207,15 @@ class Scheduler:
                 del self.actor_queue[actor_id]
                 self.actors[actor_id] = (item.demand, gpus)
                 actions.append(PlaceActor(actor_id, gpus))
-        idle = [wid for wid, w in self.workers.items() if w.state == "idle"]
+        idle_by_env: dict[str, list[str]] = {}
+        for wid, w in self.workers.items():
+            if w.state == "idle":
+                idle_by_env.setdefault(w.env, []).append(wid)
         waiting_fit = 0
+        env_fit: dict[str, int] = {}
         for shape, queue in list(self.queues.items()):
+            env = env_of(shape)
+            idle = idle_by_env.setdefault(env, [])
             while queue and idle:
                 task_id, item = next(iter(queue.items()))
                 gpus = self._acquire(item.demand)
@@ -199,16 +229,44 @@ class Scheduler:
                 actions.append(Dispatch(task_id, wid, gpus))
             if not queue:
                 del self.queues[shape]
+            elif not idle and env:
+                env_fit[env] = env_fit.get(env, 0) + self._could_start(dict(shape), len(queue))
             elif not idle:
                 waiting_fit += self._could_start(dict(shape), len(queue))
+        actions.extend(self._start_for_envs(env_fit))
+        idle = idle_by_env.get("", [])
         active = sum(1 for w in self.workers.values() if w.state != "blocked") + self.starting
         # Start workers for tasks that fit but find no idle worker, and keep the pool at
         # ``keep_idle`` workers (a crashed or retired worker is replaced before it is needed).
-        want = max(waiting_fit - self.starting, self.keep_idle - len(self.workers) - self.starting)
+        plain_starting = self.starting - sum(self.starting_env.values())
+        plain = sum(1 for w in self.workers.values() if not w.env)
+        want = max(waiting_fit - plain_starting, self.keep_idle - plain - plain_starting)
         count = min(want, self.max_active - active)
         if count > 0:
             actions.append(StartWorkers(count))
         actions.extend(self._retire(idle, now))
+        actions.extend(self._retire_env_workers(idle_by_env, now))
+        return actions
+
+    def _start_for_envs(self, env_fit: dict[str, int]) -> list[Action]:
+        """Workers for runtime envs whose tasks fit but find no idle worker of their env.
+        Idle workers of other envs do not count against ``max_active`` here: they cannot
+        take these tasks, and they retire after ``idle_timeout``."""
+        actions: list[Action] = []
+        for env, fit in env_fit.items():
+            busy = sum(1 for w in self.workers.values() if w.state == "busy") + self.starting
+            count = min(fit - self.starting_env.get(env, 0), self.max_active - busy)
+            if count > 0:
+                actions.append(StartWorkers(count, env))   # the shell calls workers_requested
+        return actions
+
+    def _retire_env_workers(self, idle_by_env: dict[str, list[str]], now: float) -> list[Action]:
+        actions: list[Action] = []
+        for env, idle in idle_by_env.items():
+            for wid in idle if env else ():
+                if now - self.workers[wid].idle_since >= self.idle_timeout:
+                    del self.workers[wid]
+                    actions.append(RetireWorker(wid))
         return actions
 
     def _could_start(self, demand: dict[str, float], queued: int) -> int:
@@ -220,7 +278,7 @@ class Scheduler:
         return max(count, 0)
 
     def _retire(self, idle: list[str], now: float) -> list[Action]:
-        spare = len(self.workers) - self.keep_idle
+        spare = sum(1 for w in self.workers.values() if not w.env) - self.keep_idle
         actions: list[Action] = []
         for wid in idle:
             if spare <= 0:
@@ -330,12 +388,14 @@ class Scheduler:
             for i in gpus:
                 self.gpu_free[i] -= share
         for key, value in demand.items():
-            self.free[key] = self.free.get(key, 0.0) - value
+            if value:   # a runtime env's tag (amount 0) is not a resource
+                self.free[key] = self.free.get(key, 0.0) - value
         return gpus
 
     def _release(self, demand: dict[str, float], gpus: tuple[int, ...]) -> None:
         for key, value in demand.items():
-            self.free[key] = self.free.get(key, 0.0) + value
+            if value:
+                self.free[key] = self.free.get(key, 0.0) + value
         if gpus:
             amount = demand.get("GPU", 0.0)
             share = 1.0 if amount >= 1 - EPS else amount

@@ -16,11 +16,11 @@ class Launcher(Protocol):
     """Something that starts worker processes (boot.WorkerLauncher forks them)."""
 
     def start(self, wid: str, role: str, node_address: str, worker_setup: str,
-              secret_hex: bytes, cuda: str | None = None) -> object: ...
+              secret_hex: bytes, cuda: str | None = None, runtime_env: str = "") -> object: ...
 
 
 def spawn_worker(wid: str, role: str, node_address: str, worker_setup: str, secret_hex: bytes,
-                 cuda: str | None = None) -> subprocess.Popen:
+                 cuda: str | None = None, runtime_env: str = "") -> subprocess.Popen:
     """Start ``python -m unipar.native.worker``; the secret goes through its stdin pipe, never
     argv or the environment. The pipe then stays open: when the node dies, the worker reads EOF
     and exits."""
@@ -29,6 +29,8 @@ def spawn_worker(wid: str, role: str, node_address: str, worker_setup: str, secr
                UNIPAR_WORKER_SETUP=worker_setup)
     if cuda is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda
+    if runtime_env:   # the worker sets the env up before it runs anything
+        env["UNIPAR_RUNTIME_ENV"] = runtime_env
     proc = subprocess.Popen([sys.executable, "-m", "unipar.native.worker"],
                             stdin=subprocess.PIPE, env=env, close_fds=True)
     assert proc.stdin is not None

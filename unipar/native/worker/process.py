@@ -36,6 +36,7 @@ from ..client.refs import NativeRef
 from ..wire import protocol as P
 from ..wire import serialization as S
 from ..wire.transport import Connection, Listener
+from .runtime_env import prepare as prepare_runtime_env
 
 _current = threading.local()
 # The direct connection of the client whose task or call runs in this context (its print
@@ -123,6 +124,7 @@ class Runtime:
         self.map_lock = threading.Lock()
         self.base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.instance: Any = None
+        self.setup_error: Exception | None = None   # the runtime env could not be set up
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.semaphore: asyncio.Semaphore | None = None
@@ -265,6 +267,8 @@ class Runtime:
             os.environ["CUDA_VISIBLE_DEVICES"] = want
 
     def _function(self, key: str, blob: Any) -> Any:
+        if self.setup_error is not None:   # every task and actor of this env fails with it
+            raise self.setup_error
         fn = self.functions.get(key)
         if fn is None:
             fn = self.functions[key] = cloudpickle.loads(blob)
@@ -578,6 +582,9 @@ def _serve(secret: bytes) -> None:
         module, _, attr = setup.partition(":")
         hook: Callable[[Client], None] = getattr(importlib.import_module(module), attr)
         hook(client)
+    env_tag = os.environ.get("UNIPAR_RUNTIME_ENV", "")
+    if env_tag:   # before anything runs: the env's code must import when functions unpickle
+        runtime.setup_error = prepare_runtime_env(client, env_tag, node_address)
     threading.Thread(target=runtime.flush_replies_forever, name="unipar-reply-flusher",
                      daemon=True).start()
     sys.stdout = _Forward(runtime, "stdout")  # type: ignore[assignment]
