@@ -4,9 +4,11 @@ Importing unipar starts nothing and imports no engine library (no dask, pyspark 
 """
 
 from . import exceptions
-from .api import (available_resources, backend_name, cancel, cluster_resources, get, get_actor,
-                  init, is_initialized, kill, nodes, put, shutdown, wait)
+from .api import (available_resources, backend_name, cancel, cluster_resources,
+                  dashboard_url, get, get_actor, init, is_initialized, kill, nodes, progress,
+                  put, shutdown, timeline, wait)
 from .exceptions import (ActorDiedError, BackendUnavailableError, GetTimeoutError,
+                         NotSupportedError,
                          InfeasibleResourcesError, ObjectLostError, ResourcesBusyWarning, ObjectStoreFullError,
                          TaskCancelledError, TaskError, UniparError, WorkerCrashedError)
 from .refs import ObjectRef
@@ -19,6 +21,7 @@ __all__ = [
     "init", "shutdown", "is_initialized", "backend_name",
     "remote", "method", "get", "put", "wait", "cancel", "kill", "get_actor",
     "nodes", "cluster_resources", "available_resources",
+    "dashboard_url", "timeline", "progress", "NotSupportedError",
     "ObjectRef", "ActorHandle", "ActorClass", "ActorMethod", "RemoteFunction",
     "UniparError", "TaskError", "GetTimeoutError", "ActorDiedError", "WorkerCrashedError",
     "ObjectLostError", "ObjectStoreFullError", "TaskCancelledError", "BackendUnavailableError",

@@ -7,10 +7,11 @@ auto-initialisation, idempotent shutdown.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Sequence
 
-from . import _state
+from . import _progress, _state
 from . import config
 from .options import InitOptions
 from .refs import ObjectRef
@@ -20,6 +21,7 @@ __all__ = [
     "init", "shutdown", "is_initialized", "backend_name",
     "get", "put", "wait", "cancel", "kill", "get_actor",
     "nodes", "cluster_resources", "available_resources",
+    "dashboard_url", "timeline", "progress",
 ]
 
 log = logging.getLogger("unipar")
@@ -93,14 +95,18 @@ def put(value: Any) -> ObjectRef:
     return ObjectRef(_state.backend().put(value))
 
 
-def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None,
+        progress: bool = False) -> Any:
     """The value of a ref, or a list of values for a list (or tuple) of refs, in order.
+    ``progress``: show a progress bar meanwhile (see :func:`progress`).
 
     Raises:
         TaskError: the task raised (also an instance of the original exception type).
         GetTimeoutError: not all values were ready within ``timeout`` seconds.
         TypeError: something that is not an ObjectRef was given.
     """
+    if progress:
+        return _get_with_progress(refs, timeout, "")
     _check_timeout(timeout)
     if isinstance(refs, ObjectRef):
         return _state.backend().get([refs._handle], timeout)[0]
@@ -178,3 +184,42 @@ def cluster_resources() -> dict[str, float]:
 def available_resources() -> dict[str, float]:
     """Resources not held by running tasks or live actors."""
     return _state.backend().available_resources()
+
+
+# -- seeing what runs (docs/observability.md) ---------------------------------------------------
+
+def dashboard_url() -> str | None:
+    """The web UI of the running engine: unipar's dashboard on native (None unless it runs),
+    Dask's dashboard, the Spark UI, Ray's dashboard; None when the engine shows none."""
+    return _state.backend().dashboard_url()
+
+
+def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
+    """The tasks of the last minutes as Chrome-trace events (chrome://tracing, Perfetto), as
+    ``ray.timeline()`` gives them: written to ``filename`` as JSON, else returned.
+
+    Raises:
+        NotSupportedError: on backends other than native (the message names their own tool).
+    """
+    events = _state.backend().timeline()
+    if filename is None:
+        return events
+    with open(filename, "w") as f:
+        json.dump(events, f)
+    return None
+
+
+def progress(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None,
+             description: str = "") -> Any:
+    """``get(refs, timeout=timeout)``, showing a progress bar of finished refs meanwhile
+    when stderr is a terminal (quiet otherwise). Same results and errors as :func:`get`."""
+    return _get_with_progress(refs, timeout, description)
+
+
+def _get_with_progress(refs: ObjectRef | Sequence[ObjectRef], timeout: float | None,
+                       description: str) -> Any:
+    _check_timeout(timeout)
+    ref_list = [refs] if isinstance(refs, ObjectRef) else _as_ref_list(refs, "progress")
+    _progress.track(ref_list, lambda pending, wait_s: wait(
+        pending, num_returns=len(pending), timeout=wait_s)[0], timeout, description)
+    return get(refs, timeout=timeout)

@@ -32,6 +32,27 @@ def _configure_backends(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_cmd_backends)
 
 
+def _configure_logs(parser: argparse.ArgumentParser) -> None:
+    """The native cluster's ``unipar logs``, plus ``--backend NAME``: where that engine
+    keeps its logs (each backend's ``logs_location``)."""
+    from .native.cluster.logs import configure
+    configure(parser)
+    native = parser.get_default("func")
+    parser.add_argument("--backend", help="say where this backend keeps its logs instead")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.backend in (None, "native"):
+            return native(args)
+        from .backends import load_backend
+        try:
+            print(load_backend(args.backend).logs_location)
+        except (ValueError, ImportError) as exc:
+            print(f"unipar logs: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    parser.set_defaults(func=run)
+
+
 # name -> (help, "module:configure"); the module is imported only to build that sub-parser.
 COMMANDS: dict[str, tuple[str, str]] = {
     "backends": ("list the backends, whether each is installed, and how to install it",
@@ -48,6 +69,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "unipar.native.cluster.cli:configure_stop"),
     "status": ("show the native cluster's nodes, resources in use, tasks, actors and stores",
                "unipar.native.cluster.cli:configure_status"),
+    "logs": ("list the native cluster's log files, print or follow one (--backend: where "
+             "another engine keeps its logs)", "unipar.cli:_configure_logs"),
 }
 
 

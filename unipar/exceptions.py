@@ -21,6 +21,7 @@ __all__ = [
     "ObjectLostError",
     "ObjectStoreFullError",
     "TaskCancelledError",
+    "NotSupportedError",
     "BackendUnavailableError",
     "InfeasibleResourcesError",
     "ResourcesBusyWarning",
@@ -70,6 +71,11 @@ class BackendUnavailableError(UniparError, ImportError):
     The message names what is missing and how to get it (for example
     ``pip install 'unipar[dask]'``).
     """
+
+
+class NotSupportedError(UniparError, NotImplementedError):
+    """This backend has no such feature; the message names the engine's own tool for it
+    (for example ``unipar.timeline()`` on Dask: its dashboard's Task Stream)."""
 
 
 class TaskError(UniparError):

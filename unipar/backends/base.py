@@ -112,6 +112,8 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    # Where the engine keeps its logs, for people (``unipar logs --backend NAME``).
+    logs_location: ClassVar[str]
 
     @abstractmethod
     def start(self, options: InitOptions) -> None:
@@ -192,6 +194,19 @@ class Backend(ABC):
     @abstractmethod
     def available_resources(self) -> dict[str, float]:
         """Resources not held by running tasks or live actors right now."""
+
+    @abstractmethod
+    def dashboard_url(self) -> str | None:
+        """The web UI of this session's engine (unipar's dashboard on native, Dask's
+        dashboard, the Spark UI, Ray's dashboard), or None when none runs."""
+
+    @abstractmethod
+    def timeline(self) -> list[dict[str, Any]]:
+        """Chrome-trace events (``ph``, ``ts``, ``dur``, ...) of the tasks of the last minutes.
+
+        Raises:
+            NotSupportedError: the engine keeps no such record; the message names its tool.
+        """
 
 
 _current: Backend | None = None  # the one backend this process talks to

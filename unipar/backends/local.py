@@ -148,6 +148,7 @@ class LocalBackend(Backend):
     """Runs everything in the calling thread, eagerly, with copy semantics."""
 
     name = "local"
+    logs_location = "none: local runs every task in this process, whose output goes here"
 
     def __init__(self) -> None:
         self._session = uuid.uuid4().hex
@@ -315,3 +316,12 @@ class LocalBackend(Backend):
                 for key, amount in resource_demand(actor.spec.options).items():
                     free[key] = free.get(key, 0.0) - amount
         return free
+
+    def dashboard_url(self) -> str | None:
+        return None   # tasks run in this process: there is nothing to watch
+
+    def timeline(self) -> list[dict[str, Any]]:
+        from ..exceptions import NotSupportedError
+        raise NotSupportedError("unipar.timeline() is for the native backend; local runs every "
+                                "task inline in this process: profile it with cProfile or a "
+                                "tracer instead")

@@ -42,6 +42,8 @@ class NativeBackend(Backend):
     """unipar's own engine: a head, a node daemon, worker processes, a shared-memory store."""
 
     name = "native"
+    logs_location = ("each node's log directory: `unipar logs` lists and prints them "
+                     "(node.log, one file per worker and actor process); docs/observability.md")
 
     def __init__(self, client: Client | None = None) -> None:
         self._client = client
@@ -226,6 +228,21 @@ class NativeBackend(Backend):
             for key, value in node.get("Available", node["Resources"]).items():
                 free[key] = free.get(key, 0.0) + value
         return free
+
+    def dashboard_url(self) -> str | None:
+        if self._cluster is not None:
+            return self._cluster.dashboard_url or None
+        if self._connected:   # a cluster `unipar start` started on this machine says where
+            from ..native.cluster.session import read_state
+            state = read_state()
+            if state.get("head") == self.client.head_address:
+                return state.get("dashboard") or None
+        return None
+
+    def timeline(self) -> list[dict[str, Any]]:
+        from ..native.cluster.inspect import chrome_trace, cluster_timeline
+        rows = cluster_timeline(self.client.nodes(), self.client.secret)["timeline"]
+        return chrome_trace(rows)
 
 
 def _load_client() -> None:

@@ -306,6 +306,8 @@ class RayBackend(Backend):
     """unipar on Ray: a local private instance, or an existing cluster by address."""
 
     name = "ray"
+    logs_location = ("Ray's session directory, /tmp/ray/session_latest/logs (or the "
+                     "_temp_dir given to init); `ray logs` lists and prints them")
 
     def __init__(self) -> None:
         self._ray_mod: Any = None
@@ -582,6 +584,20 @@ class RayBackend(Backend):
 
     def available_resources(self) -> dict[str, float]:
         return _public_resources(self._live().available_resources())
+
+    def dashboard_url(self) -> str | None:
+        try:
+            url = self._live()._private.worker.get_dashboard_url()
+        except (AttributeError, RuntimeError):
+            return None
+        if not url:   # a local cluster starts without Ray's dashboard
+            return None
+        return url if "://" in url else f"http://{url}"
+
+    def timeline(self) -> list[dict[str, Any]]:
+        from ..exceptions import NotSupportedError
+        raise NotSupportedError("unipar.timeline() is for the native backend; on ray use "
+                                "ray.timeline(filename), Ray's own Chrome trace")
 
 
 _RAY_BOOKKEEPING = ("memory", "object_store_memory")

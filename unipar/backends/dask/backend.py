@@ -177,6 +177,9 @@ class DaskBackend(Backend):
     """unipar's API on a Dask distributed cluster. One instance per driver, one per worker."""
 
     name = "dask"
+    logs_location = ("Dask keeps scheduler and worker logs in memory: the dashboard's Info "
+                     "page shows them, as do distributed.Client.get_worker_logs() and "
+                     "get_scheduler_logs(); a local cluster's processes also print here")
 
     def __init__(self) -> None:
         self._client: Any = None
@@ -684,6 +687,18 @@ class DaskBackend(Backend):
             if name != "CPU":
                 free[name] = free.get(name, 0.0) - amount
         return {k: max(v, 0.0) for k, v in free.items()}
+
+    def dashboard_url(self) -> str | None:
+        try:
+            return self._live().dashboard_link or None
+        except (KeyError, AttributeError, ValueError):   # the scheduler serves none
+            return None
+
+    def timeline(self) -> list[dict[str, Any]]:
+        from ...exceptions import NotSupportedError
+        raise NotSupportedError("unipar.timeline() is for the native backend; on dask the "
+                                "dashboard's Task Stream shows when each task ran, and "
+                                "distributed.performance_report(filename=...) saves it")
 
 
 def _scheduler_usage(dask_scheduler: Any = None) -> dict[str, Any]:

@@ -122,6 +122,9 @@ class SparkBackend(Backend):
     """Runs tasks as Spark jobs and actors as long-running Spark tasks (module docstring)."""
 
     name = "spark"
+    logs_location = ("Spark's work directory ($SPARK_HOME/work/<app>/<executor>/stdout and "
+                     "stderr) and the Spark UI's Executors tab (stdout/stderr links); in local "
+                     "mode executors print here")
 
     def __init__(self) -> None:
         self.session_id = uuid.uuid4().hex
@@ -756,6 +759,15 @@ class SparkBackend(Backend):
     def available_resources(self) -> dict[str, float]:
         with self.lock:
             return {k: max(v, 0.0) for k, v in self.free.items() if not k.startswith("_")}
+
+    def dashboard_url(self) -> str | None:
+        return (self.spark.ui_url or None) if self.spark is not None else None
+
+    def timeline(self) -> list[dict[str, Any]]:
+        from ...exceptions import NotSupportedError
+        raise NotSupportedError("unipar.timeline() is for the native backend; on spark the Spark "
+                                "UI's Event Timeline (Jobs and Stages pages) shows when each task "
+                                "ran")
 
     # -- the channel -------------------------------------------------------------------------
     def _handlers(self) -> dict[str, Callable[..., Any]]:

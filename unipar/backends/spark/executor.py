@@ -358,6 +358,7 @@ class ExecutorBackend(Backend):
     """The backend unipar code sees inside a task or actor: every call goes to the driver."""
 
     name = "spark"
+    logs_location = "Spark's work directory and the Spark UI's Executors tab"
 
     def __init__(self, info: SessionInfo) -> None:
         self._info = info
@@ -432,6 +433,14 @@ class ExecutorBackend(Backend):
 
     def available_resources(self) -> dict[str, float]:
         return _client().call("available_resources")
+
+    def dashboard_url(self) -> str | None:
+        return None   # inside a Spark task: the driver knows the UI
+
+    def timeline(self) -> list[dict[str, Any]]:
+        from ...exceptions import NotSupportedError
+        raise NotSupportedError("unipar.timeline() is for the native backend; on spark the Spark "
+                                "UI's Event Timeline shows when each task ran")
 
 
 # -- actors -----------------------------------------------------------------------------------

@@ -156,6 +156,9 @@ class Client:
                 due = self.direct.return_idle(IDLE_GRACE)
                 if due is not None:
                     timeout = min(timeout, max(due - time.monotonic(), 0.001))
+                report = self.direct.queue_report()   # for the node's task counts
+                if report is not None:
+                    self.conn.post(report)
             try:
                 self.flush_direct()
                 if TRACKER.changes:

@@ -43,6 +43,7 @@ IDLE_GRACE = 0.02          # an idle lease is kept this long for the next task o
 PIPELINE_BUDGET = 0.004    # seconds of queued work a lease may carry
 MAX_DEPTH = 64             # tasks in flight on one lease, at most
 MAX_REQUESTS = 8           # lease requests outstanding per shape, at most
+QUEUE_REPORT_S = 0.1       # how often, at most, the node hears what waits here (QueueReport)
 
 
 class DirectTask:
@@ -145,6 +146,8 @@ class DirectPool:
         self.durations: dict[str, float] = {}           # per function: smoothed run time
         self.unflushed: set[Connection] = set()         # pushed to, not yet written
         self.closed = False
+        self.reported: list = []                        # the last QueueReport sent
+        self.reported_at = 0.0
 
     # -- submitting ----------------------------------------------------------------------------
     def submit(self, task: DirectTask) -> None:
@@ -478,6 +481,25 @@ class DirectPool:
                         at = lease.idle_since + older_than
                         due = at if due is None else min(due, at)
         return due
+
+    def queue_report(self) -> P.QueueReport | None:
+        """What waits here for a worker (queued, or pipelined behind another task), for the
+        node's task counts: a QueueReport when it changed, at most every QUEUE_REPORT_S."""
+        now = time.monotonic()
+        if now - self.reported_at < QUEUE_REPORT_S:
+            return None
+        self.reported_at = now
+        queued = []
+        with self.lock:
+            for shape in self.shapes.values():
+                behind = [t for lease in shape.leases for t in list(lease.inflight.values())[1:]]
+                count = len(shape.queue) + len(behind)
+                if count:
+                    queued.append([(shape.queue[0] if shape.queue else behind[0]).name, count])
+        if queued == self.reported:
+            return None
+        self.reported = queued
+        return P.QueueReport(queued)
 
     def busy(self) -> bool:
         with self.lock:

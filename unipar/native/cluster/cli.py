@@ -50,6 +50,9 @@ def configure_start(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT,
                         help=f"(head) the dashboard's port (default {DASHBOARD_PORT}; 0: any "
                              "free port)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="level of the node's log file (default info; `unipar logs`)")
     parser.add_argument("--dashboard-host", default="127.0.0.1",
                         help="(head) address the dashboard listens on (default 127.0.0.1: this "
                              "machine only; 0.0.0.0 shows it to the network)")
@@ -75,6 +78,7 @@ def _config(args: argparse.Namespace) -> ClusterConfig:
                          object_store_memory=args.object_store_memory,
                          worker_setup=WORKER_SETUP, host=args.host, port=args.port,
                          detached=True, log_dir=os.path.join(session.ensure_state_dir(), "logs"),
+                         log_level=args.log_level,
                          node_timeout=args.node_timeout,
                          dashboard_port=args.dashboard_port
                          if args.head and args.include_dashboard else None,
@@ -252,6 +256,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 # -- status ------------------------------------------------------------------------------------
 def configure_status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="the head's HOST:PORT (default: this machine's cluster)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the snapshot as JSON (docs/observability.md), not as text")
     parser.set_defaults(func=cmd_status)
 
 
@@ -271,6 +277,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"unipar status: {exc}", file=sys.stderr)
         return 1
     snap = cluster_snapshot(nodes, secret, head)
+    if args.json:
+        json.dump(dict(snap, dashboard=state.get("dashboard", "") if not args.address else ""),
+                  sys.stdout, indent=1)
+        print()
+        return 0
     totals = snap["totals"]
     print(f"unipar cluster, head at {head}")
     if state.get("dashboard") and not args.address:

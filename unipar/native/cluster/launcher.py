@@ -72,6 +72,7 @@ class ClusterConfig:
     port: int = 0                        # the head's TCP port (0: any free port)
     detached: bool = False               # daemons outlive the starter (``unipar start``)
     log_dir: str = ""                    # detached daemons write stdout/stderr here
+    log_level: str = "info"              # of the node's log file (node.log)
     node_timeout: float = 10.0           # detached: a node silent this long is declared dead
     dashboard_port: int | None = None    # the head's web dashboard (None: none; 0: any free port)
     dashboard_host: str = "127.0.0.1"
@@ -115,6 +116,10 @@ class LocalCluster:
         root = SHM_ROOT if os.path.isdir(SHM_ROOT) else tempfile.gettempdir()
         self.session_dir = os.path.join(root, f"unipar-{self.session}")
         self.spill_dir = os.path.join(tempfile.gettempdir(), f"unipar-spill-{self.session}")
+        # The node's log files (docs/observability.md): kept after `unipar stop` for a
+        # detached cluster, removed with the files of a driver's own cluster.
+        self.log_dir = (os.path.join(config.log_dir, f"session-{self.session}") if config.log_dir
+                        else os.path.join(tempfile.gettempdir(), f"unipar-logs-{self.session}"))
         self.procs: list[subprocess.Popen] = []
         self.head_address = ""
         self.node_address = ""
@@ -193,7 +198,8 @@ class LocalCluster:
             "worker_setup": cfg.worker_setup, "prestart": cpus, "host": cfg.host,
             "stuck_warning_after": cfg.stuck_warning_after,
             "worker_idle_timeout": cfg.worker_idle_timeout, "advertise": self._advertised,
-            "detached": cfg.detached}
+            "detached": cfg.detached, "log_dir": self.log_dir, "log_level": cfg.log_level,
+            "keep_logs": bool(cfg.log_dir)}
 
     def _launch(self, module: str, settings: dict, socks: dict[str, socket.socket]
                 ) -> tuple[int, subprocess.Popen, str]:
@@ -265,6 +271,8 @@ class LocalCluster:
         self.procs.clear()
         shutil.rmtree(self.session_dir, ignore_errors=True)
         shutil.rmtree(self.spill_dir, ignore_errors=True)
+        if not self.config.log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
 def advertised_host(host: str) -> str:

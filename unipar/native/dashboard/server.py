@@ -5,13 +5,16 @@
     browser ── GET / , /api/cluster ──▶ aiohttp (the head's event loop)
                                           │ head.nodes (membership, last heartbeat figures)
                                           └─ thread: node_info ──▶ each live node (HMAC handshake)
+    GET /api/tasks, /api/timeline, /api/logs ──▶ thread: cluster.inspect ──▶ each live node
+    GET /metrics ──▶ the snapshot as Prometheus text (metrics.py)
 
 The same :func:`cluster_snapshot` feeds ``unipar status``, the page and the API, so the three
 always agree. The starter binds the listening socket (:func:`bind`) and hands it to the head,
 like the head's own port: a port in use is reported by ``unipar start`` before any daemon runs,
 and the head imports aiohttp only after it has said it is ready, so start-up does not wait for
-it. Requests carry nothing the dashboard reads (no parameters, no bodies): nothing from HTTP is
-ever decoded, let alone unpickled.
+it. A request's path and a few query parameters (``limit``, ``name``, ``state``, ``since``)
+are all that is read of it, as plain strings and numbers: nothing from HTTP is ever unpickled.
+Every JSON shape is documented in docs/observability.md.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, NamedTuple
 
 from ..wire import protocol as P
 from ..cluster.connect import ConnectError, ask, explained
+from ..cluster.inspect import cluster_logs, cluster_tasks, cluster_timeline
 from ..wire.transport import Connection
 
 DEFAULT_PORT = 8265          # Ray's
@@ -88,6 +92,9 @@ def _node_row(node: dict[str, Any], report: Any) -> dict[str, Any]:
                    store={"used": store["shm_used"], "limit": store["limit"],
                           "spilled": store["spill_used"],
                           "objects": report.get("objects", store["objects"])})
+        row.update(tasks=report.get("tasks"), machine=report.get("machine"),
+                   object_sizes=report.get("object_sizes"), log_dir=report.get("log_dir", ""),
+                   leases=report.get("leases", 0))
         row["resources"] = {k: {"total": v, "in_use": v - available.get(k, 0.0)}
                             for k, v in total.items()}
     else:   # dead, or no answer: what the head last heard from its heartbeats
@@ -113,13 +120,26 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
             acc["total"] += fig["total"]
             acc["in_use"] += fig["in_use"]
     reported = [r for r in alive if "store" in r]
+    counted = [r["tasks"] for r in reported if r.get("tasks")]
+    queued_by: dict[str, int] = {}
+    for tasks in counted:
+        for why, n in tasks["queued_by"].items():
+            queued_by[why] = queued_by.get(why, 0) + n
+    sizes = [r["object_sizes"] for r in reported if r.get("object_sizes")]
     return {"nodes_alive": len(alive), "nodes_dead": len(rows) - len(alive),
             "resources": resources,
             "tasks_running": sum(r["tasks_running"] for r in reported),
             "tasks_waiting": sum(r["tasks_waiting"] for r in reported),
+            "tasks_queued_by": queued_by,
+            "tasks_finished": sum(t["finished"] for t in counted),
+            "tasks_failed": sum(t["failed"] for t in counted),
             "actors": sum(r["actors"] for r in reported),
+            "objects": sum(r["store"]["objects"] for r in reported),
+            "object_bytes": sum(s["bytes"] for s in sizes),
+            "largest_object": max((s["largest"] for s in sizes), default=0),
             "store_used": sum(r["store"]["used"] for r in reported),
-            "store_limit": sum(r["store"]["limit"] for r in reported)}
+            "store_limit": sum(r["store"]["limit"] for r in reported),
+            "store_spilled": sum(r["store"]["spilled"] for r in reported)}
 
 
 def size(n: float) -> str:
@@ -435,5 +455,46 @@ def _app(web: Any, snapshots: Snapshots, allowed: set[str] | None) -> Any:
     app = web.Application(middlewares=[guard])
     app.add_routes([web.get("/", index), web.get("/_body", body),
                     web.get("/api/cluster", api(None)), web.get("/api/nodes", api("nodes")),
-                    web.get("/api/actors", api("actors"))])
+                    web.get("/api/actors", api("actors")), *_inspect_routes(web, snapshots)])
     return app
+
+
+def _query_number(request: Any, key: str, default: float, low: float, high: float) -> float:
+    """A numeric query parameter, clamped to [low, high]; ``default`` when absent or bad."""
+    try:
+        return min(high, max(low, float(request.query.get(key, default))))
+    except ValueError:
+        return default
+
+
+def _inspect_routes(web: Any, snapshots: Snapshots) -> list[Any]:
+    """``/api/tasks``, ``/api/timeline``, ``/api/logs`` (asked of every node) and ``/metrics``."""
+    def nodes() -> list[dict[str, Any]]:
+        return [dict(n) for n in snapshots.head.nodes.values()]   # on the loop thread
+
+    async def tasks(request: Any) -> Any:
+        limit = int(_query_number(request, "limit", 1000, 1, 10_000))
+        name, state = request.query.get("name", "")[:200], request.query.get("state", "")[:20]
+        return web.json_response(await asyncio.to_thread(
+            cluster_tasks, nodes(), snapshots.secret, limit, name, state))
+
+    async def timeline(request: Any) -> Any:
+        since = _query_number(request, "since", 0.0, 0.0, 1e12)
+        return web.json_response(await asyncio.to_thread(
+            cluster_timeline, nodes(), snapshots.secret, since))
+
+    async def logs(request: Any) -> Any:
+        return web.json_response(await asyncio.to_thread(cluster_logs, nodes(),
+                                                         snapshots.secret))
+
+    async def metrics(request: Any) -> Any:
+        from .metrics import CONTENT_TYPE, render
+        try:
+            text = render(await snapshots.get())
+        except ImportError:
+            return web.Response(status=501, text=f"prometheus_client is not installed; "
+                                f"{INSTALL_HINT} adds it\n")
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
+
+    return [web.get("/api/tasks", tasks), web.get("/api/timeline", timeline),
+            web.get("/api/logs", logs), web.get("/metrics", metrics)]

@@ -21,6 +21,7 @@ from ...exceptions import ActorDiedError
 from ..wire import protocol as P
 from ..wire import serialization as S
 from ..wire.server import ServerConnection
+from .events import death_cause
 from .objects import ObjectDirectory
 from .pool import WorkerPool
 from .ports import Elsewhere, HeadPort
@@ -308,5 +309,7 @@ class Actors:
     def listing(self, limit: int = 1000) -> list[dict]:
         """The ``limit`` most recent actors of this node, for ``node_info`` (the dashboard)."""
         return [{"actor_id": aid.hex(), "class_name": a.msg.class_name, "name": a.msg.name,
-                 "state": a.state, "restarts": a.restarts}
+                 "state": a.state, "restarts": a.restarts, "worker_id": a.worker or "",
+                 "pid": w.proc.pid if (w := self.pool.get(a.worker)) is not None else None,
+                 "death": death_cause(a.death)}
                 for aid, a in list(self.actors.items())[-limit:]]

@@ -41,8 +41,8 @@ from .actors import Actors
 from .forwarding import Forwarding
 from .head_link import HeadLink
 from .leases import Leases
-from .objects import ObjectDirectory
 from .logfiles import setup_daemon_log
+from .objects import ObjectDirectory
 from .observe import Observer, pending_of
 from .peers import PeerLinks
 from .pool import WorkerPool
@@ -90,7 +90,7 @@ class Node:
         self.sched = Scheduler(resources, idle_timeout=worker_idle_timeout)
         self._compose(store, head_address, worker_setup)
         self.observe = Observer(node_id, session_dir, spill_dir, log_dir,
-                                lambda: pending_of(self.tasks.tasks))
+                                lambda: pending_of(self.tasks.tasks), lambda: self.objects.objects)
         self.handlers = {**self._handlers(), **self.observe.handlers()}
 
     def _compose(self, store: ObjectStore, head_address: str, worker_setup: str) -> None:

@@ -36,6 +36,7 @@ from ..client.refs import NativeRef
 from ..wire import protocol as P
 from ..wire import serialization as S
 from ..wire.transport import Connection, Listener
+from .events import LogFile, TaskEvents, open_log
 from .runtime_env import prepare as prepare_runtime_env
 
 _current = threading.local()
@@ -128,6 +129,8 @@ class Runtime:
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.semaphore: asyncio.Semaphore | None = None
+        self.events = TaskEvents(lambda msg: None)   # the node's, once connected (_serve)
+        self.log_file: LogFile | None = None
         # What each kind of message does, by op: from our node (reader thread), from clients
         # pushing work to us (their reader threads), and on the main thread (one at a time).
         self.node_handlers: dict[str, Callable[[Any], None]] = {
@@ -361,6 +364,7 @@ class Runtime:
                     self.cancelled.discard(msg.task_id)
                     raise KeyboardInterrupt
                 self.current_task = msg.task_id
+            self.events.started(msg.task_id, msg.name)
             fn = self._function(msg.fn_key, msg.fn_blob)
             args, kwargs, retry_filter = self._arguments(msg.args, msg.deps, cache=reply is None)
             result = fn(*args, **kwargs)
@@ -375,6 +379,7 @@ class Runtime:
             results = self._error_results(
                 msg.return_ids, TaskCancelledError(f"task {msg.name} was cancelled"), where)
         except Exception as exc:
+            self.events.failed(exc)
             with self.task_lock:
                 self.current_task = None
             retry = retry_filter is True or (isinstance(retry_filter, tuple)
@@ -387,6 +392,7 @@ class Runtime:
                 if isinstance(stream, _Forward):
                     stream.finish()
             _reply_to.reset(token)
+        self.events.ended(msg.task_id, status)
         self._reply(reply, P.TaskDone(msg.task_id, status, results))
 
     def _reply(self, reply: Connection | None, msg: P.Message) -> None:
@@ -475,6 +481,7 @@ class Runtime:
 
     def _call_sync(self, msg: P.RunActorTask, reply: Connection | None) -> tuple[str, list]:
         name = f"{self.label}.{msg.method}"
+        self.events.started(msg.task_id, name, "actor_call")
         try:
             method = getattr(self.instance, msg.method)
             args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
@@ -482,6 +489,7 @@ class Runtime:
             if asyncio.iscoroutine(result):
                 result = asyncio.run(result)
         except Exception as exc:
+            self.events.failed(exc)
             return "error", self._error_results(msg.return_ids, exc, self._where(msg))
         return self._results(msg.return_ids, result, name, self._where(msg), _owner(reply))
 
@@ -490,6 +498,7 @@ class Runtime:
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, _Forward):
                 stream.finish()
+        self.events.ended(msg.task_id, status)
         self._reply(reply, P.TaskDone(msg.task_id, status, results))
 
     def _start_concurrent_call(self, msg: P.RunActorTask, reply: Connection | None = None) -> None:
@@ -504,6 +513,7 @@ class Runtime:
         _reply_to.set(reply)   # this call's own context (each coroutine task has one)
         async with self.semaphore:
             name = f"{self.label}.{msg.method}"
+            self.events.started(msg.task_id, name, "actor_call")
             try:
                 method = getattr(self.instance, msg.method)
                 args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
@@ -511,6 +521,7 @@ class Runtime:
                 if asyncio.iscoroutine(result):
                     result = await result
             except Exception as exc:
+                self.events.failed(exc)
                 outcome = ("error", self._error_results(msg.return_ids, exc, self._where(msg)))
             else:
                 outcome = self._results(msg.return_ids, result, name, self._where(msg),
@@ -586,6 +597,10 @@ def _serve(secret: bytes) -> None:
     if env_tag:   # before anything runs: the env's code must import when functions unpickle
         runtime.setup_error = prepare_runtime_env(client, env_tag, node_address)
     threading.Thread(target=runtime.flush_replies_forever, name="unipar-reply-flusher",
+                     daemon=True).start()
+    runtime.events = TaskEvents(client.conn.send)
+    runtime.log_file = open_log(client.session_dir, wid)
+    threading.Thread(target=runtime.events.run_forever, name="unipar-task-events",
                      daemon=True).start()
     sys.stdout = _Forward(runtime, "stdout")  # type: ignore[assignment]
     sys.stderr = _Forward(runtime, "stderr")  # type: ignore[assignment]

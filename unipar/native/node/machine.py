@@ -1,0 +1,175 @@
+"""Machine figures of one node: CPU, memory, disk, network and GPUs, sampled once a second.
+
+::
+
+    thread "unipar-machine" ── every INTERVAL s ──▶ psutil (+ NVML / nvidia-smi when present)
+                                                  └▶ ring buffer of the last HISTORY samples
+    node_info ──▶ latest() ; the dashboard's history ──▶ history(seconds)
+
+One sampler per node, on its own thread, so the node's event loop never waits on ``/proc``.
+Every figure is cheap to read (psutil's per-core CPU times are diffed against the previous
+sample, which takes no time of its own); GPUs are read through NVML (``pynvml``) when it is
+installed, else through ``nvidia-smi`` at most every GPU_EVERY seconds, else not at all.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+import threading
+import time
+from typing import Any, Callable
+
+import psutil
+
+INTERVAL = 1.0       # seconds between samples
+HISTORY = 300        # samples kept: the last five minutes
+GPU_EVERY = 5.0      # seconds between nvidia-smi runs (NVML is read every sample)
+SMI_TIMEOUT = 2.0
+
+
+def _existing(path: str) -> str:
+    """``path`` or its nearest existing parent (a spill directory is made on first use)."""
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path or "/"
+
+
+def _disk(dirs: dict[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for label, path in dirs.items():
+        try:
+            usage = psutil.disk_usage(_existing(path))
+        except OSError:
+            continue
+        out[label] = {"path": path, "total": usage.total, "used": usage.used,
+                      "free": usage.free, "percent": usage.percent}
+    return out
+
+
+def _nvml_reader() -> Callable[[], list[dict[str, Any]]] | None:
+    """A reader of every GPU through NVML, or None when NVML (pynvml) is not there."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+    except Exception:   # not installed, no driver, no GPU: no GPU figures
+        return None
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+
+    def read() -> list[dict[str, Any]]:
+        out = []
+        for i, h in enumerate(handles):
+            util = pynvml.nvmlDeviceGetUtilizationRates(h)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            out.append({"index": i, "utilization": float(util.gpu),
+                        "memory_used": int(mem.used), "memory_total": int(mem.total)})
+        return out
+    return read
+
+
+def _smi() -> list[dict[str, Any]]:
+    """Every GPU's figures from ``nvidia-smi`` (empty when it fails)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+             "--format=csv,noheader,nounits"], capture_output=True, text=True,
+            timeout=SMI_TIMEOUT, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        try:
+            index, util, used, total = (float(x) for x in line.split(","))
+        except ValueError:
+            continue
+        gpus.append({"index": int(index), "utilization": util,
+                     "memory_used": int(used) << 20, "memory_total": int(total) << 20})
+    return gpus
+
+
+class MachineSampler:
+    """Samples this machine every ``interval`` seconds on a thread; keeps ``keep`` samples.
+
+    ``dirs`` names the directories whose disks are reported (label -> path). Thread-safe:
+    :meth:`latest` and :meth:`history` may be called from any thread."""
+
+    def __init__(self, dirs: dict[str, str], interval: float = INTERVAL,
+                 keep: int = HISTORY) -> None:
+        self.dirs = dict(dirs)
+        self.interval = interval
+        self.samples: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
+        self._stop = threading.Event()
+        self._net: tuple[float, int, int] | None = None
+        self._nvml = _nvml_reader()
+        self._smi = self._nvml is None and shutil.which("nvidia-smi") is not None
+        self._gpus: list[dict[str, Any]] = []
+        self._gpus_at = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        psutil.cpu_percent(percpu=True)   # the first call only sets the baseline
+        self._thread = threading.Thread(target=self._run, name="unipar-machine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling (idempotent); returns at once, the thread ends within one interval."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.samples.append(self.sample())
+            except Exception:   # a figure that cannot be read must not end the sampling
+                continue
+
+    def sample(self) -> dict[str, Any]:
+        """One sample now (CPU figures: since the previous call)."""
+        now = time.time()
+        cores = psutil.cpu_percent(percpu=True)
+        mem = psutil.virtual_memory()
+        return {"time": now,
+                "cpu_percent": sum(cores) / len(cores) if cores else 0.0,
+                "cpu_per_core": cores, "cpu_count": len(cores),
+                "memory": {"total": mem.total, "used": mem.total - mem.available,
+                           "available": mem.available, "percent": mem.percent},
+                "disk": _disk(self.dirs), "network": self._network(now),
+                "gpus": self._gpu_figures(now)}
+
+    def _network(self, now: float) -> dict[str, float]:
+        io = psutil.net_io_counters()
+        if io is None:
+            return {"sent_bytes_s": 0.0, "recv_bytes_s": 0.0}
+        previous, self._net = self._net, (now, io.bytes_sent, io.bytes_recv)
+        if previous is None or now <= previous[0]:
+            return {"sent_bytes_s": 0.0, "recv_bytes_s": 0.0}
+        span = now - previous[0]
+        return {"sent_bytes_s": max(0, io.bytes_sent - previous[1]) / span,
+                "recv_bytes_s": max(0, io.bytes_recv - previous[2]) / span}
+
+    def _gpu_figures(self, now: float) -> list[dict[str, Any]]:
+        if self._nvml is not None:
+            try:
+                return self._nvml()
+            except Exception:
+                return []
+        if self._smi and now - self._gpus_at >= GPU_EVERY:
+            self._gpus, self._gpus_at = _smi(), now
+        return self._gpus
+
+    def latest(self) -> dict[str, Any]:
+        """The newest sample (one taken now if none was yet)."""
+        try:
+            return self.samples[-1]
+        except IndexError:
+            return self.sample()
+
+    def history(self, seconds: float) -> list[dict[str, Any]]:
+        """Samples of the last ``seconds``, oldest first."""
+        since = time.time() - seconds
+        return [s for s in list(self.samples) if s["time"] >= since]
