@@ -24,6 +24,7 @@ __all__ = [
     "NotSupportedError",
     "BackendUnavailableError",
     "InfeasibleResourcesError",
+    "HeadUnavailableError",
     "ResourcesBusyWarning",
     "capture_remote",
 ]
@@ -55,6 +56,14 @@ class ObjectStoreFullError(UniparError, MemoryError):
 
 class TaskCancelledError(UniparError):
     """The task was cancelled with ``unipar.cancel`` before it produced a result."""
+
+
+class HeadUnavailableError(UniparError):
+    """The cluster's head (native backend) did not answer for as long as the call may wait.
+
+    Running work goes on without the head; only what needs it (the node list, named actors,
+    a new driver's first call) waits, up to a bound, then raises this. The message names what
+    waited and since when; `unipar start --head` on the head's machine brings the head back."""
 
 
 class InfeasibleResourcesError(UniparError, ValueError):
