@@ -31,6 +31,7 @@ from ..wire.chunks import CHUNK_SIZE
 from ..wire.transport import Connection
 from .actor_calls import ActorCall, ActorRouter
 from .direct import IDLE_GRACE, DirectPool, DirectTask, direct_values
+from .head import HeadChannel
 from .objects import ClusterGoneError, Entry, ObjectTable, load
 from .packing import Packer
 from .refs import TRACKER, ActorId, NativeRef
@@ -70,8 +71,7 @@ class Client:
         self._block_lock = threading.Lock()
         self._hello: concurrent.futures.Future = concurrent.futures.Future()
         self.dead = False
-        self._head: Connection | None = None
-        self._head_lock = threading.Lock()
+        self.head: HeadChannel | None = None   # opened on first use (head.py)
         self._stop = threading.Event()
         self._later: list[Callable[[], None]] = []   # writes held back for a burst (later())
         self._connect(node_address, role, worker_id, connect_timeout)
@@ -111,6 +111,7 @@ class Client:
         self.session_dir = info.session_dir
         self.inline_max = info.inline_max
         self.head_address = info.head_address
+        self.head = HeadChannel(self.head_address, self.secret)
         # A remote driver sends up to a chunk inline (it cannot write the node's files).
         self.packer = Packer(self.conn.post, CHUNK_SIZE if self.remote else self.inline_max,
                              self._put_large)
@@ -321,18 +322,25 @@ class Client:
 
     def request(self, make: Callable[[int], P.Message], *, head: bool = False,
                 timeout: float = REQUEST_TIMEOUT) -> P.Reply:
-        """Send a request and wait for its Reply; raises what the reply's error says."""
-        req_id = next(self._req_counter)
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._reqs[req_id] = fut
-        conn = self._head_conn() if head else self.conn
-        conn.send(make(req_id))
-        try:
-            reply: P.Reply = fut.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            self._reqs.pop(req_id, None)
+        """Send a request and wait for its Reply; raises what the reply's error says
+        (HeadUnavailableError when ``head`` and the head stays unreachable: head.py)."""
+        if head:
+            assert self.head is not None
+            answer = self.head.request(make, f"ask it {make(0).op}", timeout)
+        else:
+            req_id = next(self._req_counter)
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            self._reqs[req_id] = fut
+            self.conn.send(make(req_id))
+            try:
+                answer = fut.result(timeout=timeout)
+            except concurrent.futures.TimeoutError:
+                self._reqs.pop(req_id, None)
+                answer = None
+        if answer is None:
             raise GetTimeoutError(f"no answer from the {'head' if head else 'node'} within "
                                   f"{timeout} s") from None
+        reply: P.Reply = answer
         if reply.error:
             if reply.error_kind == "store_full":
                 raise ObjectStoreFullError(reply.error)
@@ -340,14 +348,6 @@ class Client:
                 raise ValueError(reply.error)
             raise UniparError(reply.error)
         return reply
-
-    def _head_conn(self) -> Connection:
-        with self._head_lock:
-            if self._head is None or self._head.closed:
-                self._head = Connection(self.head_address, self.secret)
-                threading.Thread(target=self._read, args=(self._head,), name="unipar-head-reader",
-                                 daemon=True).start()
-            return self._head
 
     def close(self) -> None:
         self.actor_calls.close()
@@ -360,8 +360,8 @@ class Client:
         except ConnectionError:
             pass
         self.conn.close()
-        if self._head is not None:
-            self._head.close()
+        if self.head is not None:
+            self.head.close()
         for thread in (self._reader, self._flusher):
             if thread is not threading.current_thread():
                 thread.join(timeout=2)

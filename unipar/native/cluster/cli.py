@@ -4,6 +4,9 @@
 ``unipar stop``), ``start --address=HOST:PORT`` launches a node daemon that joins that head.
 What was started is recorded in this machine's state directory (:mod:`.session`), which is how
 ``stop`` knows exactly which processes are ours and ``init(address="auto")`` finds the cluster.
+
+``start --head`` where the head died but the nodes still run starts the head again on its
+address; it reloads its tables and the nodes rejoin (revive.py).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from . import session
+from . import revive, session
 from .launcher import ClusterConfig, LocalCluster
 from .connect import ConnectError, head_address_of, list_nodes
 from ..dashboard.server import DEFAULT_PORT as DASHBOARD_PORT, cluster_snapshot, num, size
@@ -114,15 +117,41 @@ def cmd_start(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     state = session.read_state()
-    if args.head and any(_live(r) for r in state.get("procs", []) if r.get("role") == "head"):
+    live = [r for r in state.get("procs", []) if _live(r)]
+    if args.head and any(r.get("role") == "head" for r in live):
         print(f"unipar start: a cluster already runs on this machine (head {state['head']}); "
               f"`unipar stop` it first, or set UNIPAR_STATE_DIR for a second one",
               file=sys.stderr)
         return 1
     config = _config(args)
-    if args.head:
-        return _start_head(config, args)
-    return _start_node(config, args, state)
+    with revive.marking():   # `unipar stop` finds them even if cluster.json is lost
+        if args.head and live and state.get("head"):
+            return _restart_head(config, state)
+        if args.head:
+            session.clear_head_state()   # nothing of an older cluster runs: start empty
+            return _start_head(config, args)
+        return _start_node(config, args, state)
+
+
+def _restart_head(config: ClusterConfig, state: dict[str, Any]) -> int:
+    """The head died; nodes started here still run: start it again where they look for it."""
+    secret = session.load_secret()
+    if secret is None:
+        print(f"unipar start: the head at {state['head']} died and its secret file "
+              f"{session.secret_path()} is gone: `unipar stop`, then start afresh",
+              file=sys.stderr)
+        return 1
+    try:
+        pid, created = revive.restart_head(config, state["head"], secret)
+    except RuntimeError as exc:
+        print(f"unipar start: could not start the head again: {exc}", file=sys.stderr)
+        return 1
+    session.write_state(revive.head_record(state, pid, created))
+    nodes = sum(1 for r in state.get("procs", []) if r.get("role") == "node" and _live(r))
+    print(f"unipar head started again at {state['head']}: it reloaded the cluster's state; "
+          f"{nodes} node(s) started here rejoin by themselves.\n"
+          "  To see the cluster: unipar status")
+    return 0
 
 
 def _start_head(config: ClusterConfig, args: argparse.Namespace) -> int:
@@ -229,6 +258,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
             workers += proc.children(recursive=True)
         except psutil.NoSuchProcess:
             pass
+    # Daemons no record names (cluster.json overwritten or lost) still carry our marker.
+    known = {p.pid for _, p in procs} | {w.pid for w in workers}
+    for proc in revive.marked():
+        if proc.pid not in known:
+            procs.append(({"role": "unrecorded"}, proc))
     for _, proc in sorted(procs, key=lambda rp: rp[0].get("role") == "head"):  # nodes first
         try:
             proc.terminate()
@@ -275,6 +309,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         nodes = list_nodes(head, secret)
     except ConnectError as exc:
         print(f"unipar status: {exc}", file=sys.stderr)
+        _print_headless(state, args)
         return 1
     snap = cluster_snapshot(nodes, secret, head)
     if args.json:
@@ -293,6 +328,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("Cluster resources in use: " + ", ".join(
             f"{k} {num(v['in_use'])}/{num(v['total'])}" for k, v in totals["resources"].items()))
     return 0
+
+
+def _print_headless(state: dict[str, Any], args: argparse.Namespace) -> None:
+    """The head does not answer: say which daemons started here still run."""
+    if args.address:
+        return
+    running = [r for r in state.get("procs", []) if _live(r)]
+    if running:
+        listed = ", ".join(f"{r.get('role', '?')} pid {r['pid']}" for r in running)
+        print(f"unipar status: {len(running)} daemon(s) started on this machine still run "
+              f"({listed}); "
+              "`unipar start --head` starts the head again (the nodes rejoin), `unipar stop` "
+              "stops them", file=sys.stderr)
 
 
 def _print_node(node: dict[str, Any]) -> None:

@@ -5,11 +5,15 @@ One directory per user, private (0700)::
     $UNIPAR_STATE_DIR            if set (tests, or several clusters per user), else
     $TMPDIR/unipar-<uid>/        (tempfile.gettempdir(): /tmp/unipar-<uid>/ on most systems)
         cluster.json   {"head": "tcp://IP:PORT", "node": "unix:///...", "procs": [...]}
+        head.json      the head's own tables (unipar/native/head/journal.py), reloaded when
+                       the head is started again while its nodes still run
         secret         the cluster secret, 64 hex digits, mode 0600
         logs/          stdout/stderr of each daemon started here
 
 ``procs`` lists every daemon this machine started (``pid``, ``create_time``, ``role``), so
-``unipar stop`` kills exactly those — never a process that merely reused a pid.
+``unipar stop`` kills exactly those — never a process that merely reused a pid. Each daemon
+also carries the state directory in its environment (``UNIPAR_STARTED_BY``), so ``stop`` finds
+it even when ``cluster.json`` no longer names it.
 """
 
 from __future__ import annotations
@@ -62,7 +66,21 @@ def write_state(state: dict[str, Any]) -> None:
     os.replace(tmp, _state_file())
 
 
+def head_state_path() -> str:
+    """The head's snapshot of its tables (written by the head of ``unipar start``)."""
+    return os.path.join(state_dir(), "head.json")
+
+
+def clear_head_state() -> None:
+    """Forget a head's tables: the next head starts an empty cluster. Idempotent."""
+    try:
+        os.unlink(head_state_path())
+    except OSError:
+        pass
+
+
 def clear_state() -> None:
+    clear_head_state()
     for name in ("cluster.json", "secret"):
         try:
             os.unlink(os.path.join(state_dir(), name))

@@ -12,6 +12,11 @@ is declared dead for good. If it was only frozen or cut off, it is told so
 Ray's raylet does, and a node started again joins under a new id::
 
     head ── node_declared_dead ──▶ node (stops its workers and actors, exits)
+
+The head of ``unipar start`` keeps its tables in a snapshot (journal.py). Killed and started
+again on the same port, it reloads them: nodes and drivers reconnect by themselves and named
+actors resolve again; a node that does not come back within ``--node-timeout`` is declared dead
+as if it had gone silent.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import time
 from typing import Any
 
 from ..wire import protocol as P
+from ..cluster import session
 from ..node.spawn import report_ready
 from ..wire.server import ServerConnection, run_loop, serve
+from .journal import Journal, decode_state, encode_state
 
 
 log = logging.getLogger("unipar.native.head")
@@ -38,8 +45,10 @@ log = logging.getLogger("unipar.native.head")
 class Head:
     """Membership and names; handlers are plain methods called by the transport."""
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, journal: Journal | None = None) -> None:
         self.secret = secret
+        self.journal = journal or Journal("")
+        self._save_scheduled = False
         self.nodes: dict[str, dict[str, Any]] = {}
         self.names: dict[str, tuple[bytes, bytes]] = {}   # name -> (actor id, pickled meta)
         self.actor_nodes: dict[bytes, str] = {}            # actor id -> hosting node id ("": dead)
@@ -61,6 +70,32 @@ class Head:
             P.Shutdown.op: self.on_shutdown,
         }
 
+    # -- durability --------------------------------------------------------------------------
+    def restore(self) -> bool:
+        """Reload the last snapshot, if any; True when there was one. Every node it lists as
+        alive counts as just heard from: it has ``--node-timeout`` seconds to reconnect."""
+        data = self.journal.load()
+        if data is None:
+            return False
+        (self.nodes, self.dead, self.names, self.actor_nodes,
+         self.actor_owners) = decode_state(data)
+        now = time.monotonic()
+        self.last_seen = {nid: now for nid, node in self.nodes.items() if node.get("Alive")}
+        return True
+
+    def dirty(self) -> None:
+        """Save the tables at the end of this loop turn: after every change the turn makes,
+        before the replies it sends (scheduled first, so it runs first)."""
+        if not self._save_scheduled and self.journal.path:
+            self._save_scheduled = True
+            asyncio.get_running_loop().call_soon(self._save)
+
+    def _save(self) -> None:
+        self._save_scheduled = False
+        self.journal.save(encode_state(self.nodes, self.dead, self.names, self.actor_nodes,
+                                       self.actor_owners))
+
+    # -- handlers ------------------------------------------------------------------------------
     def on_disconnect(self, conn: ServerConnection) -> None:
         node_id = conn.info.get("node_id")
         if node_id in self.nodes:
@@ -85,6 +120,7 @@ class Head:
                                    "NodeManagerAddress": host, "Address": msg.address,
                                    "Resources": dict(msg.resources),
                                    "Available": dict(msg.resources)}
+        self.dirty()
         if msg.req_id:
             conn.send(P.Reply(msg.req_id, True))
 
@@ -97,6 +133,7 @@ class Head:
         existing = self.names.get(msg.name)
         if existing is None:
             self.names[msg.name] = (msg.actor_id, bytes(msg.meta))
+            self.dirty()
             conn.send(P.Reply(msg.req_id, [msg.actor_id, None, True]))
         elif msg.get_if_exists:
             conn.send(P.Reply(msg.req_id, [existing[0], None, False]))
@@ -114,6 +151,7 @@ class Head:
         found = self.names.get(msg.name)
         if found is not None and found[0] == msg.actor_id:
             del self.names[msg.name]
+            self.dirty()
         if msg.req_id:
             conn.send(P.Reply(msg.req_id, True))
 
@@ -145,6 +183,7 @@ class Head:
         instead would leave such a node running, unaware, with stale work."""
         self.nodes[node_id]["Alive"] = False
         self.dead[node_id] = reason
+        self.dirty()
         for name, (actor_id, _meta) in list(self.names.items()):
             owner = self.actor_owners.get(actor_id)
             if owner is not None and owner != node_id and owner not in self.dead:
@@ -170,12 +209,16 @@ class Head:
     def on_actor_location(self, conn: ServerConnection, msg: P.ActorLocation) -> None:
         if self._told_dead(conn):
             return
-        self.actor_nodes[msg.actor_id] = msg.node_id
+        if self.actor_nodes.get(msg.actor_id) != msg.node_id:
+            self.actor_nodes[msg.actor_id] = msg.node_id
+            self.dirty()
 
     def on_actor_owner(self, conn: ServerConnection, msg: P.ActorOwner) -> None:
         if self._told_dead(conn):
             return
-        self.actor_owners[msg.actor_id] = msg.node_id
+        if self.actor_owners.get(msg.actor_id) != msg.node_id:
+            self.actor_owners[msg.actor_id] = msg.node_id
+            self.dirty()
 
     def on_lookup_actor(self, conn: ServerConnection, msg: P.LookupActor) -> None:
         if self._told_dead(conn):
@@ -184,6 +227,14 @@ class Head:
 
     def on_shutdown(self, conn: ServerConnection, msg: P.Shutdown) -> None:
         self.stopping.set()
+
+
+def journal_path(cfg: dict[str, Any]) -> str:
+    """Where this head keeps its snapshot: ``state_file`` if given; for the head of
+    ``unipar start`` (detached) the state directory; a driver's own cluster keeps none."""
+    if cfg.get("state_file") is not None:
+        return str(cfg["state_file"])
+    return session.head_state_path() if cfg.get("detached") else ""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,7 +247,12 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        head = Head(secret)
+        head = Head(secret, Journal(journal_path(cfg)))
+        began = time.monotonic()
+        if head.restore():
+            log.warning("restarted: reloaded %d node(s) and %d named actor(s) from %s in "
+                        "%.2f s", len(head.nodes), len(head.names), head.journal.path,
+                        time.monotonic() - began)
         loop.add_signal_handler(signal.SIGTERM, head.stopping.set)
         servers = await serve(head, secret, cfg.get("host", "127.0.0.1"), cfg.get("port", 0),
                               tcp_fd=cfg.get("tcp_fd"))

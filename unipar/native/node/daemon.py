@@ -118,6 +118,7 @@ class Node:
         self.transfers.pull_ended = self.forwarding.pull_ended
         self.transfers.pull_source_lost = self.forwarding.pull_source_lost
         self.head.declared_dead = self.links.declared_dead
+        self.head.gave_up = self._declared_dead   # the head stayed away: warn drivers, stop
         self.links.on_message = self.forwarding.on_peer_message
         self.links.on_connected = self._peer_connected
         self.links.on_lost = self._peer_lost

@@ -1,0 +1,171 @@
+"""R6: the head SIGKILLed halfway through a map and started again.
+
+Work running on the nodes goes on without the head; what needs the head waits for it with a
+bounded, clear error (HeadUnavailableError), never a raw socket error; ``unipar start --head``
+starts it again on its address, it reloads its tables, the nodes rejoin by themselves, named
+actors resolve again and ``unipar stop`` stops every process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from multinode import Cluster, base_env, ok, unipar
+from unipar.testing import wait_for
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
+
+HEAD = ["--num-cpus", "2", "--node-timeout", "10"]
+NODE = ["--num-cpus", "2"]
+
+MAPPER = """
+    import json, sys, time
+    import unipar
+    unipar.init()
+
+    @unipar.remote
+    class Keeper:
+        def __init__(self):
+            self.n = 0
+        def add(self):
+            self.n += 1
+            return self.n
+
+    @unipar.remote(max_retries=3)
+    def square(x):
+        time.sleep(0.01)
+        return x * x
+
+    keeper = Keeper.options(name="keeper", lifetime="detached").remote()
+    assert unipar.get(keeper.add.remote(), timeout=60) == 1
+    n = int(sys.argv[1])
+    refs = [square.remote(i) for i in range(n)]
+    print("MAPPING", flush=True)
+    got = unipar.get(refs, timeout=300)
+    wrong = sum(1 for i, v in enumerate(got) if v != i * i)
+    began = time.monotonic()
+    again = unipar.get_actor("keeper")      # needs the head: waits for it to come back
+    count = unipar.get(again.add.remote(), timeout=60)
+    print(json.dumps({"results": len(got), "wrong": wrong, "keeper": count,
+                      "lookup_waited_s": round(time.monotonic() - began, 2)}), flush=True)
+"""
+
+NEW_DRIVER_WITHOUT_HEAD = """
+    import json, time
+    import unipar
+    import unipar.native.client.head as head
+    from unipar.exceptions import HeadUnavailableError
+    head.HEAD_WAIT = 3.0      # the bound, short for the test
+    unipar.init()
+
+    @unipar.remote
+    def one():
+        return 1
+    began = time.monotonic()
+    try:
+        unipar.get(one.remote(), timeout=60)   # its first call asks the head for resources
+        print(json.dumps({"error": None}))
+    except HeadUnavailableError as exc:
+        print(json.dumps({"error": "HeadUnavailableError", "text": str(exc),
+                          "waited_s": round(time.monotonic() - began, 2)}))
+"""
+
+
+def _head_pid(cluster: Cluster) -> int:
+    return next(r["pid"] for r in cluster.state()["procs"] if r["role"] == "head")
+
+
+def _nodes_alive(cluster: Cluster) -> int:
+    out = unipar(cluster.env, "status")
+    if out.returncode != 0:
+        return 0
+    line = next((x for x in out.stdout.splitlines() if x.startswith("Nodes:")), "")
+    return int(line.split()[1]) if line else 0
+
+
+def test_head_killed_mid_map_and_started_again(tmp_path, chaos):
+    n = chaos.scaled(600)
+    state = str(tmp_path / "state")
+    cluster = Cluster(state, base_env(state))
+    try:
+        cluster.start(HEAD, [NODE])
+        mapper = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(MAPPER), str(n)],
+            env=dict(cluster.env, UNIPAR_ADDRESS="auto"), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        try:
+            assert mapper.stdout is not None
+            assert mapper.stdout.readline().strip() == "MAPPING"
+            time.sleep(chaos.rng.uniform(0.05, 0.5))   # somewhere in the map
+            os.kill(_head_pid(cluster), signal.SIGKILL)
+            killed_at = time.monotonic()
+
+            # Without a head: status says the nodes still run; a new driver gets a clear error.
+            status = unipar(cluster.env, "status")
+            assert status.returncode != 0
+            assert "still run" in status.stderr and "unipar start --head" in status.stderr
+            fresh = json.loads(ok(cluster.driver(NEW_DRIVER_WITHOUT_HEAD)).splitlines()[-1])
+            assert fresh["error"] == "HeadUnavailableError", fresh
+            assert "unreachable since" in fresh["text"]
+
+            restarted = unipar(cluster.env, "start", "--head", "--include-dashboard", "false")
+            assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+            assert "started again" in restarted.stdout
+            began = time.monotonic()
+            wait_for(lambda: _nodes_alive(cluster) == 2, timeout=30, interval=0.2,
+                     message="both nodes to rejoin the restarted head")
+            rejoin_s = time.monotonic() - began
+            out, err = mapper.communicate(timeout=300)
+        finally:
+            if mapper.poll() is None:
+                mapper.kill()
+                mapper.communicate()
+        assert mapper.returncode == 0, err[-3000:]
+        figures = json.loads(out.strip().splitlines()[-1])
+        assert figures["results"] == n and figures["wrong"] == 0
+        assert figures["keeper"] == 2          # the same actor, found by name again
+
+        # A driver started after the restart finds the named actor too.
+        use = """
+            import unipar
+            unipar.init()
+            print("count", unipar.get(unipar.get_actor("keeper").add.remote(), timeout=60))
+        """
+        assert "count 3" in ok(cluster.driver(use))
+        chaos.record(kills=1, tasks=n, lost=n - figures["results"], wrong=figures["wrong"],
+                     head_down_s=round(began - killed_at, 2), rejoin_s=round(rejoin_s, 2),
+                     new_driver_error_after_s=fresh["waited_s"],
+                     lookup_waited_s=figures["lookup_waited_s"])
+    finally:
+        stopped = cluster.stop()
+    assert stopped is not None and stopped.returncode == 0
+    assert not cluster.processes()
+
+
+def test_stop_stops_daemons_cluster_json_forgot(tmp_path, chaos):
+    """``unipar stop`` stops what ``unipar start`` started even when cluster.json no longer
+    names it (overwritten, deleted): the daemons carry the state directory's marker."""
+    state = str(tmp_path / "state")
+    cluster = Cluster(state, base_env(state))
+    try:
+        cluster.start(HEAD, [NODE])
+        pids = {p.pid for p in cluster.processes()}
+        os.unlink(os.path.join(state, "cluster.json"))
+        out = ok(unipar(cluster.env, "stop"))
+        gone = wait_for(lambda: not [p for p in pids if psutil.pid_exists(p)
+                                     and psutil.Process(p).status() != psutil.STATUS_ZOMBIE],
+                        timeout=30, message="every daemon and worker to stop")
+        chaos.record(processes=len(pids), stopped=bool(gone))
+        assert "Stopped" in out
+    finally:
+        cluster.stop()
+    assert not cluster.processes()
