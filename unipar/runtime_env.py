@@ -23,6 +23,7 @@ mechanisms (see docs/runtime-env.md).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import io
@@ -38,7 +39,8 @@ from typing import Any, Iterator, Mapping
 
 __all__ = ["KNOWN_KEYS", "MAX_PACKAGE_BYTES", "RuntimeEnvSetupError", "Package", "Packed",
            "validate", "merge", "canonical", "pack", "install_package", "install_pip",
-           "activate", "pip_key"]
+           "activate", "pip_key", "refuse_in_process", "applied_in_process",
+           "RuntimeEnvNotSupported", "refuse"]
 
 KNOWN_KEYS = ("env_vars", "excludes", "pip", "py_modules", "working_dir")
 MAX_PACKAGE_BYTES = 100 * 1024 * 1024   # per package, before compression (Ray's limit)
@@ -372,3 +374,63 @@ def activate(working_dir: str | None, paths: list[str], env_vars: Mapping[str, s
         sys.path.insert(0, entry)
     if working_dir:
         os.chdir(working_dir)
+
+
+# -- backends that run work in the calling process (local) ------------------------------------
+
+def refuse_in_process(env: Mapping[str, Any], backend: str) -> None:
+    """What a backend running tasks inside this process cannot apply: raise at ``.remote()``.
+
+    Raises:
+        ValueError: ``env`` asks for pip requirements.
+    """
+    if env.get("pip"):
+        raise ValueError(
+            f"the {backend} backend runs tasks in this process, so runtime_env['pip'] cannot "
+            "apply: install the requirements into this environment (pip install ...), or use "
+            "the native, ray or dask backend")
+
+
+@contextlib.contextmanager
+def applied_in_process(env: Mapping[str, Any]) -> Iterator[None]:
+    """Run a call under ``env`` in this process and undo it after: ``env_vars`` set,
+    ``working_dir`` (a folder) the current directory, it and ``py_modules`` first on sys.path.
+    Nothing is copied: the files are the caller's own."""
+    if not env:
+        yield
+        return
+    saved_vars = {k: os.environ.get(k) for k in env.get("env_vars", {})}
+    saved_path, saved_cwd = list(sys.path), os.getcwd()
+    working = env.get("working_dir")
+    modules = [os.path.dirname(p) if os.path.isdir(p) or p.endswith(".py") else p
+               for p in env.get("py_modules", ())]
+    if working and not os.path.isdir(working):   # a .zip: importable where it lies
+        modules, working = [working] + modules, None
+    activate(working, modules, env.get("env_vars", {}))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved_path
+        os.chdir(saved_cwd)
+        for key, value in saved_vars.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class RuntimeEnvNotSupported(ValueError):
+    """A backend cannot apply (part of) a runtime env; raised at ``init`` or ``.remote()``."""
+
+
+def refuse(env: Mapping[str, Any] | None, backend: str, reason: str) -> None:
+    """For a backend that has no mapping for runtime envs yet: never ignore one silently.
+
+    Raises:
+        RuntimeEnvNotSupported: ``env`` is not empty.
+    """
+    if env:
+        raise RuntimeEnvNotSupported(
+            f"the {backend} backend cannot apply runtime_env ({', '.join(sorted(env))}): "
+            f"{reason}. Use the native or ray backend for code that must travel, or install "
+            "the code and settings on every worker yourself")

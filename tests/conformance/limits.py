@@ -52,9 +52,24 @@ LIMITS: dict[str, dict[str, str]] = {
     "native": {
     },
     "dask": {
+        "test_runtime_env_vars_reach_a_task":
+            "runtime_env is refused at .remote(): Dask workers are shared and run tasks in "
+            "threads of one process (docs/runtime-env.md)",
+        "test_runtime_env_working_dir_and_py_modules_import_in_tasks_and_actors":
+            "runtime_env is refused at .remote(): Dask workers are shared and run tasks in "
+            "threads of one process (docs/runtime-env.md)",
     },
     "spark": {
+        "test_runtime_env_vars_reach_a_task":
+            "runtime_env is refused at .remote(): Spark executors start with the session "
+            "and are shared by its tasks (docs/runtime-env.md)",
+        "test_runtime_env_working_dir_and_py_modules_import_in_tasks_and_actors":
+            "runtime_env is refused at .remote(): Spark executors start with the session "
+            "and are shared by its tasks (docs/runtime-env.md)",
     },
     "ray": {
+        "test_runtime_env_working_dir_and_py_modules_import_in_tasks_and_actors":
+            "Ray uploads a local working_dir or py_modules only when init(runtime_env=...) "
+            "names them; per task it refuses them at .remote() (give URIs instead)",
     },
 }

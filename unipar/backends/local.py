@@ -26,6 +26,7 @@ import cloudpickle
 from ..exceptions import ActorDiedError, ObjectLostError, UniparError, capture_remote
 from ..options import InitOptions, TaskOptions, resource_demand, split_returns
 from ..refs import is_ref, unwrap
+from ..runtime_env import applied_in_process, merge, refuse_in_process
 from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec
 
 _STORES: dict[str, "_Store"] = {}
@@ -127,6 +128,7 @@ class _Actor:
         self.instance: Any = None
         self.error: BaseException | None = None
         self.dead_reason: str | None = None
+        self.env: dict[str, Any] = {}   # its runtime env, applied around each call
 
 
 def _copy(value: Any) -> Any:
@@ -157,6 +159,7 @@ class LocalBackend(Backend):
         self._names: dict[str, LocalActorId] = {}
         self._actor_ids = itertools.count(1)
         self._totals: dict[str, float] = {}
+        self._job_env: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
@@ -166,6 +169,7 @@ class LocalBackend(Backend):
         self._totals = {"CPU": float(options.num_cpus or os.cpu_count() or 1),
                         "GPU": float(options.num_gpus or 0)}
         self._totals.update({k: float(v) for k, v in options.resources.items()})
+        self._job_env = dict(options.runtime_env or {})
         self._store = _STORES[self._session] = _Store(self._session)
 
     def shutdown(self) -> None:
@@ -241,12 +245,21 @@ class LocalBackend(Backend):
                 return [store.new(failed) for _ in range(max(num_returns, 1))][:num_returns]
         raise AssertionError("unreachable")
 
+    def _runtime_env(self, env: Any) -> dict[str, Any]:
+        """The env a call runs under: env_vars, working_dir and py_modules apply in this
+        process for the call's duration; pip cannot (refused here, at ``.remote()``)."""
+        merged = merge(self._job_env, env)
+        refuse_in_process(merged, self.name)
+        return merged
+
     def submit(self, spec: TaskSpec) -> list[LocalRef]:
+        env = self._runtime_env(spec.options.runtime_env)
         snapshot = self._snapshot(spec.args, dict(spec.kwargs))
 
         def call() -> Any:
             args, kwargs = self._resolve(*snapshot)
-            return spec.function(*args, **kwargs)
+            with applied_in_process(env):
+                return spec.function(*args, **kwargs)
         return self._store_outputs(call, spec.options.num_returns, spec.name, spec.options)
 
     # -- actors ------------------------------------------------------------------------------
@@ -257,12 +270,15 @@ class LocalBackend(Backend):
                 return self._names[name]
             raise ValueError(f"an actor named {name!r} already exists; use "
                              "get_actor(name) or .options(name=..., get_if_exists=True)")
+        env = self._runtime_env(spec.options.runtime_env)
         snapshot = self._snapshot(spec.args, dict(spec.kwargs))
         actor_id = LocalActorId(self._session, next(self._actor_ids))
         actor = self._actors[actor_id] = _Actor(spec)
+        actor.env = env
         try:
             args, kwargs = self._resolve(*snapshot)
-            actor.instance = spec.cls(*args, **kwargs)
+            with applied_in_process(env):
+                actor.instance = spec.cls(*args, **kwargs)
         except Exception as exc:
             actor.error = capture_remote(exc, f"{spec.meta.class_name}.__init__ (local)")
             actor.dead_reason = f"its constructor raised {type(exc).__name__}: {exc}"
@@ -281,8 +297,9 @@ class LocalBackend(Backend):
                 raise ActorDiedError(f"actor {label.split('.')[0]} is dead: {reason}") from (
                     actor.error if actor else None)
             args, kwargs = self._resolve(*snapshot)
-            result = getattr(actor.instance, call.method)(*args, **kwargs)
-            return _run_coroutine(result) if asyncio.iscoroutine(result) else result
+            with applied_in_process(actor.env):
+                result = getattr(actor.instance, call.method)(*args, **kwargs)
+                return _run_coroutine(result) if asyncio.iscoroutine(result) else result
         return self._store_outputs(run, call.num_returns, label)
 
     def kill_actor(self, actor_id: LocalActorId, no_restart: bool) -> None:

@@ -189,6 +189,8 @@ def _task_options(opts: TaskOptions) -> dict[str, Any]:
     if opts.retry_exceptions is not False:
         value = opts.retry_exceptions
         out["retry_exceptions"] = value if isinstance(value, bool) else list(value)
+    if opts.runtime_env:   # Ray's own keys and merge rule: passed as they are
+        out["runtime_env"] = dict(opts.runtime_env)
     return out
 
 
@@ -203,6 +205,8 @@ def _actor_options(opts: ActorOptions) -> dict[str, Any]:
             out[key] = getattr(opts, key)
     if opts.get_if_exists:
         out["get_if_exists"] = True
+    if opts.runtime_env:
+        out["runtime_env"] = dict(opts.runtime_env)
     return out
 
 
@@ -361,6 +365,8 @@ class RayBackend(Backend):
             kwargs["address"] = address
             if loopback:
                 kwargs["_node_ip_address"] = "127.0.0.1"
+        if options.runtime_env:
+            kwargs["runtime_env"] = dict(options.runtime_env)
         kwargs.update(options.backend_options)
         with _quiet("ray._private.authentication.authentication_token_setup"):
             ray.init(**kwargs)

@@ -45,6 +45,7 @@ from .cluster import LocalProcesses
 from .restarts import DEMAND as _DEMAND
 from .restarts import Recipe, Restarts
 from ...refs import is_ref, unwrap
+from ...runtime_env import refuse as refuse_runtime_env
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec
 
 log = logging.getLogger("unipar.dask")
@@ -64,6 +65,13 @@ def _process_client() -> Any:
         return backend._client
     from distributed import get_client
     return get_client()
+
+
+# What runtime_env= gets on this backend (docs/runtime-env.md).
+_NO_RUNTIME_ENV = (
+    "Dask workers are shared by every job and run tasks in threads of one process, so code, "
+    "env vars or pip cannot be set up for one task without touching the others (not mapped "
+    "yet: see docs/runtime-env.md)")
 
 
 class DaskRef:
@@ -199,6 +207,7 @@ class DaskBackend(Backend):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
+        refuse_runtime_env(options.runtime_env, self.name, _NO_RUNTIME_ENV)
         try:
             import distributed
         except ImportError as exc:  # pragma: no cover - registry checks first
@@ -322,6 +331,7 @@ class DaskBackend(Backend):
         return self._topic, self._forward
 
     def submit(self, spec: TaskSpec) -> list[DaskRef]:
+        refuse_runtime_env(spec.options.runtime_env, self.name, _NO_RUNTIME_ENV)
         from distributed import fire_and_forget
         client = self._live()
         fn_key, fn_blob = self._function(spec)
@@ -480,6 +490,7 @@ class DaskBackend(Backend):
 
     # -- actors ------------------------------------------------------------------------------------
     def create_actor(self, spec: ActorSpec) -> DaskActorId:
+        refuse_runtime_env(spec.options.runtime_env, self.name, _NO_RUNTIME_ENV)
         import dask
         client = self._live()
         opts = spec.options

@@ -53,12 +53,19 @@ from .actors import ActorTable, split_args
 from .channel import ChannelServer
 from .executor import DRIVER_STORES, SessionInfo, SparkRef, TaskPayload, runner_partition
 from .session import SparkSessionHandle, crash_reason
+from ...runtime_env import refuse as refuse_runtime_env
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec
 
 BROADCAST_BYTES = 1 << 20  # a dependency value this large travels as a broadcast
 # How long a runner job that finished its task waits for another before its job ends: long
 # enough to take the next task of a get()/.remote() loop, short enough to free its slot soon.
 RUNNER_LINGER_S = 0.5
+
+
+# What runtime_env= gets on this backend (docs/runtime-env.md).
+_NO_RUNTIME_ENV = (
+    "Spark executors are started with the session and shared by its tasks, so per-task code, "
+    "env vars or pip cannot be set up on them (not mapped yet: see docs/runtime-env.md)")
 
 
 class _Runner:
@@ -156,6 +163,7 @@ class SparkBackend(Backend):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
+        refuse_runtime_env(options.runtime_env, self.name, _NO_RUNTIME_ENV)
         self.log_to_driver = options.log_to_driver
         self.spark = SparkSessionHandle.open(options)
         self.slots = self.spark.slots
@@ -386,6 +394,7 @@ class SparkBackend(Backend):
 
     # -- tasks -------------------------------------------------------------------------------
     def submit(self, spec: TaskSpec, parent: int | None = None) -> list[SparkRef]:
+        refuse_runtime_env(spec.options.runtime_env, self.name, _NO_RUNTIME_ENV)
         self._check_live()
         # Function ids are unique per process; ids made on different executor hosts may clash,
         # so only the driver's own functions are cached.
@@ -715,6 +724,7 @@ class SparkBackend(Backend):
 
     # -- actors (the table lives in _spark_actors) ---------------------------------------------
     def create_actor(self, spec: ActorSpec) -> Any:
+        refuse_runtime_env(spec.options.runtime_env, self.name, _NO_RUNTIME_ENV)
         actor_id, busy = self._create_actor(spec)
         if busy is not None:
             _warn_busy(busy)

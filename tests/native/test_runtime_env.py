@@ -1,0 +1,223 @@
+"""Code that travels (issue #16): runtime_env on the native engine.
+
+The cluster tests start a real cluster (``unipar start``) whose daemons run in a mount
+namespace where the driver's project folder is covered by an empty tmpfs: the node's
+filesystem cannot see the driver's code, so whatever the workers import came through
+runtime_env. A driver without runtime_env fails there exactly as the issue describes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+
+from unipar.native.node.scheduler import ENV_TAG, Dispatch, RetireWorker, Scheduler, StartWorkers
+
+from multinode import Cluster, base_env
+
+TAG = ENV_TAG + "ab12"
+
+
+# -- the scheduler: workers dedicated to one env (no I/O) --------------------------------------
+
+def test_env_tasks_run_only_on_workers_started_for_their_env():
+    s = Scheduler({"CPU": 2.0}, keep_idle=1, idle_timeout=5.0)
+    s.workers_requested(1)
+    s.worker_registered("w1", 0.0)
+    s.add_task("t1", {"CPU": 1.0, TAG: 0.0}, 0.0)
+    actions = s.schedule(0.0)
+    assert StartWorkers(1, TAG) in actions                       # not the idle plain w1
+    assert not any(isinstance(a, Dispatch) for a in actions)
+    s.workers_requested(1, TAG)
+    s.worker_registered("w2", 0.0, TAG)
+    assert Dispatch("t1", "w2", ()) in s.schedule(0.0)
+    s.add_task("t2", {"CPU": 1.0}, 0.0)
+    assert Dispatch("t2", "w1", ()) in s.schedule(0.0)           # plain work: a plain worker
+    s.task_finished("w2", 1.0)
+    s.add_task("t3", {"CPU": 1.0}, 1.0)                         # w1 busy, w2 idle but env's
+    actions = s.schedule(1.0)
+    assert not any(isinstance(a, Dispatch) for a in actions)
+    assert TAG not in s.available()                              # a tag is not a resource
+
+
+def test_idle_env_workers_retire_but_plain_ones_are_kept():
+    s = Scheduler({"CPU": 2.0}, keep_idle=1, idle_timeout=5.0)
+    s.workers_requested(1)
+    s.worker_registered("w1", 0.0)
+    s.workers_requested(1, TAG)
+    s.worker_registered("w2", 0.0, TAG)
+    assert s.schedule(10.0) == [RetireWorker("w2")]
+
+
+# -- a cluster that cannot see the driver's folder ----------------------------------------------
+
+def _wheel(dest: str) -> str:
+    """A tiny pure-Python wheel, built here: pip needs no network for it."""
+    name, dist = "tinywheel-0.1-py3-none-any.whl", "tinywheel-0.1.dist-info"
+    files = {"tinywheel/__init__.py": "ANSWER = 42\n",
+             f"{dist}/METADATA": "Metadata-Version: 2.1\nName: tinywheel\nVersion: 0.1\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    files[f"{dist}/RECORD"] = "\n".join(record + [f"{dist}/RECORD,,"]) + "\n"
+    path = os.path.join(dest, name)
+    with zipfile.ZipFile(path, "w") as zf:
+        for arc, text in files.items():
+            zf.writestr(arc, text)
+    return path
+
+
+def _projects(hidden: str) -> dict[str, str]:
+    """Two projects and a library, inside ``hidden`` (which the cluster cannot see)."""
+    a, b, lib = (os.path.join(hidden, n) for n in ("proj_a", "proj_b", "libs"))
+    for d in (a, b, os.path.join(lib, "mylib"), os.path.join(a, "wheels")):
+        os.makedirs(d)
+    with open(os.path.join(a, "helper.py"), "w") as f:
+        f.write("VALUE = 7\n\ndef compute(x):\n    return x * VALUE\n")
+    with open(os.path.join(b, "only_b.py"), "w") as f:
+        f.write("NAME = 'b'\n")
+    with open(os.path.join(lib, "mylib", "__init__.py"), "w") as f:
+        f.write("NAME = 'mylib'\n")
+    _wheel(os.path.join(a, "wheels"))
+    return {"a": a, "b": b, "lib": os.path.join(lib, "mylib")}
+
+
+@pytest.fixture(scope="module")
+def hidden_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A cluster whose daemons cannot see ``hidden`` (an empty tmpfs covers it for them)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (a mount namespace hides the project folder)")
+    hidden = str(tmp_path_factory.mktemp("hidden"))
+    state = str(tmp_path_factory.mktemp("state"))
+    c = Cluster(state, base_env(state))
+    start = (f"mount -t tmpfs tmpfs {hidden} && exec {sys.executable} -m unipar.cli start "
+             "--head --port 0 --include-dashboard false --num-cpus 2")
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", start],
+                         env=c.env, capture_output=True, text=True, timeout=120)
+    try:
+        assert out.returncode == 0, out.stdout + out.stderr
+        c.head = c.state()["head"]
+        c.records = c.state()["procs"]
+        yield c, _projects(hidden)
+    finally:
+        c.stop()
+
+
+def _drive(cluster: Cluster, cwd: str, body: str) -> dict:
+    """Run ``body`` as a driver in ``cwd`` (the project); it prints ``RESULT <json>``."""
+    code = "import json, os, unipar\n" + textwrap.dedent(body)
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                         timeout=300, env=dict(cluster.env, UNIPAR_ADDRESS="auto"))
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert out.returncode == 0 and lines, out.stdout[-3000:] + out.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_without_runtime_env_the_driver_module_is_missing_on_the_node(hidden_cluster):
+    cluster, dirs = hidden_cluster
+    got = _drive(cluster, dirs["a"], """
+        import helper
+        unipar.init()
+        try:
+            unipar.get(unipar.remote(helper.compute).remote(2), timeout=120)
+            print("RESULT", json.dumps("ran"))
+        except Exception as exc:
+            print("RESULT", json.dumps(f"{type(exc).__name__}: {exc}"))
+    """)
+    assert "No module named 'helper'" in got
+
+
+def test_working_dir_py_modules_and_env_vars_reach_tasks_and_actors(hidden_cluster):
+    cluster, dirs = hidden_cluster
+    got = _drive(cluster, dirs["a"], f"""
+        import helper
+        unipar.init(runtime_env={{"working_dir": ".", "py_modules": [{dirs["lib"]!r}],
+                                  "env_vars": {{"GREETING": "hello"}}}})
+
+        @unipar.remote
+        def look():
+            import mylib
+            return [mylib.NAME, os.environ.get("GREETING"), os.path.exists("helper.py"),
+                    os.path.exists({dirs["a"]!r} + "/helper.py")]
+
+        @unipar.remote
+        class Keeper:
+            def value(self):
+                import helper
+                return [helper.VALUE, os.environ.get("GREETING")]
+
+        print("RESULT", json.dumps({{
+            "by_reference": unipar.get(unipar.remote(helper.compute).remote(3), timeout=120),
+            "task": unipar.get(look.remote(), timeout=120),
+            "override": unipar.get(look.options(runtime_env={{"env_vars": {{"GREETING": "hi"}}}})
+                                   .remote(), timeout=120)[1],
+            "actor": unipar.get(Keeper.remote().value.remote(), timeout=120)}}))
+    """)
+    assert got["by_reference"] == 21
+    # The worker runs in the shipped copy; the driver's own folder does not exist there.
+    assert got["task"] == ["mylib", "hello", True, False]
+    assert got["override"] == "hi"
+    assert got["actor"] == [7, "hello"]
+
+
+def test_two_envs_on_one_cluster_do_not_see_each_others_modules(hidden_cluster):
+    cluster, dirs = hidden_cluster
+    got = _drive(cluster, dirs["b"], f"""
+        unipar.init()
+
+        @unipar.remote
+        def can_import(name):
+            try:
+                __import__(name)
+                return True
+            except ImportError:
+                return False
+
+        env_a = {{"working_dir": {dirs["a"]!r}}}
+        env_b = {{"working_dir": {dirs["b"]!r}}}
+        print("RESULT", json.dumps([
+            unipar.get(can_import.options(runtime_env=env_a).remote(n), timeout=120)
+            for n in ("helper", "only_b")] + [
+            unipar.get(can_import.options(runtime_env=env_b).remote(n), timeout=120)
+            for n in ("helper", "only_b")]))
+    """)
+    assert got == [True, False, False, True]
+
+
+def test_pip_installs_a_wheel_and_a_bad_requirement_fails_only_its_tasks(hidden_cluster):
+    cluster, dirs = hidden_cluster
+    got = _drive(cluster, dirs["a"], """
+        unipar.init(runtime_env={"working_dir": "."})
+
+        @unipar.remote
+        def answer():
+            import tinywheel
+            return tinywheel.ANSWER
+
+        good = {"pip": ["./wheels/tinywheel-0.1-py3-none-any.whl"]}
+        bad = {"pip": ["./wheels/missing-0.1-py3-none-any.whl"]}
+        try:
+            unipar.get(answer.options(runtime_env=bad).remote(), timeout=240)
+            failed = "ran"
+        except Exception as exc:
+            failed = f"{type(exc).__name__}: {exc}"
+        print("RESULT", json.dumps({
+            "good": unipar.get(answer.options(runtime_env=good).remote(), timeout=240),
+            "bad": failed,
+            "after": unipar.get(unipar.remote(lambda: 1).remote(), timeout=120)}))
+    """)
+    assert got["good"] == 42
+    assert "could not be installed" in got["bad"] and "missing-0.1" in got["bad"]
+    assert got["after"] == 1
