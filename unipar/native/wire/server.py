@@ -3,6 +3,12 @@
 Frames read in one ``data_received`` are handled in one go, and the replies they cause are
 flushed once, at the end of that loop iteration, so many small messages become one write.
 Servers bind 127.0.0.1 unless told otherwise.
+
+Every stage of a connection has a time limit: the handshake ``HANDSHAKE_TIMEOUT``, and after it
+a frame begun must go on arriving — no byte of it for ``FRAME_STALL_TIMEOUT`` s and the
+connection is closed (an idle connection between frames is fine: drivers may wait for hours).
+Closed connections are logged at most ``LOG_BURST`` times per ``LOG_WINDOW`` s, then counted: a
+flood of bad connections cannot flood the log.
 """
 
 from __future__ import annotations
@@ -11,12 +17,43 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Any, Coroutine
 
 from . import protocol as P
 from .transport import HANDSHAKE_TIMEOUT
 
 log = logging.getLogger("unipar.native")
+
+FRAME_STALL_TIMEOUT = 30.0   # s a frame begun may go without a byte before we close
+LOG_WINDOW, LOG_BURST = 10.0, 10   # closed connections logged per window, then counted
+
+
+class _RateLimited:
+    """At most ``burst`` warnings per ``window`` seconds; the rest are counted and the count
+    logged with the first warning of a later window."""
+
+    def __init__(self, window: float, burst: int) -> None:
+        self.window, self.burst = window, burst
+        self.start = 0.0
+        self.logged = 0
+        self.dropped = 0
+
+    def warning(self, text: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self.start >= self.window:
+            if self.dropped:
+                log.warning("%d more connection(s) closed in %g s, not logged one by one",
+                            self.dropped, self.window)
+            self.start, self.logged, self.dropped = now, 0, 0
+        if self.logged < self.burst:
+            self.logged += 1
+            log.warning(text, *args)
+        else:
+            self.dropped += 1
+
+
+_closed_log = _RateLimited(LOG_WINDOW, LOG_BURST)
 
 
 def run_loop(main: Coroutine[Any, Any, Any]) -> Any:
@@ -54,6 +91,8 @@ class ServerConnection(asyncio.Protocol):
         self.closed = False
         self.info: dict[str, Any] = {}      # what the server learns about this peer
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._received = 0   # data_received calls: progress, for the stall check
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -71,6 +110,7 @@ class ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        self._received += 1
         if not self.authenticated:
             if len(self.buf) < P.CLIENT_PROOF_SIZE:
                 return
@@ -86,6 +126,22 @@ class ServerConnection(asyncio.Protocol):
                 self._handshake_timer.cancel()
             self.transport.write(answer)  # type: ignore[union-attr]
         self._read_frames()
+        if self.buf and self._stall_timer is None and not self.closed:
+            self._arm_stall_check()
+
+    def _arm_stall_check(self) -> None:
+        """A frame is half here: check in FRAME_STALL_TIMEOUT s that more of it came."""
+        seen = self._received
+
+        def check() -> None:
+            self._stall_timer = None
+            if self.closed or not self.buf:
+                return
+            if self._received == seen:
+                self.abort(f"no byte of a frame begun for {FRAME_STALL_TIMEOUT:g} s")
+            else:
+                self._arm_stall_check()
+        self._stall_timer = asyncio.get_running_loop().call_later(FRAME_STALL_TIMEOUT, check)
 
     def _read_frames(self) -> None:
         buf = self.buf
@@ -110,8 +166,9 @@ class ServerConnection(asyncio.Protocol):
                 del buf[:pos]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
+        for timer in (self._handshake_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
         was_authenticated = self.authenticated
         self.closed = True
         if was_authenticated:
@@ -136,7 +193,7 @@ class ServerConnection(asyncio.Protocol):
         self.transport.writelines(parts)
 
     def abort(self, reason: str) -> None:
-        log.warning("closing connection from %s: %s", self.peer(), reason)
+        _closed_log.warning("closing connection from %s: %s", self.peer(), reason)
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
