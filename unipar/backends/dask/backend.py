@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import cloudpickle
 
+from ... import codepickle
 from ...exceptions import (ActorDiedError, BackendUnavailableError, GetTimeoutError,
                           ObjectLostError, TaskCancelledError, UniparError, WorkerCrashedError,
                           capture_remote)
@@ -281,7 +282,7 @@ class DaskBackend(Backend):
         entry = self._functions.get(cache_key)
         if entry is None or entry[2] is not spec.options:
             opts = spec.options
-            blob = cloudpickle.dumps((spec.function, opts.num_returns, opts.max_retries, opts))
+            blob = codepickle.dumps((spec.function, opts.num_returns, opts.max_retries, opts))
             entry = (f"{self._session}:{spec.function_id}:{id(opts)}", blob, opts)
             self._functions[cache_key] = entry
         return entry[0], entry[1]
@@ -501,7 +502,7 @@ class DaskBackend(Backend):
                     return found[0]
                 raise ValueError(f"an actor named {opts.name!r} already exists; use "
                                  "get_actor(name) or .options(name=..., get_if_exists=True)")
-        blob = cloudpickle.dumps((cloudpickle.dumps(spec.cls), spec.meta.class_name,
+        blob = cloudpickle.dumps((codepickle.dumps(spec.cls), spec.meta.class_name,
                                   opts.concurrency(spec.meta.is_async), spec.meta.is_async,
                                   opts.max_restarts))
         deps, call_bytes, nested = self._pack_args(spec.args, spec.kwargs)

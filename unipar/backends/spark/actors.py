@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import cloudpickle
 
+from ... import codepickle
 from ...exceptions import ActorDiedError
 from ...options import resource_demand
 from ...refs import is_ref, unwrap
@@ -136,7 +137,7 @@ class ActorTable:
     def create(self, spec: ActorSpec) -> SparkActorId:
         b = self._b
         args_blob, deps = split_args(spec.args, dict(spec.kwargs))
-        cls_bytes = cloudpickle.dumps(spec.cls)
+        cls_bytes = codepickle.dumps(spec.cls)
         with b.lock:
             b.drain_counts()
             name = spec.options.name

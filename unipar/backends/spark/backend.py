@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 
 import cloudpickle
 
+from ... import codepickle
 from ...exceptions import (GetTimeoutError, ObjectLostError, ResourcesBusyWarning,
                           TaskCancelledError, UniparError, WorkerCrashedError)
 from ...options import InitOptions, TaskOptions, resource_demand
@@ -400,7 +401,7 @@ class SparkBackend(Backend):
         # so only the driver's own functions are cached.
         fn_bytes = self._fn_cache.get(spec.function_id) if parent is None else None
         if fn_bytes is None:
-            fn_bytes = cloudpickle.dumps(spec.function)
+            fn_bytes = codepickle.dumps(spec.function)
             if parent is None:
                 self._fn_cache[spec.function_id] = fn_bytes
         args_blob, deps = split_args(spec.args, dict(spec.kwargs))

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
+from ... import codepickle
 from ..wire import protocol as P
 from ..wire import serialization as S
 from .refs import NativeRef
@@ -47,7 +48,7 @@ class Packer:
         key = self.fn_keys.get(code_id)
         if key is None:
             try:
-                data = cloudpickle.dumps(code)
+                data = codepickle.dumps(code)
             except Exception as exc:
                 raise TypeError(f"could not serialize {code!r}: {exc}") from exc
             key = hashlib.blake2b(data, digest_size=16).hexdigest()
