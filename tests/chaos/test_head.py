@@ -169,3 +169,23 @@ def test_stop_stops_daemons_cluster_json_forgot(tmp_path, chaos):
     finally:
         cluster.stop()
     assert not cluster.processes()
+
+
+def test_nodes_stop_cleanly_when_the_head_never_comes_back(tmp_path, chaos):
+    """A head that cannot restart: after HEAD_GIVE_UP seconds the nodes stop, workers and
+    files with them."""
+    from unipar.native.node.head_link import HEAD_GIVE_UP
+    state = str(tmp_path / "state")
+    cluster = Cluster(state, base_env(state))
+    try:
+        cluster.start(HEAD, [NODE])
+        sessions = [r["session_dir"] for r in cluster.state()["procs"] if r.get("session_dir")]
+        os.kill(_head_pid(cluster), signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: not cluster.processes(), timeout=HEAD_GIVE_UP + 60, interval=0.5,
+                 message="the nodes to stop after losing the head for good")
+        chaos.record(kills=1, gave_up_after_s=round(time.monotonic() - killed_at, 1),
+                     give_up_setting_s=HEAD_GIVE_UP)
+        assert not [s for s in sessions if os.path.exists(s)]
+    finally:
+        cluster.stop()
