@@ -27,8 +27,11 @@ LIST_MAX = 10_000   # tasks one ListTasks answers at most
 
 
 def pending_of(tasks: dict[bytes, Any]) -> Iterable[tuple[str, str]]:
-    """``(name, waits_for)`` of the node's tasks (``TaskTable.tasks``) that wait here."""
+    """``(name, waits_for)`` of the node's tasks (``TaskTable.tasks``) that wait here. An
+    actor's constructor record stays "waiting" for the actor's life: it is not a task."""
     for task in list(tasks.values()):
+        if task.name.endswith(".__init__") and task.actor_id is not None and not task.method:
+            continue
         if task.state == "waiting":
             yield task.name, "dependencies"
         elif task.state == "queued":
