@@ -32,7 +32,7 @@ from dt_interp import Run, compare, compared_log, read_log, run
 from dt_program import Program, render
 
 GET_TIMEOUT = float(os.environ.get("UNIPAR_FUZZ_TIMEOUT", "15"))
-LEAK_WAIT = 10.0   # seconds for frees (and unawaited calls) to reach the node: asynchronous
+LEAK_WAIT = 5.0    # seconds for frees (and unawaited calls) to reach the node: asynchronous
 
 
 @contextlib.contextmanager
