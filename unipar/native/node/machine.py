@@ -4,7 +4,7 @@
 
     thread "unipar-machine" ── every INTERVAL s ──▶ psutil (+ NVML / nvidia-smi when present)
                                                   └▶ ring buffer of the last HISTORY samples
-    node_info ──▶ latest() ; the dashboard's history ──▶ history(seconds)
+    node_info ──▶ latest(), columns() (the last five minutes, for the dashboard's charts)
 
 One sampler per node, on its own thread, so the node's event loop never waits on ``/proc``.
 Every figure is cheap to read (psutil's per-core CPU times are diffed against the previous
@@ -173,3 +173,18 @@ class MachineSampler:
         """Samples of the last ``seconds``, oldest first."""
         since = time.time() - seconds
         return [s for s in list(self.samples) if s["time"] >= since]
+
+    def columns(self, seconds: float = HISTORY * INTERVAL) -> dict[str, list[Any]]:
+        """The samples of the last ``seconds`` as compact columns, oldest first, for the
+        dashboard's charts: ``time`` (Unix, 0.01 s), ``cpu`` (percent, all cores), ``cores``
+        (per-core percents), ``memory`` (bytes used), ``sent``/``recv`` (bytes/s), ``gpus``
+        (per-GPU utilisation percents). Percents are whole numbers: a chart needs no more, and
+        small ints keep ``node_info`` small (five minutes of a 2-core node: about 10 KB)."""
+        rows = self.history(seconds)
+        return {"time": [round(s["time"], 2) for s in rows],
+                "cpu": [round(s["cpu_percent"]) for s in rows],
+                "cores": [[round(c) for c in s["cpu_per_core"]] for s in rows],
+                "memory": [s["memory"]["used"] for s in rows],
+                "sent": [round(s["network"]["sent_bytes_s"]) for s in rows],
+                "recv": [round(s["network"]["recv_bytes_s"]) for s in rows],
+                "gpus": [[round(g["utilization"]) for g in s["gpus"]] for s in rows]}

@@ -87,10 +87,12 @@ class Observer:
 
     # -- queries -------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
-        """Its share of ``node_info``: ``tasks`` counts, ``machine`` figures, ``log_dir``,
-        ``object_sizes`` (``count``, ``bytes`` and ``largest`` of the objects it knows)."""
+        """Its share of ``node_info``: ``tasks`` counts, ``machine`` figures (the newest, and
+        ``machine_history``: the last five minutes as columns), ``log_dir``, ``object_sizes``
+        (``count``, ``bytes`` and ``largest`` of the objects it knows)."""
         sizes = [obj.size for obj in list(self.objects().values()) if obj.kind is not None]
         return {"tasks": self.task_log.summary(), "machine": self.machine.latest(),
+                "machine_history": self.machine.columns(),
                 "log_dir": self.logs.log_dir,
                 "object_sizes": {"count": len(sizes), "bytes": sum(sizes),
                                  "largest": max(sizes, default=0)}}
