@@ -117,6 +117,18 @@ def nap_or_hang(i, marker_dir, hang_at):
     return i
 
 
+@unipar.remote
+def hold_until(path):
+    """Hold a slot and a CPU until ``path`` exists."""
+    wait_for(lambda: os.path.exists(path), timeout=600, interval=0.05, message=path)
+    return "released"
+
+
+@unipar.remote
+def get_first(refs):
+    return unipar.get(refs[0])  # no timeout: the driver may lend this slot to refs[0]'s task
+
+
 def _kill_descendant(pid: int) -> None:
     """SIGKILL ``pid``, which must be one of the processes this test process started."""
     ours = {p.pid for p in psutil.Process().children(recursive=True)}
@@ -211,6 +223,21 @@ class TestLocalSession:
         wait_for(arrived, timeout=30, message="the task's print")
         line = next(l for l in "".join(seen).splitlines() if "spark-says-hi" in l)
         assert line.startswith("(shout pid=")
+
+    def test_task_run_inline_by_a_killed_worker_runs_again(self, tmp_path):
+        # The holder takes a slot and a CPU; the parent the other slot. The child needs both
+        # CPUs, so it can only run inline, lent the slot of the parent blocked in get().
+        release = tmp_path / "release"
+        holder = hold_until.remote(str(release))
+        child = nap_or_hang.options(num_cpus=2).remote(0, str(tmp_path), 0)
+        parent = get_first.remote([child])
+        try:
+            _kill_descendant(_marker_pid(tmp_path / "0"))  # the parent's worker, inline child
+            assert unipar.get(parent, timeout=120) == 0
+        finally:
+            release.touch()
+        assert unipar.get(holder, timeout=120) == "released"
+        wait_for(_all_cpus_free, timeout=30, message="every CPU to be free again")
 
     def test_actor_made_in_an_actor_says_it_waits_for_a_slot(self):
         # The maker holds one of the two slots and its first Counter the other.

@@ -72,7 +72,7 @@ _NO_RUNTIME_ENV = (
 class _Runner:
     """A runner job: one Spark task that runs unipar tasks one after another, as handed them."""
 
-    __slots__ = ("id", "group", "cores", "task", "handed", "ended")
+    __slots__ = ("id", "group", "cores", "task", "handed", "ended", "lent")
 
     def __init__(self, runner_id: int, group: str, cores: int = 1) -> None:
         self.id = runner_id
@@ -81,6 +81,9 @@ class _Runner:
         self.task: "_Task | None" = None      # running now
         self.handed: "_Task | None" = None    # given while idle, not yet picked up
         self.ended = False
+        # Tasks lent this job's slot, run inline by a task of it that blocked in get/wait:
+        # they die with its Python worker, so they are re-queued when the job ends without them.
+        self.lent: "list[_Task]" = []
 
 
 class _Entry:
@@ -112,7 +115,7 @@ class _Task:
     demand: dict[str, float]
     parent: int | None
     state: str = "waiting"        # waiting -> ready -> running|inline -> done
-    runner: _Runner | None = None
+    runner: _Runner | None = None  # its runner job; inline: the job whose slot it uses
     attempt: int = 0              # bumped per launch after a crash: stale reports are ignored
     crashes: int = 0
     blocked: int = 0
@@ -336,7 +339,8 @@ class SparkBackend(Backend):
                 if self._stopped:
                     raise UniparError("the spark session was shut down")
                 if caller is not None and deadline is None and self.slots_used >= self.slots:
-                    lent = self._lend_slot([oid for oid, e in zip(oids, entries) if not e.done])
+                    lent = self._lend_slot([oid for oid, e in zip(oids, entries) if not e.done],
+                                           caller)
                     if lent is not None:
                         return lent
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -520,12 +524,18 @@ class SparkBackend(Backend):
                            task.args_blob, tuple(self.dep_values(task.deps)),
                            task.options.num_returns, task.options)
 
-    def _start(self, task: _Task, runner: "_Runner | None") -> None:
-        task.state = "running" if runner is not None else "inline"
+    def _start(self, task: _Task, runner: "_Runner | None", inline: bool = False) -> None:
+        """Mark ``task`` started in ``runner``: as its task, or ``inline`` in the slot of a
+        task of it that blocked (holding no resources of its own)."""
+        task.state = "inline" if inline else "running"
         task.runner = runner
-        if runner is not None:
-            task.held = self.acquire(task.demand)
-            runner.task = task
+        if inline:
+            if runner is not None:
+                runner.lent.append(task)
+            return
+        assert runner is not None, "a task that is not inline runs in a runner job"
+        task.held = self.acquire(task.demand)
+        runner.task = task
 
     def _cores_for(self, task: _Task) -> int:
         """Spark cores (slots) a task's runner job asks for: 1, or on a cluster its num_cpus.
@@ -567,6 +577,10 @@ class SparkBackend(Backend):
             lost_tasks, runner.task, runner.handed = (runner.task, runner.handed), None, None
             for lost in lost_tasks:
                 if lost is not None and lost.state == "running" and lost.runner is runner:
+                    self._job_lost(lost, error)
+            lent, runner.lent = runner.lent, []
+            for lost in lent:
+                if lost.state == "inline" and lost.runner is runner:
                     self._job_lost(lost, error)
             self.schedule()
 
@@ -677,10 +691,16 @@ class SparkBackend(Backend):
             task.held["CPU"] = cpu
             self.free["CPU"] = self.free.get("CPU", 0.0) - cpu  # may oversubscribe for a while
 
-    def _lend_slot(self, oids: Sequence[int]) -> TaskPayload | None:
-        """A ready task among what the caller waits on (or their inputs) when no slot is free."""
+    def _lend_slot(self, oids: Sequence[int], caller: int) -> TaskPayload | None:
+        """A ready task among what the caller waits on (or their inputs) when no slot is free.
+
+        The task is started inline in the caller's runner job (the caller's own runner, or
+        the one the caller itself runs inline in), so it is re-queued if that job dies.
+        """
         if self.slots_used < self.slots:
             return None
+        blocked = self._tasks.get(caller)
+        host = blocked.runner if blocked is not None else None
         seen: set[int] = set()
         stack = list(oids)
         while stack:
@@ -692,7 +712,7 @@ class SparkBackend(Backend):
                 continue
             seen.add(task.id)
             if task.state == "ready":  # left in its queue; schedule() drops non-ready heads
-                self._start(task, None)
+                self._start(task, host, inline=True)
                 return self._payload(task)
             if task.state == "waiting":
                 stack.extend(task.deps)
