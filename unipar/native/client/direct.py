@@ -50,7 +50,7 @@ class DirectTask:
     """One task on the direct path, from submission until its results are delivered."""
 
     __slots__ = ("task_id", "fn_key", "name", "args", "deps", "return_ids", "resources",
-                 "retries_left", "keep", "cancelled", "lease", "pushed_at", "values", "solo")
+                 "retries_left", "keep", "cancelled", "lease", "pushed_at", "values", "solo", "asked")
 
     def __init__(self, task_id: bytes, fn_key: str, name: str, args: Any, deps: list[bytes],
                  return_ids: list[bytes], resources: dict, retries: int, keep: list) -> None:
@@ -68,6 +68,7 @@ class DirectTask:
         self.pushed_at = 0.0
         self.values: list = []           # [oid, kind, payload, path] per dependency
         self.solo = False                # may take long: nothing is queued behind it
+        self.asked = False               # its worker was asked to give it back
 
 
 class _Lease:
@@ -94,7 +95,7 @@ class _Lease:
 
     def backlog(self) -> bool:
         """Whether tasks wait here behind another (which another worker could run now)."""
-        return len(self.inflight) > 1 and not self.yielded and not self.killed
+        return len(self.inflight) > 1 and not self.killed
 
 
 class _Shape:
@@ -226,18 +227,26 @@ class DirectPool:
             self.client.to_node(P.RequestLease(lease_id, shape.resources, label))
 
     def _steal(self, shape: _Shape, writes: list[Connection]) -> bool:
-        """With a lease of ``shape`` idle, take back the tasks queued behind others (the
-        workers answer "returned" for those not started). Without one, returns whether any
-        task waits behind another: one more lease is then worth asking for."""
+        """With a lease of ``shape`` idle, take back the later half of the tasks queued
+        behind others (the workers answer "returned" for those not started; halves, so the
+        end of a burst evens out in a few rounds instead of bouncing). Without an idle
+        lease, returns whether any task waits behind another: one more lease is then worth
+        asking for."""
         backlogged = [lease for lease in shape.leases if lease.backlog()]
         if not backlogged:
             return False
         if not any(lease.open() and not lease.inflight for lease in shape.leases):
             return True
         for lease in backlogged:
-            lease.yielded = True
+            behind = [task for task in list(lease.inflight.values())[1:] if not task.asked]
+            if not behind:
+                continue
+            lease.yielded = True   # no more pushes onto it until it drains
+            take = behind[len(behind) // 2:]
+            for task in take:
+                task.asked = True
             conn = lease.conn.conn   # type: ignore[union-attr]
-            conn.post(P.TakeBack(list(lease.inflight)[1:]))
+            conn.post(P.TakeBack([task.task_id for task in take]))
             if conn not in writes:
                 writes.append(conn)
         return False
@@ -252,6 +261,7 @@ class DirectPool:
         task.lease = lease
         task.pushed_at = time.perf_counter()
         task.solo = self._depth(task.fn_key) == 1
+        task.asked = False
         lease.solo += task.solo
         lease.inflight[task.task_id] = task
         wc.conn.post(P.RunTask(task.task_id, task.fn_key, fn_blob, task.name, task.args,

@@ -7,7 +7,7 @@ a full client: code in a task may call ``get``/``put``/``.remote()``.
 Threads: the client's reader thread receives ``run_task``/``init_actor``/... and queues them;
 the main thread runs them one at a time (tasks and plain actors). Threaded actors
 (``max_concurrency`` > 1) run calls on a thread pool; async actors on one event loop thread.
-``print`` goes through :class:`_Forward`, which sends whole lines, prefixed
+``print`` goes through :class:`.output.Forward`, which sends whole lines, prefixed
 ``(name pid=N) ``, to the node, which passes them to the driver — always before the task's
 result, since both travel on the same connections in order.
 """
@@ -18,7 +18,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import importlib
-import io
 import os
 import queue
 import signal
@@ -36,68 +35,16 @@ from ..client.refs import NativeRef
 from ..wire import protocol as P
 from ..wire import serialization as S
 from ..wire.transport import Connection, Listener
+from .output import Forward, current
 from .events import LogFile, TaskEvents, open_log
 from .runtime_env import prepare as prepare_runtime_env
 
-_current = threading.local()
 # The direct connection of the client whose task or call runs in this context (its print
 # lines and result go back that way), or None for one the node sent. A context variable:
 # threaded and async actors run several calls at once.
 _reply_to: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("reply", default=None)
 MAX_MAPPED = 32   # big arguments kept mapped per worker
 REPLY_DELAY = 0.0005   # seconds a finished task's result may wait for others to share a write
-
-
-class _Forward(io.TextIOBase):
-    """A text stream that forwards whole lines to the driver, prefixed with where they ran."""
-
-    def __init__(self, runtime: "Runtime", stream: str) -> None:
-        self.runtime = runtime
-        self.stream = stream
-        self.pending = ""
-        self.lock = threading.Lock()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        with self.lock:
-            self.pending += text
-            if "\n" not in self.pending:
-                return len(text)
-            complete, _, self.pending = self.pending.rpartition("\n")
-        self._send(complete + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        pass   # partial lines wait for their newline (or the end of the task)
-
-    def finish(self) -> None:
-        with self.lock:
-            rest, self.pending = self.pending, ""
-        if rest:
-            self._send(rest + "\n")
-
-    def _send(self, text: str) -> None:
-        name = getattr(_current, "label", None) or self.runtime.label
-        prefix = f"({name} pid={os.getpid()}) "
-        body = "".join(prefix + line + "\n" for line in text.splitlines())
-        try:
-            self.runtime.log_conn().send(P.Log(self.stream, body))
-        except ConnectionError:
-            pass
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        # Code that needs a real descriptor (subprocess, faulthandler) writes below Python,
-        # straight to the terminal the daemons inherited, without a prefix.
-        return 2 if self.stream == "stderr" else 1
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return "utf-8"
 
 
 class Runtime:
@@ -352,7 +299,7 @@ class Runtime:
     def run_task(self, msg: P.RunTask, reply: Connection | None = None) -> None:
         """Run one task; its result goes to the node, or back over ``reply`` (pushed directly)."""
         short = msg.name.rsplit(".", 1)[-1]
-        _current.label = short
+        current.label = short
         where = f"{msg.name} (pid={os.getpid()})"
         self._set_cuda(msg.gpu_ids)
         status, results = "ok", []
@@ -387,9 +334,9 @@ class Runtime:
             status = "retry" if retry else "error"
             results = self._error_results(msg.return_ids, exc, where)
         finally:
-            _current.label = None
+            current.label = None
             for stream in (sys.stdout, sys.stderr):
-                if isinstance(stream, _Forward):
+                if isinstance(stream, Forward):
                     stream.finish()
             _reply_to.reset(token)
         self.events.ended(msg.task_id, status)
@@ -496,7 +443,7 @@ class Runtime:
     def _finish_call(self, msg: P.RunActorTask, status: str, results: list,
                      reply: Connection | None) -> None:
         for stream in (sys.stdout, sys.stderr):
-            if isinstance(stream, _Forward):
+            if isinstance(stream, Forward):
                 stream.finish()
         self.events.ended(msg.task_id, status)
         self._reply(reply, P.TaskDone(msg.task_id, status, results))
@@ -602,8 +549,10 @@ def _serve(secret: bytes) -> None:
     runtime.log_file = open_log(client.session_dir, wid)
     threading.Thread(target=runtime.events.run_forever, name="unipar-task-events",
                      daemon=True).start()
-    sys.stdout = _Forward(runtime, "stdout")  # type: ignore[assignment]
-    sys.stderr = _Forward(runtime, "stderr")  # type: ignore[assignment]
+    def label() -> str:
+        return runtime.label
+    sys.stdout = Forward("stdout", label, runtime.log_conn)  # type: ignore[assignment]
+    sys.stderr = Forward("stderr", label, runtime.log_conn)  # type: ignore[assignment]
     try:
         runtime.run()
     finally:
