@@ -22,6 +22,12 @@ NOT_RUN: dict[str, dict[str, str]] = {
             "this test starts would never return",
         "test_cancel_running_task_force":
             "local runs each task inside .remote(): there is no running task to cancel",
+        "test_short_tasks_finish_while_one_task_is_blocked":
+            "local runs each task inside .remote(): the blocked task never returns control, "
+            "so no other task can run meanwhile",
+        "test_an_actor_blocked_in_a_call_holds_up_no_other_actor":
+            "local runs each call inside .remote(): the blocked call never returns control, "
+            "so no other actor can run meanwhile",
         "test_actor_pool_get_next_timeout":
             "local runs each call to completion inside .remote(): a call that waits on a "
             "Queue only a later put fills never returns control",
