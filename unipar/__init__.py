@@ -11,6 +11,7 @@ from .exceptions import (ActorDiedError, BackendUnavailableError, GetTimeoutErro
                          NotSupportedError,
                          InfeasibleResourcesError, ObjectLostError, ResourcesBusyWarning, ObjectStoreFullError,
                          TaskCancelledError, TaskError, UniparError, WorkerCrashedError)
+from .generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .refs import ObjectRef
 from .remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, method, remote
 
@@ -22,7 +23,7 @@ __all__ = [
     "remote", "method", "get", "put", "wait", "cancel", "kill", "get_actor",
     "nodes", "cluster_resources", "available_resources",
     "dashboard_url", "timeline", "progress", "NotSupportedError",
-    "ObjectRef", "ActorHandle", "ActorClass", "ActorMethod", "RemoteFunction",
+    "ObjectRef", "ObjectRefGenerator", "DynamicObjectRefGenerator", "ActorHandle", "ActorClass", "ActorMethod", "RemoteFunction",
     "UniparError", "TaskError", "GetTimeoutError", "ActorDiedError", "WorkerCrashedError",
     "ObjectLostError", "ObjectStoreFullError", "TaskCancelledError", "BackendUnavailableError",
     "InfeasibleResourcesError", "ResourcesBusyWarning",

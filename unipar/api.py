@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from . import _progress, _state
 from . import config
 from .options import InitOptions
+from .generators import ObjectRefGenerator
 from .refs import ObjectRef
 from .remote import ActorHandle
 
@@ -141,8 +142,13 @@ def wait(refs: ObjectRef | Sequence[ObjectRef], *, num_returns: int = 1,
     return ready, not_ready
 
 
-def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task behind ``ref``; its ``get`` raises TaskCancelledError. Finished tasks stay."""
+def cancel(ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
+           recursive: bool = True) -> None:
+    """Cancel the task behind ``ref`` (or a streaming generator's task); its ``get`` raises
+    TaskCancelledError (also a TaskError). Finished tasks stay."""
+    if isinstance(ref, ObjectRefGenerator):
+        ref.cancel(force)
+        return
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
     _state.backend().cancel(ref._handle, force, recursive)

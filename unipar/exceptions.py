@@ -54,10 +54,6 @@ class ObjectStoreFullError(UniparError, MemoryError):
     """The object store is full and spilling to disk could not make room."""
 
 
-class TaskCancelledError(UniparError):
-    """The task was cancelled with ``unipar.cancel`` before it produced a result."""
-
-
 class HeadUnavailableError(UniparError):
     """The cluster's head (native backend) did not answer for as long as the call may wait.
 
@@ -130,6 +126,24 @@ class TaskError(UniparError):
 
 
 _DUAL_CACHE: dict[type, type | None] = {}
+
+
+class TaskCancelledError(TaskError):
+    """The task was cancelled with ``unipar.cancel`` before it produced a result.
+
+    Also a :class:`TaskError`, as Ray raises ``RayTaskError(TaskCancelledError)`` and its docs
+    catch ``RayTaskError``: both ``except TaskCancelledError`` and ``except TaskError`` work.
+    """
+
+    def __init__(self, message: str = "the task was cancelled") -> None:
+        TaskError.__init__(self, None)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "the task was cancelled"
+
+    def __reduce__(self):
+        return (type(self), tuple(self.args[:1]))
 
 
 def _dual_class(cause_type: type) -> type | None:

@@ -81,17 +81,29 @@ class TaskOptions(_Options):
     exceptions are retried only when ``retry_exceptions`` is True or lists their types.
     """
 
-    num_returns: int = 1
+    num_returns: int | str = 1     # or "streaming" / "dynamic" (generator functions)
     num_cpus: float = 1
     num_gpus: float = 0
     resources: Mapping[str, float] = field(default_factory=dict)
     max_retries: int = 3
     retry_exceptions: bool | tuple[type, ...] = False
     name: str | None = None
+    # Ray's other options: what each does per backend is the table in docs/api.md.
+    _generator_backpressure_num_objects: int = -1   # streaming: unconsumed values at most
+    _num_objects_per_yield: int = 0
+    max_calls: int = 0
+    accelerator_type: str | None = None
+    memory: float | None = None
+    object_store_memory: float | None = None
+    enable_task_events: bool = True
+    label_selector: Mapping[str, str] | None = None
+    _labels: Mapping[str, str] | None = None
+    fallback_strategy: Any = None
     runtime_env: Mapping[str, Any] | None = None   # merged over init's (see runtime_env.py)
 
     def __post_init__(self) -> None:
-        _check_number("num_returns", self.num_returns, integer=True)
+        _check_num_returns(self.num_returns)
+        _check_ray_extras(self)
         object.__setattr__(self, "runtime_env", _check_runtime_env(self.runtime_env) or None)
         _check_number("num_cpus", self.num_cpus)
         _check_number("num_gpus", self.num_gpus)
@@ -110,6 +122,58 @@ class TaskOptions(_Options):
         if isinstance(self.retry_exceptions, tuple):
             return isinstance(exc, self.retry_exceptions)
         return False
+
+
+def _check_num_returns(value: Any) -> None:
+    if value not in ("streaming", "dynamic"):
+        _check_number("num_returns", value, integer=True)
+
+
+# Ray's options unipar accepts with a documented meaning (docs/api.md): name -> what it must be.
+_EXTRA_CHECKS: dict[str, tuple[str, Any]] = {
+    "_generator_backpressure_num_objects": ("an integer (-1: no bound)", lambda v: _int(v, -1)),
+    "_actor_generator_backpressure_num_objects": ("an integer (-1: no bound)",
+                                                  lambda v: _int(v, -1)),
+    "_num_objects_per_yield": ("an integer >= 0", lambda v: _int(v, 0)),
+    "max_calls": ("an integer >= 0", lambda v: _int(v, 0)),
+    "max_pending_calls": ("an integer (-1: no bound)", lambda v: _int(v, -1)),
+    "max_task_retries": ("an integer (-1: forever)", lambda v: _int(v, -1)),
+    "memory": ("a number of bytes >= 0", lambda v: _num(v)),
+    "object_store_memory": ("a number of bytes >= 0", lambda v: _num(v)),
+    "accelerator_type": ("a string", lambda v: isinstance(v, str)),
+    "namespace": ("a string", lambda v: isinstance(v, str)),
+    "concurrency_group": ("a string", lambda v: isinstance(v, str)),
+    "tensor_transport": ("a string", lambda v: isinstance(v, str)),
+    "enable_task_events": ("True or False", lambda v: isinstance(v, bool)),
+    "allow_out_of_order_execution": ("True or False", lambda v: isinstance(v, bool)),
+    "enable_tensor_transport": ("True or False", lambda v: isinstance(v, bool)),
+    "label_selector": ("a dict of str -> str", lambda v: _labels(v)),
+    "_labels": ("a dict of str -> str", lambda v: _labels(v)),
+    "concurrency_groups": ("a dict of group name -> max concurrency",
+                           lambda v: isinstance(v, Mapping) and all(
+                               isinstance(k, str) and _int(n, 1) for k, n in v.items())),
+}
+
+
+def _int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def _labels(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in value.items())
+
+
+def _check_ray_extras(opts: Any) -> None:
+    """Check the Ray options that are set (None means: not given)."""
+    for name, (want, ok) in _EXTRA_CHECKS.items():
+        value = getattr(opts, name, None)
+        if value is not None and not ok(value):
+            raise ValueError(f"{name} must be {want}, got {value!r}")
 
 
 def _check_retry_exceptions(opts: TaskOptions) -> None:
@@ -141,6 +205,20 @@ class ActorOptions(_Options):
     name: str | None = None
     get_if_exists: bool = False
     lifetime: str | None = None
+    # Ray's other options: what each does per backend is the table in docs/api.md.
+    _actor_generator_backpressure_num_objects: int = -1
+    max_pending_calls: int = -1
+    namespace: str | None = None
+    concurrency_groups: Mapping[str, int] | None = None
+    allow_out_of_order_execution: bool = False
+    enable_tensor_transport: bool = False
+    accelerator_type: str | None = None
+    memory: float | None = None
+    object_store_memory: float | None = None
+    enable_task_events: bool = True
+    label_selector: Mapping[str, str] | None = None
+    _labels: Mapping[str, str] | None = None
+    fallback_strategy: Any = None
     runtime_env: Mapping[str, Any] | None = None   # merged over init's (see runtime_env.py)
 
     def __post_init__(self) -> None:
@@ -148,6 +226,7 @@ class ActorOptions(_Options):
         _check_number("num_cpus", self.num_cpus)
         _check_number("num_gpus", self.num_gpus)
         _check_resources(self.resources)
+        _check_ray_extras(self)
         for name in ("max_restarts", "max_task_retries"):
             value = getattr(self, name)
             if value != -1:
@@ -173,11 +252,23 @@ class ActorOptions(_Options):
 class MethodOptions(_Options):
     """Options of one actor method (``@unipar.method(num_returns=2)`` or ``.options(...)``)."""
 
-    num_returns: int = 1
+    num_returns: int | str = 1     # or "streaming" / "dynamic" (generator methods)
     name: str | None = None
+    # Ray's other method options (docs/api.md); None: the actor's setting.
+    _generator_backpressure_num_objects: int | None = None
+    _num_objects_per_yield: int = 0
+    max_task_retries: int | None = None
+    retry_exceptions: bool | tuple[type, ...] | None = None
+    concurrency_group: str | None = None
+    enable_task_events: bool = True
+    tensor_transport: str | None = None
+    _labels: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
-        _check_number("num_returns", self.num_returns, integer=True)
+        _check_num_returns(self.num_returns)
+        _check_ray_extras(self)
+        if self.retry_exceptions is not None:
+            _check_retry_exceptions(self)   # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 from . import _state
 from .backends.base import ActorCall, ActorMeta, ActorSpec, MethodMeta, TaskSpec
+from .backends.streams import dynamic_call, dynamic_spec
+from .generators import DYNAMIC, STREAMING, ObjectRefGenerator, check_num_returns
 from .options import ActorOptions, MethodOptions, TaskOptions
 from .refs import ObjectRef
 
@@ -20,6 +22,10 @@ _ids = itertools.count()
 def _new_id(kind: str) -> str:
     # Unique per process and per definition: backends cache pickled code by it.
     return f"{kind}-{os.getpid()}-{next(_ids)}"
+
+
+def _is_generator(fn: Any) -> bool:
+    return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
 
 def _returns(handles: list[Any], num_returns: int) -> Any:
@@ -36,6 +42,8 @@ class RemoteFunction:
 
     def __init__(self, function: Callable[..., Any], options: TaskOptions,
                  function_id: str | None = None) -> None:
+        check_num_returns(options.num_returns, _is_generator(function),
+                          f"{getattr(function, '__qualname__', function)!s}")
         self._function = function
         self._options = options
         self._function_id = function_id or _new_id("fn")
@@ -52,9 +60,14 @@ class RemoteFunction:
             f"to run it as a task (or {self.__name__}.__wrapped__(...) to call the plain function).")
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Start one task; returns an ObjectRef (a list of them when ``num_returns`` > 1)."""
+        """Start one task; returns an ObjectRef (a list of them when ``num_returns`` > 1, an
+        ObjectRefGenerator for ``"streaming"``, see unipar.generators)."""
         spec = TaskSpec(self._function, self._function_id, self._options.name or self._name,
                         args, kwargs, self._options)
+        if self._options.num_returns == STREAMING:
+            return ObjectRefGenerator(_state.backend().submit_stream(spec))
+        if self._options.num_returns == DYNAMIC:
+            return ObjectRef(_state.submit(dynamic_spec(spec))[0])
         return _returns(_state.submit(spec), self._options.num_returns)
 
     def options(self, **options: Any) -> "RemoteFunction":
@@ -76,7 +89,12 @@ def _actor_meta(cls: type) -> ActorMeta:
             continue
         opts: MethodOptions = getattr(member, "__unipar_method_options__", MethodOptions())
         is_async = inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
-        methods[name] = MethodMeta(is_async=is_async, num_returns=opts.num_returns)
+        num_returns = opts.num_returns
+        if _is_generator(member) and num_returns == 1:   # Ray's default for generators
+            num_returns = STREAMING
+        check_num_returns(num_returns, _is_generator(member), f"{cls.__name__}.{name}")
+        methods[name] = MethodMeta(is_async=is_async, num_returns=num_returns,
+                                   is_generator=_is_generator(member))
     return ActorMeta(cls.__name__, methods, any(m.is_async for m in methods.values()))
 
 
@@ -155,11 +173,25 @@ class ActorMethod:
         self._options = options
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        call = ActorCall(self._name, args, kwargs, self._options.num_returns)
-        return _returns(_state.call_actor(self._handle._actor_id, call), self._options.num_returns)
+        num_returns = self._options.num_returns
+        actor_id = self._handle._actor_id
+        if num_returns == STREAMING:
+            backpressure = self._options._generator_backpressure_num_objects
+            call = ActorCall(self._name, args, kwargs, num_returns,
+                             -1 if backpressure is None else backpressure)
+            return ObjectRefGenerator(_state.backend().call_actor_stream(actor_id, call))
+        if num_returns == DYNAMIC:
+            call = dynamic_call(ActorCall(self._name, args, kwargs))
+            return ObjectRef(_state.call_actor(actor_id, call)[0])
+        call = ActorCall(self._name, args, kwargs, num_returns)
+        return _returns(_state.call_actor(actor_id, call), num_returns)
 
     def options(self, **options: Any) -> "ActorMethod":
-        return ActorMethod(self._handle, self._name, self._options.merge(**options))
+        merged = self._options.merge(**options)
+        meta = self._handle._meta.methods[self._name]
+        check_num_returns(merged.num_returns, meta.is_generator,
+                          f"{self._handle._meta.class_name}.{self._name}")
+        return ActorMethod(self._handle, self._name, merged)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"Actor methods cannot be called directly; use "
@@ -184,6 +216,8 @@ def _make_remote(target: Any, options: dict[str, Any]) -> Any:
     if inspect.isclass(target):
         return ActorClass(target, ActorOptions.create(**options))
     if callable(target):
+        if _is_generator(target) and "num_returns" not in options:
+            options = {**options, "num_returns": STREAMING}   # Ray's default for generators
         return RemoteFunction(target, TaskOptions.create(**options))
     raise TypeError(f"@unipar.remote needs a function or a class, got {type(target).__name__}")
 

@@ -44,6 +44,7 @@ __all__ = [
     "ActorSpec",
     "ActorCall",
     "ActorMeta",
+    "Stream",
     "install_worker_backend",
     "current_backend",
 ]
@@ -61,7 +62,8 @@ class ActorMeta:
 @dataclass(frozen=True)
 class MethodMeta:
     is_async: bool = False
-    num_returns: int = 1
+    num_returns: int | str = 1   # "streaming" / "dynamic": a generator method
+    is_generator: bool = False   # the method yields
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,31 @@ class ActorCall:
     method: str
     args: tuple
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    num_returns: int = 1
+    num_returns: int | str = 1     # "streaming" / "dynamic" for generator methods
+    backpressure: int = -1         # streaming: unconsumed values at most (-1: no bound)
+
+
+class Stream(ABC):
+    """The backend side of one streaming generator (``num_returns="streaming"``): one handle
+    per value the task or method yields, in order, each as soon as it is produced.
+
+    An exception the generator raised comes as one last handle whose ``get`` raises it; a task
+    that failed as a whole (cancelled, worker lost past its retries) the same way.
+    """
+
+    @abstractmethod
+    def next(self, timeout: float | None) -> Hashable:
+        """The handle of the next value.
+
+        Raises:
+            StopIteration: the generator finished and every handle was given.
+            GetTimeoutError: no next value within ``timeout`` seconds (the stream goes on).
+        """
+
+    @abstractmethod
+    def cancel(self, force: bool) -> None:
+        """Stop the generator's task; later ``next`` calls end the stream (after at most one
+        handle raising TaskCancelledError)."""
 
 
 class Backend(ABC):
@@ -130,6 +156,12 @@ class Backend(ABC):
     @abstractmethod
     def submit(self, spec: TaskSpec) -> list[Hashable]:
         """Start one task; return ``spec.options.num_returns`` handles (none for 0)."""
+
+    @abstractmethod
+    def submit_stream(self, spec: TaskSpec) -> Stream:
+        """Start a generator task (``num_returns="streaming"``); ``spec.options
+        ._generator_backpressure_num_objects`` bounds the values produced but not yet taken
+        by ``next`` (-1: no bound). Runs under the task's retry rules."""
 
     @abstractmethod
     def put(self, value: Any) -> Hashable:
@@ -170,6 +202,11 @@ class Backend(ABC):
     @abstractmethod
     def call_actor(self, actor_id: Any, call: ActorCall) -> list[Hashable]:
         """Queue a method call; calls from one handle run in submission order."""
+
+    @abstractmethod
+    def call_actor_stream(self, actor_id: Any, call: ActorCall) -> Stream:
+        """Queue a call of a generator method (``num_returns="streaming"``), as
+        :meth:`submit_stream` for tasks; ``call.backpressure`` bounds unconsumed values."""
 
     @abstractmethod
     def kill_actor(self, actor_id: Any, no_restart: bool) -> None:

@@ -23,11 +23,13 @@ from typing import Any, Callable, Sequence
 
 import cloudpickle
 
-from ..exceptions import ActorDiedError, ObjectLostError, UniparError, capture_remote
+from ..exceptions import (ActorDiedError, ObjectLostError, TaskCancelledError, UniparError,
+                          capture_remote)
 from ..options import InitOptions, TaskOptions, resource_demand, split_returns
 from ..refs import is_ref, unwrap
 from ..runtime_env import applied_in_process, merge, refuse_in_process
-from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec
+from .._yielding import bound_method
+from .base import ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec
 
 _STORES: dict[str, "_Store"] = {}
 
@@ -48,13 +50,17 @@ class _Store:
         self.session = session
         self.values: dict[int, Any] = {}   # bytes, or _Failed
         self.counts: dict[int, int] = {}
+        self.holds: dict[int, list] = {}    # refs a stored value contains (tasks return refs)
         self.lock = threading.Lock()
         self.ids = itertools.count(1)
 
-    def new(self, value: Any) -> "LocalRef":
+    def new(self, value: Any, holds: Sequence["LocalRef"] = ()) -> "LocalRef":
+        """Store ``value``; ``holds``: refs inside it, kept alive as long as it is."""
         oid = next(self.ids)
         with self.lock:
             self.values[oid] = value
+            if holds:
+                self.holds[oid] = list(holds)
         return LocalRef(self.session, oid)
 
     def incref(self, oid: int) -> None:
@@ -62,13 +68,16 @@ class _Store:
             self.counts[oid] = self.counts.get(oid, 0) + 1
 
     def decref(self, oid: int) -> None:
+        held = None
         with self.lock:
             left = self.counts.get(oid, 0) - 1
             if left <= 0:
                 self.counts.pop(oid, None)
                 self.values.pop(oid, None)
+                held = self.holds.pop(oid, None)
             else:
                 self.counts[oid] = left
+        del held   # outside the lock: dropping them decrefs them
 
     def load(self, oid: int) -> Any:
         try:
@@ -78,6 +87,18 @@ class _Store:
         if isinstance(value, _Failed):
             raise value.error
         return cloudpickle.loads(value)
+
+
+_pickling = threading.local()   # .refs: the LocalRefs met while _dumps pickles a value
+
+
+def _dumps(value: Any) -> tuple[bytes, list]:
+    """``value`` pickled, and the LocalRefs inside it (the store keeps them alive)."""
+    _pickling.refs = []
+    try:
+        return cloudpickle.dumps(value), _pickling.refs
+    finally:
+        _pickling.refs = None
 
 
 class LocalRef:
@@ -98,6 +119,9 @@ class LocalRef:
             store.decref(self.oid)
 
     def __reduce__(self):
+        found = getattr(_pickling, "refs", None)
+        if found is not None:   # pickled into a stored value: it must outlive this ref
+            found.append(self)
         return (LocalRef, (self.session, self.oid))
 
     def __hash__(self) -> int:
@@ -185,7 +209,7 @@ class LocalBackend(Backend):
         return self._store
 
     def put(self, value: Any) -> LocalRef:
-        return self._live_store().new(cloudpickle.dumps(value))
+        return self._live_store().new(*_dumps(value))
 
     def get(self, handles: Sequence[LocalRef], timeout: float | None) -> list[Any]:
         return [h.store().load(h.oid) for h in handles]
@@ -237,7 +261,7 @@ class LocalBackend(Backend):
         for attempt in range(attempts):
             try:
                 values = split_returns(call(), num_returns, name)
-                return [store.new(cloudpickle.dumps(v)) for v in values]
+                return [store.new(*_dumps(v)) for v in values]
             except Exception as exc:
                 if options is not None and attempt + 1 < attempts and options.should_retry(exc):
                     continue
@@ -261,6 +285,15 @@ class LocalBackend(Backend):
             with applied_in_process(env):
                 return spec.function(*args, **kwargs)
         return self._store_outputs(call, spec.options.num_returns, spec.name, spec.options)
+
+    def submit_stream(self, spec: TaskSpec) -> "_LocalStream":
+        env = self._runtime_env(spec.options.runtime_env)
+        snapshot = self._snapshot(spec.args, dict(spec.kwargs))
+
+        def start() -> Any:
+            args, kwargs = self._resolve(*snapshot)
+            return spec.function(*args, **kwargs)
+        return _LocalStream(self._live_store(), start, env, spec.name)
 
     # -- actors ------------------------------------------------------------------------------
     def create_actor(self, spec: ActorSpec) -> LocalActorId:
@@ -298,9 +331,22 @@ class LocalBackend(Backend):
                     actor.error if actor else None)
             args, kwargs = self._resolve(*snapshot)
             with applied_in_process(actor.env):
-                result = getattr(actor.instance, call.method)(*args, **kwargs)
+                result = bound_method(actor.instance, call.method)(*args, **kwargs)
                 return _run_coroutine(result) if asyncio.iscoroutine(result) else result
         return self._store_outputs(run, call.num_returns, label)
+
+    def call_actor_stream(self, actor_id: LocalActorId, call: ActorCall) -> "_LocalStream":
+        actor = self._actors.get(actor_id)
+        label = f"{actor.spec.meta.class_name}.{call.method}" if actor else call.method
+        snapshot = self._snapshot(call.args, dict(call.kwargs))
+
+        def start() -> Any:
+            if actor is None or actor.dead_reason is not None:
+                reason = actor.dead_reason if actor else "it was killed or its session ended"
+                raise ActorDiedError(f"actor {label.split('.')[0]} is dead: {reason}")
+            args, kwargs = self._resolve(*snapshot)
+            return getattr(actor.instance, call.method)(*args, **kwargs)
+        return _LocalStream(self._live_store(), start, actor.env if actor else {}, label)
 
     def kill_actor(self, actor_id: LocalActorId, no_restart: bool) -> None:
         actor = self._actors.get(actor_id)
@@ -342,3 +388,53 @@ class LocalBackend(Backend):
         raise NotSupportedError("unipar.timeline() is for the native backend; local runs every "
                                 "task inline in this process: profile it with cProfile or a "
                                 "tracer instead")
+
+class _LocalStream(Stream):
+    """A generator run in this process, one step per ``next``: each value exists (and its
+    handle is given) as soon as the consumer asks for it, so nothing runs ahead of it."""
+
+    def __init__(self, store: _Store, start: Callable[[], Any], env: Any, name: str) -> None:
+        self._store = store
+        self._start = start
+        self._gen: Any = None
+        self._env = env
+        self._name = name
+        self._done = False
+        self._cancelled: LocalRef | None = None   # given once after a cancel, then the end
+        self._lock = threading.Lock()
+
+    def next(self, timeout: float | None) -> LocalRef:
+        with self._lock:
+            if self._cancelled is not None:
+                handle, self._cancelled = self._cancelled, None
+                return handle
+            if self._done:
+                raise StopIteration
+            try:
+                with applied_in_process(self._env):
+                    value = self._step()
+            except (StopIteration, StopAsyncIteration):
+                self._done = True
+                raise StopIteration from None
+            except Exception as exc:   # in its place in the stream, then the end
+                self._done = True
+                return self._store.new(_Failed(capture_remote(exc, f"{self._name} (local)")))
+            return self._store.new(*_dumps(value))
+
+    def _step(self) -> Any:
+        if self._gen is None:
+            self._gen = self._start()
+        if hasattr(self._gen, "__anext__"):
+            return _run_coroutine(self._gen.__anext__())
+        return next(self._gen)
+
+    def cancel(self, force: bool) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            if self._gen is not None and hasattr(self._gen, "close"):
+                self._gen.close()   # an async generator's aclose() is not awaited: local only
+            # One handle that says so, as a remote engine's stream does.
+            self._cancelled = self._store.new(_Failed(TaskCancelledError(
+                f"task {self._name} was cancelled")))

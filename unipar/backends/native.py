@@ -23,7 +23,9 @@ from ..native.node.scheduler import ENV_TAG
 from ..options import ActorOptions, InitOptions, TaskOptions, resource_demand
 from ..runtime_env import canonical, merge, pack
 from ..refs import is_ref, unwrap
-from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend
+from .base import (ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec,
+                   install_worker_backend)
+from .streams import CollectedStream, collect_call, collect_spec
 
 if TYPE_CHECKING:
     from ..native.client.client import Client
@@ -199,6 +201,13 @@ class NativeBackend(Backend):
     def call_actor(self, actor_id: ActorId, call: ActorCall) -> list[Hashable]:
         args, kwargs = _deps(call.args, call.kwargs)
         return self.client.call_actor(actor_id, call.method, args, kwargs, call.num_returns)
+
+    # Generators run to completion in the worker, then stream from here (docs/generators.md).
+    def submit_stream(self, spec: TaskSpec) -> Stream:
+        return CollectedStream(self, self.submit(collect_spec(spec))[0])
+
+    def call_actor_stream(self, actor_id: Any, call: ActorCall) -> Stream:
+        return CollectedStream(self, self.call_actor(actor_id, collect_call(call))[0])
 
     def kill_actor(self, actor_id: ActorId, no_restart: bool) -> None:
         self.client.kill_actor(actor_id, no_restart)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import os
 import re
@@ -33,17 +34,19 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Hashable, Iterator, NoReturn, Sequence
+from typing import Any, Callable, Hashable, Iterator, Mapping, NoReturn, Sequence
 
 import cloudpickle
 import psutil
 
 from .. import _state
+from .._yielding import COLLECT, DYNAMIC, bound_method
 from ..exceptions import (ActorDiedError, GetTimeoutError, ObjectLostError, ObjectStoreFullError,
                           TaskCancelledError, TaskError, UniparError, WorkerCrashedError)
 from ..options import ActorOptions, InitOptions, TaskOptions
 from ..refs import ObjectRef
-from .base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend
+from .base import (ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec,
+                   install_worker_backend)
 
 __all__ = ["RayBackend", "backend_class"]
 
@@ -152,6 +155,20 @@ def _task_body(function: Callable[..., Any]) -> Callable[..., Any]:
     def body(*args: Any, **kwargs: Any) -> Any:
         _ensure_worker_backend()
         return function(*args, **kwargs)
+
+    # Ray streams only what it sees is a generator function: keep that kind.
+    def generator_body(*args: Any, **kwargs: Any) -> Any:
+        _ensure_worker_backend()
+        yield from function(*args, **kwargs)
+
+    async def async_generator_body(*args: Any, **kwargs: Any) -> Any:
+        _ensure_worker_backend()
+        async for value in function(*args, **kwargs):
+            yield value
+    if inspect.isgeneratorfunction(function):
+        body = generator_body
+    elif inspect.isasyncgenfunction(function):
+        body = async_generator_body   # type: ignore[assignment]
     # Ray names the task (and its print prefix) after these.
     for attr in ("__name__", "__qualname__", "__doc__"):
         with contextlib.suppress(AttributeError, TypeError):
@@ -168,8 +185,19 @@ def _actor_class(cls: type) -> type:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         _ensure_worker_backend()
         cls.__init__(self, *args, **kwargs)
+    def __unipar_call__(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        return bound_method(self, method)(*args, **kwargs)   # a wrapped method (_yielding)
+
+    async def __unipar_call_async__(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        result = bound_method(self, method)(*args, **kwargs)
+        return (await result) if inspect.isawaitable(result) else result
+    # An async one only on async actors: one async method makes Ray run the actor on a loop.
+    is_async = any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+                   for _, m in inspect.getmembers(cls, callable))
     return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
-                                       "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+                                       "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+                                       "__unipar_call__": __unipar_call_async__ if is_async
+                                       else __unipar_call__})
 
 
 # -- options ------------------------------------------------------------------------------------
@@ -191,7 +219,25 @@ def _task_options(opts: TaskOptions) -> dict[str, Any]:
         out["retry_exceptions"] = value if isinstance(value, bool) else list(value)
     if opts.runtime_env:   # Ray's own keys and merge rule: passed as they are
         out["runtime_env"] = dict(opts.runtime_env)
+    _ray_extras(opts, _TASK_DEFAULTS, _TASK_EXTRAS, out)
     return out
+
+
+# Ray options unipar only records (docs/api.md): passed to Ray when set.
+_COMMON_EXTRAS = ("accelerator_type", "memory", "object_store_memory", "enable_task_events",
+                  "label_selector", "_labels", "fallback_strategy")
+_TASK_EXTRAS = _COMMON_EXTRAS + ("_generator_backpressure_num_objects",
+                                 "_num_objects_per_yield", "max_calls")
+_ACTOR_EXTRAS = _COMMON_EXTRAS + ("_actor_generator_backpressure_num_objects",
+                                  "max_pending_calls", "namespace", "concurrency_groups",
+                                  "allow_out_of_order_execution", "enable_tensor_transport")
+
+
+def _ray_extras(opts: Any, defaults: Any, names: tuple[str, ...], out: dict[str, Any]) -> None:
+    for key in names:
+        value = getattr(opts, key)
+        if value != getattr(defaults, key):
+            out[key] = dict(value) if isinstance(value, Mapping) else value
 
 
 def _actor_options(opts: ActorOptions) -> dict[str, Any]:
@@ -207,7 +253,11 @@ def _actor_options(opts: ActorOptions) -> dict[str, Any]:
         out["get_if_exists"] = True
     if opts.runtime_env:
         out["runtime_env"] = dict(opts.runtime_env)
+    _ray_extras(opts, _ACTOR_DEFAULTS, _ACTOR_EXTRAS, out)
     return out
+
+
+_ACTOR_DEFAULTS = ActorOptions()
 
 
 def _refs(result: Any) -> list[Any]:
@@ -517,11 +567,27 @@ class RayBackend(Backend):
         return handle
 
     def call_actor(self, actor_id: Any, call: ActorCall) -> list[Hashable]:
+        args, kwargs = _args(call.args, call.kwargs)
+        if call.method.startswith((COLLECT, DYNAMIC)):   # a wrapped generator method
+            return _refs(actor_id.__unipar_call__.remote(call.method, *args, **kwargs))
         method = getattr(actor_id, call.method)
         if call.num_returns != 1:
             method = method.options(num_returns=call.num_returns)
-        args, kwargs = _args(call.args, call.kwargs)
         return _refs(method.remote(*args, **kwargs))
+
+    def submit_stream(self, spec: TaskSpec) -> "_RayStream":
+        # num_returns="streaming" and the backpressure bound travel in the options.
+        fn = self._remote_function(spec)
+        args, kwargs = _args(spec.args, spec.kwargs)
+        return _RayStream(fn.remote(*args, **kwargs), self)
+
+    def call_actor_stream(self, actor_id: Any, call: ActorCall) -> "_RayStream":
+        options: dict[str, Any] = {"num_returns": "streaming"}
+        if call.backpressure != -1:
+            options["_generator_backpressure_num_objects"] = call.backpressure
+        method = getattr(actor_id, call.method).options(**options)
+        args, kwargs = _args(call.args, call.kwargs)
+        return _RayStream(method.remote(*args, **kwargs), self)
 
     def kill_actor(self, actor_id: Any, no_restart: bool) -> None:
         ray = self._live()
@@ -620,3 +686,20 @@ def _public_resources(resources: dict[str, float]) -> dict[str, float]:
 
 
 backend_class = RayBackend
+
+
+class _RayStream(Stream):
+    """Ray's own streaming generator (``ray.ObjectRefGenerator``), behind the seam."""
+
+    def __init__(self, generator: Any, backend: RayBackend) -> None:
+        self._generator = generator
+        self._backend = backend
+
+    def next(self, timeout: float | None) -> Hashable:
+        ref = self._generator._next_sync(timeout_s=timeout)   # StopIteration at the end
+        if ref.is_nil():
+            raise GetTimeoutError(f"no value from the generator within {timeout} s")
+        return ref
+
+    def cancel(self, force: bool) -> None:
+        self._backend._live().cancel(self._generator, force=force)

@@ -34,6 +34,7 @@ from typing import Any
 import cloudpickle
 
 from ...exceptions import ActorDiedError, capture_remote
+from ..._yielding import bound_method
 from .actors import (BackendClass, Failed, context, dask_key, ensure_worker_setup, pack_result,
                      resolve_args, where_ran, worker_address)
 
@@ -230,7 +231,7 @@ class ActorHost:
         with context(self.class_name, self._topic, self._forward, in_task=False):
             try:
                 args, kwargs = resolve_args(call.call_bytes, call.deps)
-                result = getattr(self._instance, call.method)(*args, **kwargs)
+                result = bound_method(self._instance, call.method)(*args, **kwargs)
                 if asyncio.iscoroutine(result) and loop is not None:
                     return result
                 if asyncio.iscoroutine(result):  # an async method on a sync host: run it here

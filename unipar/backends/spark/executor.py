@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import io
 import os
+import socket
 import sys
 import threading
 import warnings
@@ -38,6 +39,7 @@ import cloudpickle
 from ...exceptions import ResourcesBusyWarning, UniparError, capture_remote
 from ...options import InitOptions, TaskOptions, split_returns
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend
+from ..._yielding import bound_method
 from .channel import ChannelClient, recv, send
 
 # Stores of live driver sessions by session id (empty on executors): SparkRef counts itself there.
@@ -434,6 +436,33 @@ class ExecutorBackend(Backend):
     def available_resources(self) -> dict[str, float]:
         return _client().call("available_resources")
 
+    # -- scheduling: the driver's answers (backend.py), this task's own id -------------------
+    def can_grow(self) -> bool:
+        return _client().call("can_grow")
+
+    def runtime_context(self) -> dict[str, Any]:
+        info = dict(_client().call("runtime_context"))
+        ctx = _context()
+        host = socket.gethostname()
+        for node in self.nodes():   # the node (executor host) this task runs on
+            if node["NodeManagerAddress"] in (host, socket.gethostbyname(host)):
+                info["node_id"] = node["NodeID"]
+        info["task_id"] = str(ctx.task_id) if ctx is not None else None
+        return info
+
+    def create_placement_group(self, bundles: list[dict[str, float]], strategy: str,
+                               name: str | None) -> Any:
+        return _client().call("create_placement_group", bundles, strategy, name)
+
+    def wait_placement_group(self, pg_id: Any, timeout: float | None) -> bool:
+        return _client().call("wait_placement_group", pg_id, timeout)
+
+    def remove_placement_group(self, pg_id: Any) -> None:
+        _client().call("remove_placement_group", pg_id)
+
+    def placement_group_table(self) -> list[dict[str, Any]]:
+        return _client().call("placement_group_table")
+
     def dashboard_url(self) -> str | None:
         return None   # inside a Spark task: the driver knows the UI
 
@@ -519,7 +548,7 @@ class _ActorServer:
     def _prepare(self, message: tuple) -> tuple[int, Callable[..., Any], tuple, dict, int, str]:
         _, call_id, method, args_blob, dep_values, num_returns = message
         args, kwargs = resolve_args(args_blob, dep_values)
-        return call_id, getattr(self._instance, method), args, kwargs, num_returns, method
+        return call_id, bound_method(self._instance, method), args, kwargs, num_returns, method
 
     def _reply(self, call_id: int, method: str, num_returns: int, result: Any) -> None:
         outputs = split_returns(result, num_returns, f"{self._payload.name}.{method}")

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from ...exceptions import ActorDiedError, TaskCancelledError, capture_remote
+from ..._yielding import bound_method
 from ...options import split_returns
 from ..client.client import Client
 from ..client.refs import NativeRef
@@ -430,7 +431,7 @@ class Runtime:
         name = f"{self.label}.{msg.method}"
         self.events.started(msg.task_id, name, "actor_call")
         try:
-            method = getattr(self.instance, msg.method)
+            method = bound_method(self.instance, msg.method)
             args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
             result = method(*args, **kwargs)
             if asyncio.iscoroutine(result):
@@ -462,7 +463,7 @@ class Runtime:
             name = f"{self.label}.{msg.method}"
             self.events.started(msg.task_id, name, "actor_call")
             try:
-                method = getattr(self.instance, msg.method)
+                method = bound_method(self.instance, msg.method)
                 args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
                 result = method(*args, **kwargs)
                 if asyncio.iscoroutine(result):
