@@ -9,11 +9,13 @@ from .api import (available_resources, backend_name, cancel, cluster_resources,
                   put, shutdown, timeline, wait)
 from .exceptions import (ActorDiedError, BackendUnavailableError, GetTimeoutError,
                          NotSupportedError,
-                         InfeasibleResourcesError, ObjectLostError, ResourcesBusyWarning, ObjectStoreFullError,
+                         InfeasibleResourcesError, InfeasibleWarning, ObjectLostError,
+                         ResourcesBusyWarning, ObjectStoreFullError,
                          TaskCancelledError, TaskError, UniparError, WorkerCrashedError)
 from .generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .refs import ObjectRef
 from .remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, method, remote
+from .runtime_context import RuntimeContext, get_runtime_context
 
 __version__ = "0.1.0"
 
@@ -26,5 +28,6 @@ __all__ = [
     "ObjectRef", "ObjectRefGenerator", "DynamicObjectRefGenerator", "ActorHandle", "ActorClass", "ActorMethod", "RemoteFunction",
     "UniparError", "TaskError", "GetTimeoutError", "ActorDiedError", "WorkerCrashedError",
     "ObjectLostError", "ObjectStoreFullError", "TaskCancelledError", "BackendUnavailableError",
-    "InfeasibleResourcesError", "ResourcesBusyWarning",
+    "InfeasibleResourcesError", "ResourcesBusyWarning", "InfeasibleWarning",
+    "get_runtime_context", "RuntimeContext",
 ]

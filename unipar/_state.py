@@ -25,8 +25,9 @@ from typing import Any, Hashable
 from . import config
 from .backends import load_backend
 from .backends.base import ActorCall, ActorSpec, Backend, TaskSpec, current_backend, install_worker_backend
-from .exceptions import InfeasibleResourcesError, ResourcesBusyWarning
-from .options import InitOptions, resource_demand
+from ._strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+from .exceptions import InfeasibleResourcesError, InfeasibleWarning, ResourcesBusyWarning
+from .options import ActorOptions, InitOptions, TaskOptions, resource_demand
 
 __all__ = ["lock", "current", "install", "already_running", "start", "stop", "backend", "submit",
            "create_actor", "call_actor"]
@@ -36,6 +37,7 @@ log = logging.getLogger("unipar")
 #: Held while the current backend changes (init, shutdown), so two threads never start two.
 lock = threading.RLock()
 _totals: dict[str, float] = {}  # cluster totals as last seen, for the feasibility check
+_fail_infeasible: list[bool | None] = [None]   # InitOptions.fail_infeasible of this session
 _atexit_registered = False
 
 
@@ -85,6 +87,7 @@ def start(name: str | None, options: InitOptions) -> None:
             raise
         install_worker_backend(instance)
         _totals.clear()
+        _fail_infeasible[0] = options.fail_infeasible
         if not _atexit_registered:
             atexit.register(stop)
             _atexit_registered = True
@@ -115,19 +118,57 @@ def backend() -> Backend:
 
 # -- tasks and actors ---------------------------------------------------------------------------
 
-def _check_feasible(running: Backend, demand: dict[str, float], what: str) -> None:
+def _check_feasible(running: Backend, opts: TaskOptions | ActorOptions, what: str) -> None:
+    """Refuse (or, where the cluster may grow, warn about) work no node could run today.
+
+    Work in a placement group is checked against its bundle instead: the group reserved it."""
+    strategy = opts.scheduling_strategy
+    demand = resource_demand(opts)
+    if isinstance(strategy, PlacementGroupSchedulingStrategy):
+        _check_fits_bundle(strategy, demand, what)
+        return
+    if isinstance(strategy, NodeAffinitySchedulingStrategy) and not strategy.soft:
+        alive = {n["NodeID"] for n in running.nodes() if n["Alive"]}
+        if strategy.node_id not in alive:
+            raise InfeasibleResourcesError(
+                f"{what} is pinned to node {strategy.node_id!r} (NodeAffinitySchedulingStrategy, "
+                "soft=False), which is not alive: unipar.nodes() lists the live ones; pass "
+                "soft=True to run elsewhere when it is gone")
     if not demand:
         return
     if not _totals or any(_totals.get(k, 0.0) < v for k, v in demand.items()):
         _totals.clear()
         _totals.update(running.cluster_resources())
     missing = {k: v for k, v in demand.items() if _totals.get(k, 0.0) < v}
-    if missing:
-        have = {k: _totals.get(k, 0.0) for k in missing}
-        raise InfeasibleResourcesError(
-            f"{what} asks for {missing} but the whole cluster has {have}; it could never run. "
-            "Ask for less, or start the cluster with more (unipar.init(num_cpus=..., "
-            "num_gpus=..., resources={...}) or more nodes).")
+    if not missing:
+        return
+    have = {k: _totals.get(k, 0.0) for k in missing}
+    fail = _fail_infeasible[0]
+    if fail is False or (fail is None and running.can_grow()):
+        # As in Ray: on a cluster that nodes may join, it waits for one that fits.
+        warnings.warn(
+            f"{what} asks for {missing} but the cluster has {have} today; it waits until a "
+            "node that has that much joins (unipar status lists it as infeasible). Pass "
+            "unipar.init(fail_infeasible=True) to fail instead.", InfeasibleWarning,
+            stacklevel=4)
+        return
+    raise InfeasibleResourcesError(
+        f"{what} asks for {missing} but the whole cluster has {have}; it could never run. "
+        "Ask for less, or start the cluster with more (unipar.init(num_cpus=..., "
+        "num_gpus=..., resources={...}) or more nodes).")
+
+
+def _check_fits_bundle(strategy: PlacementGroupSchedulingStrategy, demand: dict[str, float],
+                       what: str) -> None:
+    bundles = strategy.placement_group.bundle_specs
+    index = strategy.placement_group_bundle_index
+    candidates = bundles if index == -1 else [bundles[index]]
+    if any(all(b.get(k, 0.0) + 1e-9 >= v for k, v in demand.items()) for b in candidates):
+        return
+    where = "any bundle" if index == -1 else f"bundle {index} ({bundles[index]})"
+    raise InfeasibleResourcesError(
+        f"{what} asks for {demand} but {where} of its placement group holds less; it could "
+        "never run there. Ask for at most what the bundle reserves.")
 
 
 def _warn_if_busy(running: Backend, demand: dict[str, float], what: str) -> None:
@@ -149,7 +190,7 @@ def submit(spec: TaskSpec) -> list[Hashable]:
         InfeasibleResourcesError: the whole cluster could never give what it asks for.
     """
     running = backend()
-    _check_feasible(running, resource_demand(spec.options), f"task {spec.name}")
+    _check_feasible(running, spec.options, f"task {spec.name}")
     return running.submit(spec)
 
 
@@ -162,8 +203,9 @@ def create_actor(spec: ActorSpec) -> Any:
     running = backend()
     what = f"actor {spec.meta.class_name}"
     demand = resource_demand(spec.options)
-    _check_feasible(running, demand, what)
-    if demand:
+    _check_feasible(running, spec.options, what)
+    if demand and not isinstance(spec.options.scheduling_strategy,
+                                 PlacementGroupSchedulingStrategy):
         # Actors hold resources for life: a user who starts more than fit must hear why the
         # next one does not start, instead of a silent hang.
         _warn_if_busy(running, demand, what)

@@ -32,12 +32,16 @@ def init(address: str | None = None, *, backend: str | None = None, num_cpus: in
          num_gpus: int | None = None, resources: dict[str, float] | None = None,
          object_store_memory: int | None = None, log_to_driver: bool = True,
          ignore_reinit_error: bool = False, backend_options: dict[str, Any] | None = None,
-         runtime_env: dict[str, Any] | None = None) -> None:
+         runtime_env: dict[str, Any] | None = None,
+         fail_infeasible: bool | None = None) -> None:
     """Start or connect to a backend for this process.
 
     Backend: ``backend``, else ``UNIPAR_BACKEND``, else ``"native"``. Address: ``address``, else
     ``UNIPAR_ADDRESS``, else a new local cluster. ``num_cpus`` etc. size a local cluster.
     ``runtime_env``: the job's default code and settings for its workers (docs/runtime-env.md).
+    ``fail_infeasible``: a task or actor no node fits fails at ``.remote()`` (True) or waits
+    for a node that fits with an InfeasibleWarning (False); None (default): it fails only
+    where the cluster cannot grow (a cluster of this process, local), as Ray does.
 
     Raises:
         RuntimeError: already initialised (pass ``ignore_reinit_error=True`` to allow it).
@@ -51,7 +55,8 @@ def init(address: str | None = None, *, backend: str | None = None, num_cpus: in
             address=address if address is not None else config.address(),
             num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
             object_store_memory=object_store_memory, log_to_driver=log_to_driver,
-            backend_options=backend_options or {}, runtime_env=runtime_env)
+            backend_options=backend_options or {}, runtime_env=runtime_env,
+            fail_infeasible=fail_infeasible)
         _state.start(backend, options)
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "InfeasibleResourcesError",
     "HeadUnavailableError",
     "ResourcesBusyWarning",
+    "InfeasibleWarning",
     "capture_remote",
 ]
 
@@ -68,6 +69,11 @@ class InfeasibleResourcesError(UniparError, ValueError):
 
 class ResourcesBusyWarning(UserWarning):
     """An actor asks for resources that running tasks and live actors hold: it waits for them."""
+
+
+class InfeasibleWarning(ResourcesBusyWarning):
+    """A task, actor or placement group asks for more than any node has now, on a cluster that
+    may grow: it waits for a node that fits (Ray's "infeasible" pending state)."""
 
 
 class BackendUnavailableError(UniparError, ImportError):
@@ -188,4 +194,3 @@ def capture_remote(exc: BaseException, where: str = "") -> UniparError:
         return exc
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return TaskError.from_cause(exc, tb, where)
-

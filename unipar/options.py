@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .runtime_env import validate as _check_runtime_env
+from ._strategies import normalize as _normalize_strategy
 
 __all__ = ["TaskOptions", "ActorOptions", "MethodOptions", "InitOptions", "resource_demand",
-           "split_returns"]
+           "split_returns", "check_bundles"]
 
 
 def split_returns(result: Any, num_returns: int, name: str) -> list[Any]:
@@ -100,10 +101,17 @@ class TaskOptions(_Options):
     _labels: Mapping[str, str] | None = None
     fallback_strategy: Any = None
     runtime_env: Mapping[str, Any] | None = None   # merged over init's (see runtime_env.py)
+    # Where it runs (util/scheduling_strategies.py); placement_group/bundle_index (or Ray's
+    # placement_group_bundle_index) are folded into scheduling_strategy, then cleared.
+    scheduling_strategy: Any = None
+    placement_group: Any = None
+    bundle_index: int = -1
+    placement_group_bundle_index: int = -1
 
     def __post_init__(self) -> None:
         _check_num_returns(self.num_returns)
         _check_ray_extras(self)
+        _fold_strategy(self)
         object.__setattr__(self, "runtime_env", _check_runtime_env(self.runtime_env) or None)
         _check_number("num_cpus", self.num_cpus)
         _check_number("num_gpus", self.num_gpus)
@@ -122,6 +130,43 @@ class TaskOptions(_Options):
         if isinstance(self.retry_exceptions, tuple):
             return isinstance(exc, self.retry_exceptions)
         return False
+
+
+def _fold_strategy(opts: "TaskOptions | ActorOptions") -> None:
+    """One strategy in ``scheduling_strategy``: the short spellings folded in, then cleared
+    (so a later ``.options(scheduling_strategy=...)`` replaces it cleanly)."""
+    index = opts.bundle_index if opts.bundle_index != -1 else opts.placement_group_bundle_index
+    strategy = _normalize_strategy(opts.scheduling_strategy, opts.placement_group, index)
+    object.__setattr__(opts, "scheduling_strategy", strategy)
+    object.__setattr__(opts, "placement_group", None)
+    object.__setattr__(opts, "bundle_index", -1)
+    object.__setattr__(opts, "placement_group_bundle_index", -1)
+
+
+def check_bundles(bundles: Any) -> list[dict[str, float]]:
+    """Placement-group bundles as a list of ``{resource: amount}`` dicts (``CPU``/``GPU`` are
+    allowed here, unlike ``resources=``).
+
+    Raises:
+        ValueError: no bundles, an empty bundle, or a negative amount.
+        TypeError: not a list of dicts of str -> number.
+    """
+    if not isinstance(bundles, (list, tuple)) or not bundles:
+        raise ValueError(f"bundles must be a non-empty list of dicts, got {bundles!r}")
+    checked = []
+    for i, bundle in enumerate(bundles):
+        if not isinstance(bundle, Mapping):
+            raise TypeError(f"bundle {i} must be a dict of resource -> amount, got {bundle!r}")
+        for key, amount in bundle.items():
+            if not isinstance(key, str):
+                raise TypeError(f"resource names must be strings, got {key!r} in bundle {i}")
+            _check_number(f"bundle {i}[{key!r}]", amount)
+        positive = {k: float(v) for k, v in bundle.items() if v > 0}
+        if not positive:
+            raise ValueError(f"bundle {i} asks for nothing ({dict(bundle)!r}): every bundle "
+                             "needs some resource, e.g. {'CPU': 1}")
+        checked.append(positive)
+    return checked
 
 
 def _check_num_returns(value: Any) -> None:
@@ -220,13 +265,18 @@ class ActorOptions(_Options):
     _labels: Mapping[str, str] | None = None
     fallback_strategy: Any = None
     runtime_env: Mapping[str, Any] | None = None   # merged over init's (see runtime_env.py)
+    scheduling_strategy: Any = None                 # as TaskOptions
+    placement_group: Any = None
+    bundle_index: int = -1
+    placement_group_bundle_index: int = -1
 
     def __post_init__(self) -> None:
+        _check_ray_extras(self)
+        _fold_strategy(self)
         object.__setattr__(self, "runtime_env", _check_runtime_env(self.runtime_env) or None)
         _check_number("num_cpus", self.num_cpus)
         _check_number("num_gpus", self.num_gpus)
         _check_resources(self.resources)
-        _check_ray_extras(self)
         for name in ("max_restarts", "max_task_retries"):
             value = getattr(self, name)
             if value != -1:
@@ -287,8 +337,13 @@ class InitOptions(_Options):
     log_to_driver: bool = True
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     runtime_env: Mapping[str, Any] | None = None   # the job's default (see runtime_env.py)
+    # A task or actor no node fits: fail at .remote() (True), or wait for a node that fits,
+    # with an InfeasibleWarning (False). None: fail only where the cluster cannot grow.
+    fail_infeasible: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.fail_infeasible not in (None, True, False):
+            raise TypeError(f"fail_infeasible must be None, True or False, got {self.fail_infeasible!r}")
         object.__setattr__(self, "runtime_env", _check_runtime_env(self.runtime_env) or None)
         if self.num_cpus is not None:
             _check_number("num_cpus", self.num_cpus, minimum=1, integer=True)

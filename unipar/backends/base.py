@@ -245,6 +245,47 @@ class Backend(ABC):
             NotSupportedError: the engine keeps no such record; the message names its tool.
         """
 
+    # -- scheduling (docs/scheduling.md) ------------------------------------------------------
+    @abstractmethod
+    def can_grow(self) -> bool:
+        """Whether nodes may join this cluster later (``unipar start`` clusters, Ray, Dask or
+        Spark clusters that add workers): a task no node fits then waits instead of failing."""
+
+    @abstractmethod
+    def runtime_context(self) -> dict[str, Any]:
+        """Where the calling code runs: ``node_id``, ``job_id`` (strings), ``task_id`` and
+        ``actor_id`` (strings, or None outside a task / an actor)."""
+
+    @abstractmethod
+    def create_placement_group(self, bundles: list[dict[str, float]], strategy: str,
+                               name: str | None) -> Any:
+        """Start reserving ``bundles`` together; return the group's id at once (picklable).
+
+        Raises:
+            ValueError: ``name`` is taken by a live group.
+            NotSupportedError: the engine cannot reserve resources; the message says why.
+        """
+
+    @abstractmethod
+    def wait_placement_group(self, pg_id: Any, timeout: float | None) -> bool:
+        """True once every bundle is reserved, False when ``timeout`` passes first.
+
+        Raises:
+            InfeasibleResourcesError: the cluster can never hold it and cannot grow.
+            ValueError: the group was removed.
+        """
+
+    @abstractmethod
+    def remove_placement_group(self, pg_id: Any) -> None:
+        """Release the group's reservations (idempotent)."""
+
+    @abstractmethod
+    def placement_group_table(self) -> list[dict[str, Any]]:
+        """One row per group: ``placement_group_id`` (str), ``handle`` (the id
+        create_placement_group returned), ``name``, ``strategy``, ``state`` (PENDING, CREATED,
+        INFEASIBLE, REMOVED), ``bundles`` ({index: resources}), ``bundles_to_node_id``
+        ({index: node id} of reserved bundles)."""
+
 
 _current: Backend | None = None  # the one backend this process talks to
 

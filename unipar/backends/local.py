@@ -28,8 +28,9 @@ from ..exceptions import (ActorDiedError, ObjectLostError, TaskCancelledError, U
 from ..options import InitOptions, TaskOptions, resource_demand, split_returns
 from ..refs import is_ref, unwrap
 from ..runtime_env import applied_in_process, merge, refuse_in_process
-from .._yielding import bound_method
+from .scheduling import OneNodeGroups, in_group, running_ids, running_task
 from .base import ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec
+from .._yielding import bound_method
 
 _STORES: dict[str, "_Store"] = {}
 
@@ -184,6 +185,8 @@ class LocalBackend(Backend):
         self._actor_ids = itertools.count(1)
         self._totals: dict[str, float] = {}
         self._job_env: dict[str, Any] = {}
+        self._groups = OneNodeGroups(self._session[:16], lambda: dict(self._totals),
+                                     self._free_of_actors)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
@@ -282,7 +285,7 @@ class LocalBackend(Backend):
 
         def call() -> Any:
             args, kwargs = self._resolve(*snapshot)
-            with applied_in_process(env):
+            with applied_in_process(env), running_task(None):
                 return spec.function(*args, **kwargs)
         return self._store_outputs(call, spec.options.num_returns, spec.name, spec.options)
 
@@ -330,7 +333,7 @@ class LocalBackend(Backend):
                 raise ActorDiedError(f"actor {label.split('.')[0]} is dead: {reason}") from (
                     actor.error if actor else None)
             args, kwargs = self._resolve(*snapshot)
-            with applied_in_process(actor.env):
+            with applied_in_process(actor.env), running_task(str(actor_id)):
                 result = bound_method(actor.instance, call.method)(*args, **kwargs)
                 return _run_coroutine(result) if asyncio.iscoroutine(result) else result
         return self._store_outputs(run, call.num_returns, label)
@@ -373,12 +376,40 @@ class LocalBackend(Backend):
         return dict(self._totals)
 
     def available_resources(self) -> dict[str, float]:
+        free = self._free_of_actors()
+        for key, amount in self._groups.held().items():   # placement groups hold theirs
+            free[key] = free.get(key, 0.0) - amount
+        return free
+
+    def _free_of_actors(self) -> dict[str, float]:
         free = dict(self._totals)
-        for actor in self._actors.values():
-            if actor.dead_reason is None:
+        for actor in self._actors.values():   # an actor in a group takes from the group's
+            if actor.dead_reason is None and not in_group(actor.spec.options):
                 for key, amount in resource_demand(actor.spec.options).items():
                     free[key] = free.get(key, 0.0) - amount
         return free
+
+    # -- scheduling: one node; groups are bookkeeping (every task runs here anyway) -----------
+    def can_grow(self) -> bool:
+        return False
+
+    def runtime_context(self) -> dict[str, Any]:
+        task_id, actor_id = running_ids()
+        return {"node_id": self._session[:16], "job_id": self._session[:8],
+                "task_id": task_id, "actor_id": actor_id}
+
+    def create_placement_group(self, bundles: list[dict[str, float]], strategy: str,
+                               name: str | None) -> str:
+        return self._groups.create(bundles, strategy, name)
+
+    def wait_placement_group(self, pg_id: str, timeout: float | None) -> bool:
+        return self._groups.wait(pg_id, timeout)
+
+    def remove_placement_group(self, pg_id: str) -> None:
+        self._groups.remove(pg_id)
+
+    def placement_group_table(self) -> list[dict[str, Any]]:
+        return self._groups.table()
 
     def dashboard_url(self) -> str | None:
         return None   # tasks run in this process: there is nothing to watch
@@ -388,6 +419,7 @@ class LocalBackend(Backend):
         raise NotSupportedError("unipar.timeline() is for the native backend; local runs every "
                                 "task inline in this process: profile it with cProfile or a "
                                 "tracer instead")
+
 
 class _LocalStream(Stream):
     """A generator run in this process, one step per ``next``: each value exists (and its

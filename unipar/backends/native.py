@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any, Hashable, Sequence
 from ..exceptions import BackendUnavailableError
 from ..native.client.refs import ActorId, NativeRef
 from ..native.node.scheduler import ENV_TAG
+from ..native.worker.events import running
 from ..options import ActorOptions, InitOptions, TaskOptions, resource_demand
 from ..runtime_env import canonical, merge, pack
 from ..refs import is_ref, unwrap
 from .base import (ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec,
                    install_worker_backend)
 from .streams import CollectedStream, collect_call, collect_spec
+from .native_scheduling import NativeScheduling, user_view
 
 if TYPE_CHECKING:
     from ..native.client.client import Client
@@ -58,10 +60,13 @@ class NativeBackend(Backend):
         self._env_specs: list[NativeRef] = []         # shipped specs: held while we live
         self._demands: dict[tuple, dict[str, float]] = {}
         self._env_lock = threading.Lock()
+        self._fail_infeasible: bool | None = None
+        self._scheduling = NativeScheduling(lambda: self.client, self.can_grow)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
         self._job_env = dict(options.runtime_env or {})
+        self._fail_infeasible = options.fail_infeasible
         if options.address not in (None, "local"):
             self._connect(options)
             return
@@ -139,7 +144,7 @@ class NativeBackend(Backend):
     def _demand(self, opts: TaskOptions | ActorOptions) -> dict[str, float]:
         """What to ask the engine for: the resources, plus the runtime env's tag (a key
         with amount 0), which sends the work to workers set up for that env only."""
-        demand = resource_demand(opts)
+        demand = self._scheduling.demand(opts.scheduling_strategy, resource_demand(opts))
         tag = self._env_tag(opts.runtime_env)
         if not tag:
             return demand
@@ -217,24 +222,24 @@ class NativeBackend(Backend):
 
     # -- cluster -------------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
-        return [{k: v for k, v in n.items() if k not in ("Address", "Available")}
-                for n in self.client.nodes()]
+        return [{**{k: v for k, v in n.items() if k not in ("Address", "Available")},
+                 "Resources": user_view(n["Resources"])} for n in self.client.nodes()]
 
     def cluster_resources(self) -> dict[str, float]:
         total: dict[str, float] = {}
         for node in self.client.nodes():
             if node["Alive"]:
-                for key, value in node["Resources"].items():
+                for key, value in user_view(node["Resources"]).items():
                     total[key] = total.get(key, 0.0) + value
         return total
 
     def available_resources(self) -> dict[str, float]:
         nodes = [n for n in self.client.nodes() if n["Alive"]]
         if len(nodes) <= 1:   # one node: ask it (exact, now)
-            return dict(self.client.node_info()["available"])
+            return user_view(self.client.node_info()["available"])
         free: dict[str, float] = {}   # several: what each reported in the last second
         for node in nodes:
-            for key, value in node.get("Available", node["Resources"]).items():
+            for key, value in user_view(node.get("Available", node["Resources"])).items():
                 free[key] = free.get(key, 0.0) + value
         return free
 
@@ -252,6 +257,26 @@ class NativeBackend(Backend):
         from ..native.cluster.inspect import chrome_trace, cluster_timeline
         rows = cluster_timeline(self.client.nodes(), self.client.secret)["timeline"]
         return chrome_trace(rows)
+
+    # -- scheduling (native_scheduling.py, docs/scheduling.md) --------------------------------
+    def can_grow(self) -> bool:
+        return self._cluster is None   # a cluster of `unipar start`: nodes may join it
+
+    def runtime_context(self) -> dict[str, Any]:
+        return self._scheduling.runtime_context(*running())
+
+    def create_placement_group(self, bundles: list[dict[str, float]], strategy: str,
+                               name: str | None) -> str:
+        return self._scheduling.create(bundles, strategy, name)
+
+    def wait_placement_group(self, pg_id: str, timeout: float | None) -> bool:
+        return self._scheduling.wait(pg_id, timeout, self._fail_infeasible)
+
+    def remove_placement_group(self, pg_id: str) -> None:
+        self._scheduling.remove(pg_id)
+
+    def placement_group_table(self) -> list[dict[str, Any]]:
+        return self._scheduling.table()
 
 
 def _load_client() -> None:

@@ -43,6 +43,7 @@ from .. import _state
 from .._yielding import COLLECT, DYNAMIC, bound_method
 from ..exceptions import (ActorDiedError, GetTimeoutError, ObjectLostError, ObjectStoreFullError,
                           TaskCancelledError, TaskError, UniparError, WorkerCrashedError)
+from .._strategies import NodeAffinitySchedulingStrategy
 from ..options import ActorOptions, InitOptions, TaskOptions
 from ..refs import ObjectRef
 from .base import (ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec,
@@ -219,6 +220,7 @@ def _task_options(opts: TaskOptions) -> dict[str, Any]:
         out["retry_exceptions"] = value if isinstance(value, bool) else list(value)
     if opts.runtime_env:   # Ray's own keys and merge rule: passed as they are
         out["runtime_env"] = dict(opts.runtime_env)
+    _strategy_option(opts.scheduling_strategy, out)
     _ray_extras(opts, _TASK_DEFAULTS, _TASK_EXTRAS, out)
     return out
 
@@ -253,11 +255,29 @@ def _actor_options(opts: ActorOptions) -> dict[str, Any]:
         out["get_if_exists"] = True
     if opts.runtime_env:
         out["runtime_env"] = dict(opts.runtime_env)
+    _strategy_option(opts.scheduling_strategy, out)
     _ray_extras(opts, _ACTOR_DEFAULTS, _ACTOR_EXTRAS, out)
     return out
 
 
 _ACTOR_DEFAULTS = ActorOptions()
+
+
+def _strategy_option(strategy: Any, out: dict[str, Any]) -> None:
+    """unipar's scheduling strategy as Ray's own (passed through: Ray does the work)."""
+    if strategy is None:
+        return
+    if isinstance(strategy, str):
+        out["scheduling_strategy"] = strategy
+        return
+    from ray.util import scheduling_strategies as ray_strategies
+    if isinstance(strategy, NodeAffinitySchedulingStrategy):
+        out["scheduling_strategy"] = ray_strategies.NodeAffinitySchedulingStrategy(
+            strategy.node_id, soft=strategy.soft)
+        return
+    out["scheduling_strategy"] = ray_strategies.PlacementGroupSchedulingStrategy(
+        strategy.placement_group.id, strategy.placement_group_bundle_index,
+        strategy.placement_group_capture_child_tasks)
 
 
 def _refs(result: Any) -> list[Any]:
@@ -656,6 +676,48 @@ class RayBackend(Backend):
 
     def available_resources(self) -> dict[str, float]:
         return _public_resources(self._live().available_resources())
+
+    # -- scheduling: Ray's own placement groups and runtime context ---------------------------
+    def can_grow(self) -> bool:
+        return True   # Ray keeps infeasible work pending for nodes (or an autoscaler) to come
+
+    def runtime_context(self) -> dict[str, Any]:
+        ctx = self._live().get_runtime_context()
+        return {"node_id": ctx.get_node_id(), "job_id": ctx.get_job_id(),
+                "task_id": ctx.get_task_id(), "actor_id": ctx.get_actor_id()}
+
+    def create_placement_group(self, bundles: list[dict[str, float]], strategy: str,
+                               name: str | None) -> Any:
+        from ray.util import placement_group
+        try:
+            return placement_group(bundles, strategy=strategy, name=name or "")
+        except Exception as exc:   # a name taken: Ray raises its own error
+            raise ValueError(str(exc)) from None
+
+    def wait_placement_group(self, pg_id: Any, timeout: float | None) -> bool:
+        table = self._live().util.placement_group_table(pg_id)
+        if table.get("state") == "REMOVED":
+            raise ValueError(f"placement group {pg_id.id.hex()} was removed")
+        return bool(pg_id.wait(timeout))
+
+    def remove_placement_group(self, pg_id: Any) -> None:
+        from ray.util import remove_placement_group
+        remove_placement_group(pg_id)
+
+    def placement_group_table(self) -> list[dict[str, Any]]:
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup
+        rows = []
+        for pg_hex, row in self._live().util.placement_group_table().items():
+            handle = PlacementGroup(PlacementGroupID.from_hex(pg_hex))
+            rows.append({"placement_group_id": pg_hex, "handle": handle,
+                         "name": row.get("name") or None, "strategy": row.get("strategy"),
+                         "state": row.get("state"),
+                         "bundles": {int(i): dict(b) for i, b in row.get("bundles", {}).items()},
+                         "bundles_to_node_id": {int(i): n for i, n in
+                                                row.get("bundles_to_node_id", {}).items()},
+                         "error": ""})
+        return rows
 
     def dashboard_url(self) -> str | None:
         try:

@@ -6,11 +6,16 @@
 - :mod:`unipar.util.joblib` — ``register_unipar()``: joblib (and scikit-learn's ``n_jobs``)
   on the cluster; needs joblib.
 - :class:`UniparExecutor` — a ``concurrent.futures.Executor`` over tasks.
+- :func:`placement_group` (:mod:`unipar.util.placement_group`) and
+  :mod:`unipar.util.scheduling_strategies` — reserve resources together, choose where work runs.
 
 Importing this package starts nothing and imports no engine library.
 """
 
 from .actor_pool import ActorPool
 from .executor import UniparExecutor
+from .placement_group import (get_placement_group, placement_group, placement_group_table,
+                              remove_placement_group)
 
-__all__ = ["ActorPool", "UniparExecutor"]
+__all__ = ["ActorPool", "UniparExecutor", "placement_group", "remove_placement_group",
+           "get_placement_group", "placement_group_table"]

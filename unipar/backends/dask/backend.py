@@ -43,6 +43,8 @@ from . import actors as worker_side
 from . import hosts
 from .actors import Dep, dumps, extract, load, note_pickled
 from .cluster import LocalProcesses
+from ..scheduling import no_groups
+from .placement import WHY_NO_GROUPS, DaskPlacement, runtime_context
 from .restarts import DEMAND as _DEMAND
 from .restarts import Recipe, Restarts
 from ...refs import is_ref, unwrap
@@ -344,7 +346,8 @@ class DaskBackend(Backend):
             worker_side.run_task, DaskBackend, fn_key, fn_blob, call_bytes, label, topic, forward,
             *deps,
             key=f"{label}-{uuid.uuid4().hex}", pure=False,
-            resources=self._restrictions(resource_demand(spec.options)))
+            resources=self._restrictions(resource_demand(spec.options)),
+            **self._placement().kwargs(spec.options.scheduling_strategy))
         fire_and_forget(future)  # a dropped ref must not cancel the task (Ray runs it anyway)
         n = spec.options.num_returns
         if n == 1:
@@ -515,7 +518,7 @@ class DaskBackend(Backend):
             future = client.submit(
                 hosts.ActorHost, *host_args,
                 key=f"{spec.meta.class_name}-actor-{uuid.uuid4().hex}", actor=True, pure=False,
-                resources=resources)
+                resources=resources, **self._placement().kwargs(opts.scheduling_strategy))
         actor_id = DaskActorId(future, nested,
                                retries=opts.max_task_retries if opts.max_restarts != 0 else 0)
         if opts.max_restarts != 0:
@@ -707,6 +710,34 @@ class DaskBackend(Backend):
             if name != "CPU":
                 free[name] = free.get(name, 0.0) - amount
         return {k: max(v, 0.0) for k, v in free.items()}
+
+    # -- scheduling (placement.py): strategies as worker restrictions; no placement groups ----
+    def _placement(self) -> DaskPlacement:
+        found = self.__dict__.get("_placement_rules")
+        if found is None:
+            found = self.__dict__["_placement_rules"] = DaskPlacement(self._workers)
+        return found
+
+    def can_grow(self) -> bool:
+        return True   # workers may join a Dask cluster at any time
+
+    def runtime_context(self) -> dict[str, Any]:
+        client = self._live()
+        return runtime_context(str(client.scheduler.address),
+                               lambda: self.nodes()[0]["NodeID"])
+
+    def create_placement_group(self, bundles: list[dict[str, float]], strategy: str,
+                               name: str | None) -> Any:
+        raise no_groups(self.name, WHY_NO_GROUPS)
+
+    def wait_placement_group(self, pg_id: Any, timeout: float | None) -> bool:
+        raise no_groups(self.name, WHY_NO_GROUPS)
+
+    def remove_placement_group(self, pg_id: Any) -> None:
+        raise no_groups(self.name, WHY_NO_GROUPS)
+
+    def placement_group_table(self) -> list[dict[str, Any]]:
+        return []
 
     def dashboard_url(self) -> str | None:
         try:

@@ -54,6 +54,7 @@ from .actors import ActorTable, split_args
 from .channel import ChannelServer
 from .executor import DRIVER_STORES, SessionInfo, SparkRef, TaskPayload, runner_partition
 from .session import SparkSessionHandle, crash_reason
+from ..scheduling import no_groups, refuse_strategy
 from ...runtime_env import refuse as refuse_runtime_env
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec
 from ..streams import CollectedStream, collect_call, collect_spec
@@ -401,6 +402,7 @@ class SparkBackend(Backend):
     # -- tasks -------------------------------------------------------------------------------
     def submit(self, spec: TaskSpec, parent: int | None = None) -> list[SparkRef]:
         refuse_runtime_env(spec.options.runtime_env, self.name, _NO_RUNTIME_ENV)
+        _refuse_strategy(spec.options.scheduling_strategy)
         self._check_live()
         # Function ids are unique per process; ids made on different executor hosts may clash,
         # so only the driver's own functions are cached.
@@ -747,6 +749,7 @@ class SparkBackend(Backend):
     # -- actors (the table lives in _spark_actors) ---------------------------------------------
     def create_actor(self, spec: ActorSpec) -> Any:
         refuse_runtime_env(spec.options.runtime_env, self.name, _NO_RUNTIME_ENV)
+        _refuse_strategy(spec.options.scheduling_strategy)
         actor_id, busy = self._create_actor(spec)
         if busy is not None:
             _warn_busy(busy)
@@ -799,6 +802,27 @@ class SparkBackend(Backend):
         with self.lock:
             return {k: max(v, 0.0) for k, v in self.free.items() if not k.startswith("_")}
 
+    # -- scheduling: Spark places work itself (docs/scheduling.md) ----------------------------
+    def can_grow(self) -> bool:
+        return True   # executors may join a standalone or YARN/Kubernetes session
+
+    def runtime_context(self) -> dict[str, Any]:
+        return {"node_id": self.nodes()[0]["NodeID"], "job_id": self.session_id[:8],
+                "task_id": None, "actor_id": None}
+
+    def create_placement_group(self, bundles: list[dict[str, float]], strategy: str,
+                               name: str | None) -> Any:
+        raise no_groups(self.name, SPARK_NO_GROUPS)
+
+    def wait_placement_group(self, pg_id: Any, timeout: float | None) -> bool:
+        raise no_groups(self.name, SPARK_NO_GROUPS)
+
+    def remove_placement_group(self, pg_id: Any) -> None:
+        raise no_groups(self.name, SPARK_NO_GROUPS)
+
+    def placement_group_table(self) -> list[dict[str, Any]]:
+        return []
+
     def dashboard_url(self) -> str | None:
         return (self.spark.ui_url or None) if self.spark is not None else None
 
@@ -848,6 +872,16 @@ class SparkBackend(Backend):
         out = sys.stdout if stream == "stdout" else sys.stderr
         out.write(text)
         out.flush()
+
+
+SPARK_NO_GROUPS = (
+    "Spark gives executor slots to running tasks only: it reserves nothing ahead of them, and picks executors itself")
+
+
+def _refuse_strategy(strategy: Any) -> None:
+    """SPREAD is what Spark does anyway; node affinity and placement groups it cannot do."""
+    refuse_strategy(strategy, "spark", SPARK_NO_GROUPS,
+                    "Spark picks the executor of each task itself")
 
 
 def _warn_busy(message: str) -> None:

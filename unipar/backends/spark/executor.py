@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import io
 import os
+import socket
 import sys
 import threading
 import warnings
@@ -434,6 +435,33 @@ class ExecutorBackend(Backend):
 
     def available_resources(self) -> dict[str, float]:
         return _client().call("available_resources")
+
+    # -- scheduling: the driver's answers (backend.py), this task's own id -------------------
+    def can_grow(self) -> bool:
+        return _client().call("can_grow")
+
+    def runtime_context(self) -> dict[str, Any]:
+        info = dict(_client().call("runtime_context"))
+        ctx = _context()
+        host = socket.gethostname()
+        for node in self.nodes():   # the node (executor host) this task runs on
+            if node["NodeManagerAddress"] in (host, socket.gethostbyname(host)):
+                info["node_id"] = node["NodeID"]
+        info["task_id"] = str(ctx.task_id) if ctx is not None else None
+        return info
+
+    def create_placement_group(self, bundles: list[dict[str, float]], strategy: str,
+                               name: str | None) -> Any:
+        return _client().call("create_placement_group", bundles, strategy, name)
+
+    def wait_placement_group(self, pg_id: Any, timeout: float | None) -> bool:
+        return _client().call("wait_placement_group", pg_id, timeout)
+
+    def remove_placement_group(self, pg_id: Any) -> None:
+        _client().call("remove_placement_group", pg_id)
+
+    def placement_group_table(self) -> list[dict[str, Any]]:
+        return _client().call("placement_group_table")
 
     def dashboard_url(self) -> str | None:
         return None   # inside a Spark task: the driver knows the UI

@@ -36,6 +36,7 @@ from ..wire import protocol as P
 from ..cluster import session
 from ..node.spawn import report_ready
 from ..wire.server import ServerConnection, run_loop, serve
+from .groups import PlacementGroups
 from .journal import Journal, decode_state, encode_state
 
 
@@ -68,7 +69,10 @@ class Head:
             P.LookupActor.op: self.on_lookup_actor,
             P.ActorOwner.op: self.on_actor_owner,
             P.Shutdown.op: self.on_shutdown,
+            P.Reply.op: self.on_reply,
         }
+        self.groups = PlacementGroups(self.nodes, self._send_node)
+        self.handlers.update(self.groups.handlers())
 
     # -- durability --------------------------------------------------------------------------
     def restore(self) -> bool:
@@ -79,6 +83,7 @@ class Head:
             return False
         (self.nodes, self.dead, self.names, self.actor_nodes,
          self.actor_owners) = decode_state(data)
+        self.groups.nodes = self.nodes
         now = time.monotonic()
         self.last_seen = {nid: now for nid, node in self.nodes.items() if node.get("Alive")}
         return True
@@ -123,6 +128,19 @@ class Head:
         self.dirty()
         if msg.req_id:
             conn.send(P.Reply(msg.req_id, True))
+        self.groups.retry()   # a group waiting for room (or for a node that fits) may fit now
+
+    def _send_node(self, node_id: str, msg: P.Message) -> bool:
+        conn = self.conns.get(node_id)
+        if conn is None or node_id in self.dead:
+            return False
+        conn.send(msg)
+        return True
+
+    def on_reply(self, conn: ServerConnection, msg: P.Reply) -> None:
+        """A node answers a question the head asked it (placement-group reservations)."""
+        if not self._told_dead(conn):
+            self.groups.on_reply(msg)
 
     def on_list_nodes(self, conn: ServerConnection, msg: P.ListNodes) -> None:
         if self._told_dead(conn):
@@ -162,6 +180,7 @@ class Head:
         if node is not None and node["Alive"]:
             node["Available"] = dict(msg.available)
             self.last_seen[msg.node_id] = time.monotonic()
+            self.groups.retry()
 
     def check_heartbeats(self, timeout: float) -> None:
         """Declare dead every node silent for ``timeout`` s (a node sends its status every
@@ -193,6 +212,7 @@ class Head:
         conn = self.conns.get(node_id)
         if conn is not None:
             self._told_dead(conn)
+        self.groups.node_dead(node_id)
 
     def _told_dead(self, conn: ServerConnection) -> bool:
         """True if ``conn`` is a node declared dead: it is told so (once per connection),

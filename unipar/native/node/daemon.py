@@ -46,6 +46,7 @@ from .objects import ObjectDirectory
 from .observe import Observer, pending_of
 from .peers import PeerLinks
 from .pool import WorkerPool
+from .placement import bundle_reservation
 from .records import INLINE_MAX, Peer, Task, WorkerProc
 from .remote_actors import RemoteActors, calls_in_flight
 from .scheduler import Dispatch, PlaceActor, RetireWorker, Scheduler, StartWorkers
@@ -87,7 +88,9 @@ class Node:
         store = ObjectStore(os.path.join(session_dir, "objects"), spill_dir, store_limit,
                             spill_limit)
         os.makedirs(store.shm_dir, exist_ok=True)
-        self.sched = Scheduler(resources, idle_timeout=worker_idle_timeout)
+        # ``node:<id>``: only this node has it, so work pinned here (node affinity) asks for it.
+        self.sched = Scheduler({**resources, f"node:{node_id}": 1.0},
+                               idle_timeout=worker_idle_timeout)
         self._compose(store, head_address, worker_setup)
         self.observe = Observer(node_id, session_dir, spill_dir, log_dir,
                                 lambda: pending_of(self.tasks.tasks), lambda: self.objects.objects)
@@ -124,6 +127,8 @@ class Node:
         self.links.on_lost = self._peer_lost
         self.links.on_refresh = self._peers_refreshed
         self.links.stop = self._declared_dead
+        self.head.handlers = {P.ReserveBundles.op: self._reserve_bundles,
+                              P.ReleaseBundles.op: self._release_bundles}
 
     def _handlers(self) -> dict[str, Any]:
         """The protocol's table of contents: op -> the part that handles it."""
@@ -315,6 +320,20 @@ class Node:
             self.tasks.worker_lost(w, task_id)
         self.schedule()
 
+    def _reserve_bundles(self, msg: P.ReserveBundles) -> None:
+        """The head places bundles of a placement group here: hold them now, or say no."""
+        take, adds = bundle_reservation(msg.pg_id, [(i, b) for i, b in msg.bundles])
+        ok = self.sched.reserve_bundles(msg.pg_id, take, adds)
+        self.head.tell(P.Reply(msg.req_id, ok))
+        if ok:
+            self.head.status_changed()
+            self.schedule()   # work waiting for the bundle's resources may run now
+
+    def _release_bundles(self, msg: P.ReleaseBundles) -> None:
+        if self.sched.release_bundles(msg.pg_id):
+            self.head.status_changed()
+            self.schedule()
+
     def _peer_connected(self, peer: Peer) -> None:
         self.forwarding.place_stranded()
         self.forwarding.pull_to(peer)
@@ -392,7 +411,9 @@ async def _run(cfg: dict, secret: bytes, prestarted: list[Any] | None,
     loop.add_signal_handler(signal.SIGTERM, node.stop)
     if cfg.get("head_fd") is not None:   # a driver's one-machine cluster: the head is here
         from ..head.daemon import Head
-        head_servers = await serve(Head(secret), secret, tcp_fd=cfg["head_fd"])  # noqa: F841
+        head = Head(secret)
+        head.groups.can_grow = False   # a driver's own cluster: no node joins it
+        head_servers = await serve(head, secret, tcp_fd=cfg["head_fd"])  # noqa: F841
     await node.start(prestarted)
     if node.head.address:
         await loop.run_in_executor(None, node.join_head)

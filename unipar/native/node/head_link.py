@@ -49,6 +49,8 @@ class HeadLink:
         self.reqs: dict[int, tuple[Callable[[int], P.Message], Callable[[Any], None]]] = {}
         self.req_ids = itertools.count(100)
         self.missed: list[P.Message] = []   # told while the head was away: replayed
+        # What the head asks of the node itself (placement-group bundles): op -> handler.
+        self.handlers: dict[str, Callable[[Any], None]] = {}
         self.stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._my_address = ""
@@ -148,6 +150,8 @@ class HeadLink:
                 pending[1](msg.value)  # type: ignore[attr-defined]
         elif msg.op == P.NodeDeclaredDead.op:
             self.declared_dead(msg.reason)  # type: ignore[attr-defined]
+        elif msg.op in self.handlers:
+            self.handlers[msg.op](msg)
 
     def ask(self, make: Callable[[int], P.Message], callback: Callable[[Any], None]) -> bool:
         """Send ``make(req_id)``; ``callback(value)`` runs with the answer. While the head is

@@ -252,3 +252,81 @@ def infeasible(demand: dict[str, float], totals: Sequence[dict[str, float]],
         f"biggest node has {has} (of {len(totals)} live nodes). A task or actor runs on "
         "one node, so the cluster's total does not help. Ask for at most what one node has, "
         "or add a node with more (unipar start --address=... --num-cpus N --resources ...).")
+
+
+# -- placement groups --------------------------------------------------------------------------
+def place_bundles(bundles: Sequence[dict[str, float]], strategy: str,
+                  free: dict[str, dict[str, float]]) -> dict[int, str] | None:
+    """Where each bundle of a placement group goes (bundle index -> node id), all or nothing:
+    None when ``free`` (node id -> what it has free; pass totals to ask "ever") cannot hold
+    them all under ``strategy``.
+
+    PACK: as few nodes as possible (the fullest-fitting node first); SPREAD: a node with no
+    bundle of this group first, then any; STRICT_PACK: one node holds all; STRICT_SPREAD:
+    each bundle on its own node. Bundles are placed biggest first (fewer dead ends); ties go
+    to the node listed first, so a decision replays the same in a test."""
+    if strategy == "STRICT_PACK":
+        whole: dict[str, float] = {}
+        for bundle in bundles:
+            for key, amount in bundle.items():
+                whole[key] = whole.get(key, 0.0) + amount
+        home = next((nid for nid, have in free.items() if fits(have, whole)), None)
+        return None if home is None else {i: home for i in range(len(bundles))}
+    left = {nid: dict(have) for nid, have in free.items()}
+    used: dict[str, int] = {}
+    placed: dict[int, str] = {}
+    order = sorted(range(len(bundles)), key=lambda i: -sum(bundles[i].values()))
+    for i in order:
+        able = [nid for nid, have in left.items() if fits(have, bundles[i])]
+        if strategy == "STRICT_SPREAD":
+            able = [nid for nid in able if nid not in used]
+        elif strategy == "SPREAD":
+            able = [nid for nid in able if nid not in used] or able
+        else:   # PACK: a node already used, then the one with the least room left
+            able = ([nid for nid in able if nid in used] or able)
+        if not able:
+            return None
+        nid = able[0]
+        placed[i] = nid
+        used[nid] = used.get(nid, 0) + 1
+        for key, amount in bundles[i].items():
+            left[nid][key] = left[nid].get(key, 0.0) - amount
+    return placed
+
+
+def bundle_keys(pg_hex: str, index: int, demand: dict[str, float]) -> dict[str, float]:
+    """The resources a reserved bundle adds to its node, as Ray names them: each resource
+    ``R`` as ``R_group_<i>_<pg>`` (this bundle) and ``R_group_<pg>`` (any bundle), plus
+    ``bundle_group_<i>_<pg>``/``bundle_group_<pg>`` (1000 each), which work that asks for no
+    resources still takes a sliver of, so it lands in the bundle too."""
+    keys: dict[str, float] = {}
+    for key, amount in positive(demand).items():
+        keys[f"{key}_group_{index}_{pg_hex}"] = amount
+        keys[f"{key}_group_{pg_hex}"] = amount
+    keys[f"bundle_group_{index}_{pg_hex}"] = 1000.0
+    keys[f"bundle_group_{pg_hex}"] = 1000.0
+    return keys
+
+
+def demand_in_bundle(demand: dict[str, float], pg_hex: str, index: int) -> dict[str, float]:
+    """A task's or actor's demand rewritten to take from bundle ``index`` of group ``pg_hex``
+    (-1: any bundle) instead of from its node's free resources. Keys that are not amounts
+    (a runtime env's tag, 0) stay as they are."""
+    tag = f"_group_{index}_{pg_hex}" if index >= 0 else f"_group_{pg_hex}"
+    out = {(f"{k}{tag}" if v > 0 else k): v for k, v in demand.items()}
+    out[f"bundle{tag}"] = 0.001
+    return out
+
+
+def bundle_reservation(pg_hex: str, bundles: Sequence[tuple[int, dict[str, float]]]
+                       ) -> tuple[dict[str, float], dict[str, float]]:
+    """What a node holds for the ``(index, resources)`` bundles of one group placed on it:
+    (taken out of its free resources, offered in their place: :func:`bundle_keys` summed)."""
+    take: dict[str, float] = {}
+    adds: dict[str, float] = {}
+    for index, demand in bundles:
+        for key, amount in positive(demand).items():
+            take[key] = take.get(key, 0.0) + amount
+        for key, amount in bundle_keys(pg_hex, index, demand).items():
+            adds[key] = adds.get(key, 0.0) + amount
+    return take, adds

@@ -107,6 +107,8 @@ class Scheduler:
         self.starting = 0
         self.starting_env: dict[str, int] = {}   # of ``starting``: workers for a runtime env
         self.warned_labels: set[str] = set()
+        # Placement-group bundles held here: group id -> (taken from free, resources added).
+        self.bundles: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
 
     # -- events --------------------------------------------------------------------------------
     def add_task(self, task_id: Hashable, demand: dict[str, float], now: float,
@@ -361,6 +363,42 @@ class Scheduler:
         """Actors waiting here for resources, with what each asks for, oldest first."""
         return [(aid, dict(item.demand)) for aid, item in self.actor_queue.items()]
 
+    # -- placement-group bundles (placement.py: place_bundles, bundle_keys) --------------------
+    def reserve_bundles(self, pg_id: str, take: dict[str, float], adds: dict[str, float]) -> bool:
+        """Hold ``take`` out of what is free now for group ``pg_id`` and offer ``adds`` (its
+        bundles' own resources, placement.bundle_keys) instead: work in the group asks for
+        those. All or nothing: False (nothing held) when ``take`` does not fit now or the
+        group already holds bundles here."""
+        if pg_id in self.bundles or not all(self.free.get(k, 0.0) + EPS >= v
+                                            for k, v in take.items() if v > 0):
+            return False
+        for key, amount in take.items():
+            self.free[key] = self.free.get(key, 0.0) - amount
+        for key, amount in adds.items():
+            self.total[key] = self.total.get(key, 0.0) + amount
+            self.free[key] = self.free.get(key, 0.0) + amount
+        self.bundles[pg_id] = (dict(take), dict(adds))
+        return True
+
+    def release_bundles(self, pg_id: str) -> bool:
+        """Give back what group ``pg_id`` holds here (False: it holds nothing). Work still
+        running in it keeps its bundle resources until it ends; they then vanish."""
+        held = self.bundles.pop(pg_id, None)
+        if held is None:
+            return False
+        take, adds = held
+        for key, amount in take.items():
+            self.free[key] = self.free.get(key, 0.0) + amount
+        for key, amount in adds.items():
+            left = self.total.get(key, 0.0) - amount
+            if left > EPS:
+                self.total[key] = left
+                self.free[key] = self.free.get(key, 0.0) - amount
+            else:
+                self.total.pop(key, None)
+                self.free.pop(key, None)
+        return True
+
     # -- resources -----------------------------------------------------------------------------
     def _fits(self, demand: dict[str, float]) -> bool:
         for key, amount in demand.items():
@@ -394,7 +432,7 @@ class Scheduler:
 
     def _release(self, demand: dict[str, float], gpus: tuple[int, ...]) -> None:
         for key, value in demand.items():
-            if value:
+            if value and key in self.total:   # not: a removed bundle's resources
                 self.free[key] = self.free.get(key, 0.0) + value
         if gpus:
             amount = demand.get("GPU", 0.0)

@@ -796,3 +796,54 @@ class ReadLog(Message):
     name: str
     offset: int
     length: int
+
+
+# -- placement groups (issue #14 point 3; docs/scheduling.md) ---------------------------------
+# The head owns the table and decides where bundles go (node/placement.py: place_bundles); it
+# reserves them all or none: ReserveBundles to each chosen node, and ReleaseBundles to those
+# that said yes when any said no.
+
+@message
+class CreatePlacementGroup(Message):
+    """Driver -> head. Reply.value: True; error kind "value" when ``name`` is taken.
+    ``bundles``: one ``{resource: amount}`` per bundle; ``pg_id``: 16 hex digits."""
+    op = "create_placement_group"
+    req_id: int
+    pg_id: str
+    bundles: list
+    strategy: str
+    name: str
+
+
+@message
+class RemovePlacementGroup(Message):
+    """Driver -> head: release the group's bundles (idempotent). Reply.value: True."""
+    op = "remove_placement_group"
+    req_id: int
+    pg_id: str
+
+
+@message
+class ListPlacementGroups(Message):
+    """Reply.value: one row per group (``placement_group_id``, ``name``, ``strategy``,
+    ``state``, ``bundles`` {index: resources}, ``bundles_to_node_id``, ``error``)."""
+    op = "list_placement_groups"
+    req_id: int
+
+
+@message
+class ReserveBundles(Message):
+    """Head -> node: reserve ``bundles`` (``[[index, {resource: amount}], ...]``) of group
+    ``pg_id`` out of what is free now. Reply.value (node -> head): True, or False when they do
+    not fit now (nothing is reserved then)."""
+    op = "reserve_bundles"
+    req_id: int
+    pg_id: str
+    bundles: list
+
+
+@message
+class ReleaseBundles(Message):
+    """Head -> node: give back every bundle of group ``pg_id`` held here (idempotent)."""
+    op = "release_bundles"
+    pg_id: str

@@ -26,6 +26,21 @@ BATCH_S = 0.1            # events wait this long for others to share their messa
 LOG_MAX_BYTES = 20 * 1024 * 1024
 LOG_BACKUPS = 3
 
+_running = threading.local()          # the task or actor call on this thread (its id)
+_actor: list[bytes | None] = [None]   # the actor this process hosts, once it is set up
+
+
+def running() -> tuple[str | None, str | None]:
+    """(task id, actor id) as hex of the code running on this thread; None outside tasks
+    (the driver) and outside actors. What ``unipar.get_runtime_context()`` reports."""
+    task = getattr(_running, "task_id", None)
+    return (task.hex() if task else None), (_actor[0].hex() if _actor[0] else None)
+
+
+def hosting_actor(actor_id: bytes) -> None:
+    """This worker process now hosts ``actor_id`` (for :func:`running`)."""
+    _actor[0] = actor_id
+
 
 class TaskEvents:
     """Start and end events of the tasks and calls this worker runs, sent in batches by
@@ -38,6 +53,7 @@ class TaskEvents:
         self.local = threading.local()   # the failure text of the call on this thread
 
     def started(self, task_id: bytes, name: str, kind: str = "task") -> None:
+        _running.task_id = task_id
         self.events.append(["start", task_id, time.time(), name, kind])
         if not self.wake.is_set():
             self.wake.set()
@@ -47,6 +63,7 @@ class TaskEvents:
         self.local.error = "".join(traceback.format_exception(exc))
 
     def ended(self, task_id: bytes, status: str) -> None:
+        _running.task_id = None
         error = ""
         if status != "ok":
             error, self.local.error = getattr(self.local, "error", ""), ""

@@ -37,7 +37,7 @@ from ..wire import protocol as P
 from ..wire import serialization as S
 from ..wire.transport import Connection, Listener
 from .output import Forward, current
-from .events import LogFile, TaskEvents, open_log
+from .events import LogFile, TaskEvents, hosting_actor, open_log
 from .runtime_env import prepare as prepare_runtime_env
 
 # The direct connection of the client whose task or call runs in this context (its print
@@ -385,6 +385,7 @@ class Runtime:
     # -- actors --------------------------------------------------------------------------------
     def init_actor(self, msg: P.InitActor) -> None:
         self.label = msg.class_name
+        hosting_actor(msg.actor_id)
         error = None
         try:
             cls = self._function(msg.class_key, msg.class_blob)
@@ -558,4 +559,3 @@ def _serve(secret: bytes) -> None:
         runtime.run()
     finally:
         os._exit(0)
-
