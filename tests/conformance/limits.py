@@ -58,6 +58,11 @@ LIMITS: dict[str, dict[str, str]] = {
     "native": {
     },
     "dask": {
+        "test_placement_group_reserves_runs_work_and_gives_back": "Dask reserves nothing ahead of the tasks that use it: placement groups raise NotSupportedError",
+        "test_infeasible_placement_group_fails_or_waits": "Dask reserves nothing ahead of the tasks that use it: placement groups raise NotSupportedError",
+        "test_work_that_fits_no_bundle_is_refused": "Dask reserves nothing ahead of the tasks that use it: placement groups raise NotSupportedError",
+        "test_runtime_context_names_the_actor":
+            "actors run in threads of their own, outside Dask's tasks: no actor id is known",
         "test_runtime_env_vars_reach_a_task":
             "runtime_env is refused at .remote(): Dask workers are shared and run tasks in "
             "threads of one process (docs/runtime-env.md)",
@@ -66,6 +71,13 @@ LIMITS: dict[str, dict[str, str]] = {
             "threads of one process (docs/runtime-env.md)",
     },
     "spark": {
+        "test_placement_group_reserves_runs_work_and_gives_back": "Spark reserves nothing ahead of its tasks: placement groups raise NotSupportedError",
+        "test_infeasible_placement_group_fails_or_waits": "Spark reserves nothing ahead of its tasks: placement groups raise NotSupportedError",
+        "test_work_that_fits_no_bundle_is_refused": "Spark reserves nothing ahead of its tasks: placement groups raise NotSupportedError",
+        "test_spread_and_node_affinity_run_on_live_nodes":
+            "Spark picks each task's executor itself: node affinity raises NotSupportedError",
+        "test_runtime_context_names_the_actor":
+            "the runtime context inside Spark actors carries no actor id",
         "test_runtime_env_vars_reach_a_task":
             "runtime_env is refused at .remote(): Spark executors start with the session "
             "and are shared by its tasks (docs/runtime-env.md)",
