@@ -45,11 +45,28 @@ class ObjectRef:
 
         Cancelling the Future does not cancel the task; use ``unipar.cancel(ref)``.
         """
-        return _state.backend().future(self._handle)
+        import concurrent.futures
+        # The backend resolves its own Future, which nobody else sees; the caller gets a copy
+        # they may cancel without the backend's resolver failing on a cancelled Future.
+        ours: concurrent.futures.Future = concurrent.futures.Future()
+        _state.backend().future(self._handle).add_done_callback(
+            lambda theirs: _copy_outcome(theirs, ours))
+        return ours
 
     def __await__(self):
         import asyncio  # only code that awaits pays for importing asyncio
         return asyncio.wrap_future(self.future()).__await__()
+
+
+def _copy_outcome(theirs: "concurrent.futures.Future", ours: "concurrent.futures.Future") -> None:
+    """Settle the caller's Future like the backend's, unless its holder cancelled it."""
+    if not ours.set_running_or_notify_cancel():
+        return   # cancelled: from now on nobody else settles it, so this cannot race
+    exc = theirs.exception()
+    if exc is None:
+        ours.set_result(theirs.result())
+    else:
+        ours.set_exception(exc)
 
 
 # -- for backends: what they may know of public refs ---------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import pickle
 import time
 
@@ -108,6 +109,26 @@ def test_future_and_await(unipar_backend):
     async def main():
         return await slow_value.remote("awaited", 0)
     assert asyncio.run(main()) == "awaited"
+
+
+def test_a_cancelled_future_leaves_the_task_and_other_futures_alone(unipar_backend, caplog):
+    # concurrent.futures lets the holder cancel a pending Future; the backend that resolves it
+    # later must not fail (InvalidStateError on its thread), and the task itself goes on.
+    failures: list[BaseException] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: failures.append(args.exc_value)
+    try:
+        ref = slow_value.remote("v", 0.5)
+        first = ref.future()
+        cancelled = first.cancel()
+        assert cancelled or first.done()   # only a finished Future refuses (local: at once)
+        assert unipar.get(ref, timeout=60) == "v"
+        assert ref.future().result(timeout=60) == "v"
+        assert first.cancelled() == cancelled
+        time.sleep(0.2)   # room for a late resolver: it must not raise, not a speed check
+    finally:
+        threading.excepthook = hook
+    assert failures == []
+    assert not [r for r in caplog.records if "InvalidStateError" in (r.exc_text or r.getMessage())]
 
 
 def test_future_carries_the_error(unipar_backend):
