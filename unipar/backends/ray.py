@@ -263,6 +263,10 @@ def _actor_options(opts: ActorOptions) -> dict[str, Any]:
 _ACTOR_DEFAULTS = ActorOptions()
 
 
+# A Ray node id: 28 bytes in hex (hard affinity to another id is refused above the seam).
+_RAY_NODE_ID = re.compile(r"[0-9a-f]{56}")
+
+
 def _strategy_option(strategy: Any, out: dict[str, Any]) -> None:
     """unipar's scheduling strategy as Ray's own (passed through: Ray does the work)."""
     if strategy is None:
@@ -272,6 +276,8 @@ def _strategy_option(strategy: Any, out: dict[str, Any]) -> None:
         return
     from ray.util import scheduling_strategies as ray_strategies
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
+        if strategy.soft and not _RAY_NODE_ID.fullmatch(strategy.node_id):
+            return   # Ray refuses a malformed id; soft affinity to no node is the default
         out["scheduling_strategy"] = ray_strategies.NodeAffinitySchedulingStrategy(
             strategy.node_id, soft=strategy.soft)
         return
@@ -695,10 +701,17 @@ class RayBackend(Backend):
             raise ValueError(str(exc)) from None
 
     def wait_placement_group(self, pg_id: Any, timeout: float | None) -> bool:
-        table = self._live().util.placement_group_table(pg_id)
-        if table.get("state") == "REMOVED":
-            raise ValueError(f"placement group {pg_id.id.hex()} was removed")
-        return bool(pg_id.wait(timeout))
+        # Ray's wait takes no None (and never ends for a removed group): wait in steps.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            table = self._live().util.placement_group_table(pg_id)
+            if table.get("state") == "REMOVED":
+                raise ValueError(f"placement group {pg_id.id.hex()} was removed")
+            left = _PG_WAIT_STEP_S if deadline is None else deadline - time.monotonic()
+            if pg_id.wait(max(min(left, _PG_WAIT_STEP_S), 0)):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def remove_placement_group(self, pg_id: Any) -> None:
         from ray.util import remove_placement_group
@@ -733,6 +746,9 @@ class RayBackend(Backend):
         raise NotSupportedError("unipar.timeline() is for the native backend; on ray use "
                                 "ray.timeline(filename), Ray's own Chrome trace")
 
+
+# How long one call to Ray's PlacementGroup.wait blocks before the group's state is read again.
+_PG_WAIT_STEP_S = 1.0
 
 _RAY_BOOKKEEPING = ("memory", "object_store_memory")
 
