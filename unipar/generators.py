@@ -77,11 +77,18 @@ class ObjectRefGenerator:
         return self
 
     async def __anext__(self) -> ObjectRef:
-        # The backend's next() blocks: it waits in a thread so the event loop keeps running.
+        # The backend's next() blocks: it waits in a thread so the event loop keeps running
+        # (StopIteration cannot cross a Future: the end comes back as None).
+        ref = await asyncio.to_thread(self._next_or_none)
+        if ref is None:
+            raise StopAsyncIteration
+        return ref
+
+    def _next_or_none(self) -> ObjectRef | None:
         try:
-            return await asyncio.to_thread(self.next, None)
+            return self.next(None)
         except StopIteration:
-            raise StopAsyncIteration from None
+            return None
 
     def is_finished(self) -> bool:
         """Whether iteration reached the end (every ref was given)."""
