@@ -71,6 +71,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "unipar.native.cluster.cli:configure_status"),
     "logs": ("list the native cluster's log files, print or follow one (--backend: where "
              "another engine keeps its logs)", "unipar.cli:_configure_logs"),
+    "job": ("submit a driver to run on the native cluster with a working dir; its status, "
+            "logs, stop, list", "unipar.native.cluster.jobs:configure"),
 }
 
 

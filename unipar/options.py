@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .runtime_env import validate as _check_runtime_env
+from .runtime_env import validate as _check_runtime_env, with_job_env as _with_job_env
 from ._strategies import normalize as _normalize_strategy
 
 __all__ = ["TaskOptions", "ActorOptions", "MethodOptions", "InitOptions", "resource_demand",
@@ -344,7 +344,9 @@ class InitOptions(_Options):
     def __post_init__(self) -> None:
         if self.fail_infeasible not in (None, True, False):
             raise TypeError(f"fail_infeasible must be None, True or False, got {self.fail_infeasible!r}")
-        object.__setattr__(self, "runtime_env", _check_runtime_env(self.runtime_env) or None)
+        # A driver run by `unipar job submit` takes the job's working dir as its default.
+        object.__setattr__(self, "runtime_env",
+                           _check_runtime_env(_with_job_env(self.runtime_env)) or None)
         if self.num_cpus is not None:
             _check_number("num_cpus", self.num_cpus, minimum=1, integer=True)
         if self.num_gpus is not None:

@@ -40,12 +40,15 @@ from typing import Any, Iterator, Mapping
 __all__ = ["KNOWN_KEYS", "MAX_PACKAGE_BYTES", "RuntimeEnvSetupError", "Package", "Packed",
            "validate", "merge", "canonical", "pack", "install_package", "install_pip",
            "activate", "pip_key", "refuse_in_process", "applied_in_process",
-           "RuntimeEnvNotSupported", "refuse"]
+           "RuntimeEnvNotSupported", "refuse", "JOB_ENV_VAR", "with_job_env"]
 
 KNOWN_KEYS = ("env_vars", "excludes", "pip", "py_modules", "working_dir")
 MAX_PACKAGE_BYTES = 100 * 1024 * 1024   # per package, before compression (Ray's limit)
 DEFAULT_EXCLUDES = (".git", "__pycache__", "*.pyc", ".venv")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)   # fixed: the same files always make the same bytes
+# The head hands a job's driver its runtime env (JSON) in this variable (head/jobs.py): an
+# internal hand-off between our processes, not a setting (so config.py does not read it).
+JOB_ENV_VAR = "UNIPAR_JOB_RUNTIME_ENV"
 
 
 class RuntimeEnvSetupError(RuntimeError):
@@ -168,6 +171,21 @@ def merge(job: Mapping[str, Any] | None, task: Mapping[str, Any] | None) -> dict
         else:
             out[key] = value
     return out
+
+
+def with_job_env(env: Any) -> Any:
+    """``env`` over the runtime env of the job this driver runs as (``unipar job submit``:
+    its uploaded working dir), merged as :func:`merge` does; ``env`` itself outside a job.
+    Not validated here: ``init`` checks the result."""
+    text = os.environ.get(JOB_ENV_VAR)
+    if not text:
+        return env
+    job = json.loads(text)
+    if env is None:
+        return job
+    if not isinstance(env, Mapping) or not isinstance(env.get("env_vars", {}), Mapping):
+        return env   # wrong: validate() says how, without the job's keys in the way
+    return merge(job, env)
 
 
 def canonical(env: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ import psutil
 from . import revive, session
 from .launcher import ClusterConfig, LocalCluster
 from .connect import ConnectError, head_address_of, list_nodes
+from .jobs import list_jobs
 from ..dashboard.server import DEFAULT_PORT as DASHBOARD_PORT, cluster_snapshot, num, size
 
 DEFAULT_PORT = 6380
@@ -280,6 +281,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         for key in ("session_dir", "spill_dir"):
             if record.get(key):
                 shutil.rmtree(record[key], ignore_errors=True)
+    shutil.rmtree(os.path.join(session.state_dir(), "jobs"), ignore_errors=True)   # their logs
     session.clear_state()
     roles = ", ".join(r.get("role", "?") for r, _ in procs)
     print(f"Stopped {len(procs)} unipar process(es){f' ({roles})' if roles else ''}"
@@ -312,9 +314,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_headless(state, args)
         return 1
     snap = cluster_snapshot(nodes, secret, head)
+    try:
+        jobs = list_jobs(head, secret)
+    except ConnectError:   # a head of an older unipar: no jobs to show
+        jobs = []
     if args.json:
-        json.dump(dict(snap, dashboard=state.get("dashboard", "") if not args.address else ""),
-                  sys.stdout, indent=1)
+        json.dump(dict(snap, dashboard=state.get("dashboard", "") if not args.address else "",
+                       jobs=jobs), sys.stdout, indent=1)
         print()
         return 0
     totals = snap["totals"]
@@ -327,6 +333,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if totals["resources"]:
         print("Cluster resources in use: " + ", ".join(
             f"{k} {num(v['in_use'])}/{num(v['total'])}" for k, v in totals["resources"].items()))
+    if jobs:
+        running = sum(1 for j in jobs if j["status"] == "RUNNING")
+        print(f"Jobs: {running} running, {len(jobs)} in all (`unipar job list`)")
+        for job in jobs[-10:]:
+            print(f"  {job['job_id']}  {job['status']:<9}  {' '.join(job['entrypoint'])}")
     return 0
 
 

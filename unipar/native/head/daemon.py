@@ -37,6 +37,7 @@ from ..cluster import session
 from ..node.spawn import report_ready
 from ..wire.server import ServerConnection, run_loop, serve
 from .groups import PlacementGroups
+from .jobs import Jobs
 from .journal import Journal, decode_state, encode_state
 
 
@@ -73,6 +74,8 @@ class Head:
         }
         self.groups = PlacementGroups(self.nodes, self._send_node)
         self.handlers.update(self.groups.handlers())
+        self.jobs = Jobs(os.path.join(session.state_dir(), "jobs"), self.dirty)
+        self.handlers.update(self.jobs.handlers())
 
     # -- durability --------------------------------------------------------------------------
     def restore(self) -> bool:
@@ -84,6 +87,7 @@ class Head:
         (self.nodes, self.dead, self.names, self.actor_nodes,
          self.actor_owners) = decode_state(data)
         self.groups.nodes = self.nodes
+        self.jobs.restore(data.get("jobs", {}))
         now = time.monotonic()
         self.last_seen = {nid: now for nid, node in self.nodes.items() if node.get("Alive")}
         return True
@@ -97,8 +101,9 @@ class Head:
 
     def _save(self) -> None:
         self._save_scheduled = False
-        self.journal.save(encode_state(self.nodes, self.dead, self.names, self.actor_nodes,
-                                       self.actor_owners))
+        self.journal.save(dict(encode_state(self.nodes, self.dead, self.names,
+                                            self.actor_nodes, self.actor_owners),
+                               jobs=self.jobs.snapshot()))
 
     # -- handlers ------------------------------------------------------------------------------
     def on_disconnect(self, conn: ServerConnection) -> None:
