@@ -94,6 +94,9 @@ LIMITS: dict[str, dict[str, str]] = {
         "test_work_that_fits_no_bundle_is_refused": "Spark reserves nothing ahead of its tasks: placement groups raise NotSupportedError",
         "test_spread_and_node_affinity_run_on_live_nodes":
             "Spark picks each task's executor itself: node affinity raises NotSupportedError",
+        "test_hard_affinity_to_an_unknown_node_fails":
+            "Spark picks each task's executor itself: node affinity, soft too, raises "
+            "NotSupportedError",
         "test_runtime_context_names_the_actor":
             "the runtime context inside Spark actors carries no actor id",
         "test_runtime_env_vars_reach_a_task":

@@ -848,6 +848,13 @@ class SparkBackend(Backend):
             "nodes": self.nodes,
             "cluster_resources": self.cluster_resources,
             "available_resources": self.available_resources,
+            # scheduling (the executor side asks the driver, executor.py)
+            "can_grow": self.can_grow,
+            "runtime_context": self.runtime_context,
+            "create_placement_group": self.create_placement_group,
+            "wait_placement_group": self.wait_placement_group,
+            "remove_placement_group": self.remove_placement_group,
+            "placement_group_table": self.placement_group_table,
         }
 
     def _put_bytes(self, data: bytes) -> SparkRef:

@@ -38,7 +38,9 @@ import cloudpickle
 
 from ...exceptions import ResourcesBusyWarning, UniparError, capture_remote
 from ...options import InitOptions, TaskOptions, split_returns
-from ..base import ActorCall, ActorMeta, ActorSpec, Backend, TaskSpec, install_worker_backend
+from ..base import (ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec,
+                    install_worker_backend)
+from ..streams import CollectedStream, collect_call, collect_spec
 from ..._yielding import bound_method
 from .channel import ChannelClient, recv, send
 
@@ -420,6 +422,13 @@ class ExecutorBackend(Backend):
 
     def call_actor(self, actor_id: Any, call: ActorCall) -> list[Hashable]:
         return _client().call("call_actor", actor_id, call)
+
+    # Generators run to completion, as from the driver (backend.py, docs/generators.md).
+    def submit_stream(self, spec: TaskSpec) -> Stream:
+        return CollectedStream(self, self.submit(collect_spec(spec))[0])
+
+    def call_actor_stream(self, actor_id: Any, call: ActorCall) -> Stream:
+        return CollectedStream(self, self.call_actor(actor_id, collect_call(call))[0])
 
     def kill_actor(self, actor_id: Any, no_restart: bool) -> None:
         _client().call("kill_actor", actor_id, no_restart)
