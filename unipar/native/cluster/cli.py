@@ -22,9 +22,10 @@ import psutil
 
 from . import revive, session
 from .launcher import ClusterConfig, LocalCluster
-from .connect import ConnectError, head_address_of, list_nodes
+from .connect import ConnectError, ask, head_address_of, list_nodes, open_connection
 from .jobs import list_jobs
 from ..dashboard.server import DEFAULT_PORT as DASHBOARD_PORT, cluster_snapshot, num, size
+from ..wire import protocol as P
 
 DEFAULT_PORT = 6380
 WORKER_SETUP = "unipar.backends.native:worker_setup"
@@ -318,9 +319,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         jobs = list_jobs(head, secret)
     except ConnectError:   # a head of an older unipar: no jobs to show
         jobs = []
+    groups = list_placement_groups(head, secret)
     if args.json:
         json.dump(dict(snap, dashboard=state.get("dashboard", "") if not args.address else "",
-                       jobs=jobs), sys.stdout, indent=1)
+                       jobs=jobs, placement_groups=groups), sys.stdout, indent=1)
         print()
         return 0
     totals = snap["totals"]
@@ -338,7 +340,44 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"Jobs: {running} running, {len(jobs)} in all (`unipar job list`)")
         for job in jobs[-10:]:
             print(f"  {job['job_id']}  {job['status']:<9}  {' '.join(job['entrypoint'])}")
+    _print_groups(groups)
     return 0
+
+
+def list_placement_groups(head: str, secret: bytes) -> list[dict[str, Any]]:
+    """The head's placement-group rows (``ListPlacementGroups``); [] from a head that has
+    no such table (an older unipar) or does not answer."""
+    try:
+        conn = open_connection(head, secret)
+    except ConnectError:
+        return []
+    try:
+        return ask(conn, lambda r: P.ListPlacementGroups(r))
+    except ConnectError:
+        return []
+    finally:
+        conn.close()
+
+
+def _print_groups(groups: list[dict[str, Any]]) -> None:
+    """Live placement groups, one line each; then the pending infeasible ones with why:
+    work no node can hold today waits for a node that fits to join (docs/scheduling.md)."""
+    live = [g for g in groups if g["state"] != "REMOVED"]
+    if not live:
+        return
+    print(f"Placement groups: {len(live)} "
+          f"({sum(g['state'] == 'CREATED' for g in live)} created)")
+    for group in live:
+        bundles = group["bundles"]
+        nodes = sorted({n[:8] for n in group["bundles_to_node_id"].values()})
+        print(f"  {group['placement_group_id']}  {group['state']:<10} {group['strategy']:<12}"
+              f" {group['name'] or '-':<12} {len(bundles)} bundle(s) "
+              f"{list(bundles.values())} on {', '.join(nodes) or '-'}")
+    waiting = [g for g in live if g["state"] == "INFEASIBLE"]
+    if waiting:
+        print(f"Pending, infeasible today (they wait for a node that fits): {len(waiting)}")
+        for group in waiting:
+            print(f"  placement group {group['placement_group_id']}: {group['error']}")
 
 
 def _print_headless(state: dict[str, Any], args: argparse.Namespace) -> None:
