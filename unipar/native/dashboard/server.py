@@ -391,7 +391,9 @@ class Snapshots:
             self.taken = now
             self.task = asyncio.ensure_future(asyncio.to_thread(
                 cluster_snapshot, nodes, self.secret, self.address, NODE_TIMEOUT))
-        return await asyncio.shield(self.task)
+        snap = await asyncio.shield(self.task)
+        # The head's own table of placement groups, read now on the loop thread (no query).
+        return dict(snap, placement_groups=[g.row() for g in self.head.groups.groups.values()])
 
 
 def _allowed_hosts(sock: socket.socket) -> set[str] | None:
@@ -455,7 +457,9 @@ def _app(web: Any, snapshots: Snapshots, allowed: set[str] | None) -> Any:
     app = web.Application(middlewares=[guard])
     app.add_routes([web.get("/", index), web.get("/_body", body),
                     web.get("/api/cluster", api(None)), web.get("/api/nodes", api("nodes")),
-                    web.get("/api/actors", api("actors")), *_inspect_routes(web, snapshots)])
+                    web.get("/api/actors", api("actors")),
+                    web.get("/api/placement_groups", api("placement_groups")),
+                    *_inspect_routes(web, snapshots)])
     return app
 
 
