@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .workloads import (Counter, Sizes, SortActor, bubble_sort, check_sorted, nbytes, noop,
-                        random_list, sort_new)
+from .workloads import (Counter, Sizes, SortActor, bubble_sort, check_sorted, make_array, nbytes,
+                        noop, put_back, random_list, sort_new)
 
 __all__ = ["DaskPlain", "SparkPlain", "SparkJobError", "RayPlain", "PLAIN_SUITES"]
 
@@ -170,6 +170,7 @@ class RayPlain:
         self.r_sort_new = ray.remote(sort_new)
         self.r_list = ray.remote(random_list)
         self.r_nbytes = ray.remote(nbytes)
+        self.r_put_back = ray.remote(put_back)
         self.a_sort = ray.remote(SortActor)
         self.a_counter = ray.remote(Counter)
 
@@ -250,6 +251,24 @@ class RayPlain:
         for _ in range(10):
             ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=600)
             assert len(ready) == len(refs)
+
+    def w_put_large(self, s: Sizes, array: Any) -> None:
+        ref = self.ray.put(array)
+        assert self.ray.wait([ref], timeout=600)[0] == [ref]
+
+    def prepare_put_concurrent(self, s: Sizes) -> Any:
+        return self.ray.put(make_array(s.big_bytes // 10))
+
+    def w_put_concurrent(self, s: Sizes, ref: Any) -> None:
+        refs = [self.r_put_back.remote(ref, self.ray.put) for _ in range(10)]
+        inner = [r for rs in self.ray.get(refs, timeout=600) for r in rs]
+        assert len(self.ray.wait(inner, num_returns=10, timeout=600)[0]) == 10
+
+    def prepare_get_large(self, s: Sizes) -> Any:
+        return self.ray.put(make_array(s.big_bytes))
+
+    def w_get_large(self, s: Sizes, ref: Any) -> None:
+        assert self.ray.get(ref, timeout=600).nbytes == s.big_bytes
 
 
 class SparkPlain:

@@ -51,6 +51,11 @@ class Sizes:
         return max(2**20, int(100 * 2**20 * self.scale))
 
     @property
+    def big_bytes(self) -> int:
+        """The large object of the object-store workloads: 800 MB at full scale."""
+        return max(8 * 2**20, int(800 * 2**20 * self.scale))
+
+    @property
     def actors(self) -> int:
         return 4                                    # "several actors": 4 actors, 5 sorts each
 
@@ -64,7 +69,9 @@ class Workload:
 
     def describe(self, sizes: Sizes) -> str:
         return self.label.format(n=f"{sizes.count(self.full_count):,}" if self.full_count else "",
-                                 mb=sizes.array_bytes // 2**20, len=sizes.sort_length)
+                                 mb=sizes.array_bytes // 2**20, len=sizes.sort_length,
+                                 big=sizes.big_bytes // 2**20,
+                                 big10=sizes.big_bytes // 10 // 2**20)
 
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -81,6 +88,10 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("put_get_array", "put+get of a {mb} MB array", "s"),
     Workload("array_to_task", "{mb} MB array passed into a task", "s"),
     Workload("wait_refs", "wait on {n} finished refs (x10)", "s", 1000),
+    # The object store at memory speed (issue #14): one copy in, zero copies out.
+    Workload("put_large", "put of a {big} MB array", "s"),
+    Workload("put_concurrent", "10 tasks each put a {big10} MB array at once", "s"),
+    Workload("get_large", "get of a {big} MB object (zero-copy)", "s"),
 )
 
 LIFECYCLE: tuple[Workload, ...] = (
@@ -130,8 +141,18 @@ def array_for(sizes: Sizes) -> Any:
     return make_array(sizes.array_bytes)
 
 
+def big_array_for(sizes: Sizes) -> Any:
+    return make_array(sizes.big_bytes)
+
+
+def put_back(array: Any, put: Any) -> list[Any]:
+    """A task's body for put_concurrent: ``put`` (the engine's own) its argument, return the
+    ref in a list (so that getting the result does not fetch the object)."""
+    return [put(array)]
+
+
 # Workloads whose input is built before the clock starts, for every suite: name -> builder.
-PREPARE = {"put_get_array": array_for, "array_to_task": array_for}
+PREPARE = {"put_get_array": array_for, "array_to_task": array_for, "put_large": big_array_for}
 
 
 def check_sorted(results: list[list[int]], count: int, length: int) -> None:
@@ -179,6 +200,7 @@ class UniparSuite:
         self.r_sort_new = unipar.remote(sort_new)
         self.r_list = unipar.remote(random_list)
         self.r_nbytes = unipar.remote(nbytes)
+        self.r_put_back = unipar.remote(put_back)
         self.a_sort = unipar.remote(SortActor)
         self.a_counter = unipar.remote(Counter)
 
@@ -252,6 +274,24 @@ class UniparSuite:
 
     def w_array_to_task(self, s: Sizes, array: Any) -> None:
         assert self.up.get(self.r_nbytes.remote(array)) == array.nbytes
+
+    def w_put_large(self, s: Sizes, array: Any) -> None:
+        ref = self.up.put(array)
+        assert self.up.wait([ref], timeout=600)[0] == [ref]
+
+    def prepare_put_concurrent(self, s: Sizes) -> Any:
+        return self.up.put(make_array(s.big_bytes // 10))
+
+    def w_put_concurrent(self, s: Sizes, ref: Any) -> None:
+        refs = [self.r_put_back.remote(ref, self.up.put) for _ in range(10)]
+        inner = [r for rs in self.up.get(refs, timeout=600) for r in rs]
+        assert len(self.up.wait(inner, num_returns=10, timeout=600)[0]) == 10
+
+    def prepare_get_large(self, s: Sizes) -> Any:
+        return self.up.put(make_array(s.big_bytes))
+
+    def w_get_large(self, s: Sizes, ref: Any) -> None:
+        assert self.up.get(ref, timeout=600).nbytes == s.big_bytes
 
     def prepare_wait_refs(self, s: Sizes) -> Any:
         refs = [self.r_noop.remote(i) for i in range(s.count(1000))]
