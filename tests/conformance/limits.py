@@ -55,14 +55,7 @@ LIMITS: dict[str, dict[str, str]] = {
             "tasks print straight to this process's stdout, unprefixed, so pdb and print work "
             "as in plain Python",
     },
-    "native": {
-        "test_values_arrive_before_the_task_ends":
-            "generators run to completion in the worker, then stream from the driver "
-            "(docs/generators.md): no value arrives before the task ends",
-        "test_backpressure_bounds_unconsumed_values":
-            "generators run to completion in the worker (docs/generators.md): nothing bounds "
-            "how far the task runs ahead",
-    },
+    "native": {},
     "dask": {
         "test_values_arrive_before_the_task_ends":
             "generators run to completion in the worker, then stream from the driver "

@@ -21,12 +21,13 @@ from ..exceptions import BackendUnavailableError
 from ..native.client.refs import ActorId, NativeRef
 from ..native.node.scheduler import ENV_TAG
 from ..native.worker.events import running
+from ..native.worker.streaming import STREAM, Streaming
 from ..options import ActorOptions, InitOptions, TaskOptions, resource_demand
 from ..runtime_env import canonical, merge, pack
 from ..refs import is_ref, unwrap
 from .base import (ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec,
                    install_worker_backend)
-from .streams import CollectedStream, collect_call, collect_spec
+from .streams import EngineStream, header_call, header_spec
 from .native_scheduling import NativeScheduling, user_view
 
 if TYPE_CHECKING:
@@ -207,12 +208,16 @@ class NativeBackend(Backend):
         args, kwargs = _deps(call.args, call.kwargs)
         return self.client.call_actor(actor_id, call.method, args, kwargs, call.num_returns)
 
-    # Generators run to completion in the worker, then stream from here (docs/generators.md).
+    # Generators stream: each value comes back as the worker yields it (client/streams.py).
     def submit_stream(self, spec: TaskSpec) -> Stream:
-        return CollectedStream(self, self.submit(collect_spec(spec))[0])
+        stream = self.client.streams.open(spec.options._generator_backpressure_num_objects)
+        stream.start(self.submit(header_spec(spec, Streaming, stream.header))[0])
+        return EngineStream(stream)
 
     def call_actor_stream(self, actor_id: Any, call: ActorCall) -> Stream:
-        return CollectedStream(self, self.call_actor(actor_id, collect_call(call))[0])
+        stream = self.client.streams.open(call.backpressure)
+        stream.start(self.call_actor(actor_id, header_call(call, STREAM, stream.header))[0])
+        return EngineStream(stream)
 
     def kill_actor(self, actor_id: ActorId, no_restart: bool) -> None:
         self.client.kill_actor(actor_id, no_restart)

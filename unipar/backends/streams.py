@@ -2,8 +2,9 @@
 
 Two ways to run a generator on an engine:
 
-* **streaming**: the engine hands each yielded value back while the task runs (native, ray,
-  local implement :class:`~unipar.backends.base.Stream` themselves);
+* **streaming**: the engine hands each yielded value back while the task runs (ray and local
+  implement :class:`~unipar.backends.base.Stream` themselves; native's engine has its own
+  stream, which :class:`EngineStream` adapts, and runs :func:`header_spec`'s task);
 * **collected**: the worker runs the generator to completion and returns a :class:`Collected`
   (the values and the exception that ended it, if any); :class:`CollectedStream` then gives
   one handle per value. Dask and Spark run generators this way (tests/conformance/limits.py).
@@ -24,7 +25,8 @@ from .._yielding import COLLECT, DYNAMIC, collecting, dynamic, failed_handle
 from ..exceptions import GetTimeoutError
 from .base import ActorCall, Backend, Stream, TaskSpec
 
-__all__ = ["CollectedStream", "collect_spec", "collect_call", "dynamic_spec", "dynamic_call"]
+__all__ = ["CollectedStream", "EngineStream", "collect_spec", "collect_call", "dynamic_spec",
+           "dynamic_call", "header_spec", "header_call"]
 
 
 def _one_return(spec: TaskSpec, wrapper: Callable[..., Any], tag: str) -> TaskSpec:
@@ -44,12 +46,38 @@ def dynamic_spec(spec: TaskSpec) -> TaskSpec:
     return _one_return(spec, dynamic, "dynamic")
 
 
+def header_spec(spec: TaskSpec, wrapper: Callable[..., Any], header: Any) -> TaskSpec:
+    """The task that runs ``spec``'s generator through ``wrapper`` (an engine's streaming
+    runner), called with ``header`` (what names the stream) before the user's arguments."""
+    return dataclasses.replace(_one_return(spec, wrapper, "stream"), args=(header, *spec.args))
+
+
+def header_call(call: ActorCall, prefix: str, header: Any) -> ActorCall:
+    """The call of ``call``'s generator method as an engine's streaming runner (named by the
+    method-name ``prefix``), with ``header`` before the user's arguments."""
+    return ActorCall(prefix + call.method, (header, *call.args), call.kwargs, 1)
+
+
 def collect_call(call: ActorCall) -> ActorCall:
     return ActorCall(COLLECT + call.method, call.args, call.kwargs, 1)
 
 
 def dynamic_call(call: ActorCall) -> ActorCall:
     return ActorCall(DYNAMIC + call.method, call.args, call.kwargs, 1)
+
+
+class EngineStream(Stream):
+    """The seam's Stream over an engine's own stream object (its ``next(timeout)`` and
+    ``cancel(force)`` keep the seam's contracts); engines know nothing of the seam."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def next(self, timeout: float | None) -> Hashable:
+        return self._inner.next(timeout)
+
+    def cancel(self, force: bool) -> None:
+        self._inner.cancel(force)
 
 
 class CollectedStream(Stream):

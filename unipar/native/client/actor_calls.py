@@ -253,6 +253,8 @@ class ActorRouter:
             elif msg.op == "log":
                 settle()
                 self.client.show_log(msg)  # type: ignore[arg-type]
+            elif msg.op == "stream_item":   # a generator's value, before its call's end
+                self.client.stream_item(msg, conn)  # type: ignore[arg-type]
 
         def settle() -> None:
             if not done:

@@ -35,6 +35,7 @@ from .head import HeadChannel
 from .objects import ClusterGoneError, Entry, ObjectTable, load
 from .packing import Packer
 from .refs import TRACKER, ActorId, NativeRef
+from .streams import StreamTable
 from .transfer import Downloads, upload
 
 __all__ = ["Client", "ClusterGoneError"]
@@ -79,6 +80,7 @@ class Client:
         # to the workers) submits everything through the node.
         self.direct = DirectPool(self) if not self.remote else None
         self.actor_calls = ActorRouter(self)
+        self.streams = StreamTable(self, self._blocking)   # streaming generators we submitted
         self._flusher = threading.Thread(target=self._flush_refs, name="unipar-ref-flusher",
                                          daemon=True)
         self._flusher.start()
@@ -98,6 +100,7 @@ class Client:
             P.LeaseGranted.op: self._on_lease_granted,
             P.LeaseRefused.op: self._on_lease_refused,
             P.HelloOk.op: self._hello.set_result,
+            P.StreamItem.op: lambda msg: self.stream_item(msg, self.conn),
         }
         self._reader = threading.Thread(target=self._read, args=(self.conn,),
                                         name="unipar-client-reader", daemon=True)
@@ -247,6 +250,9 @@ class Client:
         for oid in self.objects.resolve_many(found):
             if oid in at_node:
                 self.conn.post(P.RefUpdates([], [oid]))   # dropped meanwhile: let it go
+
+    def stream_item(self, msg: P.StreamItem, conn: Connection) -> None:
+        self.streams.on_item(msg, conn)
 
     def fail_locally(self, return_ids: Sequence[bytes], payload: bytes) -> None:
         for oid in return_ids:

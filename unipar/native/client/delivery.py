@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Protocol, Sequence
 
 from ..wire import protocol as P
+from ..wire.transport import Connection
 
 
 class Delivery(Protocol):
@@ -32,6 +33,9 @@ class Delivery(Protocol):
 
     def deliver(self, results: list) -> None:
         """Record finished work's results (``[oid, kind, payload, path, size, contained]``)."""
+
+    def stream_item(self, msg: P.StreamItem, conn: Connection) -> None:
+        """A value of a streaming generator we submitted, which came over ``conn``."""
 
     def fail_locally(self, return_ids: Sequence[bytes], payload: bytes) -> None:
         """Fail these results with the packed error ``payload``."""

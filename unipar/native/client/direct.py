@@ -341,6 +341,8 @@ class DirectPool:
             elif msg.op == "log":
                 self._settle(wc, done)   # output keeps its place before later results
                 self.client.show_log(msg)  # type: ignore[arg-type]
+            elif msg.op == "stream_item":   # a generator's value, before its task's end
+                self.client.stream_item(msg, wc.conn)  # type: ignore[arg-type]
         wc.conn.serve_forever(on_message, lambda: self._settle(wc, done))
         self._settle(wc, done)
         self._worker_lost(wc)

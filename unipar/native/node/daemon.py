@@ -52,6 +52,7 @@ from .remote_actors import RemoteActors, calls_in_flight
 from .scheduler import Dispatch, PlaceActor, RetireWorker, Scheduler, StartWorkers
 from .spawn import Launcher, report_ready
 from .store import ObjectStore
+from .streams import StreamRelay
 from .tasks import TaskTable
 from .transfers import Transfers
 
@@ -108,6 +109,7 @@ class Node:
         self.actors = Actors(self.node_id, self.tasks, self.objects, self.sched, self.pool,
                              self.functions, self.head, self.schedule)
         self.transfers = Transfers(self.objects)
+        self.streams = StreamRelay(self.clients)
         self.forwarding = Forwarding(self.node_id, self.links, self.objects, self.tasks,
                                      self.sched, self.transfers, self.functions)
         self.remote = RemoteActors(self.node_id, self.links, self.forwarding, self.head,
@@ -161,6 +163,8 @@ class Node:
             P.ObjectChunk.op: self.transfers.on_object_chunk,
             P.OfferObject.op: self.forwarding.on_offer_object,
             P.PutChunk.op: self.transfers.on_put_chunk,
+            P.StreamItem.op: self.streams.on_stream_item,
+            P.StreamAck.op: self.streams.on_stream_ack,
         }
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -212,6 +216,7 @@ class Node:
             self.objects.release(conn, oid)
         w = self.pool.get(conn.info.get("worker_id"))
         if w is not None:
+            self.streams.disconnected(conn)
             self._worker_died(w)
 
     def _tick(self) -> None:

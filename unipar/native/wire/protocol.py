@@ -891,3 +891,29 @@ class StopJob(Message):
     op = "stop_job"
     req_id: int
     job_id: str
+
+
+# Streaming generators (num_returns="streaming"): each value a task or actor call yields goes
+# to the client that submitted it while the task runs (worker/streaming.py, client/streams.py).
+
+@message
+class StreamItem(Message):
+    """Worker -> client (directly, or through the node, which passes it to client ``owner``):
+    value number ``index`` of stream ``stream_id``; ``result`` is a result record as in
+    TaskDone (big values are stored at the node for ``owner`` first). ``index`` -1 (result
+    None): the producer ended; only the node needs it (to forget the stream's route)."""
+    op = "stream_item"
+    stream_id: bytes
+    owner: int
+    index: int
+    result: Any
+
+
+@message
+class StreamAck(Message):
+    """Client -> worker (the way its items came): ``consumed`` values were taken, so the
+    producer may run up to ``consumed`` + its backpressure bound; -1: stop producing (the
+    stream was cancelled or dropped)."""
+    op = "stream_ack"
+    stream_id: bytes
+    consumed: int

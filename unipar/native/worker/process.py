@@ -39,6 +39,7 @@ from ..wire.transport import Connection, Listener
 from .output import Forward, current
 from .events import LogFile, TaskEvents, hosting_actor, open_log
 from .runtime_env import prepare as prepare_runtime_env
+from .streaming import install as install_streaming, method_of, on_ack
 
 # The direct connection of the client whose task or call runs in this context (its print
 # lines and result go back that way), or None for one the node sent. A context variable:
@@ -86,6 +87,7 @@ class Runtime:
             P.Shutdown.op: lambda msg: os._exit(0),
             P.Forget.op: self._forget,
             P.RunActorTask.op: lambda msg: self._on_run_actor_task(msg, None),
+            P.StreamAck.op: on_ack,
         }
         self.direct_handlers: dict[str, Callable[[Any, Connection], None]] = {
             P.RunTask.op: self._on_run_task,
@@ -93,6 +95,7 @@ class Runtime:
             P.CancelTask.op: lambda msg, conn: self._cancel(msg.task_id),
             P.TakeBack.op: self._take_back,
             P.Attach.op: self._on_attach,
+            P.StreamAck.op: lambda msg, conn: on_ack(msg),
         }
         self.run_handlers: dict[str, Callable[[Any, Connection | None], None]] = {
             P.RunTask.op: self._run_pushed,
@@ -284,6 +287,16 @@ class Runtime:
         self.client.request(lambda r: P.PutFor(r, owner, *result))
         return result
 
+    # streaming generators (streaming.StreamHost): values go where the task's result goes
+    def stream_conn(self) -> Connection | None:
+        return _reply_to.get()
+
+    def stream_record(self, value: Any, owner: int) -> list:
+        return self._result(self.client.new_id(), value, owner)
+
+    def node_conn(self) -> Connection:
+        return self.client.conn
+
     def _error_results(self, return_ids: list, exc: BaseException, where: str) -> list:
         err = capture_remote(exc, where)
         packed = S.pack(*S.dumps(err)[:2])
@@ -432,7 +445,7 @@ class Runtime:
         name = f"{self.label}.{msg.method}"
         self.events.started(msg.task_id, name, "actor_call")
         try:
-            method = bound_method(self.instance, msg.method)
+            method = method_of(self.instance, msg.method, bound_method)
             args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
             result = method(*args, **kwargs)
             if asyncio.iscoroutine(result):
@@ -464,7 +477,7 @@ class Runtime:
             name = f"{self.label}.{msg.method}"
             self.events.started(msg.task_id, name, "actor_call")
             try:
-                method = bound_method(self.instance, msg.method)
+                method = method_of(self.instance, msg.method, bound_method)
                 args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
                 result = method(*args, **kwargs)
                 if asyncio.iscoroutine(result):
@@ -537,6 +550,7 @@ def _serve(secret: bytes) -> None:
                     worker_id=wid, handler=runtime.handle)
     client.log_sink = runtime.forward_log
     runtime.client = client
+    install_streaming(runtime)
     setup = os.environ.get("UNIPAR_WORKER_SETUP", "")
     if setup:
         module, _, attr = setup.partition(":")
