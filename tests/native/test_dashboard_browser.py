@@ -1,0 +1,361 @@
+"""The dashboard's pages as a user sees them: Debian's chromium, headless, driven over the DevTools
+protocol (its ``--remote-debugging-port``, through aiohttp's websocket client), against a live
+cluster of one node with 2 CPUs running the tutorial's sorts.
+
+::
+
+    test ── CDP (Page.navigate, Runtime.evaluate, Page.captureScreenshot) ──▶ chromium
+                                                                              │ GET /work ...
+    test ── drivers (subprocesses) ──▶ cluster (unipar start --head) ◀── dashboard (the head)
+
+No timing is relied on: the sorts spin until the test hands out release tokens (one file each,
+claimed by one task), so the page's counts step down exactly as the test lets tasks finish, and
+every wait has a deadline. Screenshots go to ``$UNIPAR_DASHBOARD_SCREENSHOTS`` (docs/img when
+the docs are refreshed), else to a temporary directory. Without chromium the module is skipped,
+unless ``UNIPAR_REQUIRE_BROWSER=1`` (CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from typing import Any, Iterator
+
+import psutil
+import pytest
+
+from multinode import Cluster, base_env
+from test_dashboard import URL_LINE, fetch_json
+from unipar.testing import terminate, wait_for
+
+aiohttp = pytest.importorskip("aiohttp", reason="pip install 'unipar[dashboard]'")
+pytestmark = pytest.mark.timeout(300)
+
+BROWSERS = ("chromium", "chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--remote-debugging-port=0", "--remote-allow-origins=*", "--hide-scrollbars",
+         "about:blank"]
+WIDTH, HEIGHT = 1360, 900
+SORTS = 20                      # the tutorial's 20 lists
+WAIT = 90.0                     # deadline of every wait on the page (a loaded 2-core machine)
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "examples")
+
+
+def browser_path() -> str:
+    """Chromium's path; skips the module (fails it when UNIPAR_REQUIRE_BROWSER=1) without one."""
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    why = "chromium is not installed (apt-get install -y chromium)"
+    if os.environ.get("UNIPAR_REQUIRE_BROWSER") == "1":
+        pytest.fail(why + "; UNIPAR_REQUIRE_BROWSER=1 requires it", pytrace=False)
+    pytest.skip(why)
+
+
+class Browser:
+    """One headless chromium and its first tab, driven over the DevTools protocol.
+
+    Every call waits at most ``timeout`` seconds. ``problems`` collects what the page's console
+    reported as errors (uncaught exceptions, Content-Security-Policy refusals, failed loads)."""
+
+    def __init__(self, path: str, timeout: float = 60.0) -> None:
+        self.timeout = timeout
+        self.profile = tempfile.mkdtemp(prefix="unipar-chromium-")
+        self.proc = subprocess.Popen([path, *FLAGS, f"--user-data-dir={self.profile}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.loop = asyncio.new_event_loop()
+        self.problems: list[str] = []
+        self.next_id = 0
+        try:
+            port = wait_for(self._port, timeout=timeout, interval=0.1,
+                            message="chromium's DevTools port")
+            self.session, self.ws = self.loop.run_until_complete(self._connect(port))
+            for domain in ("Page", "Runtime", "Log"):
+                self.call(f"{domain}.enable")
+            self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT,
+                      deviceScaleFactor=1, mobile=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def _port(self) -> int | None:
+        assert self.proc.poll() is None, f"chromium exited with {self.proc.returncode}"
+        try:
+            with open(os.path.join(self.profile, "DevToolsActivePort")) as f:
+                return int(f.readline())
+        except (OSError, ValueError):
+            return None
+
+    async def _connect(self, port: int) -> tuple[Any, Any]:
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        async with session.get(f"http://127.0.0.1:{port}/json/list") as r:
+            pages = [t for t in await r.json() if t["type"] == "page"]
+        ws = await session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0)
+        return session, ws
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """Send one command and return its result (events read meanwhile are looked at)."""
+        return self.loop.run_until_complete(
+            asyncio.wait_for(self._call(method, params), self.timeout))
+
+    async def _call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.next_id += 1
+        await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
+        while True:
+            msg = json.loads((await self.ws.receive()).data)
+            if msg.get("id") == self.next_id:
+                assert "error" not in msg, (method, msg["error"])
+                return msg["result"]
+            self._event(msg)
+
+    def _event(self, msg: dict[str, Any]) -> None:
+        params = msg.get("params", {})
+        if msg.get("method") == "Runtime.exceptionThrown":
+            self.problems.append(json.dumps(params["exceptionDetails"])[:800])
+        elif msg.get("method") == "Log.entryAdded" and params["entry"]["level"] == "error":
+            self.problems.append(params["entry"].get("text", "")[:800])
+        elif (msg.get("method") == "Runtime.consoleAPICalled"
+              and params.get("type") in ("error", "assert")):
+            self.problems.append(json.dumps(params.get("args"))[:800])
+
+    def js(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page."""
+        got = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in got, got["exceptionDetails"]
+        return got["result"].get("value")
+
+    def open(self, url: str) -> None:
+        """Load ``url`` and wait until its scripts have filled the page once."""
+        self.call("Page.navigate", url=url)
+        wait_for(lambda: self.js("document.readyState === 'complete' && "
+                                 "document.getElementById('status').textContent"
+                                 ".indexOf('updated') >= 0"),
+                 timeout=WAIT, interval=0.2, message=f"{url} to load")
+
+    def wait(self, expression: str, message: str) -> Any:
+        """Poll a JavaScript expression until it is truthy (deadline WAIT); return it."""
+        return wait_for(lambda: self.js(expression), timeout=WAIT, interval=0.25,
+                        message=message)
+
+    def screenshot(self, path: str) -> None:
+        """The whole page, as a PNG."""
+        height = int(self.js("document.documentElement.scrollHeight"))
+        self.call("Emulation.setDeviceMetricsOverride", width=WIDTH,
+                  height=max(HEIGHT, min(height, 4000)), deviceScaleFactor=1, mobile=False)
+        self.js("window.dispatchEvent(new Event('resize'))")
+        shot = self.call("Page.captureScreenshot", format="png")
+        self.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT,
+                  deviceScaleFactor=1, mobile=False)
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+
+    def close(self) -> None:
+        """Idempotent: the websocket, chromium (all its processes) and its profile go."""
+        if getattr(self, "session", None) is not None:
+            self.loop.run_until_complete(self.session.close())
+            self.session = None
+        if not self.loop.is_closed():
+            self.loop.close()
+        if self.proc.poll() is None:
+            try:
+                terminate([psutil.Process(self.proc.pid)], grace=5)
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    b = Browser(browser_path())
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One head and its node (2 CPUs), whose workers import the tutorial from docs/examples."""
+    state = str(tmp_path_factory.mktemp("browser") / "state")
+    env = base_env(state)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(EXAMPLES), env["PYTHONPATH"]])
+    c = Cluster(state, env)
+    try:
+        c.start(["--num-cpus", "2", "--dashboard-port", "0"], [])
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def url(cluster: Cluster) -> str:
+    found = URL_LINE.search(cluster.start_output)
+    assert found, cluster.start_output
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> str:
+    where = os.environ.get("UNIPAR_DASHBOARD_SCREENSHOTS") or str(tmp_path_factory.mktemp("png"))
+    os.makedirs(where, exist_ok=True)
+    return where
+
+
+class Driver:
+    """A driver subprocess that answers one line per command it reads on stdin."""
+
+    def __init__(self, cluster: Cluster, code: str, *args: str) -> None:
+        env = dict(cluster.env, UNIPAR_ADDRESS="auto")
+        self.proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args],
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+
+    def line(self, timeout: float = WAIT) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, "the driver said nothing"
+        text = self.proc.stdout.readline().strip()
+        assert text, f"the driver ended (exit status {self.proc.wait(timeout=30)})"
+        return text
+
+    def ask(self, command: str) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.line()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            terminate([psutil.Process(self.proc.pid)])
+        self.proc.wait(timeout=30)
+
+
+# The tutorial's sorts (docs/examples/tutorial.py: 20 lists, bubble sort), each kept busy after
+# its sort until the test hands it a release token, so the test decides when each one ends.
+SORT_DRIVER = """
+    import os, sys, unipar
+    from tutorial import LISTS, bubble_sort, make_list   # docs/examples is on the path
+    unipar.init()
+    gates = sys.argv[1]
+
+    @unipar.remote
+    def bubble_sort_remote(to_sort):
+        bubble_sort(to_sort)
+        while True:   # busy (a CPU each) until a release token is ours
+            for name in sorted(os.listdir(gates)):
+                if name.startswith("release-") and not name.endswith(".taken"):
+                    try:
+                        os.rename(os.path.join(gates, name), os.path.join(gates, name + ".taken"))
+                        return to_sort
+                    except OSError:
+                        pass   # another task took it
+            bubble_sort(to_sort[::-1][:300])
+
+    refs = [bubble_sort_remote.remote(make_list(1000, seed)) for seed in range(LISTS)]
+    print("submitted", len(refs), flush=True)
+    print("sorted", sum(v == sorted(v) for v in unipar.get(refs, timeout=600)), flush=True)
+    sys.stdin.read()   # stay connected until the test is done looking
+"""
+
+
+@pytest.fixture(scope="module")
+def sorts(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    gates = str(tmp_path_factory.mktemp("gates"))
+    driver = Driver(cluster, SORT_DRIVER, gates)
+    try:
+        assert driver.line() == f"submitted {SORTS}"
+        yield driver, gates
+    finally:
+        for i in range(SORTS):   # let every sort end, then the driver
+            open(os.path.join(gates, f"release-{i:02d}"), "w").close()
+        driver.close()
+
+
+COUNTS_JS = """(function () { var out = {};
+    ["running", "queued", "finished", "failed"].forEach(function (k) {
+      var e = document.getElementById("count-" + k); out[k] = e ? Number(e.textContent) : -1;
+    }); return out; })()"""
+
+
+def counts_when(browser: Browser, wanted: Any, what: str) -> dict[str, int]:
+    """The work page's task counts, once ``wanted(counts)`` holds (deadline WAIT)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        got = browser.js(COUNTS_JS)
+        if wanted(got):
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"the work page never showed {what}; it shows {got}", pytrace=False)
+        time.sleep(0.25)
+
+
+def no_problems(browser: Browser) -> None:
+    found, browser.problems[:] = list(browser.problems), []
+    assert not found, found
+
+
+# -- the pages ---------------------------------------------------------------------------------
+def test_machines_page_shows_both_cpus_busy_during_the_sort(browser: Browser, url: str,
+                                                            sorts: Any, shots: str):
+    browser.open(url + "/machines?refresh=0.5")
+    # Both sorts spin until released: every core of this 2-core machine is busy.
+    cores = browser.wait("""(function () {
+        var v = Array.from(document.querySelectorAll("[data-core] .core-value"))
+                     .map(function (e) { return parseInt(e.textContent, 10); });
+        return v.length === 2 && v.every(function (x) { return x >= 50; }) && v; })()""",
+                         "both cores busy on the machines page")
+    assert len(cores) == 2
+    assert browser.js("document.querySelectorAll('.node canvas').length") >= 3   # cpu, mem, net
+    browser.wait("document.querySelector('.cpu-total') && "
+                 "parseInt(document.querySelector('.cpu-total').textContent) >= 50",
+                 "the total CPU figure")
+    browser.screenshot(os.path.join(shots, "dashboard-machines.png"))
+    no_problems(browser)
+
+
+def test_work_page_counts_step_down_as_the_sorts_finish(browser: Browser, url: str,
+                                                        sorts: Any, shots: str):
+    driver, gates = sorts
+    browser.open(url + "/work?refresh=0.5")
+    seen = [counts_when(browser, lambda c: c["running"] == 2
+                        and c["running"] + c["queued"] == SORTS, "2 running and 18 queued")]
+    base = seen[0]["finished"]
+    for released in range(2, SORTS + 1, 2):
+        for i in (released - 2, released - 1):
+            open(os.path.join(gates, f"release-{i:02d}"), "w").close()
+        seen.append(counts_when(
+            browser, lambda c: c["running"] + c["queued"] == SORTS - released
+            and c["finished"] + c["failed"] == base + released,
+            f"{SORTS - released} left, {released} done"))
+        failed = fetch_json(url + "/api/tasks?state=failed")["tasks"]
+        assert not failed, [t['error'] for t in failed]
+        if released == SORTS // 2:
+            browser.screenshot(os.path.join(shots, "dashboard-work.png"))
+    left = [c["running"] + c["queued"] for c in seen]
+    assert left == list(range(SORTS, -1, -2)), left
+    assert driver.line() == f"sorted {SORTS}"
+    # The task stream: 20 sort bars over the 2 workers (one row each).
+    legend = browser.wait("""(function () {
+        var e = document.querySelector('.legend-item[data-name$="bubble_sort_remote"]');
+        return e && e.dataset.count === "20" && e.textContent; })()""", "20 sorts in the legend")
+    assert legend.endswith("20 tasks on 2 workers"), legend
+    assert browser.js("document.getElementById('timeline-plot').dataset.rows") == "2"
+    assert browser.js("document.getElementById('timeline-plot').dataset.bars") == str(SORTS)
+    browser.screenshot(os.path.join(shots, "dashboard-work-done.png"))
+    no_problems(browser)
+
+

@@ -1,0 +1,120 @@
+/* Machines (GET /machines): per node, its CPU (per core and all), memory, disks of the session
+ * and spill directories, network and GPUs now, and their last five minutes as uPlot charts.
+ * From /api/machines (node_info's machine and machine_history, sampled every second). */
+"use strict";
+(function () {
+  var el = Dash.el, views = {};
+  var box = el("div", {id: "machines"});
+  Dash.fill(Dash.main, el("h2", {text: "Machines"}), box);
+
+  function figure(k, v, note) {
+    return el("div", {cls: "figure"}, el("div", {cls: "k", text: k}),
+              el("div", {cls: "v", text: v}), note ? el("div", {cls: "muted small", text: note})
+                                                   : null);
+  }
+
+  function axisOf(fmt) {
+    return {values: function (u, splits) { return splits.map(fmt); }, size: 64};
+  }
+
+  function lineChart(holder, title, series, yAxis, range) {
+    var box = el("div", {cls: "chart-plot"});
+    holder.appendChild(el("div", {cls: "chart"}, el("div", {cls: "title", text: title}), box));
+    var opts = {height: 150, legend: {show: series.length <= 9}, cursor: {y: false},
+                scales: {x: {time: true}, y: range ? {range: range} : {}},
+                axes: [{}, yAxis],
+                series: [{}].concat(series.map(function (s, i) {
+                  return {label: s.label, stroke: s.color || Dash.palette[i % 10],
+                          width: s.width || 1.5, value: function (u, v) {
+                            return v === null || v === undefined ? "\u2014" : yAxis.fmt(v); }};
+                }))};
+    return Dash.chart(box, opts, [[]].concat(series.map(function () { return []; })));
+  }
+
+  function makeView(node, m) {
+    var cores = m ? m.cpu_count : 0, gpus = m ? m.gpus.length : 0;
+    var figures = el("div", {cls: "figures"}), coreBox = el("div", {cls: "cores"});
+    var charts = el("div", {cls: "charts"});
+    var card = el("section", {cls: "node", id: "node-" + node.node_id, "data-node": node.node_id},
+      el("div", {cls: "node-head"}, el("h3", {cls: "mono", text: Dash.short(node.node_id)}),
+         el("span", {cls: "muted", text: node.host}), Dash.badge(node.alive ? "alive" : "dead")),
+      figures, coreBox, charts);
+    box.appendChild(card);
+    var pctAxis = Object.assign(axisOf(Dash.pct), {fmt: Dash.pct});
+    var cpuSeries = [{label: "all cores", color: "#1f2328", width: 2.5}];
+    for (var c = 0; c < cores; c++) { cpuSeries.push({label: "core " + c}); }
+    var view = {card: card, figures: figures, coreBox: coreBox, cores: cores, charts: {}};
+    view.charts.cpu = lineChart(charts, "CPU %", cpuSeries, pctAxis, [0, 100]);
+    view.charts.memory = lineChart(charts, "Memory used", [{label: "used", color: "#8250df"}],
+                                   Object.assign(axisOf(Dash.bytes), {fmt: Dash.bytes}),
+                                   function () { return [0, m.memory.total]; });
+    view.charts.net = lineChart(charts, "Network", [{label: "sent"}, {label: "received"}],
+                                Object.assign(axisOf(Dash.rate), {fmt: Dash.rate}),
+                                function (u, lo, hi) { return [0, Math.max(1024, hi * 1.1)]; });
+    if (gpus) {
+      var gpuSeries = m.gpus.map(function (g) { return {label: "GPU " + g.index}; });
+      view.charts.gpu = lineChart(charts, "GPU utilisation %", gpuSeries, pctAxis, [0, 100]);
+    }
+    return view;
+  }
+
+  function disk(d) {
+    return d ? figure("Disk: " + d.path, Dash.bytes(d.used) + " used", Dash.bytes(d.free) +
+                      " free of " + Dash.bytes(d.total)) : null;
+  }
+
+  function showNow(view, m) {
+    var gpus = m.gpus.map(function (g) {
+      return figure("GPU " + g.index, Dash.pct(g.utilization), Dash.bytes(g.memory_used) +
+                    " of " + Dash.bytes(g.memory_total));
+    });
+    Dash.fill(view.figures,
+      el("div", {cls: "figure", id: "cpu-" + view.card.dataset.node},
+         el("div", {cls: "k", text: "CPU (" + m.cpu_count + " cores)"}),
+         el("div", {cls: "v cpu-total", text: Dash.pct(m.cpu_percent)})),
+      figure("Memory", Dash.bytes(m.memory.used) + " of " + Dash.bytes(m.memory.total),
+             Dash.pct(m.memory.percent) + " used"),
+      disk(m.disk.session), disk(m.disk.spill),
+      figure("Network", "\u2191 " + Dash.rate(m.network.sent_bytes_s),
+             "\u2193 " + Dash.rate(m.network.recv_bytes_s)),
+      gpus.length ? gpus : figure("GPUs", "none", "no NVIDIA GPU seen"));
+    Dash.fill(view.coreBox, m.cpu_per_core.map(function (v, i) {
+      return el("div", {cls: "core", "data-core": i}, el("span", {cls: "muted", text: "core " + i}),
+                Dash.meter(v, 100), el("span", {cls: "core-value", text: Dash.pct(v)}));
+    }));
+  }
+
+  function showHistory(view, h) {
+    if (!h || !h.time.length) { return; }
+    var cpu = [h.time, h.cpu];
+    for (var c = 0; c < view.cores; c++) {
+      cpu.push(h.cores.map(function (row) { return row[c]; }));
+    }
+    view.charts.cpu.setData(cpu);
+    view.charts.memory.setData([h.time, h.memory]);
+    view.charts.net.setData([h.time, h.sent, h.recv]);
+    if (view.charts.gpu) {
+      var n = view.charts.gpu.series.length - 1, gpu = [h.time];
+      for (var g = 0; g < n; g++) { gpu.push(h.gpus.map(function (row) { return row[g]; })); }
+      view.charts.gpu.setData(gpu);
+    }
+  }
+
+  Dash.refresh(function () {
+    return Dash.json("/api/machines").then(function (data) {
+      var seen = {};
+      data.nodes.forEach(function (node) {
+        seen[node.node_id] = true;
+        var m = node.machine, view = views[node.node_id];
+        if (!view && m) { view = views[node.node_id] = makeView(node, m); }
+        if (!view) { return; }
+        if (m) { showNow(view, m); showHistory(view, node.history); }
+        view.card.classList.toggle("gone", !node.alive || !m);
+      });
+      Object.keys(views).forEach(function (id) {
+        if (!seen[id]) { views[id].card.remove(); delete views[id]; }
+      });
+      if (!data.nodes.length) { Dash.fill(box, el("p", {cls: "empty", text: "No nodes."})); }
+    });
+  });
+})();
