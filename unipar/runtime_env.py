@@ -35,12 +35,13 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 __all__ = ["KNOWN_KEYS", "MAX_PACKAGE_BYTES", "RuntimeEnvSetupError", "Package", "Packed",
            "validate", "merge", "canonical", "pack", "install_package", "install_pip",
            "activate", "pip_key", "refuse_in_process", "applied_in_process",
-           "RuntimeEnvNotSupported", "refuse", "JOB_ENV_VAR", "with_job_env"]
+           "RuntimeEnvNotSupported", "refuse", "JOB_ENV_VAR", "with_job_env",
+           "applied_around", "install_shipped", "refuse_pip"]
 
 KNOWN_KEYS = ("env_vars", "excludes", "pip", "py_modules", "working_dir")
 MAX_PACKAGE_BYTES = 100 * 1024 * 1024   # per package, before compression (Ray's limit)
@@ -407,6 +408,62 @@ def refuse_in_process(env: Mapping[str, Any], backend: str) -> None:
             f"the {backend} backend runs tasks in this process, so runtime_env['pip'] cannot "
             "apply: install the requirements into this environment (pip install ...), or use "
             "the native, ray or dask backend")
+
+
+@contextlib.contextmanager
+def applied_around(front: list[str], env_vars: Mapping[str, str],
+                   cwd: str | None = None) -> Iterator[None]:
+    """Run a call with ``front`` first on sys.path, ``env_vars`` set and (if given) ``cwd``
+    the current directory; undo exactly that after. For processes whose threads run other
+    work meanwhile (a Dask worker): only this call's own sys.path entries are taken out again,
+    so a concurrent call's entries stay. Environment variables and the current directory are
+    process-wide: concurrent calls with different values for them see each other's."""
+    saved_vars = {k: os.environ.get(k) for k in env_vars}
+    saved_cwd = os.getcwd() if cwd else None
+    sys.path[0:0] = list(front)
+    os.environ.update(env_vars)
+    if cwd:
+        os.chdir(cwd)
+    try:
+        yield
+    finally:
+        for entry in front:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(entry)
+        if saved_cwd:
+            os.chdir(saved_cwd)
+        for key, value in saved_vars.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def install_shipped(cache_dir: str, spec: Mapping[str, Any],
+                    fetch: Callable[[list[str]], list[bytes]]) -> tuple[str | None, list[str]]:
+    """Unpack the packages a packed ``spec`` names into ``cache_dir`` (once per digest;
+    ``fetch(digests)`` gets the bytes of those not there yet). Returns the working dir's
+    folder (or None) and the py_modules' folders, to put on sys.path."""
+    digests = ([spec["working_dir"]] if "working_dir" in spec else []) + list(
+        spec.get("py_modules", ()))
+    missing = [d for d in digests if not is_installed(cache_dir, d)]
+    fetched = dict(zip(missing, fetch(missing))) if missing else {}
+    paths = {d: install_package(cache_dir, d, fetched.get(d)) for d in digests}
+    working = paths[spec["working_dir"]] if "working_dir" in spec else None
+    return working, [paths[d] for d in spec.get("py_modules", ())]
+
+
+def refuse_pip(env: Mapping[str, Any], backend: str, reason: str) -> None:
+    """For a backend that ships code but cannot install requirements per task.
+
+    Raises:
+        RuntimeEnvNotSupported: ``env`` asks for pip requirements.
+    """
+    if env.get("pip"):
+        raise RuntimeEnvNotSupported(
+            f"the {backend} backend cannot apply runtime_env['pip']: {reason}. Install the "
+            "requirements on every worker (or ship pure-Python code with working_dir or "
+            "py_modules), or use the native or ray backend")
 
 
 @contextlib.contextmanager

@@ -419,3 +419,64 @@ def test_worker_groups_declare_every_resource():
             totals[name] = totals.get(name, 0.0) + count * amount
     assert totals == {"CPU": 4.0, "GPU": 1.0, "disk": 2.0}
     assert [visible for _, _, visible in groups if visible] == ["0"]
+
+
+# -- runtime_env: code the workers cannot see travels with the task -------------------------------
+
+def _travelling_project(root: Path) -> tuple[str, dict]:
+    """A project and a library in ``root``: on no worker's sys.path, not their cwd."""
+    name = f"dask_travel_{uuid.uuid4().hex[:8]}"
+    (root / "proj").mkdir()
+    (root / "proj" / f"{name}.py").write_text("VALUE = 5\n")
+    (root / "lib" / f"{name}_lib").mkdir(parents=True)
+    (root / "lib" / f"{name}_lib" / "__init__.py").write_text("NAME = 'lib'\n")
+    return name, {"working_dir": str(root / "proj"),
+                  "py_modules": [str(root / "lib" / f"{name}_lib")]}
+
+
+@unipar.remote
+def imported(name):
+    module, lib = __import__(name), __import__(name + "_lib")
+    return [module.VALUE, lib.NAME, os.environ.get("DASK_TRAVEL"), os.getcwd()]
+
+
+@unipar.remote
+class Importer:
+    def __init__(self, name):
+        self.module = __import__(name)
+
+    def read(self, name):
+        return [self.module.VALUE, __import__(name + "_lib").NAME, os.environ.get("DASK_TRAVEL")]
+
+
+def test_runtime_env_ships_code_to_workers_that_cannot_see_it(joined, tmp_path):
+    name, env = _travelling_project(tmp_path)
+    with pytest.raises(ModuleNotFoundError, match=name):
+        unipar.get(imported.remote(name), timeout=60)
+    env["env_vars"] = {"DASK_TRAVEL": "yes"}
+    value, lib, var, cwd = unipar.get(imported.options(runtime_env=env).remote(name), timeout=60)
+    assert [value, lib, var] == [5, "lib", "yes"]
+    assert not cwd.startswith(str(tmp_path))   # a shared worker keeps its own cwd
+    reader = Importer.options(runtime_env=env).remote(name)
+    assert unipar.get(reader.read.remote(name), timeout=60) == [5, "lib", "yes"]
+    # Env vars are set around the call only: a plain task no longer sees them.
+    assert unipar.get(imported.options(runtime_env=env).remote(name), timeout=60)[2] == "yes"
+    assert unipar.get(_env_var.remote("DASK_TRAVEL"), timeout=60) is None
+
+
+@unipar.remote
+def _env_var(name):
+    return os.environ.get(name)
+
+
+def test_runtime_env_pip_is_refused_and_a_job_env_applies_to_every_task(joined, tmp_path):
+    with pytest.raises(unipar.runtime_env.RuntimeEnvNotSupported, match="pip"):
+        imported.options(runtime_env={"pip": ["requests"]}).remote("x")
+    name, env = _travelling_project(tmp_path)
+    unipar.shutdown()
+    try:
+        unipar.init(joined.address, backend="dask", runtime_env=env,
+                    backend_options={"wait_for_workers": 2})
+        assert unipar.get(imported.remote(name), timeout=60)[:2] == [5, "lib"]
+    finally:
+        unipar.shutdown()

@@ -39,6 +39,7 @@ import cloudpickle
 from ... import _state
 from ...exceptions import TaskCancelledError, WorkerCrashedError, capture_remote
 from ...options import split_returns
+from . import envs
 
 if TYPE_CHECKING:
     from ..base import Backend
@@ -311,10 +312,21 @@ def _attempt_allowed(key: Any, max_retries: int) -> bool:
 
 
 def run_task(backend_cls: BackendClass, fn_key: str, fn_blob: bytes, call_bytes: bytes,
-             label: str, topic: str, forward: bool, *deps: Any) -> Any:
-    """The Dask task behind every ``f.remote()``: returns the pickled result or a Failed."""
+             label: str, topic: str, forward: bool, *deps: Any, env: Any = None) -> Any:
+    """The Dask task behind every ``f.remote()``: returns the pickled result or a Failed.
+    ``env``: its runtime env (envs.py), applied around the whole run and undone after."""
     ensure_worker_setup(backend_cls)
     where = where_ran(label)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(envs.applied(env))
+        except Exception as exc:   # a lost package, a bad archive: this task fails, says why
+            return Failed(capture_remote(exc, f"{where}, setting up its runtime_env"))
+        return _run_task(fn_key, fn_blob, call_bytes, label, topic, forward, deps, where)
+
+
+def _run_task(fn_key: str, fn_blob: bytes, call_bytes: bytes, label: str, topic: str,
+              forward: bool, deps: tuple, where: str) -> Any:
     try:
         function, num_returns, max_retries, options = _function(fn_key, fn_blob)
     except Exception as exc:   # e.g. a module it needs is not importable on this worker

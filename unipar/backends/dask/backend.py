@@ -48,7 +48,7 @@ from .placement import WHY_NO_GROUPS, DaskPlacement, runtime_context
 from .restarts import DEMAND as _DEMAND
 from .restarts import Recipe, Restarts
 from ...refs import is_ref, unwrap
-from ...runtime_env import refuse as refuse_runtime_env
+from . import envs
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec
 from ..streams import CollectedStream, collect_call, collect_spec
 
@@ -69,13 +69,6 @@ def _process_client() -> Any:
         return backend._client
     from distributed import get_client
     return get_client()
-
-
-# What runtime_env= gets on this backend (docs/runtime-env.md).
-_NO_RUNTIME_ENV = (
-    "Dask workers are shared by every job and run tasks in threads of one process, so code, "
-    "env vars or pip cannot be set up for one task without touching the others (not mapped "
-    "yet: see docs/runtime-env.md)")
 
 
 class DaskRef:
@@ -196,6 +189,8 @@ class DaskBackend(Backend):
     def __init__(self) -> None:
         self._client: Any = None
         self._cluster: Any = None
+        self._job_env: dict[str, Any] = {}
+        self._envs = envs.Shipper()   # runtime_env packages, scattered once (envs.py)
         self._session = uuid.uuid4().hex
         self._caller = uuid.uuid4().hex  # this process, as a submitter of actor calls
         self._topic = f"unipar-print-{self._session}"
@@ -211,7 +206,8 @@ class DaskBackend(Backend):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
-        refuse_runtime_env(options.runtime_env, self.name, _NO_RUNTIME_ENV)
+        envs.check(options.runtime_env)
+        self._job_env = dict(options.runtime_env or {})
         try:
             import distributed
         except ImportError as exc:  # pragma: no cover - registry checks first
@@ -262,6 +258,7 @@ class DaskBackend(Backend):
             return
         worker_side.forget_escaped()
         self._restarts.clear()
+        self._envs.clear()
         with contextlib.suppress(Exception):
             for name, key in list(self._named.items()):
                 self._unpublish(client, name, key)
@@ -335,16 +332,16 @@ class DaskBackend(Backend):
         return self._topic, self._forward
 
     def submit(self, spec: TaskSpec) -> list[DaskRef]:
-        refuse_runtime_env(spec.options.runtime_env, self.name, _NO_RUNTIME_ENV)
         from distributed import fire_and_forget
         client = self._live()
+        env = self._envs.ship(client, self._job_env, spec.options.runtime_env)
         fn_key, fn_blob = self._function(spec)
         deps, call_bytes, nested = self._pack_args(spec.args, spec.kwargs)
         label = spec.options.name or spec.name.rsplit(".", 1)[-1]
         topic, forward = self._context()
         future = client.submit(
             worker_side.run_task, DaskBackend, fn_key, fn_blob, call_bytes, label, topic, forward,
-            *deps,
+            *deps, env=env,
             key=f"{label}-{uuid.uuid4().hex}", pure=False,
             resources=self._restrictions(resource_demand(spec.options)),
             **self._placement().kwargs(spec.options.scheduling_strategy))
@@ -495,10 +492,10 @@ class DaskBackend(Backend):
 
     # -- actors ------------------------------------------------------------------------------------
     def create_actor(self, spec: ActorSpec) -> DaskActorId:
-        refuse_runtime_env(spec.options.runtime_env, self.name, _NO_RUNTIME_ENV)
         import dask
         client = self._live()
         opts = spec.options
+        env = self._envs.ship(client, self._job_env, opts.runtime_env, by_key=True)
         if opts.name is not None:
             found = self._lookup(opts.name)
             if found is not None:
@@ -508,7 +505,7 @@ class DaskBackend(Backend):
                                  "get_actor(name) or .options(name=..., get_if_exists=True)")
         blob = cloudpickle.dumps((codepickle.dumps(spec.cls), spec.meta.class_name,
                                   opts.concurrency(spec.meta.is_async), spec.meta.is_async,
-                                  opts.max_restarts))
+                                  opts.max_restarts, env))
         deps, call_bytes, nested = self._pack_args(spec.args, spec.kwargs)
         topic, forward = self._context()
         demand = resource_demand(opts)

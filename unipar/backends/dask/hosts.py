@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
 import weakref
@@ -35,6 +36,7 @@ import cloudpickle
 
 from ...exceptions import ActorDiedError, capture_remote
 from ..._yielding import bound_method
+from . import envs
 from .actors import (BackendClass, Failed, context, dask_key, ensure_worker_setup, pack_result,
                      resolve_args, where_ran, worker_address)
 
@@ -87,7 +89,7 @@ class ActorHost:
         # The class travels pickled apart, so one this worker cannot unpickle makes a dead
         # actor that says why (in _construct), not a failed Dask task.
         (self._cls_blob, self.class_name, self._concurrency, self._is_async,
-         max_restarts) = cloudpickle.loads(blob)
+         max_restarts, self._env) = cloudpickle.loads(blob)   # _env: runtime env (envs.py)
         self._cls: type | None = None
         self._call_bytes, self._deps = call_bytes, deps
         self._topic, self._forward = topic, forward
@@ -126,8 +128,10 @@ class ActorHost:
     def _construct(self, in_task: bool) -> None:
         # In the construction task a blocking get() may secede; a restart runs on Dask's actor
         # thread, which is no task thread.
-        with context(self.class_name, self._topic, self._forward, in_task=in_task):
+        with context(self.class_name, self._topic, self._forward, in_task=in_task), \
+                contextlib.ExitStack() as stack:
             try:
+                stack.enter_context(envs.applied(self._env))
                 if self._cls is None:
                     self._cls = cloudpickle.loads(self._cls_blob)
             except Exception as exc:   # e.g. a module it needs is not importable here
@@ -230,8 +234,9 @@ class ActorHost:
         label = self._label(call.method)
         with context(self.class_name, self._topic, self._forward, in_task=False):
             try:
-                args, kwargs = resolve_args(call.call_bytes, call.deps)
-                result = bound_method(self._instance, call.method)(*args, **kwargs)
+                with envs.applied(self._env):
+                    args, kwargs = resolve_args(call.call_bytes, call.deps)
+                    result = bound_method(self._instance, call.method)(*args, **kwargs)
                 if asyncio.iscoroutine(result) and loop is not None:
                     return result
                 if asyncio.iscoroutine(result):  # an async method on a sync host: run it here
