@@ -168,7 +168,8 @@ def test_local_instance_is_private_and_leaves_nothing(tmp_path):
         _stop_marked(marker)
     assert out["listening"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1")
                                     for ip in out["listening"]), out["listening"]
-    assert out["resources"] == {"CPU": 2.0, "GPU": 0.0, "slot": 2.0}
+    # node:<ip>, as Ray shows it (the private instance listens on 127.0.0.1 only)
+    assert out["resources"] == {"CPU": 2.0, "GPU": 0.0, "slot": 2.0, "node:127.0.0.1": 1.0}
     assert out["kept"] == "pong", "a named actor must live while its name is in use"
     assert not out["temp_dir_left"] and out["children_left"] == []
     assert not out["home_ray"], "Ray wrote ~/.ray (an auth token) for a private instance"

@@ -57,6 +57,9 @@ LIMITS: dict[str, dict[str, str]] = {
     },
     "native": {},
     "dask": {
+        "test_node_ip_resource_pins_work_to_its_node":
+            "Dask workers have no node:<ip> resource (their resources are what they were "
+            "started with): pin work with NodeAffinitySchedulingStrategy",
         "test_values_arrive_before_the_task_ends":
             "generators run to completion in the worker, then stream from the driver "
             "(docs/generators.md): no value arrives before the task ends",
@@ -76,6 +79,8 @@ LIMITS: dict[str, dict[str, str]] = {
             "threads of one process (docs/runtime-env.md)",
     },
     "spark": {
+        "test_node_ip_resource_pins_work_to_its_node":
+            "Spark picks each task's executor itself: no node:<ip> resource",
         "test_values_arrive_before_the_task_ends":
             "generators run to completion in the worker, then stream from the driver "
             "(docs/generators.md): no value arrives before the task ends",

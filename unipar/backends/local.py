@@ -194,7 +194,8 @@ class LocalBackend(Backend):
             raise ValueError(f"the local backend runs in this process and takes no address "
                              f"(got {options.address!r}); unset UNIPAR_ADDRESS")
         self._totals = {"CPU": float(options.num_cpus or os.cpu_count() or 1),
-                        "GPU": float(options.num_gpus or 0)}
+                        "GPU": float(options.num_gpus or 0),
+                        "node:127.0.0.1": 1.0}   # as Ray names a node (nodes() says this IP)
         self._totals.update({k: float(v) for k, v in options.resources.items()})
         self._job_env = dict(options.runtime_env or {})
         self._store = _STORES[self._session] = _Store(self._session)

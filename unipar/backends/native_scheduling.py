@@ -16,6 +16,7 @@ client's head channel and polls the table while it waits.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import itertools
 import threading
 import time
@@ -36,8 +37,17 @@ NODES_TTL = 1.0   # s the live node list is reused for SPREAD and affinity check
 
 
 def engine_key(key: str) -> bool:
-    """Resource names the engine adds for placement (hidden from users' resource dicts)."""
-    return key.startswith(NODE_KEY) or "_group_" in key
+    """Resource names the engine adds for placement (hidden from users' resource dicts):
+    ``node:<id>`` and bundles' resources; ``node:<ip>`` is shown, as in Ray."""
+    return (key.startswith(NODE_KEY) and not _is_ip(key[len(NODE_KEY):])) or "_group_" in key
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def user_view(resources: dict[str, float]) -> dict[str, float]:

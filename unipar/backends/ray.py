@@ -754,10 +754,12 @@ _RAY_BOOKKEEPING = ("memory", "object_store_memory")
 
 
 def _public_resources(resources: dict[str, float]) -> dict[str, float]:
-    """CPU, GPU and custom resources; Ray's bookkeeping ones (memory, node:<ip>) left out."""
+    """CPU, GPU, custom resources and ``node:<ip>`` (every backend shows it); Ray's
+    bookkeeping ones (memory, the head's marker) left out."""
     out = {"CPU": 0.0, "GPU": 0.0}
     for key, value in resources.items():
-        if key in _RAY_BOOKKEEPING or key.startswith(("node:", "accelerator_type:")):
+        if key in _RAY_BOOKKEEPING or key == "node:__internal_head__" or \
+                key.startswith("accelerator_type:"):
             continue
         out[key] = float(value)
     return out

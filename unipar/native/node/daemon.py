@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -393,10 +394,21 @@ def _watch_parent(loop: asyncio.AbstractEventLoop, node: Node) -> None:
     loop.call_soon_threadsafe(node.stop)
 
 
+def _node_ip(cfg: dict) -> str:
+    """The IP this node advertises (what ``node:<ip>`` names, as in Ray)."""
+    host = cfg.get("advertise") or cfg.get("host") or "127.0.0.1"
+    try:
+        return socket.gethostbyname(host) if host != "0.0.0.0" else "127.0.0.1"
+    except OSError:   # a name that does not resolve here: keep it as given
+        return host
+
+
 def _make_node(cfg: dict, secret: bytes, launcher: Launcher | None) -> Node:
+    # ``node:<ip>`` = 1 on every node, as in Ray: work pinned to a machine asks for a sliver.
+    resources = {**cfg["resources"], f"node:{_node_ip(cfg)}": 1.0}
     node = Node(node_id=cfg["node_id"], session_dir=cfg["session_dir"],
                 spill_dir=cfg["spill_dir"], secret=secret,
-                resources=cfg["resources"], store_limit=cfg["store_limit"],
+                resources=resources, store_limit=cfg["store_limit"],
                 spill_limit=cfg.get("spill_limit"), head_address=cfg.get("head_address", ""),
                 worker_setup=cfg.get("worker_setup", ""), prestart=cfg.get("prestart", 0),
                 host=cfg.get("host", "127.0.0.1"),
