@@ -22,6 +22,7 @@ import sys
 import textwrap
 import time
 import warnings
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -353,6 +354,21 @@ class TestStandaloneCluster:
         with pytest.raises(unipar.ActorDiedError):
             unipar.get(counter.add.remote(1), timeout=60)
 
+    def test_runtime_env_ships_code_to_executors_that_cannot_see_it(self, tmp_path):
+        name = f"spark_travel_{uuid.uuid4().hex[:8]}"   # on no executor's sys.path
+        (tmp_path / "proj").mkdir()
+        (tmp_path / "proj" / f"{name}.py").write_text("VALUE = 5\n")
+        env = {"working_dir": str(tmp_path / "proj"), "env_vars": {"SPARK_TRAVEL": "yes"}}
+        with pytest.raises(ModuleNotFoundError, match=name):
+            unipar.get(travel_import.remote(name), timeout=120)
+        assert unipar.get(travel_import.options(runtime_env=env).remote(name),
+                          timeout=120) == [5, "yes"]
+        reader = TravelReader.options(runtime_env=env).remote(name)
+        assert unipar.get(reader.read.remote(), timeout=120) == [5, "yes"]
+        unipar.kill(reader)
+        with pytest.raises(unipar.runtime_env.RuntimeEnvNotSupported, match="pip"):
+            travel_import.options(runtime_env={"pip": ["requests"]}).remote(name)
+
     def test_waiting_for_slots_that_actors_hold_is_announced(self):
         # Two actors hold both of the worker's slots: a task or a third actor could only wait.
         holders = [Counter.remote() for _ in range(2)]
@@ -414,3 +430,17 @@ def test_plain_spark_bench_runs_from_any_folder_and_shows_causes(tmp_path):
     assert "first result: ok" in done.stdout, done.stderr[-3000:]
     shown = next(l for l in done.stdout.splitlines() if l.startswith("shown:"))
     assert "LookupError: the-real-cause" in shown
+
+
+@unipar.remote
+def travel_import(name):
+    return [__import__(name).VALUE, os.environ.get("SPARK_TRAVEL")]
+
+
+@unipar.remote
+class TravelReader:
+    def __init__(self, name):
+        self.module = __import__(name)
+
+    def read(self):
+        return [self.module.VALUE, os.environ.get("SPARK_TRAVEL")]

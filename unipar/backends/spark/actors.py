@@ -33,6 +33,7 @@ from ...exceptions import ActorDiedError
 from ...options import resource_demand
 from ...refs import is_ref, unwrap
 from ..base import ActorCall, ActorMeta, ActorSpec
+from . import envs
 from .channel import hang_up, recv, send
 from .executor import ActorPayload, DepArg, SessionInfo, SparkActorId, SparkRef, actor_partition
 from .session import SparkSessionHandle, crash_reason
@@ -223,7 +224,8 @@ class ActorTable:
         payload = ActorPayload(b.info, actor.number, actor.attempt, actor.name, actor.cls_bytes,
                                actor.args_blob, tuple(b.dep_values(actor.deps)),
                                options.concurrency(actor.spec.meta.is_async),
-                               actor.spec.meta.is_async)
+                               actor.spec.meta.is_async,
+                               envs.ship(b.job_env, options.runtime_env))
         threading.Thread(target=self._run_job, args=(actor, payload), daemon=True,
                          name=f"unipar-spark-actor-{actor.number}").start()
 

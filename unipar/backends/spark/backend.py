@@ -55,7 +55,7 @@ from .channel import ChannelServer
 from .executor import DRIVER_STORES, SessionInfo, SparkRef, TaskPayload, runner_partition
 from .session import SparkSessionHandle, crash_reason
 from ..scheduling import no_groups, refuse_strategy
-from ...runtime_env import refuse as refuse_runtime_env
+from . import envs
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec
 from ..streams import CollectedStream, collect_call, collect_spec
 
@@ -63,12 +63,6 @@ BROADCAST_BYTES = 1 << 20  # a dependency value this large travels as a broadcas
 # How long a runner job that finished its task waits for another before its job ends: long
 # enough to take the next task of a get()/.remote() loop, short enough to free its slot soon.
 RUNNER_LINGER_S = 0.5
-
-
-# What runtime_env= gets on this backend (docs/runtime-env.md).
-_NO_RUNTIME_ENV = (
-    "Spark executors are started with the session and shared by its tasks, so per-task code, "
-    "env vars or pip cannot be set up on them (not mapped yet: see docs/runtime-env.md)")
 
 
 class _Runner:
@@ -165,11 +159,13 @@ class SparkBackend(Backend):
         self.info: SessionInfo | None = None
         self.actors = ActorTable(self)
         self.log_to_driver = True
+        self.job_env: dict[str, Any] = {}   # init(runtime_env=...): under every task's
         self._stopped = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
-        refuse_runtime_env(options.runtime_env, self.name, _NO_RUNTIME_ENV)
+        envs.check(options.runtime_env)
+        self.job_env = dict(options.runtime_env or {})
         self.log_to_driver = options.log_to_driver
         self.spark = SparkSessionHandle.open(options)
         self.slots = self.spark.slots
@@ -401,7 +397,7 @@ class SparkBackend(Backend):
 
     # -- tasks -------------------------------------------------------------------------------
     def submit(self, spec: TaskSpec, parent: int | None = None) -> list[SparkRef]:
-        refuse_runtime_env(spec.options.runtime_env, self.name, _NO_RUNTIME_ENV)
+        envs.ship(self.job_env, spec.options.runtime_env)   # refused here, not in the job
         _refuse_strategy(spec.options.scheduling_strategy)
         self._check_live()
         # Function ids are unique per process; ids made on different executor hosts may clash,
@@ -525,7 +521,8 @@ class SparkBackend(Backend):
     def _payload(self, task: _Task) -> TaskPayload:
         return TaskPayload(self.info, task.id, task.attempt, task.name, task.fn_id, task.fn_bytes,
                            task.args_blob, tuple(self.dep_values(task.deps)),
-                           task.options.num_returns, task.options)
+                           task.options.num_returns, task.options,
+                           envs.ship(self.job_env, task.options.runtime_env))
 
     def _start(self, task: _Task, runner: "_Runner | None", inline: bool = False) -> None:
         """Mark ``task`` started in ``runner``: as its task, or ``inline`` in the slot of a
@@ -748,7 +745,7 @@ class SparkBackend(Backend):
 
     # -- actors (the table lives in _spark_actors) ---------------------------------------------
     def create_actor(self, spec: ActorSpec) -> Any:
-        refuse_runtime_env(spec.options.runtime_env, self.name, _NO_RUNTIME_ENV)
+        envs.ship(self.job_env, spec.options.runtime_env)   # refused here, not in the job
         _refuse_strategy(spec.options.scheduling_strategy)
         actor_id, busy = self._create_actor(spec)
         if busy is not None:

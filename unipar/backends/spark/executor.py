@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import io
 import os
 import socket
@@ -42,6 +43,7 @@ from ..base import (ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec,
                     install_worker_backend)
 from ..streams import CollectedStream, collect_call, collect_spec
 from ..._yielding import bound_method
+from . import envs
 from .channel import ChannelClient, recv, send
 
 # Stores of live driver sessions by session id (empty on executors): SparkRef counts itself there.
@@ -165,6 +167,7 @@ class TaskPayload:
     dep_values: tuple         # pickled values: bytes, or a Broadcast of bytes for large ones
     num_returns: int
     options: TaskOptions
+    runtime_env: Any = None   # envs.ship(): applied around the call
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,7 @@ class ActorPayload:
     dep_values: tuple
     concurrency: int
     is_async: bool
+    runtime_env: Any = None   # envs.ship(): applied around construction and each call
 
 
 # -- process state --------------------------------------------------------------------------
@@ -308,6 +312,15 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
 def execute_task(payload: TaskPayload) -> tuple:
     """Run one task here and now; return its outcome ``("ok", [bytes])`` or ``("err", error)``."""
     where = f"{payload.name} (spark executor, pid={os.getpid()})"
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(envs.applied(payload.runtime_env))
+        except Exception as exc:   # a bad archive, a full disk: this task fails, says why
+            return ("err", capture_remote(exc, f"{where}, setting up its runtime_env"))
+        return _execute(payload, where)
+
+
+def _execute(payload: TaskPayload, where: str) -> tuple:
     options = payload.options
     attempts = 1 + (max(options.max_retries, 0) if options.retry_exceptions else 0)
     for attempt in range(attempts):
@@ -505,8 +518,9 @@ class _ActorServer:
     def run(self) -> None:
         ctx = self._enter()
         try:
-            args, kwargs = resolve_args(self._payload.args_blob, self._payload.dep_values)
-            self._instance = cloudpickle.loads(self._payload.cls_bytes)(*args, **kwargs)
+            with envs.applied(self._payload.runtime_env):
+                args, kwargs = resolve_args(self._payload.args_blob, self._payload.dep_values)
+                self._instance = cloudpickle.loads(self._payload.cls_bytes)(*args, **kwargs)
         except Exception as exc:
             ctx.flush()
             self._send(("failed", capture_remote(exc, f"{self._where} __init__")))
@@ -571,10 +585,11 @@ class _ActorServer:
     def _serve(self, message: tuple) -> None:
         call_id, method = message[1], message[2]
         try:
-            call_id, fn, args, kwargs, num_returns, method = self._prepare(message)
-            result = fn(*args, **kwargs)
-            if asyncio.iscoroutine(result):
-                result = asyncio.run(result)
+            with envs.applied(self._payload.runtime_env):
+                call_id, fn, args, kwargs, num_returns, method = self._prepare(message)
+                result = fn(*args, **kwargs)
+                if asyncio.iscoroutine(result):
+                    result = asyncio.run(result)
             _context().flush()
             self._reply(call_id, method, num_returns, result)
         except Exception as exc:
