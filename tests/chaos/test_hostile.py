@@ -32,6 +32,8 @@ from unipar.testing import wait_for
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
 SECRET = b"s" * 32
+# Inputs per fuzz test: a fixed budget in CI; UNIPAR_FUZZ_FRAMES=100000 for a long run.
+FUZZ = int(os.environ.get("UNIPAR_FUZZ_FRAMES", "2000"))
 
 
 class _Evil:
@@ -46,7 +48,7 @@ class _Evil:
 
 # -- the decoder and the handshake, fed random bytes -------------------------------------------
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=FUZZ, deadline=None)
 @given(st.binary(max_size=256), st.integers(0, 2**32 - 1))
 def test_frame_decoder_raises_only_protocol_errors(body: bytes, announced: int) -> None:
     try:
@@ -94,7 +96,76 @@ class _Transport(asyncio.Transport):
         return default
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _valid_frames() -> list[bytes]:
+    """Real frames (one message each, some with out-of-band blobs) to mutate."""
+    msgs = [P.Ping(7), P.ListNodes(1), P.Ping(2**40)]
+    msgs += [m for m in (_blob_message(),) if m is not None]
+    return [b"".join(bytes(part) for part in P.encode(m)) for m in msgs]
+
+
+def _blob_message() -> P.Message | None:
+    """A message type with a blob field, filled with a big blob (out-of-band buffer)."""
+    try:
+        return P.PutObject(b"o" * 16, "inline", P.blob(b"x" * 5000), "", 5000, [])
+    except TypeError:   # its fields changed: the other frames still cover decoding
+        return None
+
+
+_MUTATIONS = st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "len"]),
+                                st.integers(0, 1 << 16), st.integers(0, 255)), max_size=6)
+
+
+@settings(max_examples=FUZZ, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_valid_frames()), _MUTATIONS)
+def test_mutated_valid_frames_decode_or_raise_protocol_errors(frame: bytes, edits) -> None:
+    """A valid frame with bytes flipped, cut, inserted or its length prefix changed: the
+    length check and the decoder raise ProtocolError or return a message, nothing else."""
+    data = bytearray(frame)
+    for kind, where, value in edits:
+        at = where % (len(data) + 1)
+        if kind == "flip" and data:
+            data[at % len(data)] ^= value or 1
+        elif kind == "cut":
+            del data[at:]
+        elif kind == "insert":
+            data[at:at] = bytes([value])
+        elif kind == "len" and len(data) >= 4:
+            data[:4] = struct.pack("!I", (where << 16 | value) & 0xFFFFFFFF)
+    if len(data) < 4:
+        return
+    try:
+        n = P.frame_length(bytes(data[:4]), 1 << 20)
+        P.decode(memoryview(bytes(data[4:4 + n])))
+    except P.ProtocolError:
+        pass
+
+
+def test_a_huge_declared_length_is_refused_before_allocation() -> None:
+    """An authenticated peer announcing a 4 GiB frame: refused from its 4-byte prefix, with
+    no buffer of that size ever allocated."""
+    import tracemalloc
+
+    async def run() -> tuple[_Recorder, _Transport]:
+        server = _Recorder()
+        conn = S.ServerConnection(server, SECRET, max_frame=1 << 20)
+        transport = _Transport()
+        conn.connection_made(transport)
+        nonce_c = os.urandom(P.NONCE_SIZE)
+        conn.data_received(P.client_proof(SECRET, bytes(transport.written), nonce_c))
+        assert not transport.aborted
+        tracemalloc.start()
+        conn.data_received(struct.pack("!I", 0xFFFFFFFF) + b"\0" * 64)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 1 << 20, peak
+        conn.connection_lost(None)
+        return server, transport
+    server, transport = asyncio.run(run())
+    assert transport.aborted and server.handled == []
+
+
+@settings(max_examples=max(50, FUZZ // 10), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=200), max_size=8))
 def test_nothing_is_decoded_before_the_handshake(chunks: list[bytes]) -> None:
     """Random bytes (a wrong proof, pickles, frames) from a peer without the secret reach no
@@ -181,6 +252,62 @@ def _closed(sock: socket.socket, timeout: float = 10.0) -> bool:
         return True
     except socket.timeout:
         return False
+
+
+def _handshake(port: int) -> socket.socket:
+    """A connection that passed the handshake with the right secret."""
+    sock = _raw_hello(port)
+    sock, hello = sock
+    nonce_c = os.urandom(P.NONCE_SIZE)
+    sock.sendall(P.client_proof(SECRET, hello, nonce_c))
+    answer = b""
+    while len(answer) < P.DIGEST_SIZE:
+        answer += sock.recv(P.DIGEST_SIZE - len(answer))
+    P.check_server_proof(SECRET, nonce_c, answer)
+    return sock
+
+
+def _raw_hello(port: int) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    hello = b""
+    while len(hello) < P.SERVER_HELLO_SIZE:
+        part = sock.recv(P.SERVER_HELLO_SIZE - len(hello))
+        assert part, "the server closed before its hello"
+        hello += part
+    return sock, hello
+
+
+def test_a_live_servers_handshake_fed_random_bytes(chaos) -> None:
+    """Random bytes, and a right proof followed by random frames, sent to a live head over
+    TCP: it never runs a handler for the unauthenticated ones, never dies, and still serves a
+    proper client afterwards."""
+    server = _HeadServer()
+    count = max(20, FUZZ // 20)
+    sent = [0]
+    try:
+        @settings(max_examples=count, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(st.binary(max_size=300), st.booleans())
+        def feed(data: bytes, authenticated: bool) -> None:
+            sock = _handshake(server.port) if authenticated else _raw(server.port)
+            try:
+                sock.sendall(data)
+                sent[0] += 1
+            except OSError:
+                pass      # closed on us already: refused, as it should be
+            finally:
+                sock.close()
+        feed()
+        sock = _handshake(server.port)
+        try:
+            sock.sendall(b"".join(bytes(p) for p in P.encode(P.ListNodes(5))))
+            sock.settimeout(10)
+            assert sock.recv(4), "the head stopped answering after the fuzzing"
+        finally:
+            sock.close()
+    finally:
+        server.close()
+    chaos.record(connections=sent[0])
 
 
 def _evil_frame(path: str) -> bytes:
