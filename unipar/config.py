@@ -10,6 +10,10 @@
                                 ``$TMPDIR/unipar-<uid>``)
 ``UNIPAR_CLUSTER_SECRET``       a native cluster's secret, in hex
 ``UNIPAR_CLUSTER_SECRET_FILE``  a file holding a native cluster's secret
+``UNIPAR_HEAD_WAIT``            seconds a driver's request waits for a native head that is down
+                                before HeadUnavailableError (default 30)
+``UNIPAR_HEAD_GIVE_UP``         seconds a native node runs without its head before it stops
+                                (default 60)
 ``CUDA_VISIBLE_DEVICES``        (CUDA's own) the GPUs a native local cluster may hand out
 ==============================  ============================================================
 
@@ -17,7 +21,8 @@ Not settings, and so not read here: variables our own processes pass each other.
 engine hands a worker ``UNIPAR_NODE_ADDRESS``, ``UNIPAR_WORKER_ID``, ``UNIPAR_WORKER_ROLE``,
 ``UNIPAR_WORKER_SETUP``, ``UNIPAR_DRIVER_SYS_PATH`` and ``UNIPAR_RUNTIME_ENV`` (and sets
 its ``CUDA_VISIBLE_DEVICES`` per task); the dask backend hands its private cluster ``UNIPAR_DASK_DRIVER_PID`` and
-``UNIPAR_DASK_DIRECTORY``. The engine adapters also pass through their engines' own variables
+``UNIPAR_DASK_DIRECTORY``; ``unipar start`` marks its daemons with ``UNIPAR_STARTED_BY`` (the
+state directory, so ``unipar stop`` finds them). The engine adapters also pass through their engines' own variables
 (``RAY_ADDRESS``, ``JAVA_HOME``, ``PYSPARK_PYTHON``, ``SPARK_LOCAL_IP``), which those engines
 document.
 """
@@ -35,6 +40,8 @@ REQUIRE_BACKENDS = "UNIPAR_REQUIRE_BACKENDS"
 STATE_DIR = "UNIPAR_STATE_DIR"
 CLUSTER_SECRET = "UNIPAR_CLUSTER_SECRET"
 CLUSTER_SECRET_FILE = "UNIPAR_CLUSTER_SECRET_FILE"
+HEAD_WAIT = "UNIPAR_HEAD_WAIT"
+HEAD_GIVE_UP = "UNIPAR_HEAD_GIVE_UP"
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 
 
@@ -66,6 +73,29 @@ def required_backends() -> list[str]:
 def state_dir() -> str | None:
     """``UNIPAR_STATE_DIR``; None: the default directory."""
     return _text(STATE_DIR)
+
+
+def _seconds(var: str, default: float) -> float:
+    text = _text(var)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{var}={text!r}: expected a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"{var}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def head_wait() -> float:
+    """``UNIPAR_HEAD_WAIT``: seconds a request waits for a head that is down (default 30)."""
+    return _seconds(HEAD_WAIT, 30.0)
+
+
+def head_give_up() -> float:
+    """``UNIPAR_HEAD_GIVE_UP``: seconds a node goes on without a head (default 60)."""
+    return _seconds(HEAD_GIVE_UP, 60.0)
 
 
 def cluster_secret() -> str | None:

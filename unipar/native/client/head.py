@@ -19,11 +19,12 @@ import threading
 import time
 from typing import Callable
 
+from ... import config
 from ...exceptions import HeadUnavailableError
 from ..wire import protocol as P
 from ..wire.transport import Connection
 
-HEAD_WAIT = 30.0                    # s a request waits for a head that is down
+HEAD_WAIT = config.head_wait()      # s a request waits for a head that is down
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0   # s between attempts
 
 

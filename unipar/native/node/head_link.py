@@ -21,13 +21,14 @@ import threading
 import time
 from typing import Any, Callable
 
+from ... import config
 from ..wire import protocol as P
 from ..wire.transport import Connection
 from .scheduler import Scheduler
 
 log = logging.getLogger("unipar.native.node")
 
-HEAD_GIVE_UP = 60.0     # s without a head after which a node stops (docs/reliability.md)
+HEAD_GIVE_UP = config.head_give_up()   # s without a head, then the node stops (reliability.md)
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0   # s between attempts to reach the head again
 REPLAY_MAX = 100_000    # reports kept while the head is away (oldest dropped beyond)
 
