@@ -71,12 +71,6 @@ LIMITS: dict[str, dict[str, str]] = {
         "test_work_that_fits_no_bundle_is_refused": "Dask reserves nothing ahead of the tasks that use it: placement groups raise NotSupportedError",
         "test_runtime_context_names_the_actor":
             "actors run in threads of their own, outside Dask's tasks: no actor id is known",
-        "test_runtime_env_vars_reach_a_task":
-            "runtime_env is refused at .remote(): Dask workers are shared and run tasks in "
-            "threads of one process (docs/runtime-env.md)",
-        "test_runtime_env_working_dir_and_py_modules_import_in_tasks_and_actors":
-            "runtime_env is refused at .remote(): Dask workers are shared and run tasks in "
-            "threads of one process (docs/runtime-env.md)",
     },
     "spark": {
         "test_node_ip_resource_pins_work_to_its_node":
@@ -97,12 +91,6 @@ LIMITS: dict[str, dict[str, str]] = {
             "NotSupportedError",
         "test_runtime_context_names_the_actor":
             "the runtime context inside Spark actors carries no actor id",
-        "test_runtime_env_vars_reach_a_task":
-            "runtime_env is refused at .remote(): Spark executors start with the session "
-            "and are shared by its tasks (docs/runtime-env.md)",
-        "test_runtime_env_working_dir_and_py_modules_import_in_tasks_and_actors":
-            "runtime_env is refused at .remote(): Spark executors start with the session "
-            "and are shared by its tasks (docs/runtime-env.md)",
     },
     "ray": {
         "test_runtime_env_working_dir_and_py_modules_import_in_tasks_and_actors":

@@ -72,6 +72,7 @@ def test_runtime_env_bad_input_is_refused_before_anything_runs(unipar_backend, t
 def test_runtime_env_that_a_backend_cannot_apply_fails_at_remote(unipar_backend):
     if unipar_backend not in ("dask", "spark"):
         pytest.skip(f"{unipar_backend} applies every runtime_env key it is given")
+    # Their workers are shared by every task: requirements cannot be installed for one.
     with pytest.raises(RuntimeEnvNotSupported, match=f"{unipar_backend} backend cannot apply"):
-        _environment.options(runtime_env={"env_vars": {"A": "1"}}).remote("A")
+        _environment.options(runtime_env={"pip": ["requests"]}).remote("A")
     assert unipar.get(_environment.remote("PATH"), timeout=120) is not None
