@@ -21,12 +21,13 @@ import asyncio
 import base64
 import json
 import os
-import select
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from typing import Any, Iterator
 
@@ -223,14 +224,26 @@ class Driver:
         self.proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args],
                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for text in self.proc.stdout:
+            self.lines.put(text)
+        self.lines.put(None)
 
     def line(self, timeout: float = WAIT) -> str:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, "the driver said nothing"
-        text = self.proc.stdout.readline().strip()
-        assert text, f"the driver ended (exit status {self.proc.wait(timeout=30)})"
-        return text
+        """Its next answer (the lines its workers printed, "(name pid=N) ...", are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                text = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail("the driver said nothing", pytrace=False)
+            assert text is not None, f"the driver ended (status {self.proc.wait(timeout=30)})"
+            if not text.startswith("("):
+                return text.strip()
 
     def ask(self, command: str) -> str:
         assert self.proc.stdin is not None
@@ -359,3 +372,102 @@ def test_work_page_counts_step_down_as_the_sorts_finish(browser: Browser, url: s
     no_problems(browser)
 
 
+
+
+# A driver the test steers one line at a time: "task TEXT" prints TEXT in a task and answers its
+# worker's pid; "say TEXT" has an actor print it (same process each time); "doom" starts an
+# actor named "doomed" and kills it with unipar.kill.
+STEERED_DRIVER = """
+    import os, sys, unipar
+    unipar.init()
+
+    @unipar.remote
+    def shout(text):
+        print(text, flush=True)
+        return os.getpid()
+
+    @unipar.remote
+    class Speaker:
+        def say(self, text):
+            print(text, flush=True)
+            return os.getpid()
+
+    speaker = None
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command, _, text = line.strip().partition(" ")
+        if command == "task":
+            print(unipar.get(shout.remote(text), timeout=120), flush=True)
+        elif command == "say":
+            speaker = speaker or Speaker.options(name="speaker").remote()
+            print(unipar.get(speaker.say.remote(text), timeout=120), flush=True)
+        elif command == "doom":
+            doomed = Speaker.options(name="doomed").remote()
+            pid = unipar.get(doomed.say.remote("about to be killed"), timeout=120)
+            unipar.kill(doomed)
+            print(pid, flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def steered(cluster: Cluster) -> Iterator[Driver]:
+    driver = Driver(cluster, STEERED_DRIVER)
+    try:
+        assert driver.line() == "ready"
+        yield driver
+    finally:
+        driver.close()
+
+
+def test_actors_page_shows_a_killed_actor_dead_with_its_cause(browser: Browser, url: str,
+                                                              steered: Driver, shots: str):
+    speaker_pid = steered.ask("say hello")   # one actor alive, for contrast
+    steered.ask("doom")
+    browser.open(url + "/actors?refresh=0.5")
+    row = """document.querySelector('tr[data-name="doomed"]')"""
+    browser.wait(f"{row} && {row}.querySelector('.badge').textContent === 'dead'",
+                 "the killed actor shown dead")
+    cause = browser.js(f"{row}.querySelector('.death').textContent")
+    assert "killed with unipar.kill()" in cause, cause
+    speaker = """document.querySelector('tr[data-name="speaker"]')"""
+    assert browser.js(f"{speaker}.querySelector('.badge').textContent") == "alive"
+    assert browser.js(f"{speaker}.cells[4].textContent") == speaker_pid
+    browser.screenshot(os.path.join(shots, "dashboard-actors.png"))
+    no_problems(browser)
+
+
+def test_logs_page_shows_a_workers_print_and_follows_it(browser: Browser, url: str,
+                                                        steered: Driver, shots: str):
+    pid = int(steered.ask("task printed-by-a-task-7f3a"))
+    [node] = fetch_json(url + "/api/logs")["nodes"]
+    [name] = [f["name"] for f in node["files"] if f["pid"] == pid]
+    log_text = "document.getElementById('log-text').textContent"
+    browser.open(f"{url}/logs?node={node['node_id']}&file={name}&refresh=0.5")
+    browser.wait(f"{log_text}.indexOf('printed-by-a-task-7f3a') >= 0", "the task's print")
+    # An actor's log, followed: what it prints after the page opened appears too.
+    pid = int(steered.ask("say first-line-b21c"))
+    [node] = fetch_json(url + "/api/logs")["nodes"]
+    [name] = [f["name"] for f in node["files"] if f["pid"] == pid]
+    browser.open(f"{url}/logs?node={node['node_id']}&file={name}&refresh=0.5")
+    browser.wait(f"{log_text}.indexOf('first-line-b21c') >= 0", "the actor's first print")
+    assert browser.js("document.getElementById('log-follow').checked")
+    for i in range(3):
+        steered.ask(f"say followed-line-{i}-c9d4")
+    browser.wait(f"{log_text}.indexOf('followed-line-2-c9d4') >= 0", "lines printed later")
+    listed = browser.js("Array.from(document.querySelectorAll('#log-files a'))"
+                        ".map(function (a) { return a.dataset.file; })")
+    assert "node.log" in listed and name in listed
+    browser.screenshot(os.path.join(shots, "dashboard-logs.png"))
+    no_problems(browser)
+
+
+def test_overview_page_names_the_node_and_links_every_page(browser: Browser, url: str,
+                                                           shots: str):
+    node_id = fetch_json(url + "/api/nodes")[0]["node_id"]
+    browser.open(url + "/?refresh=0.5")
+    assert node_id[:12] in browser.js("document.getElementById('main').textContent")
+    links = browser.js("Array.from(document.querySelectorAll('nav a'))"
+                       ".map(function (a) { return a.getAttribute('href'); })")
+    assert links == ["/", "/machines", "/work", "/actors", "/logs"]
+    browser.screenshot(os.path.join(shots, "dashboard-overview.png"))
+    no_problems(browser)

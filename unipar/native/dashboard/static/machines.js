@@ -14,18 +14,18 @@
   }
 
   function axisOf(fmt) {
-    return {values: function (u, splits) { return splits.map(fmt); }, size: 64};
+    return {values: function (u, splits) { return splits.map(fmt); }, size: 78};
   }
 
   function lineChart(holder, title, series, yAxis, range) {
     var box = el("div", {cls: "chart-plot"});
     holder.appendChild(el("div", {cls: "chart"}, el("div", {cls: "title", text: title}), box));
-    var opts = {height: 150, legend: {show: series.length <= 9}, cursor: {y: false},
+    var opts = {height: 150, legend: {show: series.length <= 9, live: false}, cursor: {y: false},
                 scales: {x: {time: true}, y: range ? {range: range} : {}},
                 axes: [{}, yAxis],
                 series: [{}].concat(series.map(function (s, i) {
                   return {label: s.label, stroke: s.color || Dash.palette[i % 10],
-                          width: s.width || 1.5, value: function (u, v) {
+                          width: s.width || 1.5, points: {show: false}, value: function (u, v) {
                             return v === null || v === undefined ? "\u2014" : yAxis.fmt(v); }};
                 }))};
     return Dash.chart(box, opts, [[]].concat(series.map(function () { return []; })));
@@ -58,9 +58,12 @@
     return view;
   }
 
-  function disk(d) {
-    return d ? figure("Disk: " + d.path, Dash.bytes(d.used) + " used", Dash.bytes(d.free) +
-                      " free of " + Dash.bytes(d.total)) : null;
+  function disk(label, d) {
+    if (!d) { return null; }
+    var f = figure(label, Dash.bytes(d.free) + " free", Dash.bytes(d.used) + " used of " +
+                   Dash.bytes(d.total));
+    f.appendChild(el("div", {cls: "muted small mono path", title: d.path, text: d.path}));
+    return f;
   }
 
   function showNow(view, m) {
@@ -74,7 +77,7 @@
          el("div", {cls: "v cpu-total", text: Dash.pct(m.cpu_percent)})),
       figure("Memory", Dash.bytes(m.memory.used) + " of " + Dash.bytes(m.memory.total),
              Dash.pct(m.memory.percent) + " used"),
-      disk(m.disk.session), disk(m.disk.spill),
+      disk("Session disk", m.disk.session), disk("Spill disk", m.disk.spill),
       figure("Network", "\u2191 " + Dash.rate(m.network.sent_bytes_s),
              "\u2193 " + Dash.rate(m.network.recv_bytes_s)),
       gpus.length ? gpus : figure("GPUs", "none", "no NVIDIA GPU seen"));

@@ -78,9 +78,11 @@
       var lane = laneOf(r);
       if (!(lane in laneIx)) { laneIx[lane] = lanes.length; lanes.push(r); }
     });
-    var t0 = rows.length ? rows[0].start : now, minBar = Math.max(0.02, (now - t0) / 800);
+    // One pixel of the ~1000 the plot is wide: bars are at least 2 px long, and each ends 2 px
+    // early, so back-to-back tasks on one worker read as separate bars.
+    var t0 = rows.length ? rows[0].start : now, px = Math.max(0.001, (now - t0) / 1000);
     var bars = rows.map(function (r) {
-      var end = Math.max(r.end || now, r.start + minBar);
+      var end = Math.max((r.end || now) - 2 * px, r.start + 2 * px);
       var key = r.state === "failed" ? "failed" : r.name, skey = laneOf(r) + "\u0000" + key;
       if (!(skey in seriesIx)) { seriesIx[skey] = series.length; series.push({key: key}); }
       xs[r.start] = xs[end] = xs[end + 1e-6] = true;   // the gap after a bar breaks its line
@@ -127,7 +129,7 @@
     })[0];
     Dash.fill(hover, hit ? [el("b", {text: hit.row.name}), " \u00b7 " + hit.row.state + " \u00b7 " +
       Dash.secs(hit.row.duration === null ? Date.now() / 1000 - hit.row.start : hit.row.duration) +
-      " \u00b7 pid " + hit.row.pid + " \u00b7 task " + Dash.short(hit.row.task_id, 16)] : []);
+      " \u00b7 pid " + hit.row.pid + " \u00b7 task " + hit.row.task_id] : []);
   }
 
   function showLegend(rows) {
@@ -193,7 +195,7 @@
       el("td", {text: Dash.clock(t.start)}),
       el("td", {cls: "mono", title: t.node_id, text: Dash.short(t.node_id)}),
       el("td", {cls: "num mono", text: t.pid || "\u2014"}),
-      el("td", {cls: "mono muted", title: t.task_id, text: Dash.short(t.task_id, 16)}),
+      el("td", {cls: "mono muted small", text: t.task_id}),
       el("td", {cls: "wrap"}, error));
   }
 
