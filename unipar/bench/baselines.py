@@ -253,16 +253,20 @@ class RayPlain:
             assert len(ready) == len(refs)
 
     def w_put_large(self, s: Sizes, array: Any) -> None:
-        ref = self.ray.put(array)
-        assert self.ray.wait([ref], timeout=600)[0] == [ref]
+        for _ in range(3):
+            ref = self.ray.put(array)
+            assert self.ray.wait([ref], timeout=600)[0] == [ref]
+            del ref
 
     def prepare_put_concurrent(self, s: Sizes) -> Any:
         return self.ray.put(make_array(s.big_bytes // 10))
 
     def w_put_concurrent(self, s: Sizes, ref: Any) -> None:
-        refs = [self.r_put_back.remote(ref, self.ray.put) for _ in range(10)]
-        inner = [r for rs in self.ray.get(refs, timeout=600) for r in rs]
-        assert len(self.ray.wait(inner, num_returns=10, timeout=600)[0]) == 10
+        for _ in range(2):
+            refs = [self.r_put_back.remote(ref, self.ray.put) for _ in range(10)]
+            inner = [r for rs in self.ray.get(refs, timeout=600) for r in rs]
+            assert len(self.ray.wait(inner, num_returns=10, timeout=600)[0]) == 10
+            del refs, inner
 
     def prepare_get_large(self, s: Sizes) -> Any:
         return self.ray.put(make_array(s.big_bytes))
