@@ -33,6 +33,10 @@ class ObjectDirectory:
         self.clients = clients
         self.deps_ready = deps_ready
         self.worker_conn = worker_conn
+        # Processes on this machine that may map object files: a freed file is reused only
+        # when none of them (nor one seen before that still lives) maps it (store.py).
+        store.local_pids = lambda: [c.info["pid"] for c in clients.values()
+                                    if c.info.get("pid") and not c.info.get("remote")]
         self.fetcher: Fetcher | None = None   # set once the peers part exists
         self.objects: dict[bytes, Obj] = {}
         self.waiters: dict[bytes, list[Task]] = {}
@@ -218,7 +222,9 @@ class ObjectDirectory:
 
     def on_alloc(self, conn: ServerConnection, msg: P.Alloc) -> None:
         try:
-            path = self.store.alloc(msg.oid, msg.size)
+            # A local producer writes the file itself and may get a pooled segment (store.py).
+            producer = None if conn.info.get("remote") else conn.info.get("pid")
+            path = self.store.alloc(msg.oid, msg.size, producer)
         except StoreFullError as exc:
             self.forget_spilled()
             conn.send(P.Reply(msg.req_id, None, str(exc), "store_full"))

@@ -16,15 +16,31 @@ Objects copied from another node (or uploaded by a remote driver) are allocated 
 way and written chunk by chunk (:mod:`.transfer`): a pull writes ``<path>.tmp`` and renames it
 when the last chunk is in; an entry is never spilled before it is sealed, and :meth:`free`
 removes a partial file too. The store counts that traffic (:meth:`usage`).
+
+**Segments are reused.** Writing a fresh shared-memory file costs a page fault and the zeroing
+of every 4 KiB page, which halves the speed of a large put. So a freed object's file goes to a
+pool (:class:`SegmentPool`) instead of being unlinked, and the next producer of about that size
+gets it renamed to its object's name: its pages are there already, and the producer only copies
+(serialization.write_file). A freed file is reused only when no process can still see it: a
+reader's mapping outlives its ref (``get`` is zero-copy), and paths travel between clients too
+(direct results, actor arguments), so every process on this machine that ever connected to the
+node and still lives (``local_pids``) is checked in ``/proc/<pid>/maps``, off the event loop;
+if any maps the file, it is unlinked as before. (A process that never connected, such as a
+child forked by a task after mapping an argument, is not seen.) When a producer misses the
+pool, a thread writes a segment of that size ahead for the next one.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import queue
 import shutil
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 log = logging.getLogger("unipar.native")
 
@@ -36,12 +52,181 @@ class StoreFullError(Exception):
     """Neither shared memory nor the spill directory can take an object of this size."""
 
 
+POOL_MIN = 4 * 2**20      # smaller objects get a new file each: reuse would save little
+POOL_SHARE = 4            # the pool holds at most this fraction of the store's limit ...
+POOL_MAX = 4 * 2**30      # ... and at most this much
+POOL_FIT = 2              # a segment serves objects of at least 1/POOL_FIT of its size ...
+POOL_SLACK = 2**20        # ... and at most this much bigger (the producer's own estimate is
+                          # a little over what it writes; the file grows by what is missing)
+_ZEROS = bytes(8 * 2**20)
+
+
 @dataclass
 class _File:
     path: str
     size: int
     in_shm: bool
     sealed: bool = False
+    pooled: bool = False    # may be reused when freed: a local producer wrote it
+
+
+class SegmentPool:
+    """Shared-memory files whose pages were written before, ready to become objects.
+
+    ``bytes`` counts what the pool holds or has promised (a segment being checked or written
+    by the thread), so the store's limit covers it. One daemon thread does the slow work off
+    the node's event loop: checking that a freed file is mapped nowhere, and writing new
+    segments. All methods are thread-safe."""
+
+    def __init__(self, directory: str, capacity: int) -> None:
+        self.dir = directory
+        self.capacity = capacity
+        self.segments: list[tuple[int, str]] = []   # (size, path)
+        self.bytes = 0
+        self.filling = 0                            # bytes the thread is writing ahead
+        self._gone: set[int] = set()                # pids found dead by the thread
+        self._names = itertools.count()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending = 0                           # jobs queued or running
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def take(self, size: int, path: str) -> bool:
+        """Rename the smallest segment that fits ``size`` (and is at most POOL_FIT times as
+        big) to ``path``; False when none does."""
+        with self._lock:
+            fits = [seg for seg in self.segments
+                    if size - POOL_SLACK <= seg[0] <= size * POOL_FIT]
+            if not fits:
+                return False
+            seg = min(fits)
+            self.segments.remove(seg)
+            self.bytes -= seg[0]
+        try:
+            os.rename(seg[1], path)
+        except OSError:
+            return False
+        return True
+
+    def recycle(self, path: str, size: int, pids: set[int]) -> bool:
+        """Take a freed object's file if there is room; the thread checks that none of
+        ``pids`` maps it, then pools it (or unlinks it). False: the caller unlinks it."""
+        if not self._reserve(size):
+            return False
+        self._submit(("recycle", path, size, pids))
+        return True
+
+    def fill(self, size: int) -> None:
+        """Write a segment of ``size`` bytes ahead (one at a time; skipped without room)."""
+        with self._lock:
+            if self.filling or self.bytes + size > self.capacity:
+                return
+            self.filling = size
+            self.bytes += size
+        self._submit(("fill", "", size, set()))
+
+    def shrink(self, need: int) -> None:
+        """Unlink segments, largest first, until ``need`` bytes are given back."""
+        with self._lock:
+            self.segments.sort()
+            gone = []
+            while need > 0 and self.segments:
+                size, path = self.segments.pop()
+                self.bytes -= size
+                need -= size
+                gone.append(path)
+        for path in gone:
+            _unlink(path)
+
+    def gone(self) -> set[int]:
+        """Pids the thread found dead since the last call (no need to check them again)."""
+        with self._lock:
+            dead, self._gone = self._gone, set()
+        return dead
+
+    def _reserve(self, size: int) -> bool:
+        with self._lock:
+            if self.bytes + size > self.capacity:
+                return False
+            self.bytes += size
+            return True
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until the thread has done every job given so far (tests, shutdown)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def _submit(self, job: tuple[str, str, int, set[int]]) -> None:
+        with self._lock:
+            self._pending += 1
+        self._jobs.put(job)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="unipar-segments",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            kind, path, size, pids = self._jobs.get()
+            try:
+                if kind == "fill":
+                    path = self._write_zeros(size)
+                elif any(self._maps(pid, path) for pid in sorted(pids)):
+                    _unlink(path)   # still seen somewhere: it must not change under a reader
+                    path = ""
+                else:
+                    target = os.path.join(self.dir, f"pool-{next(self._names)}")
+                    os.rename(path, target)
+                    path = target
+            except OSError as exc:   # the session is going away, or memory is short
+                log.debug("segment pool: %s", exc)
+                path = ""
+            self._done(kind, path, size)
+
+    def _write_zeros(self, size: int) -> str:
+        path = os.path.join(self.dir, f"pool-{next(self._names)}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            for at in range(0, size, len(_ZEROS)):
+                os.pwrite(fd, _ZEROS[:min(len(_ZEROS), size - at)], at)
+        except OSError:
+            os.close(fd)
+            _unlink(path)
+            raise
+        os.close(fd)
+        return path
+
+    def _done(self, kind: str, path: str, size: int) -> None:
+        with self._lock:
+            if kind == "fill":
+                self.filling = 0
+            if path:
+                self.segments.append((size, path))
+            else:
+                self.bytes -= size
+            self._pending -= 1
+            self._idle.notify_all()
+
+
+    def _maps(self, pid: int, path: str) -> bool:
+        """Whether process ``pid`` has ``path`` mapped (True when that cannot be read)."""
+        try:
+            with open(f"/proc/{pid}/maps", "rb") as f:
+                return path.encode() in f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            with self._lock:
+                self._gone.add(pid)
+            return False   # the process is gone, and its mappings with it
+        except OSError:
+            return True
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class ObjectStore:
@@ -59,19 +244,36 @@ class ObjectStore:
         # Chunked traffic (reported by usage()): objects and bytes pulled in from other nodes,
         # bytes served to them (or to remote drivers), pulls that failed half-way.
         self.traffic = {"pulled": 0, "pulled_bytes": 0, "served_bytes": 0, "pulls_failed": 0}
+        self.pool = SegmentPool(shm_dir, min(limit // POOL_SHARE, POOL_MAX))
+        # The pids of this machine's processes that may map object files (set by the node:
+        # its local clients); with the producers and this process, every one ever seen.
+        self.local_pids: Callable[[], Iterable[int]] = lambda: ()
+        self._seen: set[int] = {os.getpid()}
 
-    def alloc(self, oid: bytes, size: int) -> str:
+    def alloc(self, oid: bytes, size: int, producer: int | None = None) -> str:
         """Reserve room for ``size`` bytes; returns the path the producer must write.
+
+        ``producer``: the pid of a process on this machine that writes the file itself
+        (serialization.write_file); it may get a pooled segment, already at ``path``.
+        Without it (the node writes, in chunks) the path is free.
 
         Raises:
             StoreFullError: no room in memory or on disk.
         """
         name = oid.hex()
+        if self.shm_used + self.pool.bytes + size > self.limit:
+            self.pool.shrink(self.shm_used + self.pool.bytes + size - self.limit)
         if self.shm_used + size > self.limit:
             self._spill(self.shm_used + size - self.limit)
         if self.shm_used + size <= self.limit:
             entry = _File(os.path.join(self.shm_dir, name), size, True)
             self.shm_used += size
+            if producer is not None and size >= POOL_MIN:
+                entry.pooled = True
+                self._seen.add(producer)
+                if not self.pool.take(size, entry.path) and \
+                        self.shm_used + self.pool.bytes + size <= self.limit:
+                    self.pool.fill(size)   # for the next producer of about this size
         else:
             self._check_disk(size)
             entry = _File(os.path.join(self._spill_dir(), name), size, False)
@@ -106,6 +308,7 @@ class ObjectStore:
         return entry.path, entry.size
 
     def free(self, oid: bytes) -> None:
+        """Forget the object; its file goes to the pool when it may be reused, else away."""
         entry = self.files.pop(oid, None)
         if entry is None:
             return
@@ -113,15 +316,17 @@ class ObjectStore:
             self.shm_used -= entry.size
         else:
             self.spill_used -= entry.size
-        for path in (entry.path, entry.path + PARTIAL):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _unlink(entry.path + PARTIAL)
+        if entry.in_shm and entry.sealed and entry.pooled:
+            self._seen -= self.pool.gone()
+            self._seen.update(self.local_pids())
+            if self.pool.recycle(entry.path, entry.size, set(self._seen)):
+                return
+        _unlink(entry.path)
 
     def usage(self) -> dict[str, int]:
         return {"shm_used": self.shm_used, "spill_used": self.spill_used, "limit": self.limit,
-                "objects": len(self.files), **self.traffic}
+                "objects": len(self.files), "pooled": self.pool.bytes, **self.traffic}
 
     def _spill_dir(self) -> str:
         os.makedirs(self.spill_dir, exist_ok=True)

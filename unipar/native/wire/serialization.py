@@ -15,11 +15,14 @@ them keeps them alive.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import pickle
 import struct
+import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -182,10 +185,33 @@ def load_packed(packed: Any) -> Any:
 def write_file(path: str, data: bytes, buffers: list[Any]) -> int:
     """Write one object file (same layout as :func:`pack`); returns its size in bytes.
 
-    The file is written under a temporary name and renamed, so a reader never sees half of it.
+    One copy either way. When ``path`` already exists it is a segment from the node's pool
+    (node/store.py): memory that was written before, so its pages need no fault and no
+    zeroing; it is mapped (pre-faulted) and the buffers are copied in, large ones by several
+    threads at once. Otherwise the file is new: ``write`` fills it (the kernel allocates and
+    copies page by page, faster than faulting a fresh mapping), under a temporary name that
+    is renamed at the end. No reader sees half a file: readers learn the path only once the
+    producer reports the object sealed.
     """
     parts = _views(data, buffers)
-    header, _ = _layout(parts)
+    header, offsets = _layout(parts)
+    size = offsets[-1] + parts[-1].nbytes + _pad(parts[-1].nbytes)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return _write_new(path, header, parts)
+    try:
+        if os.fstat(fd).st_size != size:   # a larger segment gives its tail back
+            os.ftruncate(fd, size)
+        with mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE) as mapped:
+            mapped[:len(header)] = header
+            _copy_parts(mapped, offsets, parts)
+    finally:
+        os.close(fd)
+    return size
+
+
+def _write_new(path: str, header: bytes, parts: list[memoryview]) -> int:
     tmp = path + ".tmp"
     size = 0
     with open(tmp, "wb", buffering=0) as f:
@@ -199,6 +225,46 @@ def write_file(path: str, data: bytes, buffers: list[Any]) -> int:
             size += p.nbytes + pad
     os.rename(tmp, path)
     return size
+
+
+# Copies of at least this many bytes are split over threads: one core's memcpy does not use all
+# of the memory bandwidth (Ray copies with several threads too).
+PARALLEL_MIN = 8 * 2**20
+_COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+_copier: tuple[int, ThreadPoolExecutor] | None = None   # (pid, ThreadPoolExecutor): a forked child makes its own
+
+
+def _copy_parts(mapped: mmap.mmap, offsets: list[int], parts: list[memoryview]) -> None:
+    """Copy ``parts`` to their ``offsets`` in ``mapped``: small ones here, large ones in
+    pieces on threads (ctypes.memmove releases the GIL; numpy gives a read-only buffer's
+    address). Without numpy loaded, one thread copies everything."""
+    numpy = sys.modules.get("numpy")
+    big = [(at, p) for at, p in zip(offsets, parts) if p.nbytes >= PARALLEL_MIN]
+    for at, part in zip(offsets, parts):
+        if part.nbytes and (numpy is None or part.nbytes < PARALLEL_MIN):
+            mapped[at:at + part.nbytes] = part
+    if numpy is None or not big:
+        return
+    dst = numpy.frombuffer(mapped, dtype=numpy.uint8)
+    try:
+        base = dst.ctypes.data
+        jobs = []
+        for at, part in big:
+            src = numpy.frombuffer(part, dtype=numpy.uint8)
+            step = -(-part.nbytes // _COPY_THREADS)
+            jobs += [(base + at + i, src.ctypes.data + i, min(step, part.nbytes - i), src)
+                     for i in range(0, part.nbytes, step)]
+        for future in [_pool().submit(ctypes.memmove, d, s, n) for d, s, n, _ in jobs]:
+            future.result()
+    finally:
+        del dst   # the mapping closes next: no view of it may remain
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _copier
+    if _copier is None or _copier[0] != os.getpid():
+        _copier = (os.getpid(), ThreadPoolExecutor(_COPY_THREADS, "unipar-copy"))
+    return _copier[1]
 
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)

@@ -1,0 +1,106 @@
+"""Object files are reused (node/store.py, SegmentPool) only where no process can still see
+them: a large put then writes into memory whose pages exist, and a reader's zero-copy view
+never changes under it (issue #14)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+import unipar
+from unipar.native.node.store import POOL_MIN, ObjectStore
+from unipar.native.wire import serialization as S
+
+SIZE = POOL_MIN * 2
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[ObjectStore]:
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    s = ObjectStore(str(shm), str(tmp_path / "spill"), limit=64 * SIZE)
+    yield s
+    assert s.pool.wait_idle(30)
+
+
+def put(store: ObjectStore, oid: bytes, value: np.ndarray, producer: int | None) -> str:
+    data, buffers, _ = S.dumps(value)
+    path = store.alloc(oid, S.payload_size(data, buffers) + 256, producer)
+    store.seal(oid, S.write_file(path, data, buffers))
+    assert store.pool.wait_idle(30)
+    store.pool.shrink(2**62)   # the segment a miss writes ahead: not what these tests look at
+    return path
+
+
+def test_a_freed_file_nobody_maps_is_written_again_in_place(store: ObjectStore) -> None:
+    put(store, b"a" * 16, np.full(SIZE // 8, 1.0), os.getpid())
+    store.free(b"a" * 16)
+    assert store.pool.wait_idle(30) and len(store.pool.segments) == 1
+    path = store.alloc(b"b" * 16, SIZE + 256, os.getpid())
+    assert os.path.exists(path)            # the pooled segment, renamed for the new object
+    data, buffers, _ = S.dumps(np.full(SIZE // 8, 2.0))
+    store.seal(b"b" * 16, S.write_file(path, data, buffers))
+    assert (S.load_file(path) == 2.0).all()
+    assert store.pool.segments == []
+
+
+def test_a_file_a_reader_still_maps_is_never_reused(store: ObjectStore) -> None:
+    path = put(store, b"a" * 16, np.full(SIZE // 8, 1.0), os.getpid())
+    seen = S.load_file(store.path(b"a" * 16))   # a zero-copy view, kept past the free
+    store.free(b"a" * 16)
+    assert store.pool.wait_idle(30)
+    assert store.pool.segments == [] and not os.path.exists(path)
+    put(store, b"b" * 16, np.full(SIZE // 8, 2.0), os.getpid())
+    assert (seen == 1.0).all()
+
+
+def test_a_file_another_local_process_maps_is_never_reused(store: ObjectStore) -> None:
+    path = put(store, b"a" * 16, np.full(SIZE // 8, 1.0), os.getpid())
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import mmap, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         "m = mmap.mmap(fd, 0, prot=mmap.PROT_READ); print('mapped', flush=True); "
+         "sys.stdin.readline()", path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "mapped"
+        store.local_pids = lambda: [reader.pid]
+        store.free(b"a" * 16)
+        assert store.pool.wait_idle(30) and store.pool.segments == []
+    finally:
+        reader.communicate("\n", timeout=30)
+
+
+def test_a_miss_writes_a_segment_ahead_within_the_limit(store: ObjectStore) -> None:
+    store.alloc(b"a" * 16, SIZE, os.getpid())
+    assert store.pool.wait_idle(30) and [s for s, _ in store.pool.segments] == [SIZE]
+    assert store.alloc(b"b" * 16, SIZE, os.getpid()) and store.pool.segments == []
+    tight = ObjectStore(store.shm_dir, store.spill_dir, limit=SIZE + SIZE // 2)
+    tight.alloc(b"c" * 16, SIZE, os.getpid())
+    assert tight.pool.wait_idle(30) and tight.pool.segments == []   # no room for one
+
+
+@pytest.fixture
+def native() -> Iterator[None]:
+    unipar.init(backend="native", num_cpus=2)
+    yield
+    unipar.shutdown()
+
+
+@unipar.remote
+def make(value: float) -> np.ndarray:
+    return np.full(SIZE // 8, value)
+
+
+def test_views_from_get_keep_their_values_while_objects_come_and_go(native: None) -> None:
+    kept = unipar.get(unipar.put(np.full(SIZE // 8, 1.0)), timeout=60)   # ref dropped at once
+    from_task = unipar.get(make.remote(3.0), timeout=60)
+    for i in range(6):
+        ref = unipar.put(np.full(SIZE // 8, float(10 + i)))
+        assert unipar.get(ref, timeout=60)[0] == 10 + i
+        assert unipar.get(make.remote(20.0 + i), timeout=60)[-1] == 20 + i
+        del ref
+    assert (kept == 1.0).all() and (from_task == 3.0).all()
