@@ -4,8 +4,10 @@ backend documents it cannot do, keyed by test name, exactly as it does for confo
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import cloudpickle
 import pytest
@@ -14,6 +16,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))   # dt_* modules, also when collected from the repository root
 sys.path.insert(0, str(HERE.parent / "conformance"))
 
+import dt_harness  # noqa: E402
 import dt_runtime  # noqa: E402
 from limits import LIMITS, NOT_BUILT, NOT_RUN  # noqa: E402
 
@@ -25,6 +28,12 @@ cloudpickle.register_pickle_by_value(dt_runtime)
 def unipar_init_kwargs():
     # The same size as the conformance suite's (and the oracle's): 4 logical CPUs.
     return {"num_cpus": 4}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _program_logs() -> Iterator[None]:
+    yield
+    shutil.rmtree(dt_harness.LOG_DIR, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

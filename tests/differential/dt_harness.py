@@ -31,6 +31,9 @@ from unipar.options import InitOptions
 from dt_interp import Run, compare, compared_log, read_log, run
 from dt_program import Program, render
 
+# Programs' logs. A call whose ref a program dropped may write after the run is over, so the
+# folder, not each file, is what goes: conftest.py removes it when the session ends.
+LOG_DIR = tempfile.mkdtemp(prefix="unipar-fuzz-")
 GET_TIMEOUT = float(os.environ.get("UNIPAR_FUZZ_TIMEOUT", "15"))
 LEAK_WAIT = 5.0    # seconds for frees (and unawaited calls) to reach the node: asynchronous
 
@@ -90,7 +93,7 @@ def _settle(count: Callable[[], int | None], baseline: int, timeout: float) -> i
 def _run_once(program: Program, ns: str, expect: set[tuple[str, int]] | None = None) -> Run:
     """Run the program; with ``expect`` (the oracle's side effects), wait a bounded time for
     the ones still missing: a call whose ref was dropped unawaited may still be running."""
-    log = os.path.join(tempfile.gettempdir(), f"unipar-fuzz-{uuid.uuid4().hex}.log")
+    log = os.path.join(LOG_DIR, f"{uuid.uuid4().hex}.log")
     try:
         result = run(program, log, ns, GET_TIMEOUT)
         if expect is not None:

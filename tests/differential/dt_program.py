@@ -251,6 +251,8 @@ unipar.init(backend={backend!r}, num_cpus=4)
 FOOTER = '''\
 print("log:", sorted(open(LOG).read().split("\\n")[:-1]) if os.path.exists(LOG) else [])
 unipar.shutdown()
+if os.path.exists(LOG):
+    os.unlink(LOG)
 '''
 
 
