@@ -172,20 +172,75 @@ def test_stop_stops_daemons_cluster_json_forgot(tmp_path, chaos):
 
 
 def test_nodes_stop_cleanly_when_the_head_never_comes_back(tmp_path, chaos):
-    """A head that cannot restart: after HEAD_GIVE_UP seconds the nodes stop, workers and
-    files with them."""
-    from unipar.native.node.head_link import HEAD_GIVE_UP
+    """A head that cannot restart: after UNIPAR_HEAD_GIVE_UP seconds (default 60, 10 here)
+    the nodes stop, workers and files with them."""
+    give_up = 10.0
     state = str(tmp_path / "state")
-    cluster = Cluster(state, base_env(state))
+    cluster = Cluster(state, dict(base_env(state), UNIPAR_HEAD_GIVE_UP=str(give_up)))
     try:
         cluster.start(HEAD, [NODE])
         sessions = [r["session_dir"] for r in cluster.state()["procs"] if r.get("session_dir")]
         os.kill(_head_pid(cluster), signal.SIGKILL)
         killed_at = time.monotonic()
-        wait_for(lambda: not cluster.processes(), timeout=HEAD_GIVE_UP + 60, interval=0.5,
+        wait_for(lambda: not cluster.processes(), timeout=give_up + 60, interval=0.5,
                  message="the nodes to stop after losing the head for good")
-        chaos.record(kills=1, gave_up_after_s=round(time.monotonic() - killed_at, 1),
-                     give_up_setting_s=HEAD_GIVE_UP)
+        gave_up_after = time.monotonic() - killed_at
+        chaos.record(kills=1, gave_up_after_s=round(gave_up_after, 1),
+                     give_up_setting_s=give_up)
+        assert gave_up_after >= give_up
         assert not [s for s in sessions if os.path.exists(s)]
     finally:
         cluster.stop()
+
+
+SUPERVISED_USE = """
+    import json, time
+    import unipar
+    unipar.init()
+    began = time.monotonic()
+    keeper = unipar.get_actor("keeper")    # waits (UNIPAR_HEAD_WAIT) for the head to be back
+    count = unipar.get(keeper.add.remote(), timeout=60)
+    print(json.dumps({"count": count, "lookup_s": round(time.monotonic() - began, 2)}))
+"""
+
+
+def test_a_supervised_head_comes_back_by_itself(tmp_path, chaos):
+    """``unipar start --head --supervise``: the head SIGKILLed (twice) is started again by its
+    supervisor, with no ``unipar start`` by hand; a named actor resolves again each time, and
+    ``unipar stop`` stops the supervisor with the rest."""
+    state = str(tmp_path / "state")
+    cluster = Cluster(state, base_env(state))
+    try:
+        cluster.start(HEAD + ["--supervise"], [NODE])
+        assert [r for r in cluster.state()["procs"] if r["role"] == "supervisor"]
+        make = """
+            import unipar
+            unipar.init()
+            @unipar.remote
+            class Keeper:
+                def __init__(self):
+                    self.n = 0
+                def add(self):
+                    self.n += 1
+                    return self.n
+            k = Keeper.options(name="keeper", lifetime="detached").remote()
+            print("count", unipar.get(k.add.remote(), timeout=60))
+        """
+        assert "count 1" in ok(cluster.driver(make))
+        back_s = []
+        for round_ in (2, 3):
+            old = _head_pid(cluster)
+            os.kill(old, signal.SIGKILL)
+            killed_at = time.monotonic()
+            wait_for(lambda: _head_pid(cluster) != old, timeout=60, interval=0.1,
+                     message="the supervisor to start the head again")
+            back_s.append(round(time.monotonic() - killed_at, 2))
+            used = json.loads(ok(cluster.driver(SUPERVISED_USE)).splitlines()[-1])
+            assert used["count"] == round_, used
+        cluster.records = cluster.state()["procs"]     # the new head's record too
+        chaos.record(kills=2, head_back_after_s=back_s, lookup_s=used["lookup_s"])
+    finally:
+        stopped = cluster.stop()
+    assert stopped is not None and stopped.returncode == 0
+    assert "supervisor" in stopped.stdout
+    assert not cluster.processes()

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from . import revive, session
+from . import revive, session, supervise
 from .launcher import ClusterConfig, LocalCluster
 from .connect import ConnectError, ask, head_address_of, list_nodes, open_connection
 from .jobs import list_jobs
@@ -58,6 +58,9 @@ def configure_start(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="level of the node's log file (default info; `unipar logs`)")
+    parser.add_argument("--supervise", action="store_true",
+                        help="(head) start the head again by itself when it dies (a small "
+                             "supervisor process; `unipar stop` stops it too)")
     parser.add_argument("--dashboard-host", default="127.0.0.1",
                         help="(head) address the dashboard listens on (default 127.0.0.1: this "
                              "machine only; 0.0.0.0 shows it to the network)")
@@ -165,8 +168,10 @@ def _start_head(config: ClusterConfig, args: argparse.Namespace) -> int:
         print(f"unipar start: {exc}", file=sys.stderr)
         return 1
     secret_file = session.write_secret(cluster.secret)
+    # The supervisor is recorded first: `unipar stop` stops it before the head.
+    watcher = [supervise.spawn(config)] if args.supervise else []
     session.write_state({"head": cluster.head_address, "node": cluster.node_unix_address,
-                         "procs": _records(cluster, ["head", "node"]),
+                         "procs": watcher + _records(cluster, ["head", "node"]),
                          "dashboard": cluster.dashboard_url})
     hostport = cluster.head_address.removeprefix("tcp://")
     ip = hostport.rpartition(":")[0]
