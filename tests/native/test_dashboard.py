@@ -8,6 +8,7 @@ a test failed. Drivers are subprocesses.
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import socket
@@ -23,7 +24,8 @@ import pytest
 
 from multinode import Cluster, base_env, unipar
 from unipar.native.cluster.launcher import node_ip
-from unipar.testing import free_port, terminate
+from unipar.native.dashboard.api import log_page, pick
+from unipar.testing import free_port, terminate, wait_for
 
 pytest.importorskip("aiohttp", reason="pip install 'unipar[dashboard]'")
 pytestmark = pytest.mark.timeout(180)
@@ -267,3 +269,103 @@ def test_init_serves_a_dashboard_only_when_asked(tmp_path):
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["url"].startswith("http://127.0.0.1:") and found["cpus"] == 1.0
     assert not port_open("127.0.0.1", int(found["url"].rpartition(":")[2]))
+
+
+# -- the pages' endpoints and bad input (issue #17 points 1 and 10) -----------------------------
+def test_every_page_is_a_shell_with_its_own_static_script_and_no_inline_code(url: str):
+    for path, script in (("/machines", "machines.js"), ("/work", "work.js"),
+                         ("/actors", "actors.js"), ("/logs", "logs.js"), ("/", "overview.js")):
+        status, kind, page = fetch(url + path)
+        assert status == 200 and kind.startswith("text/html"), (path, status)
+        assert f'<script src="/static/{script}"></script>' in page
+        assert "<script>" not in page and "style=" not in page and "<style" not in page
+        assert "http://" not in page.replace(url, "") and "https://" not in page   # no CDN
+    status, kind, js = fetch(url + "/static/uPlot.iife.min.js")
+    assert status == 200 and "javascript" in kind and "uPlot" in js
+    request = urllib.request.Request(url + "/work")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in csp and "style-src 'self';" in csp and "unsafe" not in csp
+
+
+def test_machines_history_covers_the_last_seconds_of_every_node(url: str):
+    def history() -> Any:
+        [node] = fetch_json(url + "/api/machines")["nodes"]
+        h = node["history"]
+        return h and len(h["time"]) >= 2 and (node, h)
+    node, h = wait_for(history, timeout=30, message="two machine samples")
+    assert node["node_id"] == fetch_json(url + "/api/nodes")[0]["node_id"]
+    n = len(h["time"])
+    assert h["time"] == sorted(h["time"]) and len(h["cores"]) == n
+    assert all(len(row) == node["machine"]["cpu_count"] for row in h["cores"])
+    assert all(0 <= c <= 100 for c in h["cpu"]) and len(h["memory"]) == len(h["sent"]) == n
+    assert "history" not in fetch_json(url + "/api/cluster")   # the snapshot stays lean
+
+
+def test_an_id_names_one_node_actor_or_task(url: str, cluster: Cluster,
+                                            actor_driver: subprocess.Popen):
+    node_id = fetch_json(url + "/api/nodes")[0]["node_id"]
+    assert fetch_json(f"{url}/api/nodes/{node_id[:8]}")["node_id"] == node_id
+    # By name (the previous test's actor of that name shows dead once its driver is gone).
+    wait_for(lambda: fetch(url + "/api/actors/dash-counter")[0] == 200, timeout=30,
+             message="one live actor named dash-counter")
+    actor = fetch_json(url + "/api/actors/dash-counter")
+    assert fetch_json(f"{url}/api/actors/{actor['actor_id']}")["name"] == "dash-counter"
+    task = wait_for(lambda: fetch_json(url + "/api/tasks?state=finished&name=incr")["tasks"],
+                    timeout=30, message="the actor call listed")[0]   # reported ~0.1 s late
+    assert fetch_json(f"{url}/api/tasks/{task['task_id']}")["name"] == task["name"]
+
+
+@pytest.mark.parametrize("path", ["/api/nodes/ffff0000nope", "/api/actors/no-such-actor",
+                                  "/api/tasks/ffff0000nope", "/api/logs/ffff0000nope/node.log",
+                                  "/api/no-such-endpoint"])
+def test_unknown_ids_and_paths_answer_a_404_that_says_what_exists(url: str, path: str):
+    status, kind, body = fetch(url + path)
+    assert status == 404 and kind.startswith("application/json"), (status, kind, body)
+    error = json.loads(body)["error"]
+    assert "nope" in error or "no-such" in error
+
+
+def test_an_unknown_log_file_is_a_404(url: str):
+    node_id = fetch_json(url + "/api/nodes")[0]["node_id"]
+    status, kind, body = fetch(f"{url}/api/logs/{node_id}/not-a-log.log")
+    assert status == 404 and "no log file 'not-a-log.log'" in json.loads(body)["error"]
+    assert fetch(f"{url}/api/logs/{node_id}/..%2Fsecret")[0] == 404   # only listed files
+
+
+def test_a_huge_log_is_served_a_page_at_a_time(url: str):
+    node = fetch_json(url + "/api/nodes")[0]
+    path = os.path.join(node["log_dir"], "huge.log")
+    with open(path, "wb") as f:   # 4 GiB, sparse: no disk used, and never read whole
+        f.truncate(4 << 30)
+        f.seek((4 << 30) - 8)
+        f.write(b"the end\n")
+    try:
+        page = fetch_json(f"{url}/api/logs/{node['node_id']}/huge.log?offset=0&length=999999999")
+        assert page["size"] == 4 << 30 and page["offset"] == 0
+        assert page["next"] == 256 * 1024 == len(page["text"])   # one page, at most 256 KiB
+        tail = fetch_json(f"{url}/api/logs/{node['node_id']}/huge.log?offset=-8")
+        assert tail["text"] == "the end\n" and tail["next"] == tail["size"] == 4 << 30
+    finally:
+        os.remove(path)
+
+
+def test_a_log_page_never_splits_a_character():
+    text = "añb€c"   # 1-, 2-, 1-, 3- and 1-byte characters
+    data = text.encode()
+    for cut in range(len(data) + 1):
+        page = log_page(data[:cut], 100, 1000)
+        assert text.encode().startswith(page["text"].encode())
+        assert page["next"] == 100 + len(page["text"].encode())
+        assert cut - page["next"] + 100 < 3   # at most the bytes of one cut character held back
+
+
+def test_pick_takes_a_unique_prefix_and_names_what_exists():
+    items = [{"id": "abc1"}, {"id": "abd2"}, {"id": "x", "name": "counter"}]
+    assert pick(items, "id", "abc", "node") == {"id": "abc1"}
+    assert pick(items, "id", "counter", "actor", also="name") == items[2]
+    assert "2 nodes match 'ab'" in pick(items, "id", "ab", "node")
+    named = [{"id": "a", "name": "n", "state": "dead"}, {"id": "b", "name": "n", "state": "alive"}]
+    assert pick(named, "id", "n", "actor", also="name")["id"] == "b"   # the live one
+    assert pick(items, "id", "zz", "node") == "no node 'zz' (known: abc1, abd2, x)"
+    assert "no node ''" in pick(items, "id", "", "node")

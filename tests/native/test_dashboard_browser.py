@@ -336,6 +336,8 @@ def test_machines_page_shows_both_cpus_busy_during_the_sort(browser: Browser, ur
     browser.wait("document.querySelector('.cpu-total') && "
                  "parseInt(document.querySelector('.cpu-total').textContent) >= 50",
                  "the total CPU figure")
+    browser.wait("Number(document.querySelector('.node').dataset.samples) >= 10",
+                 "ten seconds of samples in the charts")
     browser.screenshot(os.path.join(shots, "dashboard-machines.png"))
     no_problems(browser)
 
@@ -393,6 +395,7 @@ STEERED_DRIVER = """
             return os.getpid()
 
     speaker = None
+    kept = [unipar.put(bytes(8 << 20)), unipar.put(list(range(100_000)))]   # objects to show
     print("ready", flush=True)
     for line in sys.stdin:
         command, _, text = line.strip().partition(" ")

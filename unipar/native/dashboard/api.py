@@ -51,14 +51,17 @@ def query_number(request: Any, key: str, default: float, low: float, high: float
 def pick(items: list[dict[str, Any]], key: str, wanted: str, noun: str,
          also: str = "") -> dict[str, Any] | str:
     """The one item whose ``key`` is ``wanted`` or starts with it (or whose ``also`` field
-    equals it: an actor's name); else the text of a 404 naming what exists."""
+    equals it: an actor's name, which a dead actor may have held before a live one); else the
+    text of a 404 naming what exists."""
     exact = [i for i in items if i.get(key) == wanted or (also and i.get(also) == wanted)]
+    if len(exact) > 1:
+        exact = [i for i in exact if i.get("state") != "dead"] or exact
     found = exact or [i for i in items if wanted and str(i.get(key, "")).startswith(wanted)]
     if len(found) == 1:
         return found[0]
     known = ", ".join(str(i.get(key, ""))[:12] for i in items[:20]) or "none"
     if found:
-        return f"{len(found)} {noun}s start with {wanted!r}; give more of the id"
+        return f"{len(found)} {noun}s match {wanted!r}; give more of the id"
     return f"no {noun} {wanted!r} (known: {known})"
 
 

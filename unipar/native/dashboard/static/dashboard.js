@@ -70,7 +70,7 @@ var Dash = (function () {
     var units = ["B", "KiB", "MiB", "GiB", "TiB"], i = 0;
     n = Number(n) || 0;
     while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-    return i === 0 ? Math.round(n) + " B" : n.toFixed(1) + " " + units[i];
+    return i === 0 ? Math.round(n) + " B" : n.toFixed(Math.abs(n) < 100 ? 1 : 0) + " " + units[i];
   }
   function rate(n) { return bytes(n) + "/s"; }
   function pct(n) { return Math.round(Number(n) || 0) + "%"; }

@@ -14,7 +14,7 @@
   }
 
   function axisOf(fmt) {
-    return {values: function (u, splits) { return splits.map(fmt); }, size: 78};
+    return {values: function (u, splits) { return splits.map(fmt); }, size: 84};
   }
 
   function lineChart(holder, title, series, yAxis, range) {
@@ -89,6 +89,7 @@
 
   function showHistory(view, h) {
     if (!h || !h.time.length) { return; }
+    view.card.dataset.samples = h.time.length;
     var cpu = [h.time, h.cpu];
     for (var c = 0; c < view.cores; c++) {
       cpu.push(h.cores.map(function (row) { return row[c]; }));
