@@ -328,7 +328,7 @@ def test_unknown_ids_and_paths_answer_a_404_that_says_what_exists(url: str, path
 
 def test_an_unknown_log_file_is_a_404(url: str):
     node_id = fetch_json(url + "/api/nodes")[0]["node_id"]
-    status, kind, body = fetch(f"{url}/api/logs/{node_id}/not-a-log.log")
+    status, _, body = fetch(f"{url}/api/logs/{node_id}/not-a-log.log")
     assert status == 404 and "no log file 'not-a-log.log'" in json.loads(body)["error"]
     assert fetch(f"{url}/api/logs/{node_id}/..%2Fsecret")[0] == 404   # only listed files
 

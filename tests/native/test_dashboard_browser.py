@@ -353,7 +353,7 @@ def test_work_page_counts_step_down_as_the_sorts_finish(browser: Browser, url: s
         for i in (released - 2, released - 1):
             open(os.path.join(gates, f"release-{i:02d}"), "w").close()
         seen.append(counts_when(
-            browser, lambda c: c["running"] + c["queued"] == SORTS - released
+            browser, lambda c, released=released: c["running"] + c["queued"] == SORTS - released
             and c["finished"] + c["failed"] == base + released,
             f"{SORTS - released} left, {released} done"))
         failed = fetch_json(url + "/api/tasks?state=failed")["tasks"]

@@ -17,6 +17,7 @@ docs/observability.md.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any, Awaitable, Callable, NamedTuple
 
 from ..cluster.connect import ConnectError
@@ -45,7 +46,7 @@ def query_number(request: Any, key: str, default: float, low: float, high: float
         value = float(request.query.get(key, default))
     except ValueError:
         return default
-    return default if value != value else min(high, max(low, value))   # NaN: the default
+    return default if math.isnan(value) else min(high, max(low, value))
 
 
 def pick(items: list[dict[str, Any]], key: str, wanted: str, noun: str,

@@ -65,7 +65,7 @@ def render_page(page: str, head: str, refresh_s: float, snap: dict[str, Any] | N
     when = time.strftime("%H:%M:%S", time.localtime(snap["time"])) if snap else ""
     return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>unipar dashboard</title>'
+            '<title>unipar dashboard</title>'
             + ('<link rel="stylesheet" href="/static/uPlot.min.css">' if charts else "")
             + '<link rel="stylesheet" href="/static/dashboard.css">'
             '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml"></head>'
