@@ -2,7 +2,7 @@
 
 A backend that cannot apply runtime_env refuses it at ``.remote()`` (limits.py says which and
 why); none ignores it silently. That code really travels to machines that cannot see the
-driver's folder is shown for the native engine in tests/native/test_runtime_env.py.
+driver's folder is shown for the native engine in tests/native/test_native_runtime_env.py.
 """
 
 from __future__ import annotations

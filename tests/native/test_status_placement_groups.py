@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from multinode import Cluster, base_env, ok, unipar
-from test_observability import read_until, reader
+from test_native_observability import read_until, reader
 from unipar.testing import terminate
 
 pytest.importorskip("aiohttp", reason="pip install 'unipar[dashboard]'")
