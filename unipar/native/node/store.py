@@ -26,8 +26,9 @@ reader's mapping outlives its ref (``get`` is zero-copy), and paths travel betwe
 (direct results, actor arguments), so every process on this machine that ever connected to the
 node and still lives (``local_pids``) is checked in ``/proc/<pid>/maps``, off the event loop;
 if any maps the file, it is unlinked as before. (A process that never connected, such as a
-child forked by a task after mapping an argument, is not seen.) When a producer misses the
-pool, a thread writes a segment of that size ahead for the next one.
+child forked by a task after mapping an argument, is not seen.) Nothing is written ahead: a
+thread zeroing memory for a guessed next object competes with the producer for the same
+memory bandwidth, and measured slower.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ POOL_MAX = 4 * 2**30      # ... and at most this much
 POOL_FIT = 2              # a segment serves objects of at least 1/POOL_FIT of its size ...
 POOL_SLACK = 2**20        # ... and at most this much bigger (the producer's own estimate is
                           # a little over what it writes; the file grows by what is missing)
-_ZEROS = bytes(8 * 2**20)
 
 
 @dataclass
@@ -73,17 +73,15 @@ class _File:
 class SegmentPool:
     """Shared-memory files whose pages were written before, ready to become objects.
 
-    ``bytes`` counts what the pool holds or has promised (a segment being checked or written
-    by the thread), so the store's limit covers it. One daemon thread does the slow work off
-    the node's event loop: checking that a freed file is mapped nowhere, and writing new
-    segments. All methods are thread-safe."""
+    ``bytes`` counts what the pool holds or has promised (a freed file being checked), so the
+    store's limit covers it. One daemon thread checks, off the node's event loop, that a freed
+    file is mapped nowhere before pooling it. All methods are thread-safe."""
 
     def __init__(self, directory: str, capacity: int) -> None:
         self.dir = directory
         self.capacity = capacity
         self.segments: list[tuple[int, str]] = []   # (size, path)
         self.bytes = 0
-        self.filling = 0                            # bytes the thread is writing ahead
         self._gone: set[int] = set()                # pids found dead by the thread
         self._names = itertools.count()
         self._lock = threading.Lock()
@@ -114,17 +112,8 @@ class SegmentPool:
         ``pids`` maps it, then pools it (or unlinks it). False: the caller unlinks it."""
         if not self._reserve(size):
             return False
-        self._submit(("recycle", path, size, pids))
+        self._submit((path, size, pids))
         return True
-
-    def fill(self, size: int) -> None:
-        """Write a segment of ``size`` bytes ahead (one at a time; skipped without room)."""
-        with self._lock:
-            if self.filling or self.bytes + size > self.capacity:
-                return
-            self.filling = size
-            self.bytes += size
-        self._submit(("fill", "", size, set()))
 
     def shrink(self, need: int) -> None:
         """Unlink segments, largest first, until ``need`` bytes are given back."""
@@ -157,7 +146,7 @@ class SegmentPool:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    def _submit(self, job: tuple[str, str, int, set[int]]) -> None:
+    def _submit(self, job: tuple[str, int, set[int]]) -> None:
         with self._lock:
             self._pending += 1
         self._jobs.put(job)
@@ -168,11 +157,9 @@ class SegmentPool:
 
     def _run(self) -> None:
         while True:
-            kind, path, size, pids = self._jobs.get()
+            path, size, pids = self._jobs.get()
             try:
-                if kind == "fill":
-                    path = self._write_zeros(size)
-                elif any(self._maps(pid, path) for pid in sorted(pids)):
+                if any(self._maps(pid, path) for pid in sorted(pids)):
                     _unlink(path)   # still seen somewhere: it must not change under a reader
                     path = ""
                 else:
@@ -182,25 +169,10 @@ class SegmentPool:
             except OSError as exc:   # the session is going away, or memory is short
                 log.debug("segment pool: %s", exc)
                 path = ""
-            self._done(kind, path, size)
+            self._done(path, size)
 
-    def _write_zeros(self, size: int) -> str:
-        path = os.path.join(self.dir, f"pool-{next(self._names)}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            for at in range(0, size, len(_ZEROS)):
-                os.pwrite(fd, _ZEROS[:min(len(_ZEROS), size - at)], at)
-        except OSError:
-            os.close(fd)
-            _unlink(path)
-            raise
-        os.close(fd)
-        return path
-
-    def _done(self, kind: str, path: str, size: int) -> None:
+    def _done(self, path: str, size: int) -> None:
         with self._lock:
-            if kind == "fill":
-                self.filling = 0
             if path:
                 self.segments.append((size, path))
             else:
@@ -271,9 +243,7 @@ class ObjectStore:
             if producer is not None and size >= POOL_MIN:
                 entry.pooled = True
                 self._seen.add(producer)
-                if not self.pool.take(size, entry.path) and \
-                        self.shm_used + self.pool.bytes + size <= self.limit:
-                    self.pool.fill(size)   # for the next producer of about this size
+                self.pool.take(size, entry.path)
         else:
             self._check_disk(size)
             entry = _File(os.path.join(self._spill_dir(), name), size, False)
