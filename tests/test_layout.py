@@ -194,3 +194,15 @@ def test_every_setting_is_in_the_table_of_docs_api_md() -> None:
     table = doc.split("## Environment variables", 1)[-1]
     missing = sorted(var for var in _settings() if f"| `{var}` |" not in table)
     assert not missing, f"docs/api.md's table of environment variables lacks {missing}"
+
+
+def test_test_modules_have_unique_names() -> None:
+    # pytest imports test files by their base name (no packages under tests/): two files with
+    # one name stop the whole run at collection, so a new test file must pick a unique name.
+    tests = ROOT.parent / "tests"
+    by_name: dict[str, list[str]] = {}
+    for path in tests.rglob("*.py"):
+        if path.name != "conftest.py":
+            by_name.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    clashes = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    assert not clashes, f"test modules share a name: {clashes}"
