@@ -89,13 +89,18 @@ var Dash = (function () {
     return el("meter", {min: 0, max: Math.max(max, 0), value: Math.max(0, Math.min(value, max))});
   }
 
+  // One resize handler for every chart; a chart whose box left the page is forgotten.
+  var charts = [];
+  function width(box) { return Math.max(200, box.clientWidth - 4); }
+  window.addEventListener("resize", function () {
+    charts = charts.filter(function (c) { return c.box.isConnected && c.plot.root.isConnected; });
+    charts.forEach(function (c) { c.plot.setSize({width: width(c.box), height: c.height}); });
+  });
+
   function chart(box, opts, data) {
-    var width = function () { return Math.max(200, box.clientWidth - 4); };
-    opts.width = width();
+    opts.width = width(box);
     var plot = new uPlot(opts, data, box);
-    window.addEventListener("resize", function () {
-      plot.setSize({width: width(), height: opts.height});
-    });
+    charts.push({box: box, plot: plot, height: opts.height});
     return plot;
   }
 
