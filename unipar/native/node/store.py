@@ -59,6 +59,8 @@ POOL_MAX = 4 * 2**30      # ... and at most this much
 POOL_FIT = 2              # a segment serves objects of at least 1/POOL_FIT of its size ...
 POOL_SLACK = 2**20        # ... and at most this much bigger (the producer's own estimate is
                           # a little over what it writes; the file grows by what is missing)
+# Reuse needs to see every process's mappings; elsewhere (no /proc) files are never reused.
+CAN_POOL = os.path.exists("/proc/self/maps")
 
 
 @dataclass
@@ -159,7 +161,9 @@ class SegmentPool:
         while True:
             path, size, pids = self._jobs.get()
             try:
-                if any(self._maps(pid, path) for pid in sorted(pids)):
+                st = os.stat(path)
+                key = (f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}", str(st.st_ino))
+                if any(self._maps(pid, key) for pid in sorted(pids)):
                     _unlink(path)   # still seen somewhere: it must not change under a reader
                     path = ""
                 else:
@@ -180,18 +184,20 @@ class SegmentPool:
             self._pending -= 1
             self._idle.notify_all()
 
-
-    def _maps(self, pid: int, path: str) -> bool:
-        """Whether process ``pid`` has ``path`` mapped (True when that cannot be read)."""
+    def _maps(self, pid: int, key: tuple[str, str]) -> bool:
+        """Whether process ``pid`` maps the file whose (device, inode) is ``key``, as
+        ``/proc/<pid>/maps`` writes them (by inode: a path may have been renamed, or reached
+        through a link). True when that cannot be read."""
         try:
             with open(f"/proc/{pid}/maps", "rb") as f:
-                return path.encode() in f.read()
+                lines = f.read().decode("ascii", "replace").splitlines()
         except (FileNotFoundError, ProcessLookupError):
             with self._lock:
                 self._gone.add(pid)
             return False   # the process is gone, and its mappings with it
         except OSError:
             return True
+        return any(tuple(line.split(maxsplit=5)[3:5]) == key for line in lines)
 
 
 def _unlink(path: str) -> None:
@@ -240,7 +246,7 @@ class ObjectStore:
         if self.shm_used + size <= self.limit:
             entry = _File(os.path.join(self.shm_dir, name), size, True)
             self.shm_used += size
-            if producer is not None and size >= POOL_MIN:
+            if producer is not None and size >= POOL_MIN and CAN_POOL:
                 entry.pooled = True
                 self._seen.add(producer)
                 self.pool.take(size, entry.path)
