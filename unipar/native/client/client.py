@@ -317,6 +317,7 @@ class Client:
         self.objects.not_local(call.return_ids)
         self.conn.post(P.CallActor(actor_id, call.task_id, call.method, call.args, call.deps,
                                    call.contained, call.return_ids))
+        self._release_dropped(call.return_ids)
         call.keep = []
 
     def code_blob(self, key: str) -> bytes:
@@ -437,7 +438,17 @@ class Client:
         self.conn.post(P.SubmitTask(task.task_id, task.fn_key, task.name, task.args, task.deps,
                                     list(contained), task.return_ids, task.resources,
                                     task.retries_left))
+        self._release_dropped(task.return_ids)
         task.keep = []
+
+    def _release_dropped(self, return_ids: Sequence[bytes]) -> None:
+        """Release the results of work just posted to the node that this process dropped
+        before it posted it: their release went out first, while the node did not know them
+        yet (it ignored it), and the node now holds them for us. A release drained after the
+        post is queued behind it, so none is missed; one sent twice is harmless."""
+        dropped = [oid for oid in return_ids if not TRACKER.held(oid)]
+        if dropped:
+            self.conn.post(P.RefUpdates([], dropped))
 
     # -- objects -------------------------------------------------------------------------------
     def put(self, value: Any) -> NativeRef:

@@ -1,0 +1,83 @@
+"""Object lifetimes on the native engine: an object lives exactly as long as something holds a
+ref to it (the driver, a pending task, another object), then the node frees it.
+
+Found by the differential tester (tests/differential): refs nested in task arguments that the
+node never let go of, and results lost while a ref to them was still held.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any, Iterator
+
+import pytest
+
+import unipar
+from unipar import _state
+from unipar.native.dashboard.server import query_node
+from unipar.testing import wait_for
+
+T = 60.0   # every get: a lost object must fail the test, not hang it
+
+
+@pytest.fixture(scope="module")
+def native() -> Iterator[None]:
+    unipar.init(backend="native", num_cpus=2)
+    yield
+    unipar.shutdown()
+
+
+def node_objects() -> int:
+    """Entries in the node's object table (its own report, as the dashboard reads it)."""
+    cluster = _state.current()._cluster   # type: ignore[union-attr]
+    return int(query_node(cluster.node_unix_address, cluster.secret, 10)["objects"])
+
+
+def back_to(baseline: int) -> None:
+    gc.collect()
+    wait_for(lambda: node_objects() <= baseline, timeout=30, interval=0.1,
+             message=f"the node's object table to shrink back to {baseline} objects")
+
+
+@unipar.remote
+def work(tag: int, *args: Any) -> int:
+    """``tag`` plus every int reachable in ``args``, with nested refs resolved."""
+    def total(value: Any) -> int:
+        if isinstance(value, unipar.ObjectRef):
+            return total(unipar.get(value, timeout=T))
+        if isinstance(value, (list, tuple)):
+            return sum(total(v) for v in value)
+        if isinstance(value, dict):
+            return sum(total(v) for v in value.values())
+        return value if isinstance(value, int) else 0
+    return tag + total(list(args))
+
+
+@unipar.remote(num_returns=3)
+def three(tag: int) -> tuple[int, int, int]:
+    return tag, tag + 1, tag + 2
+
+
+def test_a_ref_nested_in_task_arguments_is_freed_after_the_task(native: None) -> None:
+    baseline = node_objects()
+    ref = work.remote(1, {"k": work.remote(2)})
+    assert unipar.get(ref, timeout=T) == 3
+    del ref
+    back_to(baseline)
+
+
+def test_a_nested_ref_to_one_of_several_returns_is_freed_with_the_rest(native: None) -> None:
+    baseline = node_objects()
+    refs = three.remote(40)
+    user = work.remote(0, [refs[0]])
+    del user
+    assert unipar.get(refs, timeout=T) == [40, 41, 42]
+    del refs
+    back_to(baseline)
+
+
+def test_values_of_a_put_list_outlive_the_driver_s_own_refs(native: None) -> None:
+    outer = unipar.put([work.remote(2)])
+    gc.collect()
+    inner = unipar.get(outer, timeout=T)
+    assert unipar.get(inner[0], timeout=T) == 2
