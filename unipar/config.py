@@ -10,6 +10,11 @@
                                 ``$TMPDIR/unipar-<uid>``)
 ``UNIPAR_CLUSTER_SECRET``       a native cluster's secret, in hex
 ``UNIPAR_CLUSTER_SECRET_FILE``  a file holding a native cluster's secret
+``UNIPAR_TLS_CA``               a CA certificate (PEM): TCP connections to native daemons use
+                                TLS and check the daemon's certificate against it
+``UNIPAR_TLS_CERT``             (daemons; ``unipar start --tls-cert``) certificate (PEM) its TCP
+                                listeners present: they accept TLS only
+``UNIPAR_TLS_KEY``              (daemons; ``unipar start --tls-key``) that certificate's key
 ``UNIPAR_HEAD_WAIT``            seconds a driver's request waits for a native head that is down
                                 before HeadUnavailableError (default 30)
 ``UNIPAR_HEAD_GIVE_UP``         seconds a native node runs without its head before it stops
@@ -41,6 +46,9 @@ STATE_DIR = "UNIPAR_STATE_DIR"
 CLUSTER_SECRET = "UNIPAR_CLUSTER_SECRET"
 CLUSTER_SECRET_FILE = "UNIPAR_CLUSTER_SECRET_FILE"
 HEAD_WAIT = "UNIPAR_HEAD_WAIT"
+TLS_CA = "UNIPAR_TLS_CA"
+TLS_CERT = "UNIPAR_TLS_CERT"
+TLS_KEY = "UNIPAR_TLS_KEY"
 HEAD_GIVE_UP = "UNIPAR_HEAD_GIVE_UP"
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 
@@ -96,6 +104,24 @@ def head_wait() -> float:
 def head_give_up() -> float:
     """``UNIPAR_HEAD_GIVE_UP``: seconds a node goes on without a head (default 60)."""
     return _seconds(HEAD_GIVE_UP, 60.0)
+
+
+def tls_ca() -> str | None:
+    """``UNIPAR_TLS_CA``: the CA file TLS clients check native daemons against (None: no TLS)."""
+    return _text(TLS_CA)
+
+
+def tls_server() -> tuple[str, str] | None:
+    """``(UNIPAR_TLS_CERT, UNIPAR_TLS_KEY)`` for a daemon's TCP listeners; None: plain TCP.
+
+    Raises:
+        ValueError: only one of the two is set.
+    """
+    cert, key = _text(TLS_CERT), _text(TLS_KEY)
+    if (cert is None) != (key is None):
+        raise ValueError(f"set both {TLS_CERT} and {TLS_KEY} (a certificate and its key), "
+                         "or neither")
+    return (cert, key) if cert and key else None
 
 
 def cluster_secret() -> str | None:

@@ -12,14 +12,16 @@ address; it reloads its tables and the nodes rejoin (revive.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import psutil
 
+from ... import config as config_module
 from . import revive, session, supervise
 from .launcher import ClusterConfig, LocalCluster
 from .connect import ConnectError, ask, head_address_of, list_nodes, open_connection
@@ -58,6 +60,11 @@ def configure_start(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="level of the node's log file (default info; `unipar logs`)")
+    parser.add_argument("--tls-cert", help="certificate (PEM) this machine's daemons present on "
+                        "their TCP listeners, which then speak TLS only (docs/security.md)")
+    parser.add_argument("--tls-key", help="the key of --tls-cert (PEM)")
+    parser.add_argument("--tls-ca", help="CA (PEM) the daemons check other daemons' "
+                        "certificates against (default: --tls-cert, for a self-signed one)")
     parser.add_argument("--supervise", action="store_true",
                         help="(head) start the head again by itself when it dies (a small "
                              "supervisor process; `unipar stop` stops it too)")
@@ -129,13 +136,49 @@ def cmd_start(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     config = _config(args)
-    with revive.marking():   # `unipar stop` finds them even if cluster.json is lost
+    try:
+        tls = _tls_env(args)
+    except ValueError as exc:
+        print(f"unipar start: {exc}", file=sys.stderr)
+        return 2
+    # The daemons inherit the TLS settings (config.py reads them there); so does our own
+    # check that a joining node reaches its head.
+    with revive.marking(), _environment(tls):
         if args.head and live and state.get("head"):
             return _restart_head(config, state)
         if args.head:
             session.clear_head_state()   # nothing of an older cluster runs: start empty
             return _start_head(config, args)
         return _start_node(config, args, state)
+
+
+def _tls_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment that turns TLS on for the daemons started now ({}: plain TCP)."""
+    if not (args.tls_cert or args.tls_key or args.tls_ca):
+        return {}
+    if not (args.tls_cert and args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    files = {config_module.TLS_CERT: args.tls_cert, config_module.TLS_KEY: args.tls_key,
+             config_module.TLS_CA: args.tls_ca or args.tls_cert}
+    for var, path in files.items():
+        if not os.path.isfile(path):
+            raise ValueError(f"no such file: {path}")
+    return {var: os.path.abspath(path) for var, path in files.items()}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Within it, ``values`` are set in this process's environment (restored after)."""
+    before = {var: os.environ.get(var) for var in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for var, old in before.items():
+            if old is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = old
 
 
 def _restart_head(config: ClusterConfig, state: dict[str, Any]) -> int:
@@ -172,6 +215,7 @@ def _start_head(config: ClusterConfig, args: argparse.Namespace) -> int:
     watcher = [supervise.spawn(config)] if args.supervise else []
     session.write_state({"head": cluster.head_address, "node": cluster.node_unix_address,
                          "procs": watcher + _records(cluster, ["head", "node"]),
+                         "tls_ca": os.environ.get(config_module.TLS_CA, ""),
                          "dashboard": cluster.dashboard_url})
     hostport = cluster.head_address.removeprefix("tcp://")
     ip = hostport.rpartition(":")[0]
@@ -242,7 +286,8 @@ def _start_node(config: ClusterConfig, args: argparse.Namespace, state: dict[str
     procs = [r for r in state.get("procs", []) if _live(r)] + _records(cluster, ["node"])
     session.write_state({"head": state.get("head") if state.get("procs") else head,
                          "node": state.get("node") or cluster.node_unix_address, "procs": procs,
-                         "dashboard": state.get("dashboard", "") if state.get("procs") else ""})
+                         "dashboard": state.get("dashboard", "") if state.get("procs") else "",
+                         "tls_ca": state.get("tls_ca") or os.environ.get(config_module.TLS_CA, "")})
     print(f"unipar node started ({cluster.node_address}), joined the cluster at {head}.\n"
           "  To see the cluster: unipar status\n  To stop this machine's unipar processes: "
           "unipar stop")
@@ -305,6 +350,8 @@ def configure_status(parser: argparse.ArgumentParser) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     state = session.read_state()
+    if state.get("tls_ca") and not config_module.tls_ca():   # this machine's TLS cluster
+        os.environ[config_module.TLS_CA] = state["tls_ca"]
     head = head_address_of(args.address) if args.address else state.get("head")
     if not head:
         print("No unipar cluster was started on this machine (`unipar start --head`), and no "

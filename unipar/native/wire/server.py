@@ -14,12 +14,15 @@ flood of bad connections cannot flood the log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
+import ssl
 import time
 from typing import Any, Coroutine
 
+from ... import config
 from . import protocol as P
 from .transport import HANDSHAKE_TIMEOUT
 
@@ -204,6 +207,21 @@ class ServerConnection(asyncio.Protocol):
         return str(self.transport.get_extra_info("peername") or "unix socket")
 
 
+@functools.lru_cache(maxsize=4)
+def _server_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def server_tls() -> ssl.SSLContext | None:
+    """The TLS context of this daemon's TCP listeners (``UNIPAR_TLS_CERT``/``_KEY``, set by
+    ``unipar start --tls-cert/--tls-key``), or None: plain TCP."""
+    pair = config.tls_server()
+    return _server_context(*map(os.path.abspath, pair)) if pair else None
+
+
 async def serve(server: Any, secret: bytes, host: str = "127.0.0.1", port: int = 0,
                 unix_path: str | None = None, tcp_fd: int | None = None,
                 unix_fd: int | None = None) -> list[asyncio.AbstractServer]:
@@ -211,16 +229,19 @@ async def serve(server: Any, secret: bytes, host: str = "127.0.0.1", port: int =
 
     ``tcp_fd``/``unix_fd`` are sockets already bound and listening, inherited from the process
     that started this daemon: it knew our addresses before we ran, so clients could connect
-    (and wait in the backlog) while we were still starting.
+    (and wait in the backlog) while we were still starting. The TCP listener speaks TLS only
+    when :func:`server_tls` gives a context (the secret handshake then runs inside TLS).
     """
     loop = asyncio.get_running_loop()
+    tls = server_tls()
+    secure: dict[str, Any] = {"ssl": tls, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT} if tls else {}
 
     def factory() -> ServerConnection:
         return ServerConnection(server, secret)
     if tcp_fd is not None:
-        servers = [await loop.create_server(factory, sock=socket.socket(fileno=tcp_fd))]
+        servers = [await loop.create_server(factory, sock=socket.socket(fileno=tcp_fd), **secure)]
     else:
-        servers = [await loop.create_server(factory, host, port)]
+        servers = [await loop.create_server(factory, host, port, **secure)]
     if unix_fd is not None:
         servers.append(await loop.create_unix_server(factory, sock=socket.socket(fileno=unix_fd)))
     elif unix_path:

@@ -7,16 +7,23 @@ reader thread (``serve_forever``) hands each message to a callback.
 
 Addresses are ``tcp://HOST:PORT`` or ``unix:///path``. Servers bind 127.0.0.1 unless told
 otherwise.
+
+TLS (optional): with ``UNIPAR_TLS_CA`` set, every TCP connection is wrapped in TLS and the
+daemon's certificate must chain to that CA; the secret handshake then runs inside TLS. Unix
+sockets never use TLS (they do not leave the machine; their files are mode 0600).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import ssl
 import threading
 from collections import deque
 from typing import Any, Callable
 
+from ... import config
 from . import protocol as P
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -44,17 +51,38 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
+@functools.lru_cache(maxsize=4)
+def _client_context(ca_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca_file)
+    # Daemons are reached by the IPs they advertise, which a cluster's certificate need not
+    # name; the private CA (and, inside TLS, the cluster secret) is what authenticates them.
+    context.check_hostname = False
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def client_tls() -> ssl.SSLContext | None:
+    """The TLS context for TCP connections (``UNIPAR_TLS_CA``), or None: plain TCP."""
+    ca_file = config.tls_ca()
+    return _client_context(os.path.abspath(ca_file)) if ca_file else None
+
+
 def _connect(address: str, secret: bytes, timeout: float) -> socket.socket:
-    """A socket connected to ``address`` that passed the handshake as the client."""
+    """A socket connected to ``address`` that passed the handshake as the client (inside TLS
+    for a TCP address when :func:`client_tls` gives a context)."""
     kind, where = parse_address(address)
+    tls = None
     if kind == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     else:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = client_tls()
     sock.settimeout(timeout)
     try:
         sock.connect(where)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=where[0])
         hello = _recv_exact(sock, P.SERVER_HELLO_SIZE)
         nonce_c = os.urandom(P.NONCE_SIZE)
         sock.sendall(P.client_proof(secret, hello, nonce_c))
@@ -140,6 +168,12 @@ class Connection:
         self._writing = False
         self.posted = threading.Event()   # set when post() left frames for a flusher
         self.closed = False
+        # A TLS socket closed while serve_forever reads it is closed by that reader instead:
+        # OpenSSL reads by fd number, so a fd closed under it could be reused by the next
+        # connection and have its bytes read here.
+        self._reader = threading.Lock()
+        self._reading = False
+        self._close_deferred = False
         # Called under the send lock before each message is queued: returns a message (the
         # process's pending refcount changes) that must precede it, or None. Under the lock, so
         # the changes of two threads cannot overtake each other.
@@ -224,6 +258,8 @@ class Connection:
         ``drained`` runs after the messages of each read: a reader can act once per burst."""
         buf = bytearray()
         sock = self.sock
+        with self._reader:
+            self._reading = True
         try:
             while True:
                 chunk = sock.recv(65536)
@@ -246,11 +282,20 @@ class Connection:
             return
         finally:
             self.closed = True
+            with self._reader:
+                self._reading = False
+                deferred = self._close_deferred
+            if deferred:
+                sock.close()
 
     def close(self) -> None:
         self.closed = True
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(socket.SHUT_RDWR)   # a reader's recv returns now
         except OSError:
             pass
+        with self._reader:
+            if self._reading and isinstance(self.sock, ssl.SSLSocket):
+                self._close_deferred = True
+                return
         self.sock.close()
