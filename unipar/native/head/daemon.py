@@ -263,55 +263,68 @@ def journal_path(cfg: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m unipar.native.head --config JSON``, the cluster secret (hex) on stdin: serve
+    until SIGTERM, a Shutdown message, or (when not detached) stdin closing."""
     parser = argparse.ArgumentParser(prog="python -m unipar.native.head")
     parser.add_argument("--config", required=True)
     cfg = json.loads(parser.parse_args(argv).config)
     secret = bytes.fromhex(sys.stdin.buffer.readline().strip().decode())
     logging.basicConfig(level=logging.WARNING, format="(unipar head) %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        head = Head(secret, Journal(journal_path(cfg)))
-        began = time.monotonic()
-        if head.restore():
-            log.warning("restarted: reloaded %d node(s) and %d named actor(s) from %s in "
-                        "%.2f s", len(head.nodes), len(head.names), head.journal.path,
-                        time.monotonic() - began)
-        loop.add_signal_handler(signal.SIGTERM, head.stopping.set)
-        servers = await serve(head, secret, cfg.get("host", "127.0.0.1"), cfg.get("port", 0),
-                              tcp_fd=cfg.get("tcp_fd"))
-        port = servers[0].sockets[0].getsockname()[1]
-        shown = cfg.get("advertise") or cfg.get("host", "127.0.0.1")
-        report_ready(cfg, f"READY tcp://{shown}:{port}\n")
-        dashboard = None
-        if cfg.get("dashboard_fd") is not None:   # after READY: start-up does not wait for it
-            from ..dashboard.server import start_dashboard
-            dashboard = await start_dashboard(head, secret, f"tcp://{shown}:{port}",
-                                              cfg["dashboard_fd"])
-
-        def watch() -> None:   # stdin closes when the process that started us is gone
-            try:
-                while sys.stdin.buffer.read(1 << 16):
-                    pass
-            except OSError:
-                pass
-            loop.call_soon_threadsafe(head.stopping.set)
-        if not cfg.get("detached"):   # started by `unipar start`: runs until SIGTERM
-            threading.Thread(target=watch, daemon=True).start()
-        timeout = float(cfg.get("node_timeout") or 0)
-        if timeout > 0:   # clusters of `unipar start`; a driver's own cluster has one node
-            async def heartbeats() -> None:
-                while True:
-                    await asyncio.sleep(1.0)
-                    head.check_heartbeats(timeout)
-            checker = asyncio.ensure_future(heartbeats())   # referenced: not collected
-        await head.stopping.wait()
-        for server in servers:
-            server.close()
-        if dashboard is not None:
-            await dashboard.cleanup()
-
-    run_loop(run())
+    run_loop(_serve_head(cfg, secret))
     os._exit(0)   # nothing left to flush: skip interpreter teardown, shutdown stays fast
 
+
+async def _serve_head(cfg: dict[str, Any], secret: bytes) -> None:
+    """Restore the head, serve it (and its dashboard), say READY, and return once it stops."""
+    loop = asyncio.get_running_loop()
+    head = Head(secret, Journal(journal_path(cfg)))
+    began = time.monotonic()
+    if head.restore():
+        log.warning("restarted: reloaded %d node(s) and %d named actor(s) from %s in "
+                    "%.2f s", len(head.nodes), len(head.names), head.journal.path,
+                    time.monotonic() - began)
+    loop.add_signal_handler(signal.SIGTERM, head.stopping.set)
+    servers = await serve(head, secret, cfg.get("host", "127.0.0.1"), cfg.get("port", 0),
+                          tcp_fd=cfg.get("tcp_fd"))
+    port = servers[0].sockets[0].getsockname()[1]
+    shown = cfg.get("advertise") or cfg.get("host", "127.0.0.1")
+    report_ready(cfg, f"READY tcp://{shown}:{port}\n")
+    dashboard = None
+    if cfg.get("dashboard_fd") is not None:   # after READY: start-up does not wait for it
+        from ..dashboard.server import start_dashboard
+        dashboard = await start_dashboard(head, secret, f"tcp://{shown}:{port}",
+                                          cfg["dashboard_fd"])
+    if not cfg.get("detached"):   # started by `unipar start`: runs until SIGTERM
+        threading.Thread(target=_watch_stdin, args=(loop, head.stopping), daemon=True).start()
+    checker = _check_heartbeats(head, float(cfg.get("node_timeout") or 0))  # referenced: kept
+    await head.stopping.wait()
+    for server in servers:
+        server.close()
+    if dashboard is not None:
+        await dashboard.cleanup()
+    if checker is not None:
+        checker.cancel()   # what asyncio.run would do next anyway
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
+    """Set ``stopping`` once stdin closes: the process that started us is gone (a thread)."""
+    try:
+        while sys.stdin.buffer.read(1 << 16):
+            pass
+    except OSError:
+        pass
+    loop.call_soon_threadsafe(stopping.set)
+
+
+def _check_heartbeats(head: Head, timeout: float) -> asyncio.Future[None] | None:
+    """Every second, declare dead the nodes silent for ``timeout`` s (0: never, as in a
+    driver's own cluster, which has one node); the caller keeps the task referenced."""
+    if timeout <= 0:
+        return None
+
+    async def heartbeats() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            head.check_heartbeats(timeout)
+    return asyncio.ensure_future(heartbeats())
