@@ -32,6 +32,12 @@ def test_every_message_has_one_op_and_round_trips():
         assert _roundtrip(msg) == msg, op
 
 
+def test_every_message_is_reexported_by_protocol():
+    # messages live in wire/messages/<area>.py; callers only ever import protocol
+    for cls in P.MESSAGES.values():
+        assert getattr(P, cls.__name__) is cls and cls.__name__ in P.__all__, cls.__name__
+
+
 def test_messages_are_immutable_and_check_their_fields():
     msg = P.Reply(1, "x")
     assert msg.error == ""                      # defaults apply
