@@ -349,6 +349,12 @@ def test_work_page_counts_step_down_as_the_sorts_finish(browser: Browser, url: s
     seen = [counts_when(browser, lambda c: c["running"] == 2
                         and c["running"] + c["queued"] == SORTS, "2 running and 18 queued")]
     base = seen[0]["finished"]
+    waiting = browser.wait("""(function () {
+        var rows = Array.from(document.querySelectorAll('#queued tr'));
+        var n = rows.reduce(function (a, r) { return a + Number(r.cells[2].textContent); }, 0);
+        return n === 18 && rows.map(function (r) { return r.cells[1].textContent; }); })()""",
+                           "18 waiting, and for what, in the waiting table")
+    assert all(why.startswith("for ") for why in waiting), waiting
     for released in range(2, SORTS + 1, 2):
         for i in (released - 2, released - 1):
             open(os.path.join(gates, f"release-{i:02d}"), "w").close()
@@ -389,6 +395,10 @@ STEERED_DRIVER = """
         return os.getpid()
 
     @unipar.remote
+    def explode(text):
+        raise ValueError(text)
+
+    @unipar.remote
     class Speaker:
         def say(self, text):
             print(text, flush=True)
@@ -404,6 +414,11 @@ STEERED_DRIVER = """
         elif command == "say":
             speaker = speaker or Speaker.options(name="speaker").remote()
             print(unipar.get(speaker.say.remote(text), timeout=120), flush=True)
+        elif command == "fail":
+            try:
+                unipar.get(explode.remote(text), timeout=120)
+            except ValueError as exc:
+                print(type(exc).__name__, flush=True)
         elif command == "doom":
             doomed = Speaker.options(name="doomed").remote()
             pid = unipar.get(doomed.say.remote("about to be killed"), timeout=120)
@@ -461,6 +476,18 @@ def test_logs_page_shows_a_workers_print_and_follows_it(browser: Browser, url: s
                         ".map(function (a) { return a.dataset.file; })")
     assert "node.log" in listed and name in listed
     browser.screenshot(os.path.join(shots, "dashboard-logs.png"))
+    no_problems(browser)
+
+
+def test_work_page_shows_a_failure_with_its_traceback(browser: Browser, url: str,
+                                                     steered: Driver):
+    assert "ValueError" in steered.ask("fail boom-5e1f")   # the user's type, as raised
+    browser.open(url + "/work?refresh=0.5&state=failed&name=explode")
+    row = "document.querySelector('#tasks tr[data-state=\"failed\"]')"
+    browser.wait(f"!!({row} && {row}.querySelector('pre'))", "the failed task listed")
+    assert browser.js(f"{row}.querySelector('summary').textContent") == "ValueError: boom-5e1f"
+    trace = browser.js(f"{row}.querySelector('pre').textContent")
+    assert trace.startswith("Traceback") and ", in explode\nValueError: boom-5e1f" in trace
     no_problems(browser)
 
 
