@@ -23,6 +23,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -175,6 +176,10 @@ class Browser:
             except psutil.NoSuchProcess:
                 pass
         self.proc.wait(timeout=30)
+        try:   # helpers that left the tree still belong to its session's process group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
