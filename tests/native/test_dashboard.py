@@ -369,3 +369,23 @@ def test_pick_takes_a_unique_prefix_and_names_what_exists():
     assert pick(named, "id", "n", "actor", also="name")["id"] == "b"   # the live one
     assert pick(items, "id", "zz", "node") == "no node 'zz' (known: abc1, abd2, x)"
     assert "no node ''" in pick(items, "id", "", "node")
+
+
+def test_init_with_a_dashboard_port_in_use_says_so_and_runs(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    code = ("import unipar\n"
+            f"unipar.init(num_cpus=1, backend_options={{'dashboard_port': {port}}})\n"
+            "print(unipar.get(unipar.put(42)), unipar.dashboard_url())\n"
+            "unipar.shutdown()\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=base_env(str(tmp_path / "s")),
+                             capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        taken.close()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split() == ["42", "None"]
+    assert (f"unipar dashboard: off: cannot listen on 127.0.0.1:{port} (Address already in use)"
+            in out.stderr)
