@@ -13,6 +13,14 @@
                                                    : null);
   }
 
+  // Clock times, one line (uPlot's default adds a date row that crowds a small chart).
+  var timeAxis = {space: 72, size: 32, values: function (u, splits) {
+    return splits.map(function (t) {
+      return new Date(t * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit",
+                                                         second: "2-digit", hour12: false});
+    });
+  }};
+
   function axisOf(fmt) {
     return {values: function (u, splits) { return splits.map(fmt); }, size: 84};
   }
@@ -22,7 +30,7 @@
     holder.appendChild(el("div", {cls: "chart"}, el("div", {cls: "title", text: title}), box));
     var opts = {height: 150, legend: {show: series.length <= 9, live: false}, cursor: {y: false},
                 scales: {x: {time: true}, y: range ? {range: range} : {}},
-                axes: [{}, yAxis],
+                axes: [timeAxis, yAxis],
                 series: [{}].concat(series.map(function (s, i) {
                   return {label: s.label, stroke: s.color || Dash.palette[i % 10],
                           width: s.width || 1.5, points: {show: false}, value: function (u, v) {
