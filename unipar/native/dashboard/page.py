@@ -65,7 +65,7 @@ def render_page(page: str, head: str, refresh_s: float, snap: dict[str, Any] | N
     when = time.strftime("%H:%M:%S", time.localtime(snap["time"])) if snap else ""
     return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            '<title>unipar dashboard</title>'
+            f'<title>unipar dashboard{"" if page == "overview" else " · " + esc(title)}</title>'
             + ('<link rel="stylesheet" href="/static/uPlot.min.css">' if charts else "")
             + '<link rel="stylesheet" href="/static/dashboard.css">'
             '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml"></head>'
@@ -73,7 +73,7 @@ def render_page(page: str, head: str, refresh_s: float, snap: dict[str, Any] | N
             f'<header><h1>unipar</h1><nav>{links}</nav>'
             f'<span class="muted head">head <span class="mono">{esc(head)}</span></span>'
             f'<span id="status">{"updated " + when if when else "loading…"}</span></header>'
-            f'<main id="main" data-title="{esc(title)}">'
+            '<main id="main">'
             f'{render_body(snap) if snap else ""}</main>'
             f'<footer>Read-only; refreshes every {refresh_s:g} s. JSON: '
             '<a href="/api/cluster">/api/cluster</a> · <a href="/api/machines">/api/machines</a>'
