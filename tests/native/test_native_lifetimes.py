@@ -8,6 +8,8 @@ node never let go of, and results lost while a ref to them was still held.
 from __future__ import annotations
 
 import gc
+import os
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -56,6 +58,24 @@ def work(tag: int, *args: Any) -> int:
 @unipar.remote(num_returns=3)
 def three(tag: int) -> tuple[int, int, int]:
     return tag, tag + 1, tag + 2
+
+
+@unipar.remote
+def after(path: str, tag: int) -> int:
+    """``tag``, once ``path`` exists (bounded: 60 s)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return tag
+
+
+def test_a_task_may_use_the_result_of_one_still_waiting_for_its_arguments(
+        native: None, tmp_path: Any) -> None:
+    gate = str(tmp_path / "go")
+    held_back = work.remote(3, [after.remote(gate, 4)])   # submitted once its argument is done
+    user = work.remote(5, held_back)
+    open(gate, "w").close()
+    assert unipar.get(user, timeout=T) == 12
 
 
 def test_a_ref_nested_in_task_arguments_is_freed_after_the_task(native: None) -> None:

@@ -399,8 +399,10 @@ class Client:
                     direct = False
                     break
                 ready = ready and entry.kind is not None
+            # Local until posted (submit_via_node says otherwise): a task using one of these
+            # must not reach the node before this one, which may wait for local arguments.
             for oid in task.return_ids:
-                entries[oid] = Entry(subscribed=True, local=direct)
+                entries[oid] = Entry(subscribed=True, local=True)
         refs = [NativeRef.owned(oid) for oid in task.return_ids]
         if not direct:
             # Until the node has the task (and pins what it names), we hold its arguments:
