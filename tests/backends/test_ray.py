@@ -92,7 +92,7 @@ def test_importing_does_not_import_ray(tmp_path):
 TRANSLATE = """
     import json, ray.exceptions as rex
     import unipar
-    from unipar.backends.ray import _translate
+    from unipar.backends.ray.translate import translate as _translate
 
     try:
         1 / 0

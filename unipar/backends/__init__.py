@@ -39,7 +39,7 @@ KNOWN_BACKENDS: Mapping[str, BackendInfo] = MappingProxyType({
                     "everything in the calling process, for debugging"),
         BackendInfo("native", "unipar.backends.native:NativeBackend", (), None, None,
                     "unipar's own engine (default)"),
-        BackendInfo("ray", "unipar.backends.ray:RayBackend", ("ray",),
+        BackendInfo("ray", "unipar.backends.ray.backend:RayBackend", ("ray",),
                     "pip install 'unipar[ray]'", None, "Ray (local or an existing cluster)"),
         BackendInfo("spark", "unipar.backends.spark.backend:SparkBackend", ("pyspark",),
                     "pip install 'unipar[spark]' (and Java 17+)", None,
