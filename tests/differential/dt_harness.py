@@ -43,12 +43,6 @@ def oracle() -> Iterator[None]:
     """Make a fresh local backend this process's backend, for one program."""
     local = LocalBackend()
     local.start(InitOptions(num_cpus=4))
-    # The oracle frees nothing until the program ends. Local frees a value as soon as no
-    # LocalRef object is alive, even when another stored value (a put list, a task's result)
-    # still holds a ref to it; no value a program observes depends on freeing, and freeing
-    # at the right time is checked on its own (OBJECT_COUNTERS).
-    store = _state_store(local)
-    store.decref = lambda oid: None
     previous = _state.current()
     _state.install(local)
     try:
@@ -56,12 +50,6 @@ def oracle() -> Iterator[None]:
     finally:
         _state.install(previous)
         local.shutdown()
-
-
-def _state_store(local: LocalBackend) -> Any:
-    store = local._store
-    assert store is not None, "started above"
-    return store
 
 
 def native_object_count() -> int | None:
