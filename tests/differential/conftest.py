@@ -55,3 +55,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         reason = LIMITS.get(backend, {}).get(item.originalname)
         if reason:
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many generated programs ran (``make fuzz`` reports its size by this line)."""
+    if dt_harness.CHECKED["programs"]:
+        terminalreporter.write_line(
+            f"differential: {dt_harness.CHECKED['programs']} programs checked against local")

@@ -36,6 +36,8 @@ from dt_program import Program, render
 LOG_DIR = tempfile.mkdtemp(prefix="unipar-fuzz-")
 GET_TIMEOUT = float(os.environ.get("UNIPAR_FUZZ_TIMEOUT", "15"))
 LEAK_WAIT = 5.0    # seconds for frees (and unawaited calls) to reach the node: asynchronous
+# Programs checked in this session (shrinking included), for the summary conftest.py prints.
+CHECKED = {"programs": 0}
 
 
 @contextlib.contextmanager
@@ -106,6 +108,7 @@ def check(program: Program, backend: str, origin: str, init_kwargs: dict[str, An
     """Raise AssertionError (with the rendered program) if the backend differs from local, or
     (native) if objects outlive the program."""
     ns = uuid.uuid4().hex[:8] + "-"
+    CHECKED["programs"] += 1
     with oracle():
         want = _run_once(program, ns)
     counter = OBJECT_COUNTERS.get(backend)
