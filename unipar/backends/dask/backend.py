@@ -19,6 +19,12 @@ How unipar's rules map onto Dask (the worker side is in :mod:`.actors`):
   not free a Dask resource, so nested tasks never deadlock;
 * actors are Dask actors hosting the user's instance (see ``ActorHost``); method results are
   ordinary Dask futures.
+
+This module is the seam's methods and the driver's state; the rest of the package, by role:
+handles.py (refs and actor ids), waiting.py (get/wait and the thread slot), names.py (named
+actors), workers.py (workers and resources), hosts.py and restarts.py (actor hosts and their
+restarts), actors.py (what runs inside workers), cluster.py (the private cluster), envs.py
+(runtime_env), placement.py (scheduling strategies).
 """
 
 from __future__ import annotations
@@ -30,150 +36,34 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import cloudpickle
 
 from ... import codepickle
-from ...exceptions import (ActorDiedError, BackendUnavailableError, GetTimeoutError,
-                          ObjectLostError, TaskCancelledError, UniparError, WorkerCrashedError,
-                          capture_remote)
+from ...exceptions import BackendUnavailableError, NotSupportedError, UniparError
 from ...options import InitOptions, TaskOptions, resource_demand
-from . import actors as worker_side
-from . import hosts
-from .actors import Dep, dumps, extract, load, note_pickled
-from .cluster import LocalProcesses
+from ...refs import is_ref, unwrap
+from ..base import ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec
 from ..scheduling import no_groups
+from ..streams import CollectedStream, collect_call, collect_spec
+from . import actors as worker_side
+from . import envs, hosts
+from .actors import Dep, dumps
+from .cluster import LocalProcesses
+from .handles import DaskActorId, DaskRef, future_for_key
+from .names import NameRegistry
 from .placement import WHY_NO_GROUPS, DaskPlacement, runtime_context
 from .restarts import DEMAND as _DEMAND
 from .restarts import Recipe, Restarts
-from ...refs import is_ref, unwrap
-from . import envs
-from ..base import ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec
-from ..streams import CollectedStream, collect_call, collect_spec
+from .waiting import get_values, now, slot_released, wait_done
+from .workers import KILLED, WorkerView
+
+__all__ = ["DaskBackend"]
 
 log = logging.getLogger("unipar.dask")
 
 _EMPTY_CALL = cloudpickle.dumps(((), {}))
-_NAME_PREFIX = "unipar-actor:"
-_KILLED = "unipar-killed-actors"  # scheduler metadata: host keys of killed actors
-
-
-# -- handles -----------------------------------------------------------------------------------
-
-def _process_client() -> Any:
-    """The Dask client of this process: the running backend's, else the worker's own."""
-    from ... import _state
-    backend = _state.current()
-    if isinstance(backend, DaskBackend) and backend._client is not None:
-        return backend._client
-    from distributed import get_client
-    return get_client()
-
-
-class DaskRef:
-    """A handle: one Dask future (its key), and which element of a multi-return it names.
-
-    ``keep`` holds the futures of refs nested in this task's arguments, so they live at least
-    as long as this handle (Dask would free them as soon as the driver dropped its own refs).
-    ``call`` names the actor call behind it, so ``cancel`` can tell the actor to skip it.
-    """
-
-    __slots__ = ("key", "index", "future", "keep", "call", "__weakref__")
-
-    def __init__(self, future: Any, index: int | None = None, keep: Any = None,
-                 call: tuple | None = None) -> None:
-        self.key = future.key
-        self.index = index
-        self.future = future
-        self.keep = keep
-        self.call = call
-
-    def __reduce__(self):
-        note_pickled(self.future)
-        return (_rebuild_ref, (self.key, self.index, self.call))
-
-    def __hash__(self) -> int:
-        return hash((self.key, self.index))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, DaskRef) and (self.key, self.index) == (other.key, other.index)
-
-    def __repr__(self) -> str:
-        return f"dask:{self.key}" + (f"[{self.index}]" if self.index is not None else "")
-
-
-def _future(key: str) -> Any:
-    """A Future for ``key`` in this process, registered with the scheduler.
-
-    Dask no longer tells the scheduler about Futures built from a key, so without the
-    ``client-desires-keys`` message the Future would never learn its state.
-    """
-    from distributed import Future
-    client = _process_client()
-    future = Future(key, client)
-    client._send_to_scheduler({"op": "client-desires-keys", "keys": [key]})
-    return future
-
-
-def _rebuild_ref(key: str, index: int | None, call: tuple | None) -> DaskRef:
-    return DaskRef(_future(key), index, None, call)
-
-
-class DaskActorId:
-    """An actor id: a stable key, and the future of the Dask actor hosting it now.
-
-    ``key`` is the first host's Dask key and never changes; after a restart (its worker died)
-    the creating process's backend knows the new host (see :mod:`.restarts`). ``retries`` is
-    the actor's ``max_task_retries`` where it may be restarted (else 0): calls on such an actor
-    are retried on the new host (see ``hosts.run_retrying_call``).
-    """
-
-    __slots__ = ("key", "future", "keep", "retries", "__weakref__")
-
-    def __init__(self, future: Any, keep: Any = None, key: str | None = None,
-                 retries: int = 0) -> None:
-        self.key = key or future.key
-        self.future = future
-        self.keep = keep
-        self.retries = retries
-
-    def __reduce__(self):
-        note_pickled(self.future)
-        return (_rebuild_actor_id, (self.key, self.future.key, self.retries))
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, DaskActorId) and self.key == other.key
-
-    def __repr__(self) -> str:
-        return f"dask-actor:{self.key}"
-
-
-def _rebuild_actor_id(key: str, host_key: str, retries: int = 0) -> DaskActorId:
-    return DaskActorId(_future(host_key), None, key, retries)
-
-
-# -- errors ------------------------------------------------------------------------------------
-
-def _map_error(exc: BaseException, handle: DaskRef) -> BaseException:
-    """Dask's own failures (not the task's) as unipar errors."""
-    from distributed.scheduler import KilledWorker
-    if isinstance(exc, UniparError):
-        return exc
-    if isinstance(exc, KilledWorker):
-        if handle.call is not None:
-            return ActorDiedError(f"the Dask worker running actor call {handle.key} kept dying: {exc}")
-        return WorkerCrashedError(f"the Dask workers running task {handle.key} died "
-                                  f"{worker_side.ALLOWED_FAILURES + 1} times: {exc}")
-    if isinstance(exc, (concurrent.futures.CancelledError,)) or type(exc).__name__.endswith("CancelledError"):
-        return TaskCancelledError(f"task {handle.key} was cancelled")
-    if handle.call is not None:
-        return ActorDiedError(f"actor call {handle.key} failed in Dask: {exc}")
-    # Raised on the worker that ran the task (run_task stores its own failures as values).
-    return capture_remote(exc, f"a Dask worker (task {handle.key})")
 
 
 # -- the backend ---------------------------------------------------------------------------------
@@ -199,9 +89,8 @@ class DaskBackend(Backend):
         self._functions: dict[tuple[str, int], tuple[str, bytes, TaskOptions]] = {}
         self._seqs: dict[str, int] = {}   # actor key -> number of this process's next call
         self._lock = threading.Lock()
-        self._worker_max: dict[str, float] = {}
-        self._declared: set[str] = set()
-        self._named: dict[str, str] = {}  # name -> actor key, published by this driver
+        self._view = WorkerView(self._live, self._expected_workers)
+        self._names = NameRegistry(self._live)
         self._restarts = Restarts(self._live, self._caller, self._peek_seq)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -238,7 +127,7 @@ class DaskBackend(Backend):
                     f"{wait_workers} Dask worker(s) did not join {address!r} within 60 s\n{tail}") from exc
         if self._forward:
             self._client.subscribe_topic(self._topic, _print_event)
-        self._refresh_workers()
+        self._view.refresh()
 
     @classmethod
     def for_worker(cls, client: Any) -> "DaskBackend":
@@ -246,7 +135,7 @@ class DaskBackend(Backend):
         backend = cls()
         backend._client = client
         backend._in_worker = True
-        backend._refresh_workers()
+        backend._view.refresh()
         return backend
 
     def shutdown(self) -> None:
@@ -260,8 +149,7 @@ class DaskBackend(Backend):
         self._restarts.clear()
         self._envs.clear()
         with contextlib.suppress(Exception):
-            for name, key in list(self._named.items()):
-                self._unpublish(client, name, key)
+            self._names.unpublish_all(client)
         if cluster is not None:
             with contextlib.suppress(Exception):
                 client.shutdown()  # our own cluster: scheduler and workers exit
@@ -274,6 +162,15 @@ class DaskBackend(Backend):
         if self._client is None:
             raise UniparError("the dask backend is shut down; call unipar.init() again")
         return self._client
+
+    @property
+    def dask_client(self) -> Any:
+        """This process's Dask client while the backend runs, else None (read by handles.py
+        when a handle is unpickled here)."""
+        return self._client
+
+    def _expected_workers(self) -> int:
+        return self._cluster.expected_workers if self._cluster is not None else 0
 
     # -- submitting ----------------------------------------------------------------------------
     def _function(self, spec: TaskSpec) -> tuple[str, bytes]:
@@ -311,20 +208,6 @@ class DaskBackend(Backend):
         data, nested = dumps(packed)
         return deps, data, nested or None
 
-    def _restrictions(self, demand: dict[str, float]) -> dict[str, float] | None:
-        """Dask resource restrictions for a unipar demand (see the module docstring for CPU)."""
-        out: dict[str, float] = {}
-        for name, amount in demand.items():
-            if name == "CPU" and (amount <= 1 or "CPU" not in self._declared):
-                continue  # the thread slot is the CPU
-            if name not in self._declared:
-                self._refresh_workers()
-            if name not in self._declared:
-                continue  # the API's feasibility check has already let this pass
-            # More than any one worker has: take a whole worker's share (documented).
-            out[name] = min(amount, self._worker_max.get(name, amount))
-        return out or None
-
     def _context(self) -> tuple[str, bool]:
         ctx = worker_side.current_context()
         if ctx is not None:
@@ -343,7 +226,7 @@ class DaskBackend(Backend):
             worker_side.run_task, DaskBackend, fn_key, fn_blob, call_bytes, label, topic, forward,
             *deps, env=env,
             key=f"{label}-{uuid.uuid4().hex}", pure=False,
-            resources=self._restrictions(resource_demand(spec.options)),
+            resources=self._view.restrictions(resource_demand(spec.options)),
             **self._placement().kwargs(spec.options.scheduling_strategy))
         fire_and_forget(future)  # a dropped ref must not cancel the task (Ray runs it anyway)
         n = spec.options.num_returns
@@ -357,7 +240,7 @@ class DaskBackend(Backend):
         client = self._live()
         for attempt in range(3):
             try:
-                with self._slot_released():
+                with slot_released():
                     future = client.scatter(data, hash=False)
                 break
             except OSError:  # the chosen worker was exiting (a crash, a forced cancel): retry
@@ -365,88 +248,13 @@ class DaskBackend(Backend):
                     raise
         return DaskRef(future, None, nested or None)
 
-    # -- waiting ---------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _slot_released(self) -> Iterator[None]:
-        """Inside a Dask task thread, give the thread slot back while blocked (secede/rejoin)."""
-        ctx = worker_side.current_context()
-        if ctx is None or not ctx.in_task or ctx.seceded:
-            yield
-            return
-        from distributed import rejoin, secede
-        secede()
-        ctx.seceded = True
-        try:
-            yield
-        finally:
-            ctx.seceded = False
-            rejoin()
-
+    # -- waiting (waiting.py) ------------------------------------------------------------------
     def get(self, handles: Sequence[DaskRef], timeout: float | None) -> list[Any]:
-        client = self._live()
-        futures = list({h.key: h.future for h in handles}.values())
-        for future in futures:
-            if future.status == "lost" and str(future.key).startswith("bytes-"):
-                # put() values are not in Dask's graph: lost with their worker, for good.
-                raise ObjectLostError(f"the value of {future.key} (from put) was on a Dask worker "
-                                      "that died; Dask cannot recompute put() values")
-        if timeout is None:
-            # The common case in one trip to the event loop: gather waits by itself.
-            try:
-                with self._slot_released():
-                    gathered = client.gather(futures)
-            except Exception:  # a Dask-level failure: sort it out below, in input order
-                pass
-            else:
-                values = dict(zip((f.key for f in futures), gathered, strict=True))
-                return [load(extract(values[h.key], h.index)) for h in handles]
-        if not all(f.done() for f in futures):
-            if timeout == 0:
-                raise GetTimeoutError(f"{len(futures)} object(s) not ready within timeout=0")
-            with self._slot_released():
-                try:
-                    _dask_wait(client, futures, timeout, "ALL_COMPLETED")
-                except TimeoutError:
-                    raise GetTimeoutError(
-                        f"not all of {len(futures)} object(s) were ready within {timeout} s") from None
-        finished = [f for f in futures if f.status == "finished"]
-        try:
-            values = dict(zip((f.key for f in finished), client.gather(finished), strict=True))
-        except BaseException as exc:
-            raise _map_error(exc, handles[0]) from None
-        out = []
-        for handle in handles:  # the first failure in input order wins, stored or Dask's own
-            status = handle.future.status
-            if status == "cancelled":
-                raise TaskCancelledError(f"task {handle.key} was cancelled")
-            if handle.key not in values:
-                raise _map_error(handle.future.exception(), handle)
-            out.append(load(extract(values[handle.key], handle.index)))
-        return out
+        return get_values(self._live(), handles, timeout)
 
     def wait(self, handles: Sequence[DaskRef], num_returns: int, timeout: float | None,
              fetch_local: bool) -> set[int]:
-        client = self._live()
-        by_key: dict[str, Any] = {h.key: h.future for h in handles}
-
-        def finished() -> set[int]:
-            return {i for i, h in enumerate(handles) if by_key[h.key].done()}
-        done = finished()
-        if len(done) >= num_returns or timeout == 0:
-            return done
-        deadline = None if timeout is None else _now() + timeout
-        with self._slot_released():
-            while len(done) < num_returns:
-                remaining = None if deadline is None else deadline - _now()
-                if remaining is not None and remaining <= 0:
-                    break
-                pending = [f for f in by_key.values() if not f.done()]
-                try:
-                    _dask_wait(client, pending, remaining, "FIRST_COMPLETED")
-                except TimeoutError:
-                    pass
-                done = finished()
-        return done
+        return wait_done(self._live(), handles, num_returns, timeout)
 
     def future(self, handle: DaskRef) -> concurrent.futures.Future:
         result: concurrent.futures.Future = concurrent.futures.Future()
@@ -477,9 +285,9 @@ class DaskBackend(Backend):
     def _await_gone(self, addresses: list[str], timeout: float = 15.0) -> None:
         """Return once the scheduler has dropped these (exiting) workers, so no new work or
         ``put`` data is sent to them."""
-        deadline = _now() + timeout
-        while addresses and _now() < deadline:
-            with self._slot_released():
+        deadline = now() + timeout
+        while addresses and now() < deadline:
+            with slot_released():
                 live = self._live().scheduler_info(n_workers=-1)["workers"]
             addresses = [a for a in addresses if a in live]
             if addresses:
@@ -488,7 +296,7 @@ class DaskBackend(Backend):
     def _skip_call(self, call: tuple) -> None:
         actor_key, caller, seq = call
         with contextlib.suppress(Exception):
-            self._host_call(DaskActorId(_future(actor_key)), "skip", caller, seq)
+            self._host_call(DaskActorId(future_for_key(actor_key)), "skip", caller, seq)
 
     # -- actors ------------------------------------------------------------------------------------
     def create_actor(self, spec: ActorSpec) -> DaskActorId:
@@ -497,7 +305,7 @@ class DaskBackend(Backend):
         opts = spec.options
         env = self._envs.ship(client, self._job_env, opts.runtime_env, by_key=True)
         if opts.name is not None:
-            found = self._lookup(opts.name)
+            found = self._names.lookup(opts.name)
             if found is not None:
                 if opts.get_if_exists:
                     return found[0]
@@ -509,7 +317,7 @@ class DaskBackend(Backend):
         deps, call_bytes, nested = self._pack_args(spec.args, spec.kwargs)
         topic, forward = self._context()
         demand = resource_demand(opts)
-        resources = self._restrictions(demand)
+        resources = self._view.restrictions(demand)
         host_args = (DaskBackend, blob, call_bytes, topic, forward, None, *deps)
         with dask.annotate(**{_DEMAND: demand}):
             future = client.submit(
@@ -522,7 +330,8 @@ class DaskBackend(Backend):
             self._restarts.add(actor_id.key, future,
                                Recipe(host_args, resources, demand, opts.max_restarts))
         if opts.name is not None:
-            existing = self._publish(opts.name, actor_id, spec.meta, detached=opts.lifetime == "detached")
+            existing = self._names.publish(opts.name, actor_id, spec.meta, remember=(
+                opts.lifetime != "detached" and not self._in_worker))
             if existing is not None:  # lost a race with another creator
                 self.kill_actor(actor_id, True)
                 if opts.get_if_exists:
@@ -574,7 +383,7 @@ class DaskBackend(Backend):
     def _host_call(self, actor_id: DaskActorId, method: str, *args: Any) -> Any:
         """Call a host management method (kill, skip) and wait for it."""
         host = self._restarts.current(actor_id.key, actor_id.future)
-        with self._slot_released():
+        with slot_released():
             proxy = host.result(timeout=60)
             if self._in_worker:
                 return hosts.call_host(proxy, method, *args)
@@ -589,7 +398,7 @@ class DaskBackend(Backend):
         host = self._restarts.current(actor_id.key, actor_id.future)
         if host.status == "pending":
             # Not built yet: wait for it, so the kill is not lost (creation is usually quick).
-            with contextlib.suppress(Exception), self._slot_released():
+            with contextlib.suppress(Exception), slot_released():
                 host.result(timeout=60)
         if host.status == "finished":
             with contextlib.suppress(Exception):
@@ -597,122 +406,31 @@ class DaskBackend(Backend):
         if no_restart:
             self._restarts.forget(actor_id.key)
             # Live actors' demand is read off the scheduler; mark this one as no longer holding.
-            with contextlib.suppress(Exception), self._slot_released():
-                client.set_metadata([_KILLED, str(host.key)], True)
-            for name, key in list(self._named.items()):
-                if key == actor_id.key:
-                    self._unpublish(client, name, key)
-            self._unpublish_any(actor_id.key)
+            with contextlib.suppress(Exception), slot_released():
+                client.set_metadata([KILLED, str(host.key)], True)
+            self._names.forget_actor(client, actor_id.key)
 
     def get_actor(self, name: str) -> tuple[DaskActorId, ActorMeta]:
-        found = self._lookup(name)
+        found = self._names.lookup(name)
         if found is None:
             raise ValueError(f"no live actor is named {name!r}")
         return found
 
-    # -- the name registry: Dask published datasets, which also keep the actor's key alive -----
-    def _lookup(self, name: str) -> tuple[DaskActorId, ActorMeta] | None:
-        client = self._live()
-        with self._slot_released():
-            entry = client.get_dataset(_NAME_PREFIX + name, default=None)
-        if entry is None:
-            return None
-        future, meta_blob, *rest = entry
-        return DaskActorId(future, retries=rest[0] if rest else 0), cloudpickle.loads(meta_blob)
-
-    def _publish(self, name: str, actor_id: DaskActorId, meta: ActorMeta,
-                 detached: bool) -> tuple[DaskActorId, ActorMeta] | None:
-        client = self._live()
-        try:
-            with self._slot_released():
-                client.publish_dataset(actor_id.future, cloudpickle.dumps(meta),
-                                       actor_id.retries, name=_NAME_PREFIX + name)
-        except KeyError:
-            return self._lookup(name)
-        if not detached and not self._in_worker:
-            self._named[name] = actor_id.key
-        return None
-
-    def _unpublish(self, client: Any, name: str, key: str) -> None:
-        self._named.pop(name, None)
-        entry = client.get_dataset(_NAME_PREFIX + name, default=None)
-        if entry is not None and entry[0].key == key:
-            client.unpublish_dataset(_NAME_PREFIX + name)
-
-    def _unpublish_any(self, key: str) -> None:
-        """Free the name of a killed actor, whichever process published it."""
-        client = self._live()
-        with contextlib.suppress(Exception), self._slot_released():
-            for name in client.list_datasets():
-                if isinstance(name, str) and name.startswith(_NAME_PREFIX):
-                    entry = client.get_dataset(name, default=None)
-                    if entry is not None and entry[0].key == key:
-                        client.unpublish_dataset(name)
-
     # -- cluster -----------------------------------------------------------------------------------
-    def _workers(self) -> dict[str, dict[str, Any]]:
-        client = self._live()
-        with self._slot_released():
-            workers = client.scheduler_info(n_workers=-1)["workers"]
-            expected = self._cluster.expected_workers if self._cluster is not None else 0
-            if len(workers) < expected:
-                # A worker of our own cluster died (a crash, a forced cancel) and its nanny is
-                # starting a new one: count it once it is back rather than report a shrunk cluster.
-                with contextlib.suppress(Exception):
-                    client.wait_for_workers(expected, timeout=30)
-                workers = client.scheduler_info(n_workers=-1)["workers"]
-            return workers
-
-    def _refresh_workers(self) -> None:
-        maxima: dict[str, float] = {}
-        declared: set[str] = set()
-        for info in self._workers().values():
-            for name, amount in (info.get("resources") or {}).items():
-                declared.add(name)
-                maxima[name] = max(maxima.get(name, 0.0), float(amount))
-        self._worker_max, self._declared = maxima, declared
-
-    @staticmethod
-    def _worker_resources(info: dict[str, Any]) -> dict[str, float]:
-        resources = {"CPU": float(info.get("nthreads", 1)), "GPU": 0.0}
-        resources.update({k: float(v) for k, v in (info.get("resources") or {}).items()})
-        return resources
-
     def nodes(self) -> list[dict[str, Any]]:
-        """One entry per machine (host), its workers' resources summed: a Dask worker is one
-        process, while a node is what Ray and the other backends call one (a machine)."""
-        by_host: dict[str, dict[str, float]] = {}
-        for address, info in self._workers().items():
-            total = by_host.setdefault(str(info.get("host") or address), {})
-            for name, amount in self._worker_resources(info).items():
-                total[name] = total.get(name, 0.0) + amount
-        return [{"NodeID": f"dask-{host}", "Alive": True, "NodeManagerAddress": host,
-                 "Resources": resources} for host, resources in sorted(by_host.items())]
+        return self._view.nodes()
 
     def cluster_resources(self) -> dict[str, float]:
-        totals: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
-        for info in self._workers().values():
-            for name, amount in self._worker_resources(info).items():
-                totals[name] = totals.get(name, 0.0) + amount
-        return totals
+        return self._view.cluster_resources()
 
     def available_resources(self) -> dict[str, float]:
-        with self._slot_released():
-            usage = self._live().run_on_scheduler(_scheduler_usage)
-        free = self.cluster_resources()
-        free["CPU"] -= usage.pop("__busy_threads__", 0.0)
-        for name, amount in usage.pop("__actors__", {}).items():  # held for life, as in Ray
-            free[name] = free.get(name, 0.0) - amount
-        for name, amount in usage.items():
-            if name != "CPU":
-                free[name] = free.get(name, 0.0) - amount
-        return {k: max(v, 0.0) for k, v in free.items()}
+        return self._view.available_resources()
 
     # -- scheduling (placement.py): strategies as worker restrictions; no placement groups ----
     def _placement(self) -> DaskPlacement:
         found = self.__dict__.get("_placement_rules")
         if found is None:
-            found = self.__dict__["_placement_rules"] = DaskPlacement(self._workers)
+            found = self.__dict__["_placement_rules"] = DaskPlacement(self._view.workers)
         return found
 
     def can_grow(self) -> bool:
@@ -743,30 +461,9 @@ class DaskBackend(Backend):
             return None
 
     def timeline(self) -> list[dict[str, Any]]:
-        from ...exceptions import NotSupportedError
         raise NotSupportedError("unipar.timeline() is for the native backend; on dask the "
                                 "dashboard's Task Stream shows when each task ran, and "
                                 "distributed.performance_report(filename=...) saves it")
-
-
-def _scheduler_usage(dask_scheduler: Any = None) -> dict[str, Any]:
-    """On the scheduler: threads running tasks, resources held by running tasks, and the
-    demand of every live actor (cluster-wide: actors that tasks and actors created count too)."""
-    usage: dict[str, Any] = {"__busy_threads__": 0.0}
-    actors: dict[str, float] = {}
-    killed = dask_scheduler.task_metadata.get(_KILLED, {})
-    for ts in dask_scheduler.tasks.values():
-        if ts.actor and ts.state == "memory" and str(ts.key) not in killed:
-            for name, amount in ((ts.annotations or {}).get(_DEMAND) or {}).items():
-                actors[name] = actors.get(name, 0.0) + float(amount)
-    usage["__actors__"] = actors
-    for ws in dask_scheduler.workers.values():
-        # Actor constructions in progress are not counted: the actor's own demand is.
-        running = sum(1 for ts in ws.processing if not ts.actor) - len(ws.long_running)
-        usage["__busy_threads__"] += float(max(0, min(ws.nthreads, running)))
-        for name, amount in ws.used_resources.items():
-            usage[name] = usage.get(name, 0.0) + float(amount)
-    return usage
 
 
 def _print_event(event: Any) -> None:
@@ -775,12 +472,3 @@ def _print_event(event: Any) -> None:
     stream = sys.stderr if msg.get("stream") == "stderr" else sys.stdout
     stream.write(msg.get("text", ""))
     stream.flush()
-
-
-def _dask_wait(client: Any, futures: list[Any], timeout: float | None, return_when: str) -> None:
-    """``distributed.wait`` on our client (the public one uses the default client)."""
-    from distributed.client import _wait
-    client.sync(_wait, futures, timeout=timeout, return_when=return_when)
-
-
-_now = time.monotonic
