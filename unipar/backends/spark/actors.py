@@ -35,7 +35,8 @@ from ...refs import is_ref, unwrap
 from ..base import ActorCall, ActorMeta, ActorSpec
 from . import envs
 from .channel import hang_up, recv, send
-from .executor import ActorPayload, DepArg, SessionInfo, SparkActorId, SparkRef, actor_partition
+from .actor_server import actor_partition
+from .executor import ActorPayload, DepArg, SessionInfo, SparkActorId, SparkRef
 from .session import SparkSessionHandle, crash_reason
 
 if TYPE_CHECKING:

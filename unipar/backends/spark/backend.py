@@ -26,106 +26,46 @@ module supplies all three while user code runs only on executors::
 * **No deadlock when nested tasks outnumber slots**: a task blocked in ``get``/``wait`` (without
   a timeout) on a task that is ready but has no free slot runs that task itself, inline, in its
   own slot ("slot lending"). See docs/backend-spark.md.
+
+This module is the seam's methods and the channel's handlers; by role, the result table is
+results.py, the task queue and runner jobs runners.py, the actor table actors.py, the Spark
+session session.py, the socket channel.py, and the executor side executor.py and
+actor_server.py.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import functools
-import itertools
-import math
 import os
 import sys
 import threading
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import cloudpickle
 
 from ... import codepickle
-from ...exceptions import (GetTimeoutError, ObjectLostError, ResourcesBusyWarning,
-                          TaskCancelledError, UniparError, WorkerCrashedError)
-from ...options import InitOptions, TaskOptions, resource_demand
+from ...exceptions import (GetTimeoutError, NotSupportedError, ObjectLostError,
+                           ResourcesBusyWarning, TaskCancelledError, UniparError)
+from ...options import InitOptions, resource_demand
+from ..base import ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec
+from ..scheduling import no_groups, refuse_strategy
+from ..streams import CollectedStream, collect_call, collect_spec
+from . import envs
 from .actors import ActorTable, split_args
 from .channel import ChannelServer
-from .executor import DRIVER_STORES, SessionInfo, SparkRef, TaskPayload, runner_partition
-from .session import SparkSessionHandle, crash_reason
-from ..scheduling import no_groups, refuse_strategy
-from . import envs
-from ..base import ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec
-from ..streams import CollectedStream, collect_call, collect_spec
+from .executor import DRIVER_STORES, SessionInfo, SparkRef, TaskPayload
+from .results import Entry
+from .runners import Task, TaskScheduler, short_name
+from .session import SparkSessionHandle
 
-BROADCAST_BYTES = 1 << 20  # a dependency value this large travels as a broadcast
-# How long a runner job that finished its task waits for another before its job ends: long
-# enough to take the next task of a get()/.remote() loop, short enough to free its slot soon.
-RUNNER_LINGER_S = 0.5
+__all__ = ["SparkBackend", "SPARK_NO_GROUPS"]
 
 
-class _Runner:
-    """A runner job: one Spark task that runs unipar tasks one after another, as handed them."""
-
-    __slots__ = ("id", "group", "cores", "task", "handed", "ended", "lent")
-
-    def __init__(self, runner_id: int, group: str, cores: int = 1) -> None:
-        self.id = runner_id
-        self.group = group            # the Spark job group: cancel kills this job
-        self.cores = cores            # Spark task slots its job holds (its resource profile)
-        self.task: "_Task | None" = None      # running now
-        self.handed: "_Task | None" = None    # given while idle, not yet picked up
-        self.ended = False
-        # Tasks lent this job's slot, run inline by a task of it that blocked in get/wait:
-        # they die with its Python worker, so they are re-queued when the job ends without them.
-        self.lent: "list[_Task]" = []
-
-
-class _Entry:
-    """One object in the result table."""
-
-    __slots__ = ("done", "value", "error", "broadcast", "count", "seen", "producer", "waiters")
-
-    def __init__(self, producer: int | None = None) -> None:
-        self.done = False
-        self.value: bytes | None = None
-        self.error: BaseException | None = None
-        self.broadcast: Any = None
-        self.count = 0
-        self.seen = False            # a handle counted it once: only then may it be freed
-        self.producer = producer     # the task id that makes it
-        self.waiters: list[Callable[[], None]] = []  # run (under the lock) when it is done
-
-
-@dataclass
-class _Task:
-    id: int
-    name: str
-    fn_id: str
-    fn_bytes: bytes
-    args_blob: bytes
-    deps: list[int]
-    outputs: list[int]
-    options: TaskOptions          # not the spec: its args are the caller's live objects
-    demand: dict[str, float]
-    parent: int | None
-    state: str = "waiting"        # waiting -> ready -> running|inline -> done
-    runner: _Runner | None = None  # its runner job; inline: the job whose slot it uses
-    attempt: int = 0              # bumped per launch after a crash: stale reports are ignored
-    crashes: int = 0
-    blocked: int = 0
-    held: dict[str, float] = field(default_factory=dict)
-    children: list[int] = field(default_factory=list)
-
-
-def _short_name(spec: TaskSpec) -> str:
-    if spec.options.name:
-        return spec.options.name
-    return getattr(spec.function, "__name__", None) or spec.name.rsplit(".", 1)[-1]
-
-
-class SparkBackend(Backend):
+class SparkBackend(TaskScheduler, Backend):
     """Runs tasks as Spark jobs and actors as long-running Spark tasks (module docstring)."""
 
     name = "spark"
@@ -137,23 +77,9 @@ class SparkBackend(Backend):
         self.session_id = uuid.uuid4().hex
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
-        self.entries: dict[int, _Entry] = {}
-        self.counts: collections.deque = collections.deque()  # (oid, delta) from SparkRef
-        self.escaped: set[int] = set()
-        self.actor_counts: collections.deque = collections.deque()  # (number, delta), SparkActorId
-        self.actors_escaped: set[int] = set()
-        self._ids = itertools.count(1)
-        self._tasks: dict[int, _Task] = {}
-        # Ready tasks, one FIFO per demand (a "scheduling class", as in Ray): scheduling then
-        # costs O(classes + started), not O(ready tasks), per event.
-        self._ready: dict[tuple, collections.deque[_Task]] = {}
-        self._idle: collections.deque[_Runner] = collections.deque()  # runners waiting for work
-        self._runners: dict[int, _Runner] = {}  # runner jobs alive, by id
+        self._init_results()     # results.py: entries, ref counts, ids
+        self._init_scheduler()   # runners.py: tasks, ready queues, runner jobs, resources
         self._fn_cache: dict[str, bytes] = {}
-        self.totals: dict[str, float] = {}
-        self.free: dict[str, float] = {}
-        self.slots = 0
-        self.slots_used = 0
         self.spark: SparkSessionHandle | None = None
         self.channel: ChannelServer | None = None
         self.info: SessionInfo | None = None
@@ -161,8 +87,6 @@ class SparkBackend(Backend):
         self.log_to_driver = True
         self.job_env: dict[str, Any] = {}   # init(runtime_env=...): under every task's
         self._stopped = False
-
-    # -- lifecycle ---------------------------------------------------------------------------
     def start(self, options: InitOptions) -> None:
         envs.check(options.runtime_env)
         self.job_env = dict(options.runtime_env or {})
@@ -207,97 +131,7 @@ class SparkBackend(Backend):
         if self._stopped or self.spark is None:
             raise UniparError("the spark backend is shut down; call unipar.init() again")
 
-    # -- the result table (call with the lock held) -------------------------------------------
-    def new_entry(self, producer: int | None = None) -> tuple[int, SparkRef]:
-        oid = next(self._ids)
-        self.entries[oid] = _Entry(producer)
-        return oid, SparkRef(self.session_id, oid)
 
-    def finish(self, oid: int, value: bytes | None = None, error: BaseException | None = None) -> None:
-        """Record the outcome of ``oid`` (first outcome wins) and wake whoever waits on it."""
-        entry = self.entries.get(oid)
-        if entry is None or entry.done:
-            return
-        entry.done, entry.value, entry.error = True, value, error
-        waiters, entry.waiters = entry.waiters, []
-        for waiter in waiters:
-            waiter()
-        self.cond.notify_all()
-        if entry.seen and entry.count <= 0 and oid not in self.escaped:
-            self._free_entry(oid)
-
-    def _free_entry(self, oid: int) -> None:
-        entry = self.entries.pop(oid, None)
-        if entry is not None and entry.broadcast is not None:
-            broadcast = entry.broadcast
-            threading.Thread(target=_destroy_broadcast, args=(broadcast,), daemon=True).start()
-
-    def drain_counts(self) -> None:
-        """Apply ref-count changes SparkRef queued (it may run inside GC, so it only queues)."""
-        if self.actor_counts:
-            changes = []
-            while self.actor_counts:
-                changes.append(self.actor_counts.popleft())
-            self.actors.count_handles(changes, self.actors_escaped)
-        while self.counts:
-            oid, delta = self.counts.popleft()
-            entry = self.entries.get(oid)
-            if entry is None:
-                continue
-            entry.count += delta
-            entry.seen = True
-            if entry.count <= 0 and entry.done and oid not in self.escaped:
-                self._free_entry(oid)
-
-    def pin(self, oids: Sequence[int]) -> None:
-        """Keep ``oids`` while a task or call that takes them as arguments still needs them."""
-        for oid in oids:
-            self.entry(oid).count += 1
-
-    def unpin(self, oids: Sequence[int]) -> None:
-        for oid in oids:
-            entry = self.entries.get(oid)
-            if entry is not None:
-                entry.count -= 1
-                if entry.seen and entry.count <= 0 and entry.done and oid not in self.escaped:
-                    self._free_entry(oid)
-
-    def entry(self, oid: int) -> _Entry:
-        entry = self.entries.get(oid)
-        if entry is None:
-            raise ObjectLostError(f"object {oid} is not in the spark session's result table "
-                                  "(it was freed, or belongs to a session that ended)")
-        return entry
-
-    def when_done(self, oids: Sequence[int], callback: Callable[[BaseException | None], None]) -> int:
-        """Call ``callback(first_error_or_None)`` once every ``oids`` entry is done.
-
-        Returns how many were still missing (0: the callback already ran).
-        """
-        missing = [oid for oid in oids if not self.entry(oid).done]
-        state = {"left": len(missing)}
-
-        def one_done() -> None:
-            state["left"] -= 1
-            if state["left"] == 0:
-                callback(self._first_error(oids))
-        for oid in missing:
-            self.entries[oid].waiters.append(one_done)
-        if not missing:
-            callback(self._first_error(oids))
-        return len(missing)
-
-    def _first_error(self, oids: Sequence[int]) -> BaseException | None:
-        for oid in oids:
-            entry = self.entries.get(oid)
-            if entry is None:
-                return ObjectLostError(f"object {oid} was freed before a task could use it")
-            if entry.error is not None:
-                return entry.error
-        return None
-
-    def dep_values(self, oids: Sequence[int]) -> list[bytes]:
-        return [self.entries[oid].value for oid in oids]  # type: ignore[misc]
 
     # -- objects -----------------------------------------------------------------------------
     def put(self, value: Any) -> SparkRef:
@@ -310,7 +144,7 @@ class SparkBackend(Backend):
         return ref
 
     def _await(self, oids: list[int], need: int | None, timeout: float | None,
-               caller: int | None = None) -> list[_Entry] | TaskPayload:
+               caller: int | None = None) -> list[Entry] | TaskPayload:
         """Wait (lock held) until ``need`` of ``oids`` are done (None: all, or any failed).
 
         Completions are counted by callbacks on the entries, so waiting on n refs costs O(n),
@@ -324,7 +158,7 @@ class SparkBackend(Backend):
                  "failed": any(e.error is not None for e in entries)}
         target = len(entries) if need is None else need
 
-        def one_done(entry: _Entry) -> None:
+        def one_done(entry: Entry) -> None:
             state["done"] += 1
             state["failed"] = state["failed"] or entry.error is not None
 
@@ -413,7 +247,7 @@ class SparkBackend(Backend):
             self.pin(deps)  # raises ObjectLostError for a freed argument, before anything exists
             task_id = next(self._ids)
             made = [self.new_entry(task_id) for _ in range(spec.options.num_returns)]
-            task = _Task(task_id, _short_name(spec), spec.function_id, fn_bytes, args_blob, deps,
+            task = Task(task_id, short_name(spec), spec.function_id, fn_bytes, args_blob, deps,
                          [oid for oid, _ in made], spec.options, resource_demand(spec.options), parent)
             self._tasks[task_id] = task
             if parent in self._tasks:
@@ -426,297 +260,6 @@ class SparkBackend(Backend):
         if busy is not None:
             _warn_busy(busy)
         return [ref for _, ref in made]
-
-    def _task_slot_wait(self, task: _Task) -> str | None:
-        if task.state not in ("waiting", "ready"):
-            return None
-        return self.actors.slot_wait(f"task {task.name}", self._task_cores())
-
-    def _task_cores(self) -> int:
-        """Slots of runner jobs running a task now (not idle, lingered out or cancelled)."""
-        return sum(runner.cores for runner in self._runners.values() if runner.task is not None)
-
-    def _deps_done(self, task: _Task, error: BaseException | None) -> None:
-        if task.state != "waiting":
-            return
-        if error is not None:
-            self._fail_task(task, error)  # a task whose argument failed fails with that error
-            return
-        task.state = "ready"
-        self._enqueue(task)
-        self.schedule()
-
-    def _enqueue(self, task: _Task) -> None:
-        key = tuple(sorted(task.demand.items()))
-        self._ready.setdefault(key, collections.deque()).append(task)
-
-    def _fail_task(self, task: _Task, error: BaseException) -> None:
-        self._release(task)
-        task.state = "done"
-        for oid in task.outputs:
-            self.finish(oid, error=error)
-        self._forget(task)
-
-    def _forget(self, task: _Task) -> None:
-        if self._tasks.pop(task.id, None) is not None:
-            self.unpin(task.deps)
-        parent = self._tasks.get(task.parent) if task.parent is not None else None
-        if parent is not None and task.id in parent.children:
-            parent.children.remove(task.id)
-
-    def fits(self, demand: dict[str, float]) -> bool:
-        return all(self.free.get(k, 0.0) >= v - 1e-9 for k, v in demand.items())
-
-    def acquire(self, demand: dict[str, float]) -> dict[str, float]:
-        for key, amount in demand.items():
-            self.free[key] = self.free.get(key, 0.0) - amount
-        return dict(demand)
-
-    def give_back(self, held: dict[str, float]) -> None:
-        for key, amount in held.items():
-            self.free[key] = self.free.get(key, 0.0) + amount
-        if held:
-            self.schedule()
-
-    def _release(self, task: _Task) -> None:
-        held, task.held = task.held, {}
-        # "_lent_cpu" marks CPUs already given back while the task was blocked.
-        self.give_back({k: v for k, v in held.items() if not k.startswith("_")})
-
-    def schedule(self) -> None:
-        """Start every ready task (and actor) that fits the free resources.
-
-        A task goes to an idle runner if one waits for work, else to a new runner job while a
-        Spark slot is free. Tasks with a large argument always get a new job: their argument
-        then travels as a broadcast in that job's closure.
-        """
-        if self._stopped:
-            return
-        for key, queue in list(self._ready.items()):
-            demand = dict(key)
-            while queue and self.fits(demand):
-                task = queue[0]
-                if task.state != "ready":  # cancelled or lent while queued
-                    queue.popleft()
-                    continue
-                big = any(len(self.entries[oid].value or b"") >= BROADCAST_BYTES
-                          for oid in task.deps)
-                cores = self._cores_for(task)
-                runner = None if big else next((r for r in self._idle if r.cores == cores), None)
-                if runner is not None:
-                    queue.popleft()
-                    self._idle.remove(runner)
-                    self._start(task, runner)
-                    runner.handed = task
-                elif self.slots_used + cores <= self.slots:
-                    queue.popleft()
-                    self._launch_runner(task, cores)
-                else:
-                    break
-            if not queue:
-                del self._ready[key]
-        self.actors.schedule()
-        self.cond.notify_all()
-
-    def _payload(self, task: _Task) -> TaskPayload:
-        return TaskPayload(self.info, task.id, task.attempt, task.name, task.fn_id, task.fn_bytes,
-                           task.args_blob, tuple(self.dep_values(task.deps)),
-                           task.options.num_returns, task.options,
-                           envs.ship(self.job_env, task.options.runtime_env))
-
-    def _start(self, task: _Task, runner: "_Runner | None", inline: bool = False) -> None:
-        """Mark ``task`` started in ``runner``: as its task, or ``inline`` in the slot of a
-        task of it that blocked (holding no resources of its own)."""
-        task.state = "inline" if inline else "running"
-        task.runner = runner
-        if inline:
-            if runner is not None:
-                runner.lent.append(task)
-            return
-        assert runner is not None, "a task that is not inline runs in a runner job"
-        task.held = self.acquire(task.demand)
-        runner.task = task
-
-    def _cores_for(self, task: _Task) -> int:
-        """Spark cores (slots) a task's runner job asks for: 1, or on a cluster its num_cpus.
-
-        On a cluster a task with num_cpus > 1 runs under a stage-level task resource profile
-        of ceil(num_cpus) cores (Spark supports these on standalone/YARN/Kubernetes without
-        dynamic allocation, not in local mode).
-        """
-        if self.spark.is_local:
-            return 1
-        return min(max(1, math.ceil(task.options.num_cpus)), max(self.slots, 1))
-
-    def _launch_runner(self, task: _Task, cores: int = 1) -> None:
-        runner = _Runner(next(self._ids), f"unipar-{self.session_id[:8]}-runner-{next(self._ids)}",
-                         cores)
-        self._start(task, runner)
-        self.slots_used += cores
-        self._runners[runner.id] = runner
-        payload = self._payload(task)
-        threading.Thread(target=self._run_job, args=(runner, task, payload), daemon=True,
-                         name=f"unipar-spark-job-{runner.id}").start()
-
-    def _run_job(self, runner: "_Runner", task: _Task, payload: TaskPayload) -> None:
-        """One runner job: its first task, then whatever the driver hands it (``_next_task``)."""
-        error: BaseException | None = None
-        try:
-            payload = self._with_broadcasts(task, payload)
-            self.spark.run_job(runner.group, f"unipar task {task.name}",
-                               functools.partial(runner_partition, runner.id, payload),
-                               cores=runner.cores)
-        except BaseException as exc:  # a crashed worker, a cancelled job, a stopped context
-            error = exc
-        with self.lock:
-            self.slots_used -= runner.cores
-            runner.ended = True
-            self._runners.pop(runner.id, None)
-            if runner in self._idle:
-                self._idle.remove(runner)
-            lost_tasks, runner.task, runner.handed = (runner.task, runner.handed), None, None
-            for lost in lost_tasks:
-                if lost is not None and lost.state == "running" and lost.runner is runner:
-                    self._job_lost(lost, error)
-            lent, runner.lent = runner.lent, []
-            for lost in lent:
-                if lost.state == "inline" and lost.runner is runner:
-                    self._job_lost(lost, error)
-            self.schedule()
-
-    def _with_broadcasts(self, task: _Task, payload: TaskPayload) -> TaskPayload:
-        big = [i for i, v in enumerate(payload.dep_values) if len(v) >= BROADCAST_BYTES]
-        if not big:
-            return payload
-        values = list(payload.dep_values)
-        for i in big:
-            oid = task.deps[i]
-            with self.lock:
-                entry = self.entries.get(oid)
-                broadcast = entry.broadcast if entry is not None else None
-            if broadcast is None:
-                broadcast = self.spark.broadcast(values[i])
-                with self.lock:
-                    if entry is not None and entry.broadcast is None and oid in self.entries:
-                        entry.broadcast = broadcast
-            values[i] = broadcast
-        return TaskPayload(**{**payload.__dict__, "dep_values": tuple(values)})
-
-    def _job_lost(self, task: _Task, error: BaseException | None) -> None:
-        """The job ended without the task's result: its worker died (or its executor was lost)."""
-        reason = crash_reason(error) if error is not None else "it ended without a result"
-        retries = task.options.max_retries
-        self._release(task)
-        task.runner = None
-        if retries == -1 or task.crashes < retries:
-            task.crashes += 1
-            task.attempt += 1
-            task.state = "ready"
-            self._enqueue(task)
-            return
-        self._fail_task(task, WorkerCrashedError(
-            f"the Spark worker running task {task.name} died: {reason} "
-            f"(attempts: {task.crashes + 1}; raise max_retries to retry more)"))
-
-    def _on_task_done(self, task_id: int, attempt: int, outcome: tuple,
-                      runner_id: int | None = None) -> TaskPayload | None:
-        """Record a task's outcome; a runner gets its next task (None: its job should end)."""
-        with self.lock:
-            runner = self._runners.get(runner_id) if runner_id is not None else None
-            if runner is not None and not runner.ended and runner not in self._idle:
-                # Idle before the task's resources come back, so the next ready task goes to
-                # this runner instead of a new job.
-                runner.task = None
-                self._idle.append(runner)
-            task = self._tasks.get(task_id)
-            if task is not None and task.state in ("running", "inline") and task.attempt == attempt:
-                self._release(task)
-                task.state = "done"
-                status, value = outcome
-                for i, oid in enumerate(task.outputs):
-                    if status == "ok":
-                        self.finish(oid, value=value[i])
-                    else:
-                        self.finish(oid, error=value)
-                self._forget(task)
-            return self._next_task(runner) if runner is not None else None
-
-    def _next_task(self, runner: "_Runner") -> TaskPayload | None:
-        """Wait (lock held) up to RUNNER_LINGER_S for a task to hand to this idle runner.
-
-        A task handed to the runner is its ``runner.task`` from the moment it is handed
-        (``_start``), so if the runner's job dies while running it, ``_run_job`` re-queues it.
-        ``runner.task`` is not touched here: the task may have been handed already, when its
-        previous task's resources came back in ``_on_task_done``.
-        """
-        if runner.ended or self._stopped:
-            if runner in self._idle:
-                self._idle.remove(runner)
-            return None
-        if runner not in self._idle and runner.handed is None:
-            self._idle.append(runner)
-        self.schedule()
-        deadline = time.monotonic() + RUNNER_LINGER_S
-        while runner.handed is None and not self._stopped:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self.cond.wait(remaining)
-        task, runner.handed = runner.handed, None
-        if task is None or runner.ended:  # ended: its job died while it waited (task re-queued)
-            if runner in self._idle:
-                self._idle.remove(runner)
-            runner.ended = True  # its job is about to end: hand it nothing more
-            return None
-        return self._payload(task)
-
-    # -- blocked tasks -----------------------------------------------------------------------
-    def _block(self, caller: int | None) -> None:
-        task = self._tasks.get(caller) if caller is not None else None
-        if task is None or task.state != "running":
-            return
-        task.blocked += 1
-        if task.blocked == 1 and task.held.get("CPU"):
-            # As in Ray: a task waiting on others gives its CPUs back while it waits.
-            self.give_back({"CPU": task.held.pop("CPU")})
-            task.held["_lent_cpu"] = task.demand["CPU"]
-
-    def _unblock(self, caller: int | None) -> None:
-        task = self._tasks.get(caller) if caller is not None else None
-        if task is None or task.blocked == 0:
-            return
-        task.blocked -= 1
-        if task.blocked == 0 and "_lent_cpu" in task.held:
-            cpu = task.held.pop("_lent_cpu")
-            task.held["CPU"] = cpu
-            self.free["CPU"] = self.free.get("CPU", 0.0) - cpu  # may oversubscribe for a while
-
-    def _lend_slot(self, oids: Sequence[int], caller: int) -> TaskPayload | None:
-        """A ready task among what the caller waits on (or their inputs) when no slot is free.
-
-        The task is started inline in the caller's runner job (the caller's own runner, or
-        the one the caller itself runs inline in), so it is re-queued if that job dies.
-        """
-        if self.slots_used < self.slots:
-            return None
-        blocked = self._tasks.get(caller)
-        host = blocked.runner if blocked is not None else None
-        seen: set[int] = set()
-        stack = list(oids)
-        while stack:
-            entry = self.entries.get(stack.pop())
-            if entry is None or entry.done or entry.producer in seen:
-                continue
-            task = self._tasks.get(entry.producer) if entry.producer is not None else None
-            if task is None:
-                continue
-            seen.add(task.id)
-            if task.state == "ready":  # left in its queue; schedule() drops non-ready heads
-                self._start(task, host, inline=True)
-                return self._payload(task)
-            if task.state == "waiting":
-                stack.extend(task.deps)
-        return None
 
     # -- cancel ------------------------------------------------------------------------------
     def cancel(self, handle: SparkRef, force: bool, recursive: bool) -> None:
@@ -824,7 +367,6 @@ class SparkBackend(Backend):
         return (self.spark.ui_url or None) if self.spark is not None else None
 
     def timeline(self) -> list[dict[str, Any]]:
-        from ...exceptions import NotSupportedError
         raise NotSupportedError("unipar.timeline() is for the native backend; on spark the Spark "
                                 "UI's Event Timeline (Jobs and Stages pages) shows when each task "
                                 "ran")
@@ -894,7 +436,7 @@ def _warn_busy(message: str) -> None:
     warnings.warn(message, ResourcesBusyWarning, stacklevel=5)
 
 
-def _settle(fut: concurrent.futures.Future, entry: _Entry | None) -> None:
+def _settle(fut: concurrent.futures.Future, entry: Entry | None) -> None:
     if entry is None:
         fut.set_exception(ObjectLostError("the object was freed"))
     elif entry.error is not None:
@@ -904,11 +446,3 @@ def _settle(fut: concurrent.futures.Future, entry: _Entry | None) -> None:
             fut.set_result(cloudpickle.loads(entry.value))
         except BaseException as exc:
             fut.set_exception(exc)
-
-
-def _destroy_broadcast(broadcast: Any) -> None:
-    try:
-        broadcast.destroy()
-    except Exception:  # the context may be stopping; Spark drops it with the context anyway
-        pass
-

@@ -12,7 +12,8 @@ A task runs inside a *runner job*, a one-partition Spark job whose closure carri
       ("task_done", id, attempt, outcome, runner) ----->  result table; reply: the next task
       ... until the reply is None; then the job ends
 
-An actor is a Spark task that never returns while the actor lives: :func:`actor_partition`
+An actor is a Spark task that never returns while the actor lives: ``actor_partition``
+(actor_server.py)
 connects back with ``("actor_hello", ...)``, builds the instance and serves ``("call", ...)``
 messages over that one connection, in order (or on a thread pool / event loop when
 ``max_concurrency`` or ``async def`` say so). Its log lines travel on the same connection ahead
@@ -42,9 +43,8 @@ from ...options import InitOptions, TaskOptions, split_returns
 from ..base import (ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec,
                     install_worker_backend)
 from ..streams import CollectedStream, collect_call, collect_spec
-from ..._yielding import bound_method
 from . import envs
-from .channel import ChannelClient, recv, send
+from .channel import ChannelClient
 
 # Stores of live driver sessions by session id (empty on executors): SparkRef counts itself there.
 DRIVER_STORES: dict[str, Any] = {}
@@ -186,7 +186,7 @@ class ActorPayload:
 
 # -- process state --------------------------------------------------------------------------
 
-class _Context:
+class ThreadContext:
     """Who is running in this thread: names the print prefix and where log lines go."""
 
     def __init__(self, name: str, sink: Callable[[str, str], None], task_id: int | None) -> None:
@@ -202,21 +202,21 @@ class _Context:
                 self.sink(stream, self.prefix + text + "\n")
 
 
-_tls = threading.local()
+thread_state = threading.local()
 _worker_lock = threading.Lock()
 _worker_info: SessionInfo | None = None
 
 
-def _context() -> _Context | None:
-    return getattr(_tls, "context", None)
+def current_context() -> ThreadContext | None:
+    return getattr(thread_state, "context", None)
 
 
 def _client() -> ChannelClient:
     """This thread's connection to the driver (opened on first use)."""
-    client = getattr(_tls, "client", None)
-    if client is None or getattr(_tls, "client_session", None) != _worker_info.session:
-        client = _tls.client = ChannelClient(_worker_info.address, _worker_info.authkey)
-        _tls.client_session = _worker_info.session
+    client = getattr(thread_state, "client", None)
+    if client is None or getattr(thread_state, "client_session", None) != _worker_info.session:
+        client = thread_state.client = ChannelClient(_worker_info.address, _worker_info.authkey)
+        thread_state.client_session = _worker_info.session
     return client
 
 
@@ -231,7 +231,7 @@ class _Forward(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        ctx = _context()
+        ctx = current_context()
         if ctx is None:  # not inside a unipar task (a user thread, Spark's own code)
             return self._original.write(text)
         pending = ctx.partial[self._stream] + text
@@ -343,14 +343,14 @@ def run_task(payload: TaskPayload, runner_id: int | None = None) -> TaskPayload 
     runner should end).
     """
     client = _client()
-    previous = _context()
-    ctx = _tls.context = _Context(payload.name, lambda stream, text: client.notify("log", stream, text),
+    previous = current_context()
+    ctx = thread_state.context = ThreadContext(payload.name, lambda stream, text: client.notify("log", stream, text),
                                   payload.task_id)
     try:
         outcome = execute_task(payload)
     finally:
         ctx.flush()
-        _tls.context = previous
+        thread_state.context = previous
     try:
         return client.call("task_done", payload.task_id, payload.attempt, outcome, runner_id)
     except Exception as exc:  # the result did not pickle: report that instead
@@ -381,7 +381,7 @@ class ExecutorBackend(Backend):
         self._info = info
 
     def _caller(self) -> int | None:
-        ctx = _context()
+        ctx = current_context()
         return ctx.task_id if ctx is not None else None
 
     def start(self, options: InitOptions) -> None:
@@ -464,7 +464,7 @@ class ExecutorBackend(Backend):
 
     def runtime_context(self) -> dict[str, Any]:
         info = dict(_client().call("runtime_context"))
-        ctx = _context()
+        ctx = current_context()
         host = socket.gethostname()
         for node in self.nodes():   # the node (executor host) this task runs on
             if node["NodeManagerAddress"] in (host, socket.gethostbyname(host)):
@@ -494,137 +494,6 @@ class ExecutorBackend(Backend):
                                 "UI's Event Timeline shows when each task ran")
 
 
-# -- actors -----------------------------------------------------------------------------------
-
-class _ActorServer:
-    """Serves one actor's calls over its connection until the driver closes it."""
-
-    def __init__(self, conn: Any, payload: ActorPayload) -> None:
-        self._conn = conn
-        self._payload = payload
-        self._send_lock = threading.Lock()
-        self._instance: Any = None
-        self._where = f"{payload.name} (spark executor, pid={os.getpid()})"
-
-    def _send(self, message: tuple) -> None:
-        with self._send_lock:
-            send(self._conn, message)
-
-    def _enter(self) -> _Context:
-        ctx = _tls.context = _Context(self._payload.name,
-                                      lambda stream, text: self._send(("log", stream, text)), None)
-        return ctx
-
-    def run(self) -> None:
-        ctx = self._enter()
-        try:
-            with envs.applied(self._payload.runtime_env):
-                args, kwargs = resolve_args(self._payload.args_blob, self._payload.dep_values)
-                self._instance = cloudpickle.loads(self._payload.cls_bytes)(*args, **kwargs)
-        except Exception as exc:
-            ctx.flush()
-            self._send(("failed", capture_remote(exc, f"{self._where} __init__")))
-            return
-        ctx.flush()
-        self._send(("ready",))
-        runner, stop = self._runner()
-        try:
-            while True:
-                try:
-                    message = recv(self._conn)
-                except (EOFError, OSError):
-                    return
-                if message[0] == "stop":
-                    return
-                runner(message)
-        finally:
-            stop()
-            _tls.context = None
-
-    def _runner(self) -> tuple[Callable[[tuple], Any], Callable[[], None]]:
-        """How calls run: (run one message, stop everything) for this actor's concurrency."""
-        payload = self._payload
-        if payload.is_async:
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=self._loop_main, args=(loop,), name="unipar-actor-loop",
-                             daemon=True).start()
-            sem = asyncio.Semaphore(payload.concurrency)
-
-            async def guarded(message: tuple) -> None:
-                async with sem:
-                    await self._serve_async(message)
-            return (lambda message: asyncio.run_coroutine_threadsafe(guarded(message), loop),
-                    lambda: loop.call_soon_threadsafe(loop.stop))
-        if payload.concurrency > 1:
-            pool = concurrent.futures.ThreadPoolExecutor(payload.concurrency,
-                                                         thread_name_prefix="unipar-actor",
-                                                         initializer=self._enter)
-            return (lambda message: pool.submit(self._serve, message),
-                    lambda: pool.shutdown(wait=False, cancel_futures=True))
-        return self._serve, lambda: None
-
-    def _loop_main(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._enter()
-        asyncio.set_event_loop(loop)
-        loop.run_forever()
-
-    def _prepare(self, message: tuple) -> tuple[int, Callable[..., Any], tuple, dict, int, str]:
-        _, call_id, method, args_blob, dep_values, num_returns = message
-        args, kwargs = resolve_args(args_blob, dep_values)
-        return call_id, bound_method(self._instance, method), args, kwargs, num_returns, method
-
-    def _reply(self, call_id: int, method: str, num_returns: int, result: Any) -> None:
-        outputs = split_returns(result, num_returns, f"{self._payload.name}.{method}")
-        self._send(("result", call_id, ("ok", [cloudpickle.dumps(v) for v in outputs])))
-
-    def _fail(self, call_id: int, method: str, exc: BaseException) -> None:
-        error = capture_remote(exc, f"{self._payload.name}.{method} "
-                                    f"(spark executor, pid={os.getpid()})")
-        self._send(("result", call_id, ("err", error)))
-
-    def _serve(self, message: tuple) -> None:
-        call_id, method = message[1], message[2]
-        try:
-            with envs.applied(self._payload.runtime_env):
-                call_id, fn, args, kwargs, num_returns, method = self._prepare(message)
-                result = fn(*args, **kwargs)
-                if asyncio.iscoroutine(result):
-                    result = asyncio.run(result)
-            _context().flush()
-            self._reply(call_id, method, num_returns, result)
-        except Exception as exc:
-            _context().flush()
-            self._fail(call_id, method, exc)
-
-    async def _serve_async(self, message: tuple) -> None:
-        call_id, method = message[1], message[2]
-        try:
-            call_id, fn, args, kwargs, num_returns, method = self._prepare(message)
-            result = fn(*args, **kwargs)
-            if asyncio.iscoroutine(result):
-                result = await result
-            _context().flush()
-            self._reply(call_id, method, num_returns, result)
-        except Exception as exc:
-            _context().flush()
-            self._fail(call_id, method, exc)
-
-
-def actor_partition(payload: ActorPayload, rows: Iterable[Any]) -> list:
-    """The function Spark runs for an actor's one (long-running) task."""
-    for _ in rows:
-        pass
-    ensure_worker(payload.session)
-    from multiprocessing.connection import Client
-    conn = Client(payload.session.address, authkey=payload.session.authkey)
-    try:
-        send(conn, ("actor_hello", payload.actor_number, payload.attempt))
-        _ActorServer(conn, payload).run()
-    finally:
-        conn.close()
-    return []
-
-
 __all__ = ["SparkRef", "SparkActorId", "SessionInfo", "DepArg", "TaskPayload", "ActorPayload",
-           "ExecutorBackend", "runner_partition", "actor_partition", "ensure_worker",
-           "execute_task", "resolve_args", "DRIVER_STORES"]
+           "ExecutorBackend", "runner_partition", "ensure_worker", "execute_task", "resolve_args",
+           "DRIVER_STORES", "ThreadContext", "thread_state", "current_context"]
