@@ -13,11 +13,10 @@ A task runs inside a *runner job*, a one-partition Spark job whose closure carri
       ... until the reply is None; then the job ends
 
 An actor is a Spark task that never returns while the actor lives: ``actor_partition``
-(actor_server.py)
-connects back with ``("actor_hello", ...)``, builds the instance and serves ``("call", ...)``
-messages over that one connection, in order (or on a thread pool / event loop when
-``max_concurrency`` or ``async def`` say so). Its log lines travel on the same connection ahead
-of the result they precede.
+(actor_server.py) connects back with ``("actor_hello", ...)``, builds the instance and serves
+``("call", ...)`` messages over that one connection, in order (or on a thread pool / event loop
+when ``max_concurrency`` or ``async def`` say so). Its log lines travel on the same connection
+ahead of the result they precede; it uses this module's print forwarding and thread context.
 
 Also here: the types both sides share (handles, payloads), because executors unpickle them.
 """
