@@ -36,8 +36,8 @@ from ..client.refs import NativeRef
 from ..wire import protocol as P
 from ..wire import serialization as S
 from ..wire.transport import Connection, Listener
-from .output import Forward, current
 from .events import LogFile, TaskEvents, hosting_actor, open_log
+from .output import Forward, current
 from .runtime_env import prepare as prepare_runtime_env
 from .streaming import install as install_streaming, method_of, on_ack
 
@@ -200,8 +200,10 @@ class Runtime:
         handlers = self.run_handlers
         while True:
             try:
-                if self.unflushed and self.inbox.empty():
-                    self._flush_replies()
+                if self.inbox.empty():   # about to wait: say now what is done
+                    if self.unflushed:
+                        self._flush_replies()
+                    self.events.idle()
                 msg, reply = self.inbox.get()
                 handle = handlers.get(msg.op)
                 if handle is not None:
@@ -569,6 +571,8 @@ def _serve(secret: bytes) -> None:
         return runtime.label
     sys.stdout = Forward("stdout", label, runtime.log_conn)  # type: ignore[assignment]
     sys.stderr = Forward("stderr", label, runtime.log_conn)  # type: ignore[assignment]
+    if runtime.log_file is not None:   # what tasks print is also kept in the worker's log file
+        sys.stdout.tee = sys.stderr.tee = runtime.log_file.write  # type: ignore[attr-defined]
     try:
         runtime.run()
     finally:
