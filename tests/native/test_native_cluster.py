@@ -15,7 +15,6 @@ import textwrap
 import uuid
 
 import psutil
-import pytest
 
 from unipar.testing import wait_for
 

@@ -210,9 +210,8 @@ def test_unipar_logs_lists_prints_and_rejects_bad_ids(cluster: Cluster, url: str
     import urllib.request
     listing = ok(unipar(cluster.env, "logs"))
     assert "node.log" in listing and "worker-" in listing
-    with urllib.request.urlopen(f"{url}/api/tasks?name=hold&state=finished", timeout=30) as r:
-        task = wait_for(lambda: json.load(urllib.request.urlopen(
-            f"{url}/api/tasks?name=hold", timeout=30))["tasks"], "a hold task listed")[0]
+    task = wait_for(lambda: json.load(urllib.request.urlopen(
+        f"{url}/api/tasks?name=hold", timeout=30))["tasks"], "a hold task listed")[0]
     printed = wait_for(lambda: ok(unipar(cluster.env, "logs", "--task", task["task_id"]))
                        if "is waiting for a token" in ok(unipar(
                            cluster.env, "logs", "--task", task["task_id"])) else "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable
 
-import cloudpickle
 
 from ... import codepickle
 from ..wire import protocol as P
