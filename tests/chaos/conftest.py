@@ -1,7 +1,7 @@
 """Faults as tests: seeded fault plans, figures reported per test.
 
 Every test here is marked ``chaos`` (it runs by default, and alone with ``pytest -m chaos``);
-long runs are also marked ``soak`` (excluded by default: ``pytest -m soak``). Each test draws
+long runs are marked ``soak`` instead (excluded by default: ``pytest -m soak``). Each test draws
 its faults from ``random.Random(seed)``; the seed is printed, and ``UNIPAR_CHAOS_SEED=N``
 replays it. ``UNIPAR_CHAOS_SCALE=5`` multiplies the amounts of work (CI runs scale 1).
 
