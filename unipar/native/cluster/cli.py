@@ -6,7 +6,9 @@ What was started is recorded in this machine's state directory (:mod:`.session`)
 ``stop`` knows exactly which processes are ours and ``init(address="auto")`` finds the cluster.
 
 ``start --head`` where the head died but the nodes still run starts the head again on its
-address; it reloads its tables and the nodes rejoin (revive.py).
+address; it reloads its tables and the nodes rejoin (revive.py); ``--supervise`` leaves a small
+process that does so by itself (supervise.py). ``--tls-cert/--tls-key`` put the daemons' TCP
+traffic in TLS (docs/security.md).
 """
 
 from __future__ import annotations
