@@ -15,7 +15,9 @@ What it leaves out, on purpose: timing, the order of side effects (compared as s
 sequences, so calls on different actors or tasks in parallel may interleave freely), which refs
 a short ``wait`` finds ready, and whether a cancelled call ran. A cancel makes its target and
 everything that depends on it *tainted* (:func:`taint`): their observations may be the oracle's
-or a ``TaskCancelledError``, and their side effects are not compared.
+or a ``TaskCancelledError`` (or, for a tainted actor's calls and state, an ``ActorDiedError``:
+an actor whose constructor argument was cancelled dies, as on Ray), and their side effects are
+not compared.
 """
 
 from __future__ import annotations
@@ -339,6 +341,8 @@ def compare(program: Program, oracle: Run, other: Run) -> list[str]:
             continue
         uncertain = bool(reads & (t.names | t.actors))
         if uncertain and "TaskCancelledError" in repr(got):
+            continue
+        if reads & t.actors and "ActorDiedError" in repr(got):
             continue
         diffs.append(f"{key}: local gave {want!r}, this backend {got!r}")
 

@@ -101,3 +101,17 @@ def test_values_of_a_put_list_outlive_the_driver_s_own_refs(native: None) -> Non
     gc.collect()
     inner = unipar.get(outer, timeout=T)
     assert unipar.get(inner[0], timeout=T) == 2
+
+
+@unipar.remote
+def inner_sum(box: list[Any]) -> int:
+    """The sum of the refs inside ``box`` (a put value passed at top level: its refs stay refs)."""
+    return sum(unipar.get(ref, timeout=T) for ref in box)
+
+
+def test_refs_inside_a_put_value_are_at_the_node_before_a_task_reads_them(native: None) -> None:
+    # A small put value goes to a worker directly, with the task; the refs inside it must be
+    # known to the node before that worker asks the node for them. Repeated: it was a race.
+    for i in range(40):
+        box = unipar.put([work.remote(i), work.remote(1)])
+        assert unipar.get(inner_sum.remote(box), timeout=T) == i + 1

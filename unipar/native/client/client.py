@@ -469,6 +469,10 @@ class Client:
             if contained:
                 self.conn.post(P.PutObject(oid, "inline", P.blob(packed), "", len(packed),
                                            contained))
+                # The value may reach a worker directly (a task's argument), which then asks
+                # the node for the refs inside: the node must have them (and this value's
+                # pins on them) first. A ping answered after them says it has.
+                self.request(lambda r: P.Ping(r))
             return NativeRef.owned(oid)
         return self._put_large(data, buffers, contained)
 
