@@ -15,7 +15,8 @@ reached through the :class:`~.ports.Elsewhere` interface.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections import OrderedDict
+from typing import Callable, Iterator
 
 from ...exceptions import ActorDiedError
 from ..wire import protocol as P
@@ -29,10 +30,59 @@ from .records import Actor, Task, WorkerProc, exit_code
 from .scheduler import PlaceActor, Scheduler, env_of
 from .tasks import TaskTable, cancelled_error
 
+DEATHS_KEPT = 10_000   # dead actors whose own death later calls still raise (then a generic one)
+
+
+class DeadActor:
+    """What is kept of an actor that died for good: enough to answer later calls, address
+    requests and the dashboard's listing (its creation message, queue and tasks are freed)."""
+
+    __slots__ = ("class_name", "name", "restarts", "worker", "death")
+
+    def __init__(self, class_name: str, name: str, restarts: int, worker: str,
+                 death: bytes) -> None:
+        self.class_name = class_name
+        self.name = name
+        self.restarts = restarts
+        self.worker = worker
+        self.death = death   # its packed ActorDiedError, with the cause
+
+
+class Deaths:
+    """The last ``limit`` actors that died, by actor id, oldest first. A node lives long and
+    may see millions of actors: older deaths are forgotten (their calls then get a generic
+    "dead or never created" error) so the table stays bounded."""
+
+    def __init__(self, limit: int = DEATHS_KEPT) -> None:
+        self.limit = limit
+        self.records: OrderedDict[bytes, DeadActor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, aid: bytes, record: DeadActor) -> None:
+        self.records[aid] = record
+        self.records.move_to_end(aid)
+        while len(self.records) > self.limit:
+            self.records.popitem(last=False)
+
+    def get(self, aid: object) -> DeadActor | None:
+        return self.records.get(aid)   # type: ignore[call-overload]
+
+    def discard(self, aid: bytes) -> None:
+        """``aid`` lives again (re-created here): it is no longer dead."""
+        self.records.pop(aid, None)
+
+    def newest(self, limit: int) -> Iterator[tuple[bytes, DeadActor]]:
+        """The ``limit`` most recent deaths, oldest first."""
+        items = list(self.records.items())
+        return iter(items[-limit:] if limit > 0 else [])
+
 
 class Actors:
-    """Actors hosted on this node, by actor id. ``elsewhere`` is set once remote_actors.py
-    exists; ``schedule()`` asks for a scheduling round soon."""
+    """Actors hosted on this node, by actor id, until they die for good; then only their
+    :class:`DeadActor` record stays, in ``deaths`` (bounded). ``elsewhere`` is set once
+    remote_actors.py exists; ``schedule()`` asks for a scheduling round soon."""
 
     def __init__(self, node_id: str, tasks: TaskTable, objects: ObjectDirectory,
                  sched: Scheduler, pool: WorkerPool, functions: dict[str, bytes],
@@ -46,20 +96,27 @@ class Actors:
         self.head = head
         self.schedule = schedule
         self.elsewhere: Elsewhere | None = None
-        self.actors: dict[bytes, Actor] = {}
+        self.actors: dict[bytes, Actor] = {}   # not dead (a dead one moves to ``deaths``)
+        self.deaths = Deaths()
 
     def get(self, aid: object) -> Actor | None:
+        """The actor hosted here, None if it is not (or is dead: see ``deaths``)."""
         return self.actors.get(aid)   # type: ignore[call-overload]
 
     def live(self) -> int:
         return sum(1 for a in self.actors.values() if a.state != "dead")
+
+    def table_size(self) -> dict[str, int]:
+        """Its records, for ``node_info``: actors hosted (not dead), deaths kept, the bound."""
+        return {"hosted": len(self.actors), "deaths": len(self.deaths),
+                "deaths_kept": self.deaths.limit}
 
     # -- creation ------------------------------------------------------------------------------
     def on_create_actor(self, conn: ServerConnection, msg: P.CreateActor) -> None:
         if conn.info.get("role") in ("driver", "remote", "peer") and not msg.detached:
             # Fate-sharing, as in Ray: a driver's actors die when it disconnects (detached
             # ones live on until killed, or until the cluster stops).
-            conn.info.setdefault("actors", []).append(msg.actor_id)
+            self._note_owner(conn, msg.actor_id)
         elsewhere = self.elsewhere
         if elsewhere is not None and elsewhere.create_elsewhere(conn, msg):
             return   # it asks for resources only another node has (now)
@@ -71,8 +128,18 @@ class Actors:
             elsewhere.check_feasible(msg.resources, f"actor {msg.class_name}",
                                      lambda error: self._infeasible(actor, error))
 
+    def _note_owner(self, conn: ServerConnection, aid: bytes) -> None:
+        """Remember that ``conn`` owns ``aid``. A driver may create actors for days: ids of
+        those dead here are dropped now and then (amortized: when the list doubled)."""
+        owned = conn.info.setdefault("actors", [])
+        owned.append(aid)
+        if len(owned) >= conn.info.get("actors_prune_at", 1024):
+            owned[:] = [a for a in owned if self.deaths.get(a) is None]
+            conn.info["actors_prune_at"] = max(1024, 2 * len(owned))
+
     def host(self, msg: P.CreateActor, conn: ServerConnection | None) -> Actor:
         """Record an actor to host here; the caller then watches its constructor's deps."""
+        self.deaths.discard(msg.actor_id)
         actor = Actor(msg)
         self.actors[msg.actor_id] = actor
         init = self.tasks.make_task(conn, msg.actor_id, f"{msg.class_name}.__init__", msg.args,
@@ -143,7 +210,10 @@ class Actors:
     # -- direct calls: clients on this node push calls to the actor's process themselves ----
     def on_actor_address(self, conn: ServerConnection, msg: P.ActorAddress) -> None:
         actor = self.actors.get(msg.actor_id)
-        if actor is None or conn.info.get("remote"):
+        gone = self.deaths.get(msg.actor_id)
+        if gone is not None and not conn.info.get("remote"):
+            conn.send(P.Reply(msg.req_id, {"state": "dead", "death": gone.death}))
+        elif actor is None or conn.info.get("remote"):
             conn.send(P.Reply(msg.req_id, {"state": "node"}))   # elsewhere: through the node
         elif actor.state in ("alive", "dead"):
             conn.send(P.Reply(msg.req_id, self._address(actor)))
@@ -176,18 +246,20 @@ class Actors:
     # -- calls ---------------------------------------------------------------------------------
     def on_call_actor(self, conn: ServerConnection, msg: P.CallActor) -> None:
         actor = self.actors.get(msg.actor_id)
-        name = f"{actor.msg.class_name}.{msg.method}" if actor else msg.method
+        gone = self.deaths.get(msg.actor_id)
+        label = actor.msg.class_name if actor else gone.class_name if gone else ""
+        name = f"{label}.{msg.method}" if label else msg.method
         task = self.tasks.make_task(conn, msg.task_id, name, msg.args, msg.deps, msg.contained,
                                     msg.return_ids, {}, 0)
         task.actor_id, task.method = msg.actor_id, msg.method
+        if gone is not None:
+            self.tasks.fail_task(task, gone.death)
+            return
         if actor is None and self.elsewhere is not None and self.elsewhere.route_call(task):
             return   # it lives on another node
-        if actor is None:
+        if actor is None:   # (its death may have been forgotten: see Deaths)
             self.tasks.fail_task(task, S.pack_error(ActorDiedError(
-                f"no such actor {msg.actor_id.hex()[:12]}: it was never created on this node")))
-            return
-        if actor.state == "dead":
-            self.tasks.fail_task(task, actor.death)
+                f"actor {msg.actor_id.hex()[:12]} is dead, or was never created on this node")))
             return
         task.state = "queued"
         actor.queue.append(task)
@@ -230,9 +302,15 @@ class Actors:
 
     # -- death and restarts --------------------------------------------------------------------
     def dead(self, actor: Actor, death: bytes) -> None:
-        """The actor is dead for good: every pending and later call fails with ``death``."""
+        """The actor is dead for good: every pending and later call fails with ``death``.
+        Only its :class:`DeadActor` record stays (in ``deaths``); the rest is freed."""
         actor.state = "dead"
         actor.death = death
+        aid = actor.msg.actor_id
+        if self.actors.get(aid) is actor:
+            del self.actors[aid]
+            self.deaths.add(aid, DeadActor(actor.msg.class_name, actor.msg.name,
+                                           actor.restarts, actor.worker or "", death))
         self._answer_address_waiters(actor)
         pending = list(actor.inflight.values()) + list(actor.queue)
         actor.inflight.clear()
@@ -286,6 +364,8 @@ class Actors:
         """``conn`` (a driver, or a peer on behalf of its drivers) went away: kill its actors."""
         for aid in conn.info.get("actors", ()):
             actor = self.actors.get(aid)
+            if actor is None and self.deaths.get(aid) is not None:
+                continue   # dead already
             if actor is None and self.elsewhere is not None:
                 self.elsewhere.kill_remote(aid, True)
             elif actor is not None and actor.state != "dead":
@@ -294,7 +374,7 @@ class Actors:
 
     def on_kill_actor(self, conn: ServerConnection, msg: P.KillActor) -> None:
         actor = self.actors.get(msg.actor_id)
-        if actor is None and self.elsewhere is not None:
+        if actor is None and self.elsewhere is not None and self.deaths.get(msg.actor_id) is None:
             self.elsewhere.kill_remote(msg.actor_id, msg.no_restart)
         if actor is not None and actor.state != "dead":
             if msg.no_restart or not self._can_restart(actor):
@@ -307,9 +387,14 @@ class Actors:
         conn.send(P.Reply(msg.req_id, True))
 
     def listing(self, limit: int = 1000) -> list[dict]:
-        """The ``limit`` most recent actors of this node, for ``node_info`` (the dashboard)."""
-        return [{"actor_id": aid.hex(), "class_name": a.msg.class_name, "name": a.msg.name,
-                 "state": a.state, "restarts": a.restarts, "worker_id": a.worker or "",
-                 "pid": w.proc.pid if (w := self.pool.get(a.worker)) is not None else None,
-                 "death": death_cause(a.death)}
-                for aid, a in list(self.actors.items())[-limit:]]
+        """Up to ``limit`` actors of this node, for ``node_info`` (the dashboard): the most
+        recent deaths, then the actors it hosts (the newest last)."""
+        rows = [{"actor_id": aid.hex(), "class_name": d.class_name, "name": d.name,
+                 "state": "dead", "restarts": d.restarts, "worker_id": d.worker, "pid": None,
+                 "death": death_cause(d.death)} for aid, d in self.deaths.newest(limit)]
+        rows += [{"actor_id": aid.hex(), "class_name": a.msg.class_name, "name": a.msg.name,
+                  "state": a.state, "restarts": a.restarts, "worker_id": a.worker or "",
+                  "pid": w.proc.pid if (w := self.pool.get(a.worker)) is not None else None,
+                  "death": death_cause(a.death)}
+                 for aid, a in list(self.actors.items())[-limit:]]
+        return rows[-limit:]
