@@ -292,6 +292,7 @@ class Node:
             "leases_waiting": self.leases.waiting(),
             "queued": seen["tasks"]["queued"],
             "actors": self.actors.live(),
+            "actor_table": self.actors.table_size(),
             "objects": len(self.objects),
             "drivers": len(self.drivers),
             "actor_list": self.actors.listing()}))
