@@ -194,6 +194,9 @@ class DaskBackend(Backend):
             return [], _EMPTY_CALL, None
         deps: list[Any] = []
         positions: dict[str, int] = {}
+        # A top-level ref's value may hold refs (a put list): the task reads them, so they
+        # must live as long as its handles do, not only as long as the caller's ref.
+        held: list[Any] = []
 
         def one(value: Any) -> Any:
             if not is_ref(value):
@@ -203,10 +206,12 @@ class DaskBackend(Backend):
             if pos is None:
                 pos = positions[handle.key] = len(deps)
                 deps.append(handle.future)
+                if handle.keep is not None:
+                    held.append(handle.keep)
             return Dep(pos, handle.index)
         packed = (tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()})
         data, nested = dumps(packed)
-        return deps, data, nested or None
+        return deps, data, (list(nested or ()) + held) or None
 
     def _context(self) -> tuple[str, bool]:
         ctx = worker_side.current_context()
