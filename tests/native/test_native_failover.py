@@ -171,6 +171,46 @@ def test_an_actor_without_restarts_dies_with_its_node(cluster: Cluster):
     assert "DIED OK" in out
 
 
+def test_a_restarted_actor_waits_for_a_node_that_just_joined(tmp_path):
+    # Chaos seed 4100706644 (tests/chaos/test_nodes.py): the actor's node dies right after
+    # the only other node that can hold it joined, before this node linked to it (it learns
+    # the node list once a second): it must be re-created there, not given up.
+    state = str(tmp_path / "state")
+    c = Cluster(state, base_env(state))
+    try:
+        c.start(HEAD, [SLOT_NODE])
+        out = _run(c, PRELUDE.replace("< 3", "< 2") + """
+    import json, subprocess, sys
+
+    @unipar.remote(resources={"slot": 1}, max_restarts=-1, max_task_retries=-1)
+    class Counter:
+        def __init__(self):
+            self.n = 0
+        def add(self, k):
+            self.n += k
+            return self.n, node()
+
+    c = Counter.remote()
+    n, first = unipar.get(c.add.remote(1), timeout=60)
+    with open(os.path.join(os.environ["UNIPAR_STATE_DIR"], "cluster.json")) as f:
+        head = json.load(f)["head"]
+    env = {k: v for k, v in os.environ.items() if k != "UNIPAR_ADDRESS"}
+    joined = subprocess.run([sys.executable, "-m", "unipar.cli", "start", "--address",
+                             head.removeprefix("tcp://"), "--num-cpus", "1", "--resources",
+                             '{"slot": 1}'], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    os.kill(daemon(first), signal.SIGKILL)   # at once: this node may not know the new one yet
+    n, second = unipar.get(c.add.remote(1), timeout=60)
+    assert second != first and n == 1, (first, second, n)   # re-created: constructor re-run
+    print("REJOINED OK")
+    """)
+    finally:
+        c.records = c.state()["procs"]   # the node the driver started is stopped too
+        c.stop()
+    assert "REJOINED OK" in out
+
+
 def test_a_result_copied_here_outlives_the_node_that_made_it(cluster: Cluster, tmp_path):
     marks = tmp_path / "runs"
     marks.mkdir()

@@ -186,6 +186,22 @@ def test_an_actor_whose_node_died_goes_here_or_to_a_peer():
     assert placement.actor_home(sched, {"GPU": 1}, [b]) is None
 
 
+def test_an_actor_to_restart_waits_for_a_listed_node_not_linked_yet():
+    # Seed 4100706644 of tests/chaos/test_nodes.py: the actor's node died and no peer this
+    # node is connected to has a "slot", but the head lists one that has: wait for the link
+    # (the node connects to it) instead of giving the actor up.
+    sched = node(1)
+    slot = {"slot": 1.0}
+    listed = [{"CPU": 1.0, "slot": 1.0}]
+    assert placement.restart_home(sched, slot, [], listed) == "wait"
+    b = peer("b", 1, slot=1)
+    assert placement.restart_home(sched, slot, [b], listed) is b   # linked now: it goes there
+    # Given up only when no node the head lists could ever hold it.
+    assert placement.restart_home(sched, slot, [], [{"CPU": 4.0}]) is None
+    assert placement.restart_home(sched, slot, [], []) is None
+    assert placement.restart_home(sched, CPU1, [], []) == "here"
+
+
 def test_infeasible_names_the_biggest_node():
     error = placement.infeasible({"CPU": 3}, [{"CPU": 2.0}, {"CPU": 1.0}], "task f")
     assert isinstance(error, InfeasibleResourcesError)

@@ -18,6 +18,8 @@ Rules:
   work that finished elsewhere), so work queued before a join still spreads.
 * An actor goes to a peer only when this node has no room for it now and a peer reported
   room (or this node could never hold it); the peer's reported room is then counted down.
+* An actor whose node died is re-created likewise; when no linked peer can hold it but the
+  head lists a node that could, it waits for the link rather than being given up.
 """
 
 from __future__ import annotations
@@ -226,6 +228,18 @@ def actor_home(sched: SchedulerView, demand: dict[str, float],
     peer = _roomiest(roomy or able)
     _reserve(peer, demand)
     return peer
+
+
+def restart_home(sched: SchedulerView, demand: dict[str, float], peers: Sequence[P],
+                 listed: Sequence[dict[str, float]]) -> P | Literal["here", "wait"] | None:
+    """Where to re-create an actor whose node died (:func:`actor_home`), given ``peers`` this
+    node is linked to and the totals of the other live nodes the head ``listed`` (linked or
+    not). "wait": no linked node can hold it, but a listed one could (this node is linking
+    to it, or it just joined); None: no live node could ever hold it, so it is given up."""
+    home = actor_home(sched, demand, peers)
+    if home is not None:
+        return home
+    return "wait" if any(fits(total, positive(demand)) for total in listed) else None
 
 
 def any_peer(demand: dict[str, float], peers: Sequence[P]) -> P | None:

@@ -31,7 +31,7 @@ from ..wire import protocol as P
 from ..wire import serialization as S
 from ..wire.server import ServerConnection
 from . import placement
-from .actors import Actors
+from .actors import Actors, DeadActor, Deaths
 from .forwarding import Forwarding
 from .head_link import HeadLink
 from .peers import PeerLinks
@@ -77,7 +77,7 @@ class RemoteActors:
         self.actor_lookups: dict[bytes, list] = {}     # actor id -> (call, deps watched) waiting
         self.remote_creating: set[bytes] = set()       # actors whose CreateActor is not sent yet
         self.owned_actors: dict[bytes, OwnedActor] = {}
-        self.dead_actors: dict[bytes, bytes] = {}      # actor id -> its death (packed error)
+        self.dead_actors = Deaths()                    # the last actors buried or killed here
         self.relocating: dict[bytes, float] = {}       # actor id -> when to stop asking
 
     def has_peers(self) -> bool:
@@ -160,9 +160,9 @@ class RemoteActors:
         head where that is, once). False when this node knows of no head to ask."""
         aid = task.actor_id
         assert aid is not None
-        death = self.dead_actors.get(aid)
-        if death is not None:   # its node died and it was not restarted
-            self.tasks.fail_task(task, death)
+        gone = self.dead_actors.get(aid)
+        if gone is not None:   # its node died and it was not restarted, or it was killed
+            self.tasks.fail_task(task, gone.death)
             return True
         if aid in self.remote_actors:
             self.remote_calls.setdefault(aid, deque()).append(task)
@@ -236,14 +236,30 @@ class RemoteActors:
     def kill_remote(self, aid: bytes, no_restart: bool) -> bool:
         """Kill an actor hosted on a peer; without restarts it is not re-created either."""
         peer = self._host(aid)
-        if no_restart and aid in self.owned_actors:
+        owned = self.owned_actors.get(aid) if no_restart else None
+        if owned is not None:
             self.disown(aid)
             if peer is None or not peer.alive:   # being re-created: it never comes back
                 self.bury(aid, "it was killed with unipar.kill()")
         if peer is None:
             return False
         self.links.send(peer, P.KillActor(0, aid, no_restart))
+        if owned is not None:
+            self._forget_killed(aid, owned)
         return True
+
+    def _forget_killed(self, aid: bytes, owned: OwnedActor) -> None:
+        """An actor we created was killed for good: drop its routing records (one per actor
+        ever created, else), keeping its death for later calls from here, as its node would
+        answer them. Not while calls for it still wait here (they go first, then fail there)."""
+        if self.remote_calls.get(aid) or aid in self.remote_creating or aid in self.actor_lookups:
+            return
+        self.remote_calls.pop(aid, None)
+        self.remote_actors.pop(aid, None)
+        self.relocating.pop(aid, None)
+        self.dead_actors.add(aid, DeadActor(
+            owned.msg.class_name, owned.msg.name, owned.restarts, "", S.pack_error(
+                ActorDiedError(f"actor {owned.msg.class_name} was killed with unipar.kill()"))))
 
     # -- owning, and a lost host ---------------------------------------------------------------
     def _own(self, msg: P.CreateActor, init: Task) -> None:
@@ -337,14 +353,40 @@ class RemoteActors:
             owned.restarts += 1
             self._place_again(aid, owned)
 
-    def _place_again(self, aid: bytes, owned: OwnedActor) -> None:
+    def _place_again(self, aid: bytes, owned: OwnedActor, deadline: float = 0.0) -> None:
         """Create the actor again on a live node that has its resources (here if there is
-        room here now); its constructor runs again, from the arguments kept here."""
+        room here now); its constructor runs again, from the arguments kept here. When no
+        linked peer can hold it, the head's node list is fetched first (this node's may lag:
+        a peer not linked yet, or just joined) and it waits for such a node to be linked,
+        for up to :data:`RELOCATE_PATIENCE` seconds from ``deadline`` - that (0: from now)."""
+        if self.owned_actors.get(aid) is not owned:
+            return   # killed (and buried) while it waited
+        deadline = deadline or time.monotonic() + RELOCATE_PATIENCE
+
+        def answered(nodes: Any) -> None:
+            if self.owned_actors.get(aid) is not owned:
+                return   # killed (and buried) meanwhile
+            if isinstance(nodes, list):
+                self.links.update(nodes)   # links new peers; dead ones are lost
+            self._place_on_listed(aid, owned, deadline)
+        if placement.actor_home(self.sched, owned.msg.resources, self.links.live()) is not None:
+            self._place_on_listed(aid, owned, deadline)
+        elif not self.head.ask(lambda r: P.ListNodes(r), answered):
+            self._place_on_listed(aid, owned, deadline)
+
+    def _place_on_listed(self, aid: bytes, owned: OwnedActor, deadline: float) -> None:
+        """:meth:`_place_again` with the node list as it is now (see placement.restart_home)."""
         msg = owned.msg
-        home = placement.actor_home(self.sched, msg.resources, self.links.live())
-        if home is None:
+        listed = [p.total for p in self.links.peers.values() if p.alive]
+        home = placement.restart_home(self.sched, msg.resources, self.links.live(), listed)
+        if home == "wait" and time.monotonic() < deadline:
+            asyncio.get_running_loop().call_later(RELOCATE_EVERY, self._place_again, aid, owned,
+                                                  deadline)
+            return
+        if home is None or home == "wait":
+            reach = " (none could be reached in time)" if home == "wait" else ""
             self.bury(aid, f"its node died and no live node has the resources it asks "
-                      f"for ({placement.positive(msg.resources)})")
+                      f"for ({placement.positive(msg.resources)}){reach}")
             return
         if home == "here":
             self._recreate_here(aid, owned)
@@ -378,7 +420,8 @@ class RemoteActors:
         owned = self.owned_actors.get(aid)
         label = owned.msg.class_name if owned else aid.hex()[:12]
         death = S.pack_error(ActorDiedError(f"actor {label} died: {why}"))
-        self.dead_actors[aid] = death
+        self.dead_actors.add(aid, DeadActor(label, owned.msg.name if owned else "",
+                                            owned.restarts if owned else 0, "", death))
         self.remote_actors.pop(aid, None)
         self.remote_creating.discard(aid)
         for task in list(calls) + list(self.remote_calls.pop(aid, deque())):
