@@ -439,7 +439,9 @@ class DaskBackend(Backend):
         return found
 
     def can_grow(self) -> bool:
-        return True   # workers may join a Dask cluster at any time
+        # Workers may join a scheduler started elsewhere; the private LocalCluster that
+        # unipar.init() starts never gets more (what fits no worker there would never run).
+        return self._cluster is None
 
     def runtime_context(self) -> dict[str, Any]:
         client = self._live()

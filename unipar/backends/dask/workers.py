@@ -64,7 +64,10 @@ class WorkerView:
             if name not in self._declared:
                 self.refresh()
             if name not in self._declared:
-                continue  # the API's feasibility check has already let this pass
+                # No worker has it (yet): the API warned that it waits, and Dask keeps a task
+                # whose restriction no worker meets pending until a worker that has it joins.
+                out[name] = amount
+                continue
             # More than any one worker has: take a whole worker's share (documented).
             out[name] = min(amount, self._worker_max.get(name, amount))
         return out or None

@@ -50,6 +50,7 @@ class RayBackend(Backend):
     def __init__(self) -> None:
         self._ray_mod: Any = None
         self._worker = False              # True inside a Ray worker: owns nothing
+        self._own_instance = False        # a Ray instance this driver started (set by start)
         self._env = Environment()
         self._temp_dir: str | None = None
         self._functions: dict[str, Any] = {}                       # function_id -> ray fn
@@ -69,6 +70,7 @@ class RayBackend(Backend):
     def start(self, options: InitOptions) -> None:
         address = options.address
         local = address in (None, "local")
+        self._own_instance = local   # started by this driver: it never grows
         loopback = local or (not address.startswith("ray://") and joins_loopback(address))
         imported = "ray" in sys.modules
         if not imported:
@@ -265,7 +267,9 @@ class RayBackend(Backend):
 
     # -- scheduling: Ray's own placement groups and runtime context ---------------------------
     def can_grow(self) -> bool:
-        return True   # Ray keeps infeasible work pending for nodes (or an autoscaler) to come
+        # A Ray cluster keeps infeasible work pending for nodes (or its autoscaler) to come;
+        # the private instance unipar.init() starts gets no more nodes.
+        return not self._own_instance
 
     def runtime_context(self) -> dict[str, Any]:
         ctx = self._live().get_runtime_context()

@@ -344,7 +344,8 @@ class SparkBackend(TaskScheduler, Backend):
 
     # -- scheduling: Spark places work itself (docs/scheduling.md) ----------------------------
     def can_grow(self) -> bool:
-        return True   # executors may join a standalone or YARN/Kubernetes session
+        # Executors may join a standalone or YARN/Kubernetes session; local[N] stays N slots.
+        return not self.spark.is_local
 
     def runtime_context(self) -> dict[str, Any]:
         return {"node_id": self.nodes()[0]["NodeID"], "job_id": self.session_id[:8],
