@@ -22,6 +22,9 @@ NOT_RUN: dict[str, dict[str, str]] = {
             "this test starts would never return",
         "test_cancel_running_task_force":
             "local runs each task inside .remote(): there is no running task to cancel",
+        "test_cancelled_task_is_task_cancelled_and_task_error":
+            "local runs each task inside .remote(): the task has finished before cancel() "
+            "could reach it, so there is nothing to cancel",
         "test_short_tasks_finish_while_one_task_is_blocked":
             "local runs each task inside .remote(): the blocked task never returns control, "
             "so no other task can run meanwhile",

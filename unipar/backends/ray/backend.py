@@ -53,7 +53,7 @@ class RayBackend(Backend):
         self._own_instance = False        # a Ray instance this driver started (set by start)
         self._env = Environment()
         self._temp_dir: str | None = None
-        self._functions: dict[str, Any] = {}                       # function_id -> ray fn
+        self._functions: dict[tuple[str, int], Any] = {}   # (function_id, max_calls) -> ray fn
         self._configured: dict[str, tuple[TaskOptions, Any]] = {}  # function_id -> (opts, fn)
         self._actors = RayActors(self._live, _ensure_worker_backend)
         self._saved_cluster_flag: bool | None = None
@@ -209,12 +209,15 @@ class RayBackend(Backend):
         opts = spec.options
         if cached is not None and (cached[0] is opts or cached[0] == opts):
             return cached[1]
-        base = self._functions.get(spec.function_id)
+        ray_options = task_options(opts)
+        # Ray takes max_calls only where the remote function is made, never in .options().
+        max_calls = ray_options.pop("max_calls", 0)
+        base = self._functions.get((spec.function_id, max_calls))
         if base is None:
             share_pickle_by_value()
-            base = self._functions[spec.function_id] = self._live().remote(
+            make = self._live().remote(max_calls=max_calls) if max_calls else self._live().remote
+            base = self._functions[(spec.function_id, max_calls)] = make(
                 task_body(spec.function, _ensure_worker_backend))
-        ray_options = task_options(opts)
         fn = base.options(**ray_options) if ray_options else base
         self._configured[spec.function_id] = (opts, fn)
         return fn
