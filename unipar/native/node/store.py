@@ -222,7 +222,11 @@ class ObjectStore:
         # Chunked traffic (reported by usage()): objects and bytes pulled in from other nodes,
         # bytes served to them (or to remote drivers), pulls that failed half-way.
         self.traffic = {"pulled": 0, "pulled_bytes": 0, "served_bytes": 0, "pulls_failed": 0}
-        self.pool = SegmentPool(shm_dir, min(limit // POOL_SHARE, POOL_MAX))
+        # Pooled files wait beside the objects, not among them: the objects folder lists live
+        # objects only (what tests and people count), and a rename between the two is free.
+        pool_dir = os.path.join(os.path.dirname(os.path.abspath(shm_dir)), "pool")
+        os.makedirs(pool_dir, exist_ok=True)
+        self.pool = SegmentPool(pool_dir, min(limit // POOL_SHARE, POOL_MAX))
         # The pids of this machine's processes that may map object files (set by the node:
         # its local clients); with the producers and this process, every one ever seen.
         self.local_pids: Callable[[], Iterable[int]] = lambda: ()
