@@ -85,7 +85,7 @@ def _run_once(program: Program, ns: str, expect: set[tuple[str, int]] | None = N
     the ones still missing: a call whose ref was dropped unawaited may still be running."""
     log = os.path.join(LOG_DIR, f"{uuid.uuid4().hex}.log")
     try:
-        result = run(program, log, ns, GET_TIMEOUT)
+        result = run(program, log, ns, GET_TIMEOUT, expect, LEAK_WAIT)
         if expect is not None:
             deadline = time.monotonic() + LEAK_WAIT
             while (not expect <= compared_log(program, result.log)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -150,11 +151,14 @@ def _taint_step(step: Step, out: Taint, alias: dict[str, str]) -> None:
 class Interpreter:
     """Runs one program's steps against the public API and records what it observes."""
 
-    def __init__(self, program: Program, log: str, ns: str, timeout: float) -> None:
+    def __init__(self, program: Program, log: str, ns: str, timeout: float,
+                 expect: set[tuple[str, int]] | None = None, settle: float = 0.0) -> None:
         self.program = program
         self.log = log
         self.ns = ns
         self.timeout = timeout
+        self.expect = expect    # the oracle's compared side effects, if known
+        self.settle = settle    # seconds to wait for them before reading actors' states
         self.env: dict[str, Any] = {}
         self.actors: dict[str, Any] = {}   # variable -> handle, for state() and kill()
         self.run = Run()
@@ -289,6 +293,7 @@ class Interpreter:
             if value is None or isinstance(value, unipar.ActorHandle):
                 continue
             self.observe(f"end value of {name}", {name}, self.canon(value))
+        self.await_side_effects()
         for name, handle in self.actors.items():
             try:
                 state = self.canon(unipar.get(handle.state.remote(self.log), timeout=self.timeout))
@@ -296,6 +301,15 @@ class Interpreter:
                 state = ("raised", self.failed(exc))
             self.observe(f"end state of actor {name}", {name}, state)
         self.run.log = read_log(self.log)
+
+    def await_side_effects(self) -> None:
+        """Wait (at most ``settle`` s) for the oracle's side effects: a call nobody waited for
+        (a dropped task calling an actor) may still be on its way to an actor whose state the
+        end phase reads, and would find it killed after."""
+        deadline = time.monotonic() + self.settle
+        while (self.expect is not None and time.monotonic() < deadline
+               and not self.expect <= compared_log(self.program, read_log(self.log))):
+            time.sleep(0.05)
 
     def cleanup(self) -> None:
         """Kill the program's actors and drop every ref it holds."""
@@ -323,9 +337,11 @@ def _ordered(part: list[Any], whole: list[Any]) -> bool:
     return all(any(x == y for y in it) for x in map(id, part))
 
 
-def run(program: Program, log: str, ns: str, timeout: float) -> Run:
-    """Run ``program`` on the backend unipar is initialised with."""
-    return Interpreter(program, log, ns, timeout).execute()
+def run(program: Program, log: str, ns: str, timeout: float,
+        expect: set[tuple[str, int]] | None = None, settle: float = 0.0) -> Run:
+    """Run ``program`` on the backend unipar is initialised with; before the end phase, wait
+    up to ``settle`` s for the side effects in ``expect``."""
+    return Interpreter(program, log, ns, timeout, expect, settle).execute()
 
 
 # -- comparing ----------------------------------------------------------------------------------
@@ -342,6 +358,8 @@ def compare(program: Program, oracle: Run, other: Run) -> list[str]:
         uncertain = bool(reads & (t.names | t.actors))
         if uncertain and "TaskCancelledError" in repr(got):
             continue
+        if uncertain and key.startswith("end value") and got == "<not observed>":
+            continue   # its Fetch raised TaskCancelledError: the variable was never bound
         if reads & t.actors and "ActorDiedError" in repr(got):
             continue
         diffs.append(f"{key}: local gave {want!r}, this backend {got!r}")

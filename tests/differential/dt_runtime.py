@@ -134,13 +134,20 @@ class Acc:
         self.sum = 0
         self.held: list[Any] = list(held)
         self.lock = threading.Lock()   # max_concurrency > 1 runs calls on several threads
+        self.adding = 0                # add calls started, not yet counted in sum
 
     def add(self, log: str, tag: int, *args: Any, n: int = 1) -> Any:
-        note(log, f"a{self.tag}", tag)
-        out = _outputs(tag, resolve(list(args), log, tag), n)
         with self.lock:
-            self.sum += total(out)
-        return out
+            self.adding += 1
+        try:
+            note(log, f"a{self.tag}", tag)
+            out = _outputs(tag, resolve(list(args), log, tag), n)
+            with self.lock:
+                self.sum += total(out)
+            return out
+        finally:
+            with self.lock:
+                self.adding -= 1
 
     def fail(self, log: str, tag: int, kind: str, *args: Any) -> Any:
         note(log, f"a{self.tag}", tag)
@@ -160,7 +167,12 @@ class Acc:
         return unipar.get(peer.add.remote(log, tag, *args), timeout=INNER_TIMEOUT)
 
     def state(self, log: str) -> tuple[int, int]:
-        """(sum of values returned so far, value of everything held): order-independent."""
+        """(sum of values returned so far, value of everything held): order-independent.
+        Waits (bounded) for add calls in progress on other threads: one that started (its
+        side effect is in the log) counts, as on the oracle, where it finished at once."""
+        deadline = time.monotonic() + INNER_TIMEOUT
+        while self.adding and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self.lock:
             held = list(self.held)
         return self.sum, total(resolve(held, log, -1))
@@ -176,12 +188,17 @@ class AsyncAcc:
         self.tag = tag
         self.sum = 0
         self.held: list[Any] = list(held)
+        self.adding = 0   # add calls started, not yet counted in sum (they await refs)
 
     async def add(self, log: str, tag: int, *args: Any, n: int = 1) -> Any:
-        note(log, f"a{self.tag}", tag)
-        out = _outputs(tag, await aresolve(list(args), log, tag), n)
-        self.sum += total(out)   # no await in between: atomic on the event loop
-        return out
+        self.adding += 1
+        try:
+            note(log, f"a{self.tag}", tag)
+            out = _outputs(tag, await aresolve(list(args), log, tag), n)
+            self.sum += total(out)   # no await in between: atomic on the event loop
+            return out
+        finally:
+            self.adding -= 1
 
     async def fail(self, log: str, tag: int, kind: str, *args: Any) -> Any:
         note(log, f"a{self.tag}", tag)
@@ -198,6 +215,9 @@ class AsyncAcc:
         return await asyncio.wait_for(_awaited(peer.add.remote(log, tag, *args)), INNER_TIMEOUT)
 
     async def state(self, log: str) -> tuple[int, int]:
+        deadline = time.monotonic() + INNER_TIMEOUT   # as Acc.state: started adds count
+        while self.adding and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         return self.sum, total(await aresolve(list(self.held), log, -1))
 
 

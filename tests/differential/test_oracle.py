@@ -16,6 +16,7 @@ T = 30.0
 
 @pytest.fixture
 def local() -> Iterator[None]:
+    unipar.shutdown()   # the session's backend, if any: the plugin starts it again when needed
     unipar.init(backend="local")
     yield
     unipar.shutdown()
