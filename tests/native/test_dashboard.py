@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from multinode import Cluster, base_env, unipar
-from unipar.native.cluster.launcher import node_ip
+from unipar.hostip import machine_ip as node_ip
 from unipar.native.dashboard.api import log_page, pick
 from unipar.testing import free_port, terminate, wait_for
 

@@ -9,9 +9,8 @@ running), or where the backend cannot say, it is this machine's primary IPv4 add
 
 from __future__ import annotations
 
-import socket
-
 from .. import _state
+from ..hostip import machine_ip
 
 __all__ = ["get_node_ip_address"]
 
@@ -26,20 +25,5 @@ def get_node_ip_address() -> str:
         for node in backend.nodes():
             if node.get("NodeID") == node_id and node.get("NodeManagerAddress"):
                 return str(node["NodeManagerAddress"])
-    return _machine_ip()
+    return machine_ip()
 
-
-def _machine_ip() -> str:
-    """This machine's primary IPv4 address: the one its default route uses (no packet is
-    sent), else what its host name resolves to, else 127.0.0.1."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("10.255.255.255", 1))
-        return probe.getsockname()[0]
-    except OSError:
-        try:
-            return socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return "127.0.0.1"
-    finally:
-        probe.close()

@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 
 from ... import config
+from ...hostip import machine_ip
 
 START_TIMEOUT = 30.0
 BOOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "node",
@@ -280,22 +281,8 @@ def advertised_host(host: str) -> str:
     wildcard ``0.0.0.0`` this machine's primary IP."""
     if host not in ("0.0.0.0", ""):
         return host
-    return node_ip()
+    return machine_ip()
 
-
-def node_ip() -> str:
-    """This machine's primary IPv4 address (the one its default route uses; no packet is sent)."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("10.255.255.255", 1))
-        return probe.getsockname()[0]
-    except OSError:
-        try:
-            return socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return "127.0.0.1"
-    finally:
-        probe.close()
 
 
 def _listen_tcp(host: str, port: int = 0) -> socket.socket:
