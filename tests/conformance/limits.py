@@ -44,6 +44,17 @@ NOT_RUN: dict[str, dict[str, str]] = {
             "local runs each call to completion inside .remote(): a call that waits on a "
             "Queue only a later put fills never returns control",
     },
+    "ray": {
+        # Generated programs cancel tasks at random moments; Ray 2.60's driver then sometimes
+        # aborts ("Check failed: it != submissible_tasks_.end() Tried to complete task that
+        # was not pending", task_manager.cc), which ends the whole pytest process.
+        "test_differential_cancel":
+            "Ray 2.60 aborts the driver process when a cancel races a task's completion "
+            "(RAY_CHECK in TaskManager; ray-project/ray#54738, #54798)",
+        "test_fuzz":
+            "Ray 2.60 aborts the driver process when a cancel races a task's completion "
+            "(RAY_CHECK in TaskManager; ray-project/ray#54738, #54798); make fuzz draws cancels",
+    },
 }
 
 LIMITS: dict[str, dict[str, str]] = {
