@@ -26,6 +26,9 @@ class _PlainBar:
     def __init__(self, total: int, description: str) -> None:
         self.total, self.description = total, description or "unipar"
 
+    def describe(self, description: str) -> None:
+        self.description = description
+
     def update(self, done: int) -> None:
         filled = WIDTH * done // max(self.total, 1)
         sys.stderr.write(f"\r{self.description} [{'#' * filled}{' ' * (WIDTH - filled)}] "
@@ -44,6 +47,9 @@ class _RichBar:
         self.progress.start()
         self.task = self.progress.add_task(description or "unipar", total=total)
 
+    def describe(self, description: str) -> None:
+        self.progress.update(self.task, description=description)
+
     def update(self, done: int) -> None:
         self.progress.update(self.task, completed=done)
 
@@ -51,8 +57,9 @@ class _RichBar:
         self.progress.stop()
 
 
-def _bar(total: int, description: str) -> Any:
-    """A bar on stderr, or None when stderr is not a terminal."""
+def terminal_bar(total: int, description: str) -> Any:
+    """A bar on stderr (``describe(text)``, ``update(done)``, ``close()``), or None when
+    stderr is not a terminal. ``unipar compare`` shows its runs with it too."""
     if not sys.stderr.isatty():
         return None
     if importlib.util.find_spec("rich") is not None:
@@ -69,7 +76,7 @@ def track(refs: Sequence[Any], wait_some: Callable[[list[Any], float], list[Any]
     that follows raises the timeout, as it would without a bar."""
     pending = list(dict.fromkeys(refs))
     total = len(pending)
-    bar = _bar(total, description) if total else None
+    bar = terminal_bar(total, description) if total else None
     if bar is None:   # nothing to show: the get that follows does the waiting
         return
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -196,13 +196,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def run_all(args: argparse.Namespace, backends: list[str],
             ignore: list[re.Pattern[str]]) -> list[BackendRuns]:
     """Run the script ``args.repeat`` times on each backend, alternating backends."""
+    from ._progress import terminal_bar
     from .proctree import run_measured
     runs = {name: BackendRuns(name) for name in backends}
     argv = [sys.executable, args.script, *args.args]
+    bar = terminal_bar(args.repeat * len(backends), "unipar compare")   # None: not a terminal
     for rep in range(args.repeat):
         for name in backends:
-            print(f"unipar compare: {name} (run {rep + 1}/{args.repeat})", file=sys.stderr)
+            doing = f"unipar compare: {name} (run {rep + 1}/{args.repeat})"
+            if bar is None:
+                print(doing, file=sys.stderr)
+            else:
+                bar.describe(doing)
             result = run_measured(argv, backend_env(name, None), timeout=args.timeout)
+            if bar is not None:
+                bar.update(rep * len(backends) + backends.index(name) + 1)
             r = runs[name]
             r.exit_codes.append(result.returncode)
             r.wall_s.append(result.wall_s)
@@ -213,6 +221,8 @@ def run_all(args: argparse.Namespace, backends: list[str],
             if not result.ok and not r.stderr_tail:
                 tail = result.stderr.strip().splitlines()[-15:]
                 r.stderr_tail = "\n".join(tail) or ("timed out" if result.timed_out else "")
+    if bar is not None:
+        bar.close()
     return list(runs.values())
 
 

@@ -133,6 +133,35 @@ def test_compare_passes_script_arguments_after_double_dash(tmp_path):
     assert json.loads(out.read_text())["args"] == ["--x", "1"]
 
 
+def test_compare_shows_a_progress_bar_in_a_terminal_only(tmp_path):
+    import pty
+    path = script(tmp_path, """
+        import unipar
+        print(unipar.get(unipar.put(41)) + 1)
+    """)
+    argv = [sys.executable, "-m", "unipar.cli", "compare", path, "--backends", "local"]
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "%" not in piped.stderr   # a pipe gets plain lines
+    assert "unipar compare: local (run 1/1)" in piped.stderr
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:   # the terminal closed: the command is done
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(timeout=120) == 0
+    finally:
+        os.close(leader)
+    assert b"100%" in seen, seen[-2000:]
+
+
 def test_normalise_output_strips_worker_prefix_and_ignored_lines():
     text = "(square pid=123) computing 3\nresult 9\nelapsed 0.31 s\n(Actor pid=9, ip=1.2.3.4) hi\n"
     lines = normalise_output(text, [re.compile(r"^elapsed ")])
