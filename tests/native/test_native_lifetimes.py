@@ -24,6 +24,7 @@ T = 60.0   # every get: a lost object must fail the test, not hang it
 
 @pytest.fixture(scope="module")
 def native() -> Iterator[None]:
+    unipar.shutdown()   # the session's backend, if any: the plugin starts it again when needed
     unipar.init(backend="native", num_cpus=2)
     yield
     unipar.shutdown()
