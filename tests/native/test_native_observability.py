@@ -249,25 +249,3 @@ def test_timeline_is_chrome_trace_with_an_event_per_task(tmp_path: Any) -> None:
     finally:
         up.shutdown()
 
-
-def test_tasks_of_a_driver_that_exits_at_once_count_as_finished(cluster: Cluster,
-                                                                  url: str) -> None:
-    # A driver that leaves right after its last result takes its leased workers with it: the
-    # tasks they ran must already be reported finished, not lost with the workers.
-    code = textwrap.dedent("""
-        import time, unipar
-        unipar.init()
-        @unipar.remote
-        def square(x):
-            time.sleep(0.05)
-            return x * x
-        assert unipar.get([square.remote(i) for i in range(20)], timeout=60) == [
-            i * i for i in range(20)]
-    """)
-    before = totals(url)
-    done = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True,
-                          text=True, env=dict(cluster.env, UNIPAR_ADDRESS="auto"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    after = wait_for(lambda: (t := totals(url))["tasks_finished"]
-                     >= before["tasks_finished"] + 20 and t, "20 more tasks finished")
-    assert after["tasks_failed"] == before["tasks_failed"], after

@@ -50,7 +50,6 @@ class TaskEvents:
         self.send = send
         self.events: collections.deque[list] = collections.deque()
         self.wake = threading.Event()
-        self.hurry = threading.Event()   # the worker went idle: send without waiting BATCH_S
         self.local = threading.local()   # the failure text of the call on this thread
 
     def started(self, task_id: bytes, name: str, kind: str = "task") -> None:
@@ -72,20 +71,14 @@ class TaskEvents:
         if not self.wake.is_set():
             self.wake.set()
 
-    def idle(self) -> None:
-        """The worker has nothing queued: send what it recorded now. A driver that exits right
-        after its last result takes its leased workers with it; their last tasks must already
-        be reported finished, not left running (and then counted as lost with the worker)."""
-        if self.events and not self.hurry.is_set():
-            self.hurry.set()
-
     def run_forever(self) -> None:
-        """The sender thread: one TaskEvents per BATCH_S while there is something to say, or
-        at once when the worker goes idle."""
+        """The sender thread: one TaskEvents per BATCH_S while there is something to say.
+        (Sending sooner, when the worker goes idle, would also send the worker's dropped refs
+        sooner — every send carries them — and a node then frees a copy it pulled before the
+        next task on it, which reads the same object, has asked for it: it pulls it twice.)"""
         while True:
             self.wake.wait()
-            self.hurry.wait(BATCH_S)
-            self.hurry.clear()
+            time.sleep(BATCH_S)
             self.wake.clear()
             batch = []
             try:

@@ -200,10 +200,8 @@ class Runtime:
         handlers = self.run_handlers
         while True:
             try:
-                if self.inbox.empty():   # about to wait: say now what is done
-                    if self.unflushed:
-                        self._flush_replies()
-                    self.events.idle()
+                if self.unflushed and self.inbox.empty():
+                    self._flush_replies()
                 msg, reply = self.inbox.get()
                 handle = handlers.get(msg.op)
                 if handle is not None:
