@@ -72,6 +72,7 @@ def test_differential_cancel(unipar_backend: str, unipar_init_kwargs: dict[str, 
 
 @pytest.mark.skipif("UNIPAR_FUZZ_MINUTES" not in os.environ,
                     reason="long fuzzing: make fuzz (UNIPAR_FUZZ_MINUTES)")
+@pytest.mark.timeout(0)   # bounded by FUZZ_MINUTES (the module's 1800 s cut 30-minute runs)
 def test_fuzz(unipar_backend: str, unipar_init_kwargs: dict[str, Any]) -> None:
     """Batches of bigger programs with every feature, a fresh seed per batch, until the time
     is up (one batch at least; ``UNIPAR_FUZZ_SEED`` fixes the first batch's seed)."""
