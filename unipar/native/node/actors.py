@@ -14,7 +14,6 @@ reached through the :class:`~.ports.Elsewhere` interface.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import OrderedDict
 from typing import Callable, Iterator
@@ -32,14 +31,13 @@ from .scheduler import PlaceActor, Scheduler, env_of
 from .tasks import TaskTable, cancelled_error
 
 DEATHS_KEPT = 10_000   # dead actors whose own death later calls still raise (then a generic one)
-SHARED_DEATHS = 256    # distinct death payloads kept for sharing (see Deaths.shared)
 
 
 class DeadActor:
     """What is kept of an actor that died for good: enough to answer later calls, address
     requests and the dashboard's listing (its creation message, queue and tasks are freed)."""
 
-    __slots__ = ("class_name", "death", "name", "restarts", "worker")
+    __slots__ = ("class_name", "name", "restarts", "worker", "death")
 
     def __init__(self, class_name: str, name: str, restarts: int, worker: str,
                  death: bytes) -> None:
@@ -58,18 +56,11 @@ class Deaths:
     def __init__(self, limit: int = DEATHS_KEPT) -> None:
         self.limit = limit
         self.records: OrderedDict[bytes, DeadActor] = OrderedDict()
-        # Deaths repeat (every actor of a class killed says the same): identical ones share
-        # one copy. Bounded too: emptied when full (later ones then share a new copy).
-        self.shared: dict[bytes, bytes] = {}
 
     def __len__(self) -> int:
         return len(self.records)
 
     def add(self, aid: bytes, record: DeadActor) -> None:
-        if len(self.shared) >= SHARED_DEATHS:
-            self.shared.clear()
-        record.death = self.shared.setdefault(record.death, record.death)
-        record.class_name = sys.intern(record.class_name)
         self.records[aid] = record
         self.records.move_to_end(aid)
         while len(self.records) > self.limit:

@@ -10,7 +10,6 @@ here; when that peer dies, the owner decides its fate::
     peer lost ─▶ owned actor, restarts left? ─▶ head: still alive then? (LookupActor)
         │  yes ─▶ calls in flight: queued again within max_task_retries, others fail
         │         ─▶ a live node with its resources (here, or a peer) ─▶ CreateActor there
-        │            (none linked: the head's node list, and wait for a listed one to link)
         │            (constructor re-run; queued calls follow, in order; the name is kept)
         └─ no  ─▶ dead: queued and later calls fail with ActorDiedError; its name is freed
 
@@ -358,9 +357,8 @@ class RemoteActors:
         """Create the actor again on a live node that has its resources (here if there is
         room here now); its constructor runs again, from the arguments kept here. When no
         linked peer can hold it, the head's node list is fetched first (this node's may lag:
-        a peer not linked yet, or just joined) and, if a node there could hold it, it waits
-        for the link until ``deadline`` (monotonic; 0: :data:`RELOCATE_PATIENCE` s from now).
-        It is given up only when no node the head lists could ever hold it."""
+        a peer not linked yet, or just joined) and it waits for such a node to be linked,
+        for up to :data:`RELOCATE_PATIENCE` seconds from ``deadline`` - that (0: from now)."""
         if self.owned_actors.get(aid) is not owned:
             return   # killed (and buried) while it waited
         deadline = deadline or time.monotonic() + RELOCATE_PATIENCE
@@ -371,9 +369,8 @@ class RemoteActors:
             if isinstance(nodes, list):
                 self.links.update(nodes)   # links new peers; dead ones are lost
             self._place_on_listed(aid, owned, deadline)
-        home = placement.actor_home(self.sched, owned.msg.resources, self.links.live())
-        if home is not None:
-            self._place_at(aid, owned, home)
+        if placement.actor_home(self.sched, owned.msg.resources, self.links.live()) is not None:
+            self._place_on_listed(aid, owned, deadline)
         elif not self.head.ask(lambda r: P.ListNodes(r), answered):
             self._place_on_listed(aid, owned, deadline)
 
@@ -391,14 +388,9 @@ class RemoteActors:
             self.bury(aid, f"its node died and no live node has the resources it asks "
                       f"for ({placement.positive(msg.resources)}){reach}")
             return
-        self._place_at(aid, owned, home)
-
-    def _place_at(self, aid: bytes, owned: OwnedActor, home: Peer | str) -> None:
-        """Create the actor again at ``home`` ("here", or a peer), from the arguments kept."""
         if home == "here":
             self._recreate_here(aid, owned)
             return
-        msg = owned.msg
         self.remote_actors[aid] = home.node_id   # type: ignore[union-attr]
         left = -1 if msg.max_restarts == -1 else msg.max_restarts - owned.restarts
         init = self.tasks.make_task(None, aid, f"{msg.class_name}.__init__", msg.args, msg.deps,
