@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from limits import LIMITS, NOT_BUILT, NOT_RUN
+from limits import mark_expected_failure
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +24,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         backend = _backend_of(item)
         if backend is None:
             continue
-        if backend in NOT_BUILT:
-            item.add_marker(pytest.mark.xfail(
-                run=False, reason=f"backend {backend!r} is not built yet: issue #{NOT_BUILT[backend]}"))
-            continue
-        hang = NOT_RUN.get(backend, {}).get(item.originalname)
-        if hang:
-            item.add_marker(pytest.mark.xfail(run=False, reason=hang))
-            continue
-        reason = LIMITS.get(backend, {}).get(item.originalname)
-        if reason:
-            item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+        mark_expected_failure(item, backend)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(HERE.parent / "conformance"))
 
 import dt_harness  # noqa: E402
 import dt_runtime  # noqa: E402
-from limits import LIMITS, NOT_BUILT, NOT_RUN  # noqa: E402
+from limits import mark_expected_failure  # noqa: E402
 
 # Workers cannot import dt_runtime: its functions and classes travel by value.
 cloudpickle.register_pickle_by_value(dt_runtime)
@@ -44,17 +44,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if item.get_closest_marker("xfail") is not None:   # the conformance hook was first
             continue
-        if backend in NOT_BUILT:
-            item.add_marker(pytest.mark.xfail(
-                run=False, reason=f"backend {backend!r} is not built yet: issue #{NOT_BUILT[backend]}"))
-            continue
-        hang = NOT_RUN.get(backend, {}).get(item.originalname)
-        if hang:
-            item.add_marker(pytest.mark.xfail(run=False, reason=hang))
-            continue
-        reason = LIMITS.get(backend, {}).get(item.originalname)
-        if reason:
-            item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+        mark_expected_failure(item, backend)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
