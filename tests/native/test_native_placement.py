@@ -73,11 +73,24 @@ def test_the_least_loaded_peer_with_room_is_chosen():
     assert placement.task_peer(sched, CPU1, [b, c], from_peer=False) is b
 
 
-def test_a_task_for_a_resource_only_a_peer_has_goes_there_even_without_room():
+def test_a_task_for_a_resource_only_a_peer_has_goes_there_while_it_has_room():
+    sched = node(2)
+    gpu = peer("g", 2, GPU=1)
+    assert placement.task_peer(sched, {"GPU": 1}, [peer(), gpu], from_peer=False) is gpu
+
+
+def test_a_task_for_a_resource_only_full_peers_have_waits_here_to_be_pulled():
+    # Queued at a full peer, it would stay there even when another node with room joins.
     sched = node(2)
     gpu = peer("g", 2, GPU=1)
     sent(gpu, 1, {"GPU": 1})
-    assert placement.task_peer(sched, {"GPU": 1}, [peer(), gpu], from_peer=False) is gpu
+    assert placement.task_peer(sched, {"GPU": 1}, [peer(), gpu], from_peer=False) is None
+    assert not placement.home_unknown(sched, {"GPU": 1}, [peer(), gpu], from_peer=False)
+    sched.add_task("gpu-task", {"GPU": 1.0}, 0.0)
+    assert placement.stranded(sched) == [["gpu-task"]]
+    assert placement.pull_to(sched, gpu, lambda _id: True) == []
+    joined = peer("h", 2, GPU=1)          # a node with room joins: it pulls the task
+    assert placement.pull_to(sched, joined, lambda _id: True) == ["gpu-task"]
 
 
 def test_a_task_no_known_node_can_run_waits_for_the_heads_verdict():

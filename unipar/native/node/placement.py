@@ -11,7 +11,10 @@ Rules:
 * A task runs here when it fits this node's totals and there is room here now (free minus
   what is queued here already); else it goes to the peer with room that is least loaded by
   what we sent it (CPU share). One that asks for what this node does not have goes to a peer
-  that has it (one with room first). Tasks that came from a peer are never sent on again.
+  that has it and has room; while none has room it waits here, and is pulled by the first
+  such peer that finishes work of ours or joins (a node that joins late still gets its share,
+  as Ray's raylet keeps such work queued until a node has room). Tasks that came from a peer
+  are never sent on again.
 * A lease (the direct path) is refused ("busy") when peers exist and there is no room here
   now: the client then submits through this node, which spreads the work. Lease requests
   already queued here are refused once a peer reports room for them (a node that joined, or
@@ -109,9 +112,8 @@ def task_peer(sched: SchedulerView, demand: dict[str, float], peers: Sequence[P]
         if from_peer or room_here(sched, demand):
             return None
         candidates = [p for p in peers if p.room(demand)]
-    else:
-        candidates = [p for p in peers if p.has(demand)]
-        candidates = [p for p in candidates if p.room(demand)] or candidates
+    else:   # none has room: it waits here, queued ("stranded"), until one has
+        candidates = [p for p in peers if p.has(demand) and p.room(demand)]
     return _least_loaded(candidates) if candidates else None
 
 
