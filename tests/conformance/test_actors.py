@@ -200,6 +200,23 @@ def test_failed_constructor_makes_calls_raise_actor_died(unipar_backend):
         unipar.get(broken.ping.remote(), timeout=60)
 
 
+def test_a_named_actor_whose_constructor_failed_keeps_its_name(unipar_backend):
+    # As in Ray 2.60: an actor whose constructor raised is dead, but its name stays taken while
+    # its creator holds it (a killed actor's name is freed): get_actor gives a handle whose
+    # calls raise the constructor's error, whether or not its death is known yet.
+    broken = Broken.options(name="broken-ctor").remote()
+    with pytest.raises(unipar.ActorDiedError, match="constructor failed"):
+        unipar.get(broken.ping.remote(), timeout=60)
+    found = unipar.get_actor("broken-ctor")
+    with pytest.raises(unipar.ActorDiedError, match="constructor failed"):
+        unipar.get(found.ping.remote(), timeout=60)
+    with pytest.raises(ValueError):
+        Counter.options(name="broken-ctor").remote()
+    unipar.kill(broken)
+    with pytest.raises(ValueError):
+        unipar.get_actor("broken-ctor")
+
+
 def test_actors_run_in_parallel(unipar_backend, tmp_path):
     # Each actor announces itself with a file, then waits for the other's: both calls can only
     # return True if they are in progress at the same time, i.e. the actors run in parallel.

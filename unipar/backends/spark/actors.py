@@ -286,7 +286,7 @@ class ActorTable:
             error = message[1]
             self._die(actor, _died(f"actor {actor.name} could not start: its constructor raised "
                                    f"{type(getattr(error, 'cause', error)).__name__}: "
-                                   f"{getattr(error, 'cause', error)}", error))
+                                   f"{getattr(error, 'cause', error)}", error), keep_name=True)
         elif kind == "result":
             _, call_id, (status, value) = message
             call = actor.inflight.pop(call_id, None)
@@ -383,15 +383,17 @@ class ActorTable:
             group = actor.group(b.session_id)
             threading.Thread(target=b.spark.cancel_group, args=(group,), daemon=True).start()
 
-    def _die(self, actor: _Actor, error: ActorDiedError) -> None:
+    def _die(self, actor: _Actor, error: ActorDiedError, keep_name: bool = False) -> None:
+        """``actor`` is dead for good; its calls fail with ``error``. Its name is freed, except
+        after a failed constructor (``keep_name``): as in Ray, that name stays taken, and
+        get_actor gives a handle whose calls raise, until the actor is killed."""
         if actor.state == "dead":
             return
         self._disconnect(actor)
         actor.state = "dead"
         actor.dead_error = error
-        name = actor.spec.options.name
-        if name is not None and self._names.get(name) == actor.number:
-            del self._names[name]
+        if not keep_name:
+            self._free_name(actor)
         calls = list(actor.inflight.values()) + list(actor.queue)
         actor.inflight.clear()
         actor.queue.clear()
@@ -404,12 +406,19 @@ class ActorTable:
         with self._b.lock:
             actor = self._actors.get(actor_id.number)
             if actor is None or actor.state == "dead":
+                if actor is not None and no_restart:
+                    self._free_name(actor)   # a failed constructor's name, kept till now
                 return
             if not no_restart and actor.restarts_left != 0 and actor.state in ("starting", "alive"):
                 self._lost(actor, "it was killed with unipar.kill(no_restart=False)")
             else:
                 self._die(actor, ActorDiedError(f"actor {actor.name} was killed with unipar.kill()"))
             self._b.schedule()
+
+    def _free_name(self, actor: _Actor) -> None:
+        name = actor.spec.options.name
+        if name is not None and self._names.get(name) == actor.number:
+            del self._names[name]
 
     def count_handles(self, changes: Sequence[tuple[int, int]], escaped: set[int]) -> None:
         """Apply handle count changes; kill unnamed actors whose last driver handle is gone."""
