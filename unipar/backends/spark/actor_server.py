@@ -22,6 +22,7 @@ from ...options import split_returns
 from ..._yielding import bound_method
 from . import envs
 from .channel import recv, send
+from .generators import STREAM, StreamRunner
 from .executor import (ActorPayload, ThreadContext, current_context, ensure_worker,
                        resolve_args, thread_state)
 
@@ -103,7 +104,11 @@ class _ActorServer:
     def _prepare(self, message: tuple) -> tuple[int, Callable[..., Any], tuple, dict, int, str]:
         _, call_id, method, args_blob, dep_values, num_returns = message
         args, kwargs = resolve_args(args_blob, dep_values)
-        return call_id, bound_method(self._instance, method), args, kwargs, num_returns, method
+        if method.startswith(STREAM):   # a streaming generator method (generators.py)
+            fn: Callable[..., Any] = StreamRunner(getattr(self._instance, method[len(STREAM):]))
+        else:
+            fn = bound_method(self._instance, method)
+        return call_id, fn, args, kwargs, num_returns, method
 
     def _reply(self, call_id: int, method: str, num_returns: int, result: Any) -> None:
         outputs = split_returns(result, num_returns, f"{self._payload.name}.{method}")

@@ -53,11 +53,12 @@ from ...exceptions import (GetTimeoutError, NotSupportedError, ObjectLostError,
 from ...options import InitOptions, resource_demand
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec
 from ..scheduling import no_groups, refuse_strategy
-from ..streams import CollectedStream, collect_call, collect_spec
+from ..streams import header_call, header_spec
 from . import envs
 from .actors import ActorTable, split_args
 from .channel import ChannelServer
 from .executor import DRIVER_STORES, SessionInfo, SparkRef, TaskPayload
+from .generators import STREAM, StreamRunner, StreamTable
 from .results import Entry
 from .runners import Task, TaskScheduler, short_name
 from .session import SparkSessionHandle
@@ -84,6 +85,7 @@ class SparkBackend(TaskScheduler, Backend):
         self.channel: ChannelServer | None = None
         self.info: SessionInfo | None = None
         self.actors = ActorTable(self)
+        self.streams = StreamTable(self)
         self.log_to_driver = True
         self.job_env: dict[str, Any] = {}   # init(runtime_env=...): under every task's
         self._stopped = False
@@ -100,7 +102,8 @@ class SparkBackend(TaskScheduler, Backend):
         self.totals.update({k: float(v) for k, v in options.resources.items()})
         self.free = dict(self.totals)
         self.channel = ChannelServer(self.spark.driver_host, self._handlers(),
-                                     {"log": self.on_log}, self.actors.on_connection)
+                                     {"log": self.on_log, "stream_drop": self.streams.drop},
+                                     self.actors.on_connection)
         self.info = SessionInfo(self.session_id, self.channel.address, self.channel.authkey,
                                 tuple(p for p in sys.path if p and os.path.isdir(p)))
         DRIVER_STORES[self.session_id] = self
@@ -117,6 +120,7 @@ class SparkBackend(TaskScheduler, Backend):
                     self._fail_task(task, UniparError("the spark session was shut down"))
             self.cond.notify_all()
         self.actors.shutdown()
+        self.streams.clear()
         if self.channel is not None:
             self.channel.close()
         if self.spark is not None:
@@ -307,12 +311,21 @@ class SparkBackend(TaskScheduler, Backend):
                                          actor_id.number)
         return actor_id, busy
 
-    # Generators run to completion in the worker, then stream from here (docs/generators.md).
-    def submit_stream(self, spec: TaskSpec) -> Stream:
-        return CollectedStream(self, self.submit(collect_spec(spec))[0])
+    # Generators stream: each value comes here as it is yielded (generators.py).
+    def submit_stream(self, spec: TaskSpec, parent: int | None = None,
+                      held: bool = False) -> Stream:
+        self._check_live()
+        return self.streams.open(
+            spec.options._generator_backpressure_num_objects,
+            lambda stream_id: self.submit(header_spec(spec, StreamRunner, stream_id), parent)[0],
+            held)
 
-    def call_actor_stream(self, actor_id: Any, call: ActorCall) -> Stream:
-        return CollectedStream(self, self.call_actor(actor_id, collect_call(call))[0])
+    def call_actor_stream(self, actor_id: Any, call: ActorCall, held: bool = False) -> Stream:
+        self._check_live()
+        return self.streams.open(
+            call.backpressure,
+            lambda stream_id: self.call_actor(actor_id, header_call(call, STREAM, stream_id))[0],
+            held)
 
     def call_actor(self, actor_id: Any, call: ActorCall) -> list[SparkRef]:
         self._check_live()
@@ -395,6 +408,12 @@ class SparkBackend(TaskScheduler, Backend):
             "wait_placement_group": self.wait_placement_group,
             "remove_placement_group": self.remove_placement_group,
             "placement_group_table": self.placement_group_table,
+            # generators (generators.py): values as they are yielded; executor code's streams
+            "yield": self.streams.on_yield,
+            "submit_stream": self._remote_submit_stream,
+            "call_actor_stream": self._remote_call_actor_stream,
+            "stream_next": self._remote_stream_next,
+            "stream_cancel": self._remote_stream_cancel,
         }
 
     def _put_bytes(self, data: bytes) -> SparkRef:
@@ -412,6 +431,32 @@ class SparkBackend(TaskScheduler, Backend):
                      timeout: float | None) -> tuple:
         got = self._done_indices(handles, num_returns, timeout, caller)
         return ("inline", got) if isinstance(got, TaskPayload) else ("done", got)
+
+    def _remote_submit_stream(self, spec: TaskSpec, caller: int | None,
+                              dropped: list[int]) -> int:
+        self.streams.drop(dropped)
+        return self.submit_stream(spec, caller, held=True).id  # type: ignore[attr-defined]
+
+    def _remote_call_actor_stream(self, actor_id: Any, call: ActorCall, dropped: list[int]) -> int:
+        self.streams.drop(dropped)
+        return self.call_actor_stream(actor_id, call, held=True).id  # type: ignore[attr-defined]
+
+    def _remote_stream_next(self, stream_id: int, timeout: float | None,
+                            dropped: list[int]) -> SparkRef | None:
+        """The next ref of a stream executor code opened; None: it ended."""
+        self.streams.drop(dropped)
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return None
+        try:
+            return stream.next(timeout)
+        except StopIteration:
+            return None
+
+    def _remote_stream_cancel(self, stream_id: int, force: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.cancel(force)
 
     def on_log(self, stream: str, text: str) -> None:
         if not self.log_to_driver:

@@ -24,6 +24,7 @@ Also here: the types both sides share (handles, payloads), because executors unp
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import io
@@ -41,7 +42,6 @@ from ...exceptions import ResourcesBusyWarning, UniparError, capture_remote
 from ...options import InitOptions, TaskOptions, split_returns
 from ..base import (ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec,
                     install_worker_backend)
-from ..streams import CollectedStream, collect_call, collect_spec
 from . import envs
 from .channel import ChannelClient
 
@@ -219,6 +219,11 @@ def _client() -> ChannelClient:
     return client
 
 
+def channel_call(op: str, *args: Any) -> Any:
+    """One request to the driver over this thread's connection (what generators.py yields by)."""
+    return _client().call(op, *args)
+
+
 class _Forward(io.TextIOBase):
     """Replaces sys.stdout/sys.stderr in a worker: lines of a task go to the driver, prefixed."""
 
@@ -350,6 +355,7 @@ def run_task(payload: TaskPayload, runner_id: int | None = None) -> TaskPayload 
     finally:
         ctx.flush()
         thread_state.context = previous
+    _report_dropped_streams(client)   # the task's own streams are usually dropped by now
     try:
         return client.call("task_done", payload.task_id, payload.attempt, outcome, runner_id)
     except Exception as exc:  # the result did not pickle: report that instead
@@ -366,6 +372,50 @@ def runner_partition(runner_id: int, payload: TaskPayload, rows: Iterable[Any]) 
     while next_payload is not None:
         next_payload = run_task(next_payload, runner_id)
     return []
+
+
+# -- streams opened by executor code ------------------------------------------------------------
+
+# Ids of ExecutorStreams that were dropped: __del__ may run inside GC, while this thread's
+# connection is in use, so it only queues; the next stream call or task report sends them.
+_dropped_streams: collections.deque = collections.deque()
+
+
+def _take_dropped() -> list[int]:
+    taken = []
+    while _dropped_streams:
+        taken.append(_dropped_streams.popleft())
+    return taken
+
+
+def _report_dropped_streams(client: ChannelClient) -> None:
+    if _dropped_streams:
+        client.notify("stream_drop", _take_dropped())
+
+
+class ExecutorStream(Stream):
+    """A stream opened by executor code: the stream itself lives on the driver (generators.py),
+    each ``next`` asks it there."""
+
+    def __init__(self, stream_id: int) -> None:
+        self._id = stream_id
+        self._ended = False
+
+    def next(self, timeout: float | None) -> Hashable:
+        if self._ended:
+            raise StopIteration
+        ref = _client().call("stream_next", self._id, timeout, _take_dropped())
+        if ref is None:
+            self._ended = True
+            raise StopIteration
+        return ref
+
+    def cancel(self, force: bool) -> None:
+        _client().call("stream_cancel", self._id, force)
+
+    def __del__(self) -> None:
+        if not self._ended:
+            _dropped_streams.append(self._id)
 
 
 # -- the executor-side backend ----------------------------------------------------------------
@@ -435,12 +485,14 @@ class ExecutorBackend(Backend):
     def call_actor(self, actor_id: Any, call: ActorCall) -> list[Hashable]:
         return _client().call("call_actor", actor_id, call)
 
-    # Generators run to completion, as from the driver (backend.py, docs/generators.md).
+    # Generators stream through the driver (generators.py).
     def submit_stream(self, spec: TaskSpec) -> Stream:
-        return CollectedStream(self, self.submit(collect_spec(spec))[0])
+        return ExecutorStream(_client().call("submit_stream", spec, self._caller(),
+                                             _take_dropped()))
 
     def call_actor_stream(self, actor_id: Any, call: ActorCall) -> Stream:
-        return CollectedStream(self, self.call_actor(actor_id, collect_call(call))[0])
+        return ExecutorStream(_client().call("call_actor_stream", actor_id, call,
+                                             _take_dropped()))
 
     def kill_actor(self, actor_id: Any, no_restart: bool) -> None:
         _client().call("kill_actor", actor_id, no_restart)
@@ -495,4 +547,5 @@ class ExecutorBackend(Backend):
 
 __all__ = ["SparkRef", "SparkActorId", "SessionInfo", "DepArg", "TaskPayload", "ActorPayload",
            "ExecutorBackend", "runner_partition", "ensure_worker", "execute_task", "resolve_args",
-           "DRIVER_STORES", "ThreadContext", "thread_state", "current_context"]
+           "DRIVER_STORES", "ThreadContext", "thread_state", "current_context", "channel_call",
+           "ExecutorStream"]
