@@ -19,6 +19,9 @@
                                 before HeadUnavailableError (default 30)
 ``UNIPAR_HEAD_GIVE_UP``         seconds a native node runs without its head before it stops
                                 (default 60)
+``UNIPAR_RUNTIME_ENV_GRACE``    seconds a native node keeps a runtime env package (unpacked,
+                                or its upload) that nothing uses before removing it (default
+                                600)
 ``CUDA_VISIBLE_DEVICES``        (CUDA's own) the GPUs a native local cluster may hand out
 ==============================  ============================================================
 
@@ -50,6 +53,7 @@ TLS_CA = "UNIPAR_TLS_CA"
 TLS_CERT = "UNIPAR_TLS_CERT"
 TLS_KEY = "UNIPAR_TLS_KEY"
 HEAD_GIVE_UP = "UNIPAR_HEAD_GIVE_UP"
+RUNTIME_ENV_GRACE = "UNIPAR_RUNTIME_ENV_GRACE"
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 
 
@@ -104,6 +108,12 @@ def head_wait() -> float:
 def head_give_up() -> float:
     """``UNIPAR_HEAD_GIVE_UP``: seconds a node goes on without a head (default 60)."""
     return _seconds(HEAD_GIVE_UP, 60.0)
+
+
+def runtime_env_grace() -> float:
+    """``UNIPAR_RUNTIME_ENV_GRACE``: seconds a node keeps an unused runtime env package
+    (default 600: a driver started again within ten minutes finds its code there)."""
+    return _seconds(RUNTIME_ENV_GRACE, 600.0)
 
 
 def tls_ca() -> str | None:

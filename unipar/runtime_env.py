@@ -41,7 +41,9 @@ __all__ = ["KNOWN_KEYS", "MAX_PACKAGE_BYTES", "RuntimeEnvSetupError", "Package",
            "validate", "merge", "canonical", "pack", "install_package", "install_pip",
            "activate", "pip_key", "refuse_in_process", "applied_in_process",
            "RuntimeEnvNotSupported", "refuse", "JOB_ENV_VAR", "with_job_env",
-           "applied_around", "install_shipped", "refuse_pip"]
+           "applied_around", "install_shipped", "refuse_pip", "spec_digests", "pip_dir",
+           "note_use", "noted_use", "noted_users", "forget_use", "remove_cached",
+           "cached_names"]
 
 KNOWN_KEYS = ("env_vars", "excludes", "pip", "py_modules", "working_dir")
 MAX_PACKAGE_BYTES = 100 * 1024 * 1024   # per package, before compression (Ray's limit)
@@ -202,6 +204,17 @@ def pip_key(requirements: list[str], working_dir: str = "") -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def spec_digests(spec: Mapping[str, Any]) -> list[str]:
+    """The package digests a packed spec names: its working dir's, then its py_modules'."""
+    return ([spec["working_dir"]] if "working_dir" in spec else []) + list(
+        spec.get("py_modules", ()))
+
+
+def pip_dir(requirements: list[str], working_digest: str = "") -> str:
+    """The cache folder name of the pip environment for ``requirements`` (see install_pip)."""
+    return "pip-" + pip_key(requirements, working_digest)
+
+
 # -- packing (the submitting side) -------------------------------------------------------------
 
 def pack(env: Mapping[str, Any], limit: int | None = None) -> Packed:
@@ -342,6 +355,73 @@ def is_installed(cache_dir: str, digest: str) -> bool:
     return os.path.isdir(os.path.join(cache_dir, digest))
 
 
+# -- the cache's bookkeeping (a node removes what nothing uses: node/packages.py) ------------
+
+_USES = "uses"   # cache_dir/uses/<user>.json: the cached names one env's workers use
+
+
+def note_use(cache_dir: str, user: str, names: list[str]) -> None:
+    """Record that ``user`` (an env's tag) uses the cached folders ``names``; written before
+    they are installed, so whoever cleans the cache never takes them from under a worker."""
+    folder = os.path.join(cache_dir, _USES)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(sorted(names), f)
+    os.replace(tmp, os.path.join(folder, user + ".json"))
+
+
+def noted_use(cache_dir: str, user: str) -> list[str] | None:
+    """The names ``user`` noted (:func:`note_use`), None when it noted none."""
+    try:
+        with open(os.path.join(cache_dir, _USES, user + ".json")) as f:
+            return list(json.load(f))
+    except (OSError, ValueError):
+        return None
+
+
+def noted_users(cache_dir: str) -> list[str]:
+    """Every user that noted its names (:func:`note_use`)."""
+    try:
+        names = os.listdir(os.path.join(cache_dir, _USES))
+    except OSError:
+        return []
+    return [n[:-len(".json")] for n in names if n.endswith(".json")]
+
+
+def forget_use(cache_dir: str, user: str) -> None:
+    """Remove ``user``'s note (it has no workers left to use its names)."""
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(cache_dir, _USES, user + ".json"))
+
+
+def cached_names(cache_dir: str) -> list[str]:
+    """The complete cached folders (packages by digest, pip environments): not temporary
+    ones being unpacked, which have a dot in their names."""
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:
+        return []
+    return [n for n in names if "." not in n and n != _USES
+            and os.path.isdir(os.path.join(cache_dir, n))]
+
+
+def remove_cached(cache_dir: str, name: str) -> str | None:
+    """Take ``cache_dir/name`` out of the cache at once (under its install lock, so no
+    worker is unpacking it); returns where it now lies, for the caller to delete at leisure
+    (None if it was gone already)."""
+    target = os.path.join(cache_dir, name)
+    fd = _locked(cache_dir, name)
+    try:
+        if not os.path.isdir(target):
+            return None
+        trash = tempfile.mkdtemp(prefix=name + ".removed.", dir=cache_dir)
+        os.rename(target, os.path.join(trash, name))
+        return trash
+    finally:
+        os.close(fd)
+
+
 def install_pip(cache_dir: str, requirements: list[str], working_dir: str | None = None,
                 timeout: float = 600.0) -> str:
     """Install ``requirements`` with this interpreter's pip into a directory cached per list
@@ -352,7 +432,7 @@ def install_pip(cache_dir: str, requirements: list[str], working_dir: str | None
     Raises:
         RuntimeEnvSetupError: pip failed; the message holds pip's own output.
     """
-    name = "pip-" + pip_key(requirements, os.path.basename(working_dir or ""))
+    name = pip_dir(requirements, os.path.basename(working_dir or ""))
     target = os.path.join(cache_dir, name)
     if os.path.isdir(target):
         return target

@@ -22,6 +22,8 @@ import pytest
 
 from unipar.native.node.scheduler import ENV_TAG, Dispatch, RetireWorker, Scheduler, StartWorkers
 
+from unipar.testing import wait_for
+
 from multinode import Cluster, base_env
 
 TAG = ENV_TAG + "ab12"
@@ -221,3 +223,106 @@ def test_pip_installs_a_wheel_and_a_bad_requirement_fails_only_its_tasks(hidden_
     assert got["good"] == 42
     assert "could not be installed" in got["bad"] and "missing-0.1" in got["bad"]
     assert got["after"] == 1
+
+
+def test_a_nested_tasks_own_env_is_merged_over_its_parents(hidden_cluster):
+    cluster, dirs = hidden_cluster
+    got = _drive(cluster, dirs["a"], """
+        unipar.init(runtime_env={"working_dir": ".",
+                                 "env_vars": {"KEPT": "parent", "OVERRIDDEN": "parent"}})
+
+        @unipar.remote
+        def child():
+            import helper                       # the parent's working_dir, inherited
+            return [helper.VALUE, os.environ.get("KEPT"), os.environ.get("OVERRIDDEN")]
+
+        @unipar.remote
+        def parent():
+            own = {"env_vars": {"OVERRIDDEN": "child"}}
+            return [unipar.get(child.options(runtime_env=own).remote(), timeout=120),
+                    unipar.get(child.remote(), timeout=120)]
+
+        print("RESULT", json.dumps(unipar.get(parent.remote(), timeout=240)))
+    """)
+    assert got == [[7, "parent", "child"], [7, "parent", "parent"]]
+
+
+def _report(cluster: Cluster, cwd: str, env: str) -> dict:
+    """Run a task under ``env`` (a Python expression) in a new driver; the node's runtime env
+    report after it, and what the task imported."""
+    return _drive(cluster, cwd, f"""
+        from unipar.backends.base import current_backend
+        unipar.init(runtime_env={env})
+
+        @unipar.remote
+        def use():
+            import helper, mylib
+            return [helper.VALUE, mylib.NAME]
+
+        ran = unipar.get(use.remote(), timeout=120)
+        print("RESULT", json.dumps({{"ran": ran,
+                                    **current_backend().client.node_info()["runtime_envs"]}}))
+    """)
+
+
+def test_a_second_driver_reuses_the_packages_the_cluster_holds(hidden_cluster, tmp_path):
+    cluster, dirs = hidden_cluster
+    project = os.path.join(os.path.dirname(dirs["a"]), "proj_shared")
+    shutil.copytree(dirs["a"], project)
+    with open(os.path.join(project, "big.bin"), "wb") as f:
+        f.write(os.urandom(2 * 2**20))            # over one chunk: a real upload to skip
+    env = f'{{"working_dir": ".", "py_modules": [{dirs["lib"]!r}]}}'
+    first = _report(cluster, project, env)
+    second = _report(cluster, project, env)
+    assert first["ran"] == second["ran"] == [7, "mylib"]
+    assert second["uploaded"] == first["uploaded"]          # no package was sent again
+    assert second["reused"] == first["reused"] + 2           # working_dir and py_module
+    assert second["uploaded_bytes"] == first["uploaded_bytes"]
+
+
+def test_packages_nothing_uses_are_removed_after_the_grace_period(tmp_path):
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "late.py").write_text("X = 1\n")
+    state = str(tmp_path / "state")
+    cluster = Cluster(state, dict(base_env(state), UNIPAR_RUNTIME_ENV_GRACE="1"))
+    try:
+        cluster.start(["--num-cpus", "1"], [])
+        got = _drive(cluster, str(project), """
+            from unipar.backends.base import current_backend
+            from unipar.testing import wait_for
+            unipar.init(runtime_env={"working_dir": "."})
+
+            @unipar.remote
+            class Holder:
+                def where(self):
+                    return os.getcwd()
+
+                def late_import(self):
+                    import late                  # first imported now, after the grace
+                    return late.X
+
+            holder = Holder.remote()
+            where = unipar.get(holder.where.remote(), timeout=120)
+            report = lambda: current_backend().client.node_info()["runtime_envs"]
+            first = report()
+            wait_for(lambda: report()["sweeps"] >= first["sweeps"] + 4, timeout=60)
+            print("RESULT", json.dumps({"where": where, "kept": report()["kept"],
+                                        "late": unipar.get(holder.late_import.remote(),
+                                                           timeout=60)}))
+        """)
+        assert got["late"] == 1 and got["kept"] == 1     # in use: kept past the grace
+        # The driver is gone, its actor with it: the folder and the upload go.
+        wait_for(lambda: not os.path.exists(got["where"]), timeout=60,
+                 message="the unused package folder to be removed")
+        after = _drive(cluster, str(project), """
+            from unipar.backends.base import current_backend
+            from unipar.testing import wait_for
+            unipar.init()
+            report = lambda: current_backend().client.node_info()["runtime_envs"]
+            print("RESULT", json.dumps(wait_for(lambda: report()["kept"] == 0 and report(),
+                                                timeout=60)))
+        """)
+        assert after["removed"] >= 1
+    finally:
+        cluster.stop()

@@ -23,7 +23,8 @@ from ..native.node.scheduler import ENV_TAG
 from ..native.worker.events import running
 from ..native.worker.streaming import STREAM, Streaming
 from ..options import ActorOptions, InitOptions, TaskOptions, resource_demand
-from ..runtime_env import canonical, merge, pack
+from ..native.wire import protocol as P
+from ..runtime_env import Package, canonical, merge, pack, spec_digests
 from ..refs import is_ref, unwrap
 from .base import (ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec,
                    install_worker_backend)
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from ..native.client.client import Client
 
 WORKER_SETUP = "unipar.backends.native:worker_setup"
+ENV_FETCH_TIMEOUT = 300.0   # seconds to get the parent's env spec in a nested task
 
 
 def _deps(args: tuple, kwargs: Any) -> tuple[tuple, dict]:
@@ -59,6 +61,7 @@ class NativeBackend(Backend):
         self._inherited = os.environ.get("UNIPAR_RUNTIME_ENV", "") if client is not None else ""
         self._env_tags: dict[str, str] = {}          # canonical env -> its tag
         self._env_specs: list[NativeRef] = []         # shipped specs: held while we live
+        self._parent_env: dict[str, Any] | None = None   # the inherited env's shipped spec
         self._demands: dict[tuple, dict[str, float]] = {}
         self._env_lock = threading.Lock()
         self._fail_infeasible: bool | None = None
@@ -168,14 +171,42 @@ class NativeBackend(Backend):
 
     def _ship(self, env: dict[str, Any]) -> str:
         """Pack ``env`` and put it in the object store (once per distinct env): nodes pull
-        the spec and packages from there when a worker of this env starts."""
+        the spec and packages from there when a worker of this env starts. In a task of an
+        env, ``env`` is merged over that env (as in Ray: a nested task inherits its
+        parent's env, and its own keys override, env_vars key by key)."""
         packed = pack(env)
-        packages = {digest: (p.kind, self.client.put(p.data))
-                    for digest, p in packed.packages.items()}
-        spec = self.client.put({"spec": packed.spec, "packages": packages})
+        spec, packages = packed.spec, self._upload(packed.packages)
+        if self._inherited:
+            parent = self._inherited_env()
+            spec = merge(parent["spec"], spec)
+            packages = {d: packages.get(d) or parent["packages"][d] for d in spec_digests(spec)}
+        spec = self.client.put({"spec": spec, "packages": packages})
         self.client.promote([spec.oid])   # workers name it by id: the node must know it
         self._env_specs.append(spec)
         return ENV_TAG + spec.oid.hex()
+
+    def _inherited_env(self) -> dict[str, Any]:
+        """The shipped spec of the env this worker runs in (its packages as refs)."""
+        if self._parent_env is None:
+            oid = bytes.fromhex(self._inherited.partition(":")[2])
+            [self._parent_env] = self.client.get([NativeRef(oid)], ENV_FETCH_TIMEOUT)
+        return self._parent_env
+
+    def _upload(self, packages: dict[str, Package]) -> dict[str, tuple[str, NativeRef]]:
+        """Each package as (kind, ref): the node's kept copy when the cluster has one (an
+        earlier driver uploaded the same content), else a new upload, which the node then
+        keeps for later drivers (node/packages.py)."""
+        if not packages:
+            return {}
+        found = self.client.request(lambda r: P.FindPackages(r, list(packages))).value
+        refs = {d: (packages[d].kind, NativeRef(oid)) for d, oid in found.items()}
+        new = {d: (p.kind, self.client.put(p.data)) for d, p in packages.items()
+               if d not in found}
+        if new:
+            self.client.promote([ref.oid for _, ref in new.values()])
+            self.client.request(lambda r: P.KeepPackages(
+                r, {d: ref.oid for d, (_, ref) in new.items()}))
+        return {**refs, **new}
 
     def put(self, value: Any) -> Hashable:
         return self.client.put(value)

@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Any
 
+from ... import config
 from ..wire import protocol as P
 from ..wire.server import ServerConnection, run_loop, serve
 from .actors import Actors
@@ -45,6 +46,7 @@ from .leases import Leases
 from .logfiles import setup_daemon_log
 from .objects import ObjectDirectory
 from .observe import Observer, pending_of
+from .packages import Packages
 from .peers import PeerLinks
 from .pool import WorkerPool
 from .placement import bundle_reservation
@@ -96,7 +98,11 @@ class Node:
         self._compose(store, head_address, worker_setup)
         self.observe = Observer(node_id, session_dir, spill_dir, log_dir,
                                 lambda: pending_of(self.tasks.tasks), lambda: self.objects.objects)
-        self.handlers = {**self._handlers(), **self.observe.handlers()}
+        self.packages = Packages(self.objects, os.path.join(session_dir, "runtime_envs"),
+                                 lambda: {w.env for w in self.pool.workers.values() if w.env},
+                                 config.runtime_env_grace())
+        self.handlers = {**self._handlers(), **self.observe.handlers(),
+                         **self.packages.handlers()}
 
     def _compose(self, store: ObjectStore, head_address: str, worker_setup: str) -> None:
         """Build the parts and hand each what it may ask of the others."""
@@ -232,6 +238,7 @@ class Node:
         if self.head.joined:
             self.links.tick()
         self._schedule_now()
+        self.packages.sweep(time.monotonic())
         asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def _warn(self, text: str) -> None:
@@ -295,6 +302,7 @@ class Node:
             "actor_table": self.actors.table_size(),
             "objects": len(self.objects),
             "drivers": len(self.drivers),
+            "runtime_envs": self.packages.report(),
             "actor_list": self.actors.listing()}))
 
     def on_task_done(self, conn: ServerConnection, msg: P.TaskDone) -> None:

@@ -58,6 +58,9 @@ from .messages.observability import (
 from .messages.jobs import (
     SubmitJob, ListJobs, JobLogs, StopJob,
 )
+from .messages.runtime_env import (
+    FindPackages, KeepPackages,
+)
 
 __all__ = [
     "PROTOCOL_VERSION", "MAGIC", "NONCE_SIZE", "DIGEST_SIZE", "SERVER_HELLO_SIZE",
@@ -79,6 +82,7 @@ __all__ = [
     "ReleaseBundles",
     "Log", "TaskEvents", "QueueReport", "ListTasks", "Timeline", "ListLogs", "ReadLog",
     "SubmitJob", "ListJobs", "JobLogs", "StopJob",
+    "FindPackages", "KeepPackages",
 ]
 
 PROTOCOL_VERSION = 3

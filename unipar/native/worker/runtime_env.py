@@ -10,7 +10,9 @@
 The spec and the package bytes are ordinary objects that the submitting client put (and
 holds while it lives): they travel the way any object does, over authenticated connections,
 between nodes that share no filesystem. Unpacked packages are cached by content digest in the
-node's session directory, so later workers, jobs and drivers with the same code reuse them.
+node's session directory, so later workers, jobs and drivers with the same code reuse them;
+the worker notes which folders its env uses (note_use) before it installs them, and the node
+removes folders no live env has used for its grace period (node/packages.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ...runtime_env import RuntimeEnvSetupError, activate, install_package, install_pip, is_installed
+from ...runtime_env import (RuntimeEnvSetupError, activate, install_package, install_pip,
+                            is_installed, note_use, pip_dir, spec_digests)
 from ..client.refs import NativeRef
 
 FETCH_TIMEOUT = 300.0   # seconds to get the env's spec and packages to this node
@@ -48,6 +51,8 @@ def _prepare(client: Any, tag: str, where: str) -> None:
     [shipped] = client.get([NativeRef(oid)], FETCH_TIMEOUT)
     spec: dict[str, Any] = shipped["spec"]
     refs: dict[str, tuple[str, NativeRef]] = shipped["packages"]
+    # Noted first: the node removes cached folders no live env notes (node/packages.py).
+    note_use(where, tag.partition(":")[2], _cached_names(spec))
     missing = [d for d in refs if not is_installed(where, d)]
     datas = client.get([refs[d][1] for d in missing], FETCH_TIMEOUT) if missing else []
     paths = {d: install_package(where, d, data, refs[d][0]) for d, data in zip(missing, datas)}
@@ -58,3 +63,11 @@ def _prepare(client: Any, tag: str, where: str) -> None:
     if spec.get("pip"):
         front.append(install_pip(where, list(spec["pip"]), working))
     activate(working, front, spec.get("env_vars", {}))
+
+
+def _cached_names(spec: dict[str, Any]) -> list[str]:
+    """The cache folders an env's workers use: its packages, and its pip environment."""
+    names = spec_digests(spec)
+    if spec.get("pip"):
+        names.append(pip_dir(list(spec["pip"]), spec.get("working_dir", "")))
+    return names

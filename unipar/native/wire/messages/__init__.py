@@ -5,5 +5,5 @@
 shutdown), ``tasks.py`` (tasks, leases of the direct path, streaming generators), ``objects.py``
 (objects, refcounts, chunked transfer), ``actors.py``, ``cluster.py`` (head and nodes: membership,
 names, where actors live, placement groups), ``observability.py`` (output, task events, lists,
-timelines, logs), ``jobs.py``. docs/protocol.md lists each message with its module.
+timelines, logs), ``jobs.py``, ``runtime_env.py`` (packages kept for later drivers). docs/protocol.md lists each message with its module.
 """
