@@ -56,8 +56,9 @@ class TaskRecord:
 
 
 # A task's end status (TaskDone) -> its state in listings and counts.
+# "stopped": its worker was asked to exit (its driver left); only "died" is a crash.
 _STATES = {"ok": "finished", "error": "failed", "retry": "failed", "returned": "returned",
-           "died": "failed"}
+           "died": "failed", "stopped": "stopped"}
 
 
 class TaskLog:

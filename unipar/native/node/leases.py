@@ -6,10 +6,16 @@ to it until it gives the lease back. In a cluster, a client whose node has no ro
 "busy" (:func:`~.placement.lease_refusal`) and submits through the node, which spreads the
 work over the peers; requests queued before a peer had room are refused once one has
 (:meth:`Leases.reconsider`), so work queued before a node joined still spreads.
+
+A lease whose client went away without giving it back has its worker stopped (whatever it
+runs is nobody's now): asked to exit first, so it reports its last task events on the way out
+(a driver that exits right after its last result must not leave its tasks counted as lost),
+and killed if it is still there STOP_GRACE_S later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Callable, Sequence
 
@@ -17,8 +23,10 @@ from ..wire import protocol as P
 from ..wire.server import ServerConnection
 from . import placement
 from .pool import WorkerPool
-from .records import Lease, Peer
+from .records import Lease, Peer, WorkerProc
 from .scheduler import Dispatch, Scheduler
+
+STOP_GRACE_S = 2.0   # a worker asked to exit that is still there this much later is killed
 
 
 class Leases:
@@ -88,10 +96,24 @@ class Leases:
             return
         w = self.pool.get(lease.worker)
         if kill and w is not None:
-            self.pool.kill(w)   # its death is noticed (and handled) like any other
+            self._stop(w)   # its death is noticed (and handled) like any other
             return
         self.sched.task_finished(lease.worker, time.monotonic())
         self.schedule()
+
+    def _stop(self, w: WorkerProc) -> None:
+        """Ask ``w`` to exit (it sends its unsent task events first, and reports the task it
+        runs as stopped, not failed); kill it if it has not gone within STOP_GRACE_S (a task
+        holding the GIL keeps it from reading the request)."""
+        try:
+            later = asyncio.get_running_loop().call_later
+        except RuntimeError:   # not on the node's loop (a unit test): no grace to wait out
+            later = None
+        if later is None or w.conn is None or w.conn.closed:
+            self.pool.kill(w)
+            return
+        w.conn.send(P.Shutdown())
+        later(STOP_GRACE_S, self.pool.kill, w)   # a no-op once it has exited
 
     def worker_lost(self, lease_id: object) -> None:
         """The leased worker died; its client sees the connection drop and retries or fails."""

@@ -9,12 +9,16 @@
 
 Recording an event costs a clock read and an append; the send happens at most every BATCH_S
 on its own thread, so a burst of short tasks costs the node one message per BATCH_S per worker.
+When the node asks the worker to exit (``Shutdown``), :meth:`TaskEvents.exit` sends what is
+unsent first (its node then lists the last tasks as finished, not lost with the worker), and
+reports the tasks still running as "stopped".
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import sys
 import threading
 import time
 import traceback
@@ -23,6 +27,9 @@ from typing import Any, Callable
 from ..wire import protocol as P
 
 BATCH_S = 0.1            # events wait this long for others to share their message
+EXIT_FLUSH_S = 1.0       # on exit, a send in progress on the sender thread is waited this long
+STOPPED = ("its worker was stopped before it ended: the driver that pushed it exited, or its "
+           "node retired the worker")
 LOG_MAX_BYTES = 20 * 1024 * 1024
 LOG_BACKUPS = 3
 
@@ -51,9 +58,14 @@ class TaskEvents:
         self.events: collections.deque[list] = collections.deque()
         self.wake = threading.Event()
         self.local = threading.local()   # the failure text of the call on this thread
+        self.open: set[bytes] = set()    # started, not ended (their threads add and discard)
+        # Held while a batch is taken and sent: the exit path must not overtake a batch the
+        # sender thread took but has not sent (the node would see later events first).
+        self.sending = threading.Lock()
 
     def started(self, task_id: bytes, name: str, kind: str = "task") -> None:
         _running.task_id = task_id
+        self.open.add(task_id)
         self.events.append(["start", task_id, time.time(), name, kind])
         if not self.wake.is_set():
             self.wake.set()
@@ -64,6 +76,7 @@ class TaskEvents:
 
     def ended(self, task_id: bytes, status: str) -> None:
         _running.task_id = None
+        self.open.discard(task_id)
         error = ""
         if status != "ok":
             error, self.local.error = getattr(self.local, "error", ""), ""
@@ -80,17 +93,38 @@ class TaskEvents:
             self.wake.wait()
             time.sleep(BATCH_S)
             self.wake.clear()
-            batch = []
-            try:
-                while True:
-                    batch.append(self.events.popleft())
-            except IndexError:
-                pass
-            if batch:
+            with self.sending:
                 try:
-                    self.send(P.TaskEvents(batch))
+                    self._send_all()
                 except ConnectionError:
                     return   # the node is gone; so are we, shortly
+
+    def _send_all(self) -> None:
+        batch = []
+        try:
+            while True:
+                batch.append(self.events.popleft())
+        except IndexError:
+            pass
+        if batch:
+            self.send(P.TaskEvents(batch))
+
+    def exit(self) -> None:
+        """The node asked this worker to exit: report the tasks still running as stopped, send
+        every unsent event (waiting at most EXIT_FLUSH_S for the sender thread), and exit.
+        Called on the node connection's reader thread; never returns."""
+        now = time.time()
+        for task_id in list(self.open):
+            self.events.append(["end", task_id, now, "stopped", STOPPED])
+        got = self.sending.acquire(timeout=EXIT_FLUSH_S)
+        try:
+            if got:
+                self._send_all()
+        except ConnectionError:
+            pass   # the node is gone: nobody to tell
+        finally:
+            sys.stdout.flush()
+            os._exit(0)
 
 
 class LogFile:

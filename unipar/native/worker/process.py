@@ -84,7 +84,7 @@ class Runtime:
         # pushing work to us (their reader threads), and on the main thread (one at a time).
         self.node_handlers: dict[str, Callable[[Any], None]] = {
             P.CancelTask.op: lambda msg: self._cancel(msg.task_id),
-            P.Shutdown.op: lambda msg: os._exit(0),
+            P.Shutdown.op: lambda msg: self.events.exit(),   # its last events first
             P.Forget.op: self._forget,
             P.RunActorTask.op: lambda msg: self._on_run_actor_task(msg, None),
             P.StreamAck.op: on_ack,
