@@ -191,3 +191,49 @@ def test_without_a_cluster_the_job_command_says_how_to_start_one(tmp_path):
     result = unipar(env, "job", "list")
     assert result.returncode == 1 and "unipar start --head" in result.stderr
     assert not os.listdir(tmp_path)   # nothing was created
+
+
+def test_a_runtime_env_json_is_merged_with_the_working_dir(cluster, tmp_path):
+    lib = _project(tmp_path / "libs" / "joblib_mod", {"__init__.py": "NAME = 'joblib_mod'\n"})
+    project = _project(tmp_path / "proj_env", {
+        "script.py": """
+            import os, unipar, joblib_mod
+
+            @unipar.remote
+            def on_a_worker():
+                import joblib_mod              # a py_module of the job's runtime env
+                return [joblib_mod.NAME, os.environ.get("GREETING"), os.path.exists("script.py")]
+
+            unipar.init()
+            print("driver", joblib_mod.NAME, os.environ.get("GREETING"),
+                  joblib_mod.__file__.startswith(%r))
+            print("worker", unipar.get(on_a_worker.remote(), timeout=60))
+        """ % str(tmp_path)})
+    env = {"py_modules": [lib], "env_vars": {"GREETING": "hi"}, "working_dir": "/not/used"}
+    result = _job(cluster, "submit", "--working-dir", project,
+                  "--runtime-env-json", json.dumps(env), "--", "python", "script.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The module travelled (the driver imports an uploaded copy), --working-dir won.
+    assert "driver joblib_mod hi False\n" in result.stdout
+    assert "worker ['joblib_mod', 'hi', True]\n" in result.stdout
+    env_file = tmp_path / "env.json"
+    env_file.write_text(json.dumps({"env_vars": {"GREETING": "from file"}, "py_modules": [lib]}))
+    from_file = _job(cluster, "submit", "--working-dir", project, "--runtime-env",
+                     str(env_file), "--", "python", "script.py")
+    assert from_file.returncode == 0, from_file.stdout + from_file.stderr
+    assert "worker ['joblib_mod', 'from file', True]\n" in from_file.stdout
+
+
+def test_a_bad_runtime_env_is_a_clear_cli_error(cluster, tmp_path):
+    bad_json = _job(cluster, "submit", "--runtime-env-json", "{'env_vars': 1", "--", "true")
+    assert bad_json.returncode == 2
+    assert "--runtime-env-json" in bad_json.stderr and "not valid JSON" in bad_json.stderr
+    not_a_dict = _job(cluster, "submit", "--runtime-env-json", "[1]", "--", "true")
+    assert not_a_dict.returncode == 2 and "a JSON object" in not_a_dict.stderr
+    unknown = _job(cluster, "submit", "--runtime-env-json", '{"conda": "x"}', "--", "true")
+    assert unknown.returncode == 1 and "unknown runtime_env key(s) conda" in unknown.stderr
+    missing = _job(cluster, "submit", "--runtime-env", str(tmp_path / "nope.json"), "--", "true")
+    assert missing.returncode == 2 and "nope.json" in missing.stderr
+    both = _job(cluster, "submit", "--runtime-env", str(tmp_path / "nope.json"),
+                "--runtime-env-json", "{}", "--", "true")      # as `ray job submit`: one
+    assert both.returncode == 2 and "only one of" in both.stderr

@@ -2,8 +2,8 @@
 
 ::
 
-    unipar job submit --working-dir . -- python script.py
-        pack(working_dir) (runtime_env.pack: a zip named by its sha256, excludes applied)
+    unipar job submit --working-dir . [--runtime-env-json '{...}'] -- python script.py
+        pack(the env) (runtime_env.pack: zips named by their sha256, excludes applied)
         ── SubmitJob over the head's authenticated connection ──▶ head starts the driver
         ── JobLogs from offset 0, until the job has finished and its output is read ──▶ stdout
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
+import json
+import os
 import queue
 import sys
 import threading
@@ -83,6 +85,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "working dir and runtime env (the driver starts in it)")
     submit.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="gitignore-style pattern of files not to upload (repeatable)")
+    submit.add_argument("--runtime-env-json", metavar="JSON",
+                        help="the job's runtime env as JSON, e.g. '{\"env_vars\": {\"A\": "
+                             "\"1\"}, \"py_modules\": [\"../lib\"], \"pip\": [...]}' "
+                             "(--working-dir and --exclude are merged over it)")
+    submit.add_argument("--runtime-env", metavar="FILE",
+                        help="the same from a .json or .yaml file")
     submit.add_argument("--no-wait", action="store_true",
                         help="print the job id and return; the job runs on")
     submit.add_argument("entrypoint", nargs=argparse.REMAINDER,
@@ -152,13 +160,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
               "unipar job submit --working-dir . -- python script.py", file=sys.stderr)
         return 2
     try:
-        digest, data = _pack(args.working_dir, args.exclude)
+        given = job_runtime_env(args.runtime_env_json, args.runtime_env)
+    except ValueError as exc:
+        print(f"unipar job submit: {exc}", file=sys.stderr)
+        return 2
+    try:
+        digest, data, rest = _pack(given, args.working_dir, args.exclude)
     except (ValueError, TypeError) as exc:
         print(f"unipar job submit: {exc}", file=sys.stderr)
         return 1
 
     def body(link: HeadLink) -> int:
-        row = link.call(lambda r: P.SubmitJob(r, entry, digest, P.blob(data)), timeout=300)
+        row = link.call(lambda r: P.SubmitJob(r, entry, digest, P.blob(data), rest),
+                        timeout=300)
         job_id = row["job_id"]
         print(f"Job {job_id} submitted: {' '.join(entry)}", file=sys.stderr)
         if args.no_wait:
@@ -178,14 +192,75 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return _run("submit", args, body)
 
 
-def _pack(working_dir: str | None, excludes: list[str]) -> tuple[str, bytes | None]:
-    """The working dir as one package (digest, zip bytes); ("", None) without one."""
-    if working_dir is None:
-        return "", None
-    env = runtime_env.validate({"working_dir": working_dir, "excludes": excludes})
+def job_runtime_env(text: str | None, path: str | None) -> dict[str, Any]:
+    """The runtime env given by ``--runtime-env-json`` or ``--runtime-env FILE`` ({} when
+    neither), not yet validated. As ``ray job submit``: one of the two at most.
+
+    Raises:
+        ValueError: both given, a file that cannot be read, text that does not parse, or
+            something other than an object; the message names the option.
+    """
+    if text is not None and path is not None:
+        raise ValueError("give only one of --runtime-env and --runtime-env-json")
+    if path is not None:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as exc:
+            raise ValueError(f"--runtime-env {path}: {exc.strerror or exc}") from None
+        option = f"--runtime-env {path}"
+    else:
+        option = "--runtime-env-json"
+    if text is None:
+        return {}
+    env = _parse(text, option, path is not None and path.endswith((".yaml", ".yml")))
+    if not isinstance(env, dict):
+        raise ValueError(f"{option}: give a JSON object such as "
+                         '\'{"env_vars": {"A": "1"}}\', not ' + type(env).__name__)
+    return env
+
+
+def _parse(text: str, option: str, as_yaml: bool) -> Any:
+    if as_yaml:
+        try:
+            import yaml   # optional: only for a .yaml file
+        except ImportError:
+            raise ValueError(f"{option}: reading YAML needs PyYAML (pip install pyyaml); "
+                             "or give a .json file") from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{option} is not valid YAML: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{option} is not valid JSON ({exc}); write it as "
+                         '\'{"env_vars": {"A": "1"}}\' (double quotes)') from None
+
+
+def _pack(given: dict[str, Any], working_dir: str | None,
+          excludes: list[str]) -> tuple[str, bytes | None, dict[str, Any]]:
+    """The job's runtime env for SubmitJob: the working dir as one package (digest, zip
+    bytes; "" and None without one), and the rest (SubmitJob.runtime_env). ``--working-dir``
+    replaces the env's ``working_dir``; ``--exclude`` patterns add to its ``excludes``."""
+    env = dict(given)
+    if working_dir is not None:
+        env["working_dir"] = working_dir
+    if excludes:
+        env["excludes"] = list(env.get("excludes") or []) + list(excludes)
+    env = runtime_env.validate(env)
     packed = runtime_env.pack(env)
+    rest: dict[str, Any] = {k: packed.spec[k] for k in ("env_vars", "pip") if k in packed.spec}
+    modules = [[digest, packed.packages[digest].kind, os.path.basename(path.rstrip(os.sep)),
+                packed.packages[digest].data]
+               for digest, path in zip(packed.spec.get("py_modules", ()),
+                                       env.get("py_modules", ()))]
+    if modules:
+        rest["py_modules"] = modules
+    if "working_dir" not in packed.spec:
+        return "", None, rest
     package = packed.packages[packed.spec["working_dir"]]
-    return package.digest, package.data
+    return package.digest, package.data, rest
 
 
 def follow(link: HeadLink, job_id: str, offset: int, until_done: bool = True) -> dict[str, Any]:

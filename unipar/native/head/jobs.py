@@ -95,28 +95,28 @@ class Jobs:
         loop = asyncio.get_running_loop()
         # Unpacking (up to 100 MiB) runs beside the loop: heartbeats keep being answered.
         task = loop.create_task(self._submit(conn, msg.req_id, entry, msg.digest,
-                                             msg.package, loop))
+                                             msg.package, msg.runtime_env or {}, loop))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())   # never unretrieved
 
     async def _submit(self, conn: ServerConnection, req_id: int, entry: list[str],
-                      digest: str, package: Any, loop: asyncio.AbstractEventLoop) -> None:
+                      digest: str, package: Any, rest: dict[str, Any],
+                      loop: asyncio.AbstractEventLoop) -> None:
         job_id = "job_" + secrets.token_hex(6)
         try:
-            cwd = self.root
             os.makedirs(self.root, mode=0o700, exist_ok=True)
-            if digest:
-                data = bytes(package.data if isinstance(package, P.Blob) else package)
-                cwd = await loop.run_in_executor(None, install_package, self._packages(),
-                                                 digest, data, "zip")
+            data = bytes(package.data if isinstance(package, P.Blob) else package) if digest \
+                else None
+            env = await loop.run_in_executor(None, job_env, self._packages(), digest, data,
+                                             rest)
         except Exception as exc:   # a bad archive, a full disk: the submitter is told why
-            conn.send(P.Reply(req_id, None, f"could not unpack the working dir: "
+            conn.send(P.Reply(req_id, None, f"could not unpack the job's runtime env: "
                                             f"{type(exc).__name__}: {exc}", "value"))
             return
         self.rows[job_id] = {"job_id": job_id, "status": RUNNING, "entrypoint": entry,
                              "working_dir": digest, "exit_code": None, "message": "",
                              "pid": None, "create_time": None, "submitted_at": time.time(),
                              "start_time": None, "end_time": None}
-        self._start(job_id, entry, cwd, digest != "", loop)
+        self._start(job_id, entry, env, loop)
         self.changed()
         conn.send(P.Reply(req_id, dict(self.rows[job_id])))
 
@@ -165,15 +165,17 @@ class Jobs:
     def _unknown(self, job_id: str) -> str:
         return f"no job {job_id!r} on this cluster; `unipar job list` shows its jobs"
 
-    def _start(self, job_id: str, entry: list[str], cwd: str, shipped: bool,
+    def _start(self, job_id: str, entry: list[str], env: dict[str, Any],
                loop: asyncio.AbstractEventLoop) -> None:
-        """Start the driver; a command that cannot start is a FAILED job, not an error."""
+        """Start the driver in the job's runtime env ``env`` (see :func:`job_env`); a
+        command that cannot start is a FAILED job, not an error."""
         row = self.rows[job_id]
         try:
             with open(self.log_path(job_id), "ab") as out:
-                proc = subprocess.Popen(_argv(entry), cwd=cwd, stdin=subprocess.DEVNULL,
+                proc = subprocess.Popen(_argv(entry), cwd=env.get("working_dir", self.root),
+                                        stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=subprocess.STDOUT,
-                                        env=_driver_env(job_id, cwd if shipped else None),
+                                        env=_driver_env(job_id, env),
                                         start_new_session=True)   # its own process group
         except OSError as exc:
             self._finish(job_id, FAILED, None, f"could not start {entry[0]!r}: {exc}")
@@ -222,17 +224,55 @@ def _argv(entry: list[str]) -> list[str]:
     return entry
 
 
-def _driver_env(job_id: str, working_dir: str | None) -> dict[str, str]:
-    """The head's environment for the driver, plus: connect to this cluster, take the
-    working dir as the job's runtime env, ``python`` is the cluster's interpreter, output
+def job_env(root: str, digest: str, data: bytes | None,
+            rest: dict[str, Any]) -> dict[str, Any]:
+    """Unpack a submitted job's packages under ``root`` (once per digest) and return its
+    runtime env with local paths, as the driver's ``init`` takes it: ``working_dir`` (the
+    unpacked working dir), ``py_modules`` (each module's folder or file, a wheel as its
+    file), ``env_vars`` and ``pip`` as given.
+
+    Raises:
+        ValueError: a malformed module entry; zipfile and OS errors from unpacking.
+    """
+    env: dict[str, Any] = {k: rest[k] for k in ("env_vars", "pip") if rest.get(k)}
+    if digest:
+        env["working_dir"] = install_package(root, digest, data, "zip")
+    modules = [_install_module(root, *entry) for entry in rest.get("py_modules") or ()]
+    if modules:
+        env["py_modules"] = modules
+    return env
+
+
+def _install_module(root: str, digest: str, kind: str, name: str, data: Any) -> str:
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or kind not in (
+            "zip", "wheel"):
+        raise ValueError(f"a py_modules entry named {name!r} ({kind!r}) is not a module")
+    data = bytes(data)
+    if kind == "wheel":   # kept as the wheel file: that is what py_modules takes
+        path = os.path.join(root, "wheels", digest, name)
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".part", "wb") as f:
+                f.write(data)
+            os.replace(path + ".part", path)
+        return path
+    return os.path.join(install_package(root, digest, data, kind), name)
+
+
+def _driver_env(job_id: str, job: dict[str, Any]) -> dict[str, str]:
+    """The head's environment for the driver, plus: connect to this cluster, take ``job``
+    (:func:`job_env`) as the job's runtime env (its env vars set, its working dir and
+    modules importable here too), ``python`` is the cluster's interpreter, output
     unbuffered (it is streamed)."""
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     env.update(UNIPAR_ADDRESS="auto", UNIPAR_JOB_ID=job_id, PYTHONUNBUFFERED="1",
                PATH=os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]))
-    if working_dir:
-        env[JOB_ENV_VAR] = json.dumps({"working_dir": working_dir})
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (working_dir, env.get("PYTHONPATH"))
-                                            if p)
+    if job:
+        env[JOB_ENV_VAR] = json.dumps(job)
+        env.update(job.get("env_vars", {}))
+        front = ([job["working_dir"]] if "working_dir" in job else []) + [
+            p if p.endswith(".whl") else os.path.dirname(p) for p in job.get("py_modules", ())]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (*front, env.get("PYTHONPATH")) if p)
     return env
 
 

@@ -14,13 +14,16 @@ from .base import Message, message
 @message
 class SubmitJob(Message):
     """Client -> head: run ``entrypoint`` (argv) in the working dir packed as ``package`` (a
-    zip named by ``digest``, from runtime_env.pack; "" and None: no working dir).
+    zip named by ``digest``, from runtime_env.pack; "" and None: no working dir), with the
+    rest of the job's runtime env: ``{"env_vars": {..}, "pip": [..], "py_modules": [[digest,
+    kind, name, zip bytes], ..]}`` (each key optional).
     Reply.value: the new job's row, or an error saying what was wrong."""
     op = "submit_job"
     req_id: int
     entrypoint: list
     digest: str
     package: Any
+    runtime_env: Any = None
 
 
 @message
