@@ -320,12 +320,17 @@ def _zip_files(files: list[tuple[str, str]], limit: int, root: str) -> Package:
 
 # -- installing (the worker's side) ------------------------------------------------------------
 
-def _locked(cache_dir: str, name: str) -> Any:
-    """An exclusive lock on ``cache_dir/name.lock``: workers of one node set up an env once."""
+def _locked(cache_dir: str, name: str, wait: bool = True) -> Any:
+    """An exclusive lock on ``cache_dir/name.lock``: workers of one node set up an env once.
+    Without ``wait``, None when someone else holds it."""
     import fcntl
     os.makedirs(cache_dir, exist_ok=True)
     fd = os.open(os.path.join(cache_dir, name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
     return fd
 
 
@@ -409,9 +414,11 @@ def cached_names(cache_dir: str) -> list[str]:
 def remove_cached(cache_dir: str, name: str) -> str | None:
     """Take ``cache_dir/name`` out of the cache at once (under its install lock, so no
     worker is unpacking it); returns where it now lies, for the caller to delete at leisure
-    (None if it was gone already)."""
+    (None if it was gone already, or is being installed: never waits for the lock)."""
     target = os.path.join(cache_dir, name)
-    fd = _locked(cache_dir, name)
+    fd = _locked(cache_dir, name, wait=False)
+    if fd is None:
+        return None
     try:
         if not os.path.isdir(target):
             return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -20,7 +21,11 @@ import zipfile
 
 import pytest
 
+from unipar.native.node.packages import Packages
+from unipar.native.node.records import Obj
 from unipar.native.node.scheduler import ENV_TAG, Dispatch, RetireWorker, Scheduler, StartWorkers
+from unipar.native.wire import protocol as P
+from unipar.runtime_env import cached_names, install_package, note_use, noted_use, remove_cached
 
 from unipar.testing import wait_for
 
@@ -58,6 +63,84 @@ def test_idle_env_workers_retire_but_plain_ones_are_kept():
     s.workers_requested(1, TAG)
     s.worker_registered("w2", 0.0, TAG)
     assert s.schedule(10.0) == [RetireWorker("w2")]
+
+
+# -- the node's package cache: what stays, what goes (no I/O but the cache folder) -------------
+
+class _Objects:
+    """The part of the node's object directory that Packages uses."""
+
+    def __init__(self) -> None:
+        self.objects: dict[bytes, Obj] = {}
+
+    def get(self, oid: bytes) -> Obj | None:
+        return self.objects.get(oid)
+
+    def pin(self, oid: bytes) -> None:
+        self.objects[oid].pins += 1
+
+    def unpin(self, oid: bytes) -> None:
+        obj = self.objects[oid]
+        obj.pins -= 1
+        if not obj.pins and not obj.holders:
+            del self.objects[oid]
+
+
+def test_the_node_removes_packages_nothing_used_for_the_grace_period(tmp_path):
+    cache = str(tmp_path)
+    for name in ("sha256-used", "sha256-held", "sha256-unused", "pip-unused"):
+        install_package(cache, name, _zip_of({"m.py": "X = 1\n"}))
+    live = {ENV_TAG + "aa"}
+    note_use(cache, "aa", ["sha256-used"])             # a live worker's env
+    note_use(cache, "bb", ["sha256-held"])             # an env whose spec a driver holds
+    note_use(cache, "cc", ["sha256-unused"])           # an env gone from this node
+    objects = _Objects()
+    objects.objects[bytes.fromhex("bb")] = Obj()
+    packages = Packages(objects, cache, lambda: live, grace=10.0)   # type: ignore[arg-type]
+    upload = objects.objects[b"up"] = Obj()
+    upload.kind, upload.size = "shm", 5
+    _reply(packages.on_keep_packages, P.KeepPackages(1, {"sha256-up": b"up"}))
+    assert _reply(packages.on_find_packages, P.FindPackages(2, ["sha256-up", "x"])) == {
+        "sha256-up": b"up"}
+    packages.sweep(0.0)
+    assert len(cached_names(cache)) == 4                    # nothing is removed at once
+    packages.sweep(9.0)
+    assert len(cached_names(cache)) == 4 and objects.get(b"up") is not None
+    packages.sweep(20.0)
+    assert sorted(cached_names(cache)) == ["sha256-held", "sha256-used"]
+    assert objects.get(b"up") is None                       # the kept upload is let go
+    assert packages.report()["kept"] == 0 and packages.report()["uploaded_bytes"] == 5
+    assert noted_use(cache, "cc") is None                    # its note went with its env
+
+
+def test_a_package_being_installed_is_not_removed(tmp_path):
+    cache = str(tmp_path)
+    install_package(cache, "sha256-busy", _zip_of({"m.py": ""}))
+    import fcntl
+    fd = os.open(os.path.join(cache, "sha256-busy.lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)                # a worker holds its install lock
+    try:
+        assert remove_cached(cache, "sha256-busy") is None
+    finally:
+        os.close(fd)
+    trash = remove_cached(cache, "sha256-busy")
+    assert trash is not None and cached_names(cache) == []
+
+
+def _zip_of(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return buf.getvalue()
+
+
+def _reply(handler, msg):
+    """Call a node handler with a fake connection; the value it replied."""
+    sent = []
+    handler(type("Conn", (), {"send": staticmethod(sent.append)})(), msg)
+    [reply] = sent
+    return reply.value
 
 
 # -- a cluster that cannot see the driver's folder ----------------------------------------------
