@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Iterator
@@ -25,6 +26,7 @@ import pytest
 from multinode import Cluster, base_env, unipar
 from unipar.hostip import machine_ip as node_ip
 from unipar.native.dashboard.api import log_page, pick
+from unipar.native.node import machine
 from unipar.testing import free_port, terminate, wait_for
 
 pytest.importorskip("aiohttp", reason="pip install 'unipar[dashboard]'")
@@ -57,10 +59,36 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-def started(tmp_path: Any, *head_args: str) -> Cluster:
-    """A cluster of one head and its node; the caller stops it."""
+# Fake nvidia-smi scripts: what the real one prints for machine.SMI_QUERY ("index, utilization
+# %, memory used MiB, memory total MiB" per GPU), and the ways it goes wrong.
+FAKE_SMI = {
+    "two_gpus": 'echo "0, 37, 1024, 81559"; echo "1, 83, 40960, 81559"',
+    "garbage": 'echo "NVIDIA-SMI has failed because it could not communicate with the driver";'
+               ' echo "0, [N/A], 12, 80"; echo "1, 2"; echo "x, y, z, w"',
+    "hangs": "sleep 6007 & wait",   # its child holds the output pipe open too
+    "fails": "echo 0, 1, 2, 3; exit 9",
+}
+
+
+def fake_smi(where: Any, kind: str) -> str:
+    """A directory holding a fake ``nvidia-smi`` (``FAKE_SMI[kind]``), to put first on PATH."""
+    folder = os.path.join(str(where), f"fake-smi-{kind}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "nvidia-smi")
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n" + FAKE_SMI[kind] + "\n")
+    os.chmod(path, 0o755)
+    return folder
+
+
+def started(tmp_path: Any, *head_args: str, path_first: str = "") -> Cluster:
+    """A cluster of one head and its node (``path_first`` put first on their PATH); the caller
+    stops it."""
     state = str(tmp_path / "state")
-    cluster = Cluster(state, base_env(state))
+    env = base_env(state)
+    if path_first:
+        env["PATH"] = path_first + os.pathsep + env.get("PATH", "")
+    cluster = Cluster(state, env)
     try:
         cluster.start(["--num-cpus", "2", *head_args], [])
     except BaseException:
@@ -71,7 +99,8 @@ def started(tmp_path: Any, *head_args: str) -> Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = started(tmp_path_factory.mktemp("dash"), "--dashboard-port", "0")
+    where = tmp_path_factory.mktemp("dash")   # its node sees two (fake) GPUs
+    c = started(where, "--dashboard-port", "0", path_first=fake_smi(where, "two_gpus"))
     try:
         yield c
     finally:
@@ -300,6 +329,73 @@ def test_machines_history_covers_the_last_seconds_of_every_node(url: str):
     assert all(len(row) == node["machine"]["cpu_count"] for row in h["cores"])
     assert all(0 <= c <= 100 for c in h["cpu"]) and len(h["memory"]) == len(h["sent"]) == n
     assert "history" not in fetch_json(url + "/api/cluster")   # the snapshot stays lean
+
+
+def test_machines_show_both_gpus_of_a_fake_nvidia_smi(url: str):
+    def sampled() -> Any:
+        [node] = fetch_json(url + "/api/machines")["nodes"]
+        return node["history"] and node["history"]["gpus"] and node
+    node = wait_for(sampled, timeout=30, message="a machine sample with GPUs")
+    assert node["machine"]["gpus"] == [
+        {"index": 0, "utilization": 37.0, "memory_used": 1024 << 20, "memory_total": 81559 << 20},
+        {"index": 1, "utilization": 83.0, "memory_used": 40960 << 20,
+         "memory_total": 81559 << 20}]
+    assert node["history"]["gpus"][-1] == [37, 83]
+    assert node["history"]["gpu_memory"][-1] == [1024 << 20, 40960 << 20]
+
+
+@pytest.mark.parametrize("kind", ["two_gpus", "garbage", "hangs", "fails", "absent"])
+def test_the_gpu_sampler_survives_any_nvidia_smi(tmp_path, monkeypatch, kind: str):
+    folder = str(tmp_path) if kind == "absent" else fake_smi(tmp_path, kind)
+    monkeypatch.setenv("PATH", folder + os.pathsep + "/usr/bin:/bin")
+    monkeypatch.setattr(machine, "_nvml_reader", lambda: None)   # nvidia-smi's figures only
+    sampler = machine.MachineSampler({"session": str(tmp_path)})
+    began = time.monotonic()
+    gpus = sampler.sample()["gpus"]
+    assert time.monotonic() - began < machine.SMI_TIMEOUT + 10
+    want = {"two_gpus": [37.0, 83.0], "garbage": [None]}.get(kind, [])
+    assert [g["utilization"] for g in gpus] == want
+    if kind == "garbage":
+        assert gpus[0]["memory_used"] == 12 << 20
+    if kind == "hangs":   # killed, its child too; and not run again at the next sample
+        assert not [p for p in psutil.process_iter(["cmdline"])
+                    if p.info["cmdline"] == ["sleep", "6007"]]
+        began = time.monotonic()
+        assert sampler.sample()["gpus"] == []
+        assert time.monotonic() - began < machine.SMI_TIMEOUT
+    assert sampler.columns()["gpus"] == []   # nothing kept: sample() was called directly
+
+
+JOB = "print('hello from the job', flush=True); raise SystemExit(3)"
+
+
+def submit_job(env: dict[str, str]) -> str:
+    """Run a job that prints a line and exits with code 3 (``unipar job submit`` waits for it);
+    returns its id."""
+    done = unipar(env, "job", "submit", "--", sys.executable, "-c", JOB, timeout=120)
+    found = re.search(r"job_[0-9a-f]+", done.stdout + done.stderr)
+    assert found, done.stdout[-2000:] + done.stderr[-2000:]
+    return found.group(0)
+
+
+def test_jobs_are_listed_with_status_times_exit_code_and_log(cluster: Cluster, url: str):
+    job_id = submit_job(cluster.env)
+    [job] = [j for j in fetch_json(url + "/api/jobs")["jobs"] if j["job_id"] == job_id]
+    assert job["status"] == "FAILED" and job["exit_code"] == 3, job
+    assert job["entrypoint"] == [sys.executable, "-c", JOB] and "exit code 3" in job["message"]
+    assert job["submitted_at"] <= job["start_time"] <= job["end_time"]
+    assert job["duration"] == pytest.approx(job["end_time"] - job["start_time"])
+    assert "pid" not in job   # the head's process bookkeeping stays inside
+    assert fetch_json(url + "/api/jobs/" + job_id[:10]) == job   # a unique prefix will do
+    log = fetch_json(f"{url}/api/jobs/{job_id}/log")
+    assert "hello from the job" in log["text"] and log["status"] == "FAILED"
+    assert log["offset"] == 0 and log["next"] == log["size"] > 0
+    tail = fetch_json(f"{url}/api/jobs/{job_id}/log?offset=-6&length=3")
+    assert tail["offset"] == log["size"] - 6 and len(tail["text"]) == 3
+    status, _, body = fetch(url + "/api/jobs/job_feedface/log")
+    assert status == 404 and "no job 'job_feedface'" in json.loads(body)["error"]
+    status, kind, page = fetch(url + "/jobs")
+    assert status == 200 and kind.startswith("text/html") and "/static/jobs.js" in page
 
 
 def test_an_id_names_one_node_actor_or_task(url: str, cluster: Cluster,

@@ -36,7 +36,7 @@ import psutil
 import pytest
 
 from multinode import Cluster, base_env
-from test_dashboard import URL_LINE, fetch_json
+from test_dashboard import URL_LINE, fake_smi, fetch_json, started, submit_job
 from unipar.testing import terminate, wait_for
 
 aiohttp = pytest.importorskip("aiohttp", reason="pip install 'unipar[dashboard]'")
@@ -347,6 +347,35 @@ def test_machines_page_shows_both_cpus_busy_during_the_sort(browser: Browser, ur
     no_problems(browser)
 
 
+GPU_FIGURES_JS = """Array.from(document.querySelectorAll(".figure.gpu")).map(function (f) {
+    return [f.dataset.gpu, f.querySelector(".v").textContent, f.querySelector(".small").textContent];
+  })"""
+
+
+def test_machines_page_shows_both_gpus_of_a_fake_nvidia_smi(browser: Browser, shots: str,
+                                                            tmp_path_factory: Any):
+    where = tmp_path_factory.mktemp("gpus")
+    gpu_cluster = started(where, "--dashboard-port", "0", path_first=fake_smi(where, "two_gpus"))
+    try:
+        found = URL_LINE.search(gpu_cluster.start_output)
+        assert found, gpu_cluster.start_output
+        browser.open(found.group(1) + "/machines?refresh=0.5")
+        figures = browser.wait(f"(function () {{ var f = {GPU_FIGURES_JS}; "
+                               "return f.length === 2 && f; })()", "two GPU figures")
+        assert figures == [["0", "37%", "1.0 GiB of 79.6 GiB memory"],
+                           ["1", "83%", "40.0 GiB of 79.6 GiB memory"]]
+        titles = browser.js("Array.from(document.querySelectorAll('.chart .title'))"
+                            ".map(function (t) { return t.textContent; })")
+        assert "GPU utilisation %" in titles and "GPU memory used" in titles
+        browser.wait("Number(document.querySelector('.node').dataset.samples) >= 3",
+                     "three samples in the charts")
+        browser.screenshot(os.path.join(shots, "dashboard-machines-gpus.png"))
+        no_problems(browser)
+    finally:
+        browser.call("Page.navigate", url="about:blank")   # no refreshes of a stopped cluster
+        gpu_cluster.stop()
+
+
 def test_work_page_counts_step_down_as_the_sorts_finish(browser: Browser, url: str,
                                                         sorts: Any, shots: str):
     driver, gates = sorts
@@ -503,6 +532,22 @@ def test_overview_page_names_the_node_and_links_every_page(browser: Browser, url
     assert node_id[:12] in browser.js("document.getElementById('main').textContent")
     links = browser.js("Array.from(document.querySelectorAll('nav a'))"
                        ".map(function (a) { return a.getAttribute('href'); })")
-    assert links == ["/", "/machines", "/work", "/actors", "/logs"]
+    assert links == ["/", "/machines", "/work", "/actors", "/jobs", "/logs"]
     browser.screenshot(os.path.join(shots, "dashboard-overview.png"))
+    no_problems(browser)
+
+
+def test_jobs_page_lists_a_job_and_shows_its_log(browser: Browser, url: str, cluster: Cluster,
+                                                 shots: str):
+    job_id = submit_job(cluster.env)   # prints a line, exits with code 3
+    browser.open(url + "/jobs?refresh=0.5&job=" + job_id)
+    row = browser.wait(f"""(function () {{
+        var r = document.querySelector('tr[data-job="{job_id}"]');
+        return r && Array.from(r.cells).map(function (c) {{ return c.textContent; }}); }})()""",
+                       "the job's row")
+    assert row[1] == "FAILED" and row[7] == "3" and "exit code 3" in row[8] and row[9] == "log"
+    assert "-c" in row[2]
+    browser.wait("document.getElementById('job-log').textContent"
+                 ".indexOf('hello from the job') >= 0", "the job's log")
+    browser.screenshot(os.path.join(shots, "dashboard-jobs.png"))
     no_problems(browser)

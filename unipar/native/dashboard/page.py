@@ -6,7 +6,7 @@ pages, which their scripts (static/*.js) fill from the JSON endpoints.
     GET /            render_page(snap, "overview")  the overview, readable without JavaScript;
                      static/overview.js swaps in GET /_body every refresh
     GET /machines    render_page(None, "machines")  an empty shell: static/machines.js draws it
-    GET /work, /actors, /logs                       the same, each with its own script
+    GET /work, /actors, /jobs, /logs                the same, each with its own script
 
 Every value from the cluster is escaped. The Content-Security-Policy (server.HEADERS) allows
 scripts and styles from this server's /static/ only, so no page carries inline script or style:
@@ -27,6 +27,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "machines": ("Machines", "machines.js"),
     "work": ("Work", "work.js"),
     "actors": ("Actors & objects", "actors.js"),
+    "jobs": ("Jobs", "jobs.js"),
     "logs": ("Logs", "logs.js"),
 }
 NEEDS_CHARTS = {"machines", "work"}   # pages that load uPlot
@@ -78,7 +79,8 @@ def render_page(page: str, head: str, refresh_s: float, snap: dict[str, Any] | N
             f'<footer>Read-only; refreshes every {refresh_s:g} s. JSON: '
             '<a href="/api/cluster">/api/cluster</a> · <a href="/api/machines">/api/machines</a>'
             ' · <a href="/api/tasks">/api/tasks</a> · <a href="/api/timeline">/api/timeline</a>'
-            ' · <a href="/api/logs">/api/logs</a> · <a href="/metrics">/metrics</a></footer>'
+            ' · <a href="/api/jobs">/api/jobs</a> · <a href="/api/logs">/api/logs</a>'
+            ' · <a href="/metrics">/metrics</a></footer>'
             + ('<script src="/static/uPlot.iife.min.js"></script>' if charts else "")
             + '<script src="/static/dashboard.js"></script>'
             f'<script src="/static/{script}"></script></body></html>')

@@ -8,6 +8,7 @@
                                           │ head.nodes (membership, last heartbeat figures)
                                           └─ thread: node_info ──▶ each live node (HMAC handshake)
     GET /api/machines, /api/tasks, /api/timeline, /api/logs/..., /metrics ──▶ api.py
+    GET /api/jobs[/{id}[/log]] ──▶ jobs.py (the head's job table, read on its loop)
 
 The same :func:`cluster_snapshot` feeds ``unipar status``, the pages and the API, so they
 always agree. The starter binds the listening socket (:func:`bind`) and hands it to the head,
@@ -34,7 +35,7 @@ from typing import Any, NamedTuple
 from ..wire import protocol as P
 from ..cluster.connect import ConnectError, ask, explained
 from ..wire.transport import Connection
-from . import api
+from . import api, jobs
 from .page import PAGES, num, render_body, render_page, size
 
 __all__ = ["DEFAULT_PORT", "Binding", "bind", "cluster_snapshot", "num", "query_node", "size",
@@ -283,6 +284,9 @@ def _app(web: Any, snapshots: Snapshots, allowed: set[str] | None) -> Any:
     def nodes() -> list[dict[str, Any]]:
         return [dict(n) for n in snapshots.head.nodes.values()]   # on the loop thread
 
+    def job_rows() -> list[dict[str, Any]]:
+        return list(snapshots.head.jobs.snapshot().values())   # on the loop thread: copies
+
     sources = api.Sources(snapshots.get, nodes, snapshots.secret)
     app = web.Application(middlewares=[guard])
     app.add_routes([web.get("/", page("overview")), web.get("/_body", body),
@@ -291,5 +295,6 @@ def _app(web: Any, snapshots: Snapshots, allowed: set[str] | None) -> Any:
                     web.get("/api/cluster", whole(None)), web.get("/api/nodes", whole("nodes")),
                     web.get("/api/actors", whole("actors")),
                     web.get("/api/placement_groups", whole("placement_groups")),
+                    *jobs.routes(web, job_rows, snapshots.head.jobs.log_path),
                     *api.routes(web, sources)])
     return app

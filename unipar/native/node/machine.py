@@ -10,6 +10,9 @@ One sampler per node, on its own thread, so the node's event loop never waits on
 Every figure is cheap to read (psutil's per-core CPU times are diffed against the previous
 sample, which takes no time of its own); GPUs are read through NVML (``pynvml``) when it is
 installed, else through ``nvidia-smi`` at most every GPU_EVERY seconds, else not at all.
+An ``nvidia-smi`` that hangs is killed (with whatever it started) after SMI_TIMEOUT and not
+run again for SMI_RETRY seconds; one that prints garbage gives no figures for that GPU; a
+figure it reports as ``[N/A]`` is None.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -28,6 +32,9 @@ INTERVAL = 1.0       # seconds between samples
 HISTORY = 300        # samples kept: the last five minutes
 GPU_EVERY = 5.0      # seconds between nvidia-smi runs (NVML is read every sample)
 SMI_TIMEOUT = 2.0
+SMI_RETRY = 60.0     # seconds before nvidia-smi is run again after it failed or hung
+SMI_QUERY = ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+             "--format=csv,noheader,nounits"]
 
 
 def _existing(path: str) -> str:
@@ -73,24 +80,67 @@ def _nvml_reader() -> Callable[[], list[dict[str, Any]]] | None:
     return read
 
 
-def _smi() -> list[dict[str, Any]]:
-    """Every GPU's figures from ``nvidia-smi`` (empty when it fails)."""
+def _run_smi() -> str | None:
+    """What ``nvidia-smi`` prints for SMI_QUERY; None when it is missing, fails or hangs.
+
+    It runs in a session of its own, so a hang kills it and whatever it started (a wrapper
+    script's child would otherwise hold the pipe open, and the read would never end)."""
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used,memory.total",
-             "--format=csv,noheader,nounits"], capture_output=True, text=True,
-            timeout=SMI_TIMEOUT, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for line in out.strip().splitlines():
+        proc = subprocess.Popen(SMI_QUERY, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, errors="replace",
+                                start_new_session=True)
+    except OSError:
+        return None
+    try:
+        out, _ = proc.communicate(timeout=SMI_TIMEOUT)
+    except subprocess.TimeoutExpired:
         try:
-            index, util, used, total = (float(x) for x in line.split(","))
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return None
+    return out if proc.returncode == 0 else None
+
+
+def _figure(text: str) -> float | None:
+    """One number of nvidia-smi's CSV ("[N/A]", "[Not Supported]": None)."""
+    text = text.strip()
+    if text.startswith("["):
+        return None
+    value = float(text)   # ValueError: garbage, the caller skips the line
+    if value != value or value < 0 or value in (float("inf"), float("-inf")):
+        raise ValueError(text)
+    return value
+
+
+def _parse_smi(out: str) -> list[dict[str, Any]]:
+    """Every GPU's figures from nvidia-smi's output for SMI_QUERY (lines that are not four
+    numbers are skipped; memory comes in MiB)."""
+    gpus = []
+    for line in out.strip().splitlines()[:64]:
+        fields = line.split(",")
+        try:
+            if len(fields) != 4:
+                continue
+            index, util, used, total = (_figure(x) for x in fields)
         except ValueError:
             continue
+        if index is None:
+            continue
         gpus.append({"index": int(index), "utilization": util,
-                     "memory_used": int(used) << 20, "memory_total": int(total) << 20})
+                     "memory_used": None if used is None else int(used) << 20,
+                     "memory_total": None if total is None else int(total) << 20})
     return gpus
+
+
+def _smi() -> list[dict[str, Any]] | None:
+    """Every GPU's figures from ``nvidia-smi``; None when it failed or hung."""
+    out = _run_smi()
+    return None if out is None else _parse_smi(out)
 
 
 class MachineSampler:
@@ -109,7 +159,7 @@ class MachineSampler:
         self._nvml = _nvml_reader()
         self._smi = self._nvml is None and shutil.which("nvidia-smi") is not None
         self._gpus: list[dict[str, Any]] = []
-        self._gpus_at = 0.0
+        self._smi_next = 0.0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -158,8 +208,10 @@ class MachineSampler:
                 return self._nvml()
             except Exception:
                 return []
-        if self._smi and now - self._gpus_at >= GPU_EVERY:
-            self._gpus, self._gpus_at = _smi(), now
+        if self._smi and now >= self._smi_next:
+            gpus = _smi()
+            self._gpus = gpus or []
+            self._smi_next = now + (GPU_EVERY if gpus is not None else SMI_RETRY)
         return self._gpus
 
     def latest(self) -> dict[str, Any]:
@@ -178,7 +230,8 @@ class MachineSampler:
         """The samples of the last ``seconds`` as compact columns, oldest first, for the
         dashboard's charts: ``time`` (Unix, 0.01 s), ``cpu`` (percent, all cores), ``cores``
         (per-core percents), ``memory`` (bytes used), ``sent``/``recv`` (bytes/s), ``gpus``
-        (per-GPU utilisation percents). Percents are whole numbers: a chart needs no more, and
+        (per-GPU utilisation percents), ``gpu_memory`` (per-GPU bytes used); a figure a GPU
+        did not report is None. Percents are whole numbers: a chart needs no more, and
         small ints keep ``node_info`` small (five minutes of a 2-core node: about 10 KB)."""
         rows = self.history(seconds)
         return {"time": [round(s["time"], 2) for s in rows],
@@ -187,4 +240,9 @@ class MachineSampler:
                 "memory": [s["memory"]["used"] for s in rows],
                 "sent": [round(s["network"]["sent_bytes_s"]) for s in rows],
                 "recv": [round(s["network"]["recv_bytes_s"]) for s in rows],
-                "gpus": [[round(g["utilization"]) for g in s["gpus"]] for s in rows]}
+                "gpus": [[_rounded(g["utilization"]) for g in s["gpus"]] for s in rows],
+                "gpu_memory": [[g["memory_used"] for g in s["gpus"]] for s in rows]}
+
+
+def _rounded(value: float | None) -> int | None:
+    return None if value is None else round(value)

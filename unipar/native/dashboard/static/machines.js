@@ -61,7 +61,11 @@
                                 function (u, lo, hi) { return [0, Math.max(1024, hi * 1.1)]; });
     if (gpus) {
       var gpuSeries = m.gpus.map(function (g) { return {label: "GPU " + g.index}; });
+      var most = Math.max.apply(null, m.gpus.map(function (g) { return g.memory_total || 0; }));
       view.charts.gpu = lineChart(charts, "GPU utilisation %", gpuSeries, pctAxis, [0, 100]);
+      view.charts.gpuMemory = lineChart(charts, "GPU memory used", gpuSeries,
+                                        Object.assign(axisOf(Dash.bytes), {fmt: Dash.bytes}),
+                                        function (u, lo, hi) { return [0, most || hi || 1]; });
     }
     return view;
   }
@@ -74,10 +78,16 @@
     return f;
   }
 
+  function known(v, fmt) { return v === null || v === undefined ? "\u2014" : fmt(v); }
+
   function showNow(view, m) {
-    var gpus = m.gpus.map(function (g) {
-      return figure("GPU " + g.index, Dash.pct(g.utilization), Dash.bytes(g.memory_used) +
-                    " of " + Dash.bytes(g.memory_total));
+    var gpus = m.gpus.map(function (g) {   // a figure the GPU does not report is null: "—"
+      var f = figure("GPU " + g.index, known(g.utilization, Dash.pct),
+                     known(g.memory_used, Dash.bytes) + " of " + known(g.memory_total, Dash.bytes) +
+                     " memory");
+      f.classList.add("gpu");
+      f.dataset.gpu = g.index;
+      return f;
     });
     Dash.fill(view.figures,
       el("div", {cls: "figure", id: "cpu-" + view.card.dataset.node},
@@ -109,6 +119,13 @@
       var n = view.charts.gpu.series.length - 1, gpu = [h.time];
       for (var g = 0; g < n; g++) { gpu.push(h.gpus.map(function (row) { return row[g]; })); }
       view.charts.gpu.setData(gpu);
+      var used = [h.time];
+      for (var k = 0; k < n; k++) {
+        used.push((h.gpu_memory || []).map(function (row) { return row[k]; }));
+      }
+      if (used.length > 1 && used[1].length === h.time.length) {
+        view.charts.gpuMemory.setData(used);
+      }
     }
   }
 
