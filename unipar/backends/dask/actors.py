@@ -128,12 +128,13 @@ def pack_result(result: Any, num_returns: int, label: str) -> Any:
     items = []
     for value in split_returns(result, num_returns, label):
         data, escaped = dumps(value)
-        _pin(escaped)
+        pin(escaped)
         items.append(data)
     return items[0] if num_returns == 1 else tuple(items)
 
 
-def _pin(futures: list[Any]) -> None:
+def pin(futures: list[Any]) -> None:
+    """Keep these futures (of refs that left this process inside a value) for the process's life."""
     for future in futures:
         _ESCAPED[future.key] = future
 

@@ -46,16 +46,18 @@ from ...options import InitOptions, TaskOptions, resource_demand
 from ...refs import is_ref, unwrap
 from ..base import ActorCall, ActorMeta, ActorSpec, Backend, Stream, TaskSpec
 from ..scheduling import no_groups
-from ..streams import CollectedStream, collect_call, collect_spec
+from ..streams import header_call, header_spec
 from . import actors as worker_side
 from . import envs, hosts
 from .actors import Dep, dumps
 from .cluster import LocalProcesses
+from .generators import DaskStream
 from .handles import DaskActorId, DaskRef, future_for_key
 from .names import NameRegistry
 from .placement import WHY_NO_GROUPS, DaskPlacement, runtime_context
 from .restarts import DEMAND as _DEMAND
 from .restarts import Recipe, Restarts
+from .streaming import STREAM, Streaming
 from .waiting import get_values, now, slot_released, wait_done
 from .workers import KILLED, WorkerView
 
@@ -278,7 +280,11 @@ class DaskBackend(Backend):
             return
         client.cancel([handle.future], force=True)
         if handle.call is not None:
+            # The call runs on the actor's own thread: one not started yet is skipped, a
+            # running one is left alone (as Ray does). Interrupting the call's Dask task, which
+            # only waits for it, would raise KeyboardInterrupt in a worker thread: the worker exits.
             self._skip_call(handle.call)
+            return
         # Dask cannot stop a running thread; interrupt it (or kill its worker with force).
         try:
             hit = client.run(worker_side.interrupt_task, handle.key, force, wait=True)
@@ -354,12 +360,20 @@ class DaskBackend(Backend):
         with self._lock:
             return self._seqs.get(key, 0)
 
-    # Generators run to completion in the worker, then stream from here (docs/generators.md).
+    # Generators stream: each value comes here as the worker yields it (generators.py).
     def submit_stream(self, spec: TaskSpec) -> Stream:
-        return CollectedStream(self, self.submit(collect_spec(spec))[0])
+        stream = DaskStream(self._live(), spec.options._generator_backpressure_num_objects,
+                            self._cancel_stream)
+        stream.start(self.submit(header_spec(spec, Streaming, stream.header))[0])
+        return stream
 
     def call_actor_stream(self, actor_id: Any, call: ActorCall) -> Stream:
-        return CollectedStream(self, self.call_actor(actor_id, collect_call(call))[0])
+        stream = DaskStream(self._live(), call.backpressure, self._cancel_stream)
+        stream.start(self.call_actor(actor_id, header_call(call, STREAM, stream.header))[0])
+        return stream
+
+    def _cancel_stream(self, handle: DaskRef, force: bool) -> None:
+        self.cancel(handle, force, True)
 
     def call_actor(self, actor_id: DaskActorId, call: ActorCall) -> list[DaskRef]:
         from distributed import fire_and_forget

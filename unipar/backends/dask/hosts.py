@@ -35,10 +35,10 @@ from typing import Any
 import cloudpickle
 
 from ...exceptions import ActorDiedError, capture_remote
-from ..._yielding import bound_method
 from . import envs
 from .actors import (BackendClass, Failed, context, dask_key, ensure_worker_setup, pack_result,
                      resolve_args, where_ran, worker_address)
+from .streaming import method_of
 
 __all__ = ["HOST_META", "ActorHost", "call_host", "dead_entry", "host_entry", "run_actor_call",
            "run_retrying_call"]
@@ -236,7 +236,7 @@ class ActorHost:
             try:
                 with envs.applied(self._env):
                     args, kwargs = resolve_args(call.call_bytes, call.deps)
-                    result = bound_method(self._instance, call.method)(*args, **kwargs)
+                    result = method_of(self._instance, call.method)(*args, **kwargs)
                 if asyncio.iscoroutine(result) and loop is not None:
                     return result
                 if asyncio.iscoroutine(result):  # an async method on a sync host: run it here
