@@ -409,3 +409,35 @@ def test_packages_nothing_uses_are_removed_after_the_grace_period(tmp_path):
         assert after["removed"] >= 1
     finally:
         cluster.stop()
+
+
+def test_a_kept_package_reaches_workers_on_another_node(tmp_path):
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "farhelper.py").write_text("VALUE = 11\n")
+    state = str(tmp_path / "state")
+    cluster = Cluster(state, base_env(state))
+    body = """
+        from unipar.backends.base import current_backend
+        unipar.init(runtime_env={"working_dir": "."})
+
+        @unipar.remote(num_cpus=1)
+        def where():
+            import farhelper
+            return [farhelper.VALUE, unipar.get_runtime_context().get_node_id()]
+
+        print("RESULT", json.dumps({"ran": unipar.get(where.remote(), timeout=120),
+                                    "me": unipar.get_runtime_context().get_node_id(),
+                                    **current_backend().client.node_info()["runtime_envs"]}))
+    """
+    try:
+        # The driver's node has no CPU: its tasks run on the other node, which pulls the
+        # package the driver's node keeps (after the first driver has gone, too).
+        cluster.start(["--num-cpus", "0"], [["--num-cpus", "1"]])
+        first = _drive(cluster, str(project), body)
+        second = _drive(cluster, str(project), body)
+        for got in (first, second):
+            assert got["ran"][0] == 11 and got["ran"][1] != got["me"]
+        assert second["uploaded"] == first["uploaded"] == 1 and second["reused"] == 1
+    finally:
+        cluster.stop()
