@@ -95,12 +95,6 @@ LIMITS: dict[str, dict[str, str]] = {
         "test_node_ip_resource_pins_work_to_its_node":
             "Dask workers have no node:<ip> resource (their resources are what they were "
             "started with): pin work with NodeAffinitySchedulingStrategy",
-        "test_values_arrive_before_the_task_ends":
-            "generators run to completion in the worker, then stream from the driver "
-            "(docs/generators.md): no value arrives before the task ends",
-        "test_backpressure_bounds_unconsumed_values":
-            "generators run to completion in the worker (docs/generators.md): nothing bounds "
-            "how far the task runs ahead",
         "test_placement_group_reserves_runs_work_and_gives_back": "Dask reserves nothing ahead of the tasks that use it: placement groups raise NotSupportedError",
         "test_infeasible_placement_group_fails_or_waits": "Dask reserves nothing ahead of the tasks that use it: placement groups raise NotSupportedError",
         "test_work_that_fits_no_bundle_is_refused": "Dask reserves nothing ahead of the tasks that use it: placement groups raise NotSupportedError",
