@@ -37,6 +37,7 @@ log = logging.getLogger("unipar")
 #: Held while the current backend changes (init, shutdown), so two threads never start two.
 lock = threading.RLock()
 _totals: dict[str, float] = {}  # cluster totals as last seen, for the feasibility check
+_nodes: list[dict[str, float]] = []   # each live node's resources as last seen (the same)
 _fail_infeasible: list[bool | None] = [None]   # InitOptions.fail_infeasible of this session
 _atexit_registered = False
 
@@ -87,6 +88,7 @@ def start(name: str | None, options: InitOptions) -> None:
             raise
         install_worker_backend(instance)
         _totals.clear()
+        _nodes.clear()
         _fail_infeasible[0] = options.fail_infeasible
         if not _atexit_registered:
             atexit.register(stop)
@@ -100,6 +102,7 @@ def stop() -> None:
         running = current_backend()
         install_worker_backend(None)
         _totals.clear()
+        _nodes.clear()
     if running is not None:
         running.shutdown()
 
@@ -134,28 +137,45 @@ def _check_feasible(running: Backend, opts: TaskOptions | ActorOptions, what: st
                 f"{what} is pinned to node {strategy.node_id!r} (NodeAffinitySchedulingStrategy, "
                 "soft=False), which is not alive: unipar.nodes() lists the live ones; pass "
                 "soft=True to run elsewhere when it is gone")
-    if not demand:
+    if not demand or _fits_a_node(running, demand):
         return
-    if not _totals or any(_totals.get(k, 0.0) < v for k, v in demand.items()):
-        _totals.clear()
-        _totals.update(running.cluster_resources())
-    missing = {k: v for k, v in demand.items() if _totals.get(k, 0.0) < v}
-    if not missing:
-        return
-    have = {k: _totals.get(k, 0.0) for k in missing}
+    biggest = _biggest_node(demand)
     fail = _fail_infeasible[0]
     if fail is False or (fail is None and running.can_grow()):
         # As in Ray: on a cluster that nodes may join, it waits for one that fits.
         warnings.warn(
-            f"{what} asks for {missing} but the cluster has {have} today; it waits until a "
-            "node that has that much joins (unipar status lists it as infeasible). Pass "
-            "unipar.init(fail_infeasible=True) to fail instead.", InfeasibleWarning,
-            stacklevel=4)
+            f"{what} asks for {demand} but no node has that much today (the biggest has "
+            f"{biggest}); it waits until a node that fits joins (unipar status lists it as "
+            "infeasible). Pass unipar.init(fail_infeasible=True) to fail instead.",
+            InfeasibleWarning, stacklevel=4)
         return
     raise InfeasibleResourcesError(
-        f"{what} asks for {missing} but the whole cluster has {have}; it could never run. "
-        "Ask for less, or start the cluster with more (unipar.init(num_cpus=..., "
-        "num_gpus=..., resources={...}) or more nodes).")
+        f"{what} asks for {demand} but no node has that much (the biggest has {biggest}); it "
+        "could never run. Ask for less, or start the cluster with more (unipar.init("
+        "num_cpus=..., num_gpus=..., resources={...}) or bigger nodes).")
+
+
+def _fits(have: dict[str, float], demand: dict[str, float]) -> bool:
+    return all(have.get(k, 0.0) + 1e-9 >= v for k, v in demand.items())
+
+
+def _fits_a_node(running: Backend, demand: dict[str, float]) -> bool:
+    """Whether one live node has ``demand`` (a task runs on one node, as in Ray). The nodes
+    as last seen are asked first: the backend is asked again only when none of them fits."""
+    if any(_fits(node, demand) for node in _nodes):
+        return True
+    _nodes[:] = [dict(n.get("Resources", {})) for n in running.nodes() if n.get("Alive", True)]
+    _totals.clear()
+    _totals.update(running.cluster_resources())
+    return any(_fits(node, demand) for node in _nodes)
+
+
+def _biggest_node(demand: dict[str, float]) -> dict[str, float]:
+    """What the node closest to ``demand`` has of it (for the error message)."""
+    if not _nodes:
+        return {k: 0.0 for k in demand}
+    best = max(_nodes, key=lambda n: sum(min(n.get(k, 0.0), v) / v for k, v in demand.items()))
+    return {k: best.get(k, 0.0) for k in demand}
 
 
 def _check_fits_bundle(strategy: PlacementGroupSchedulingStrategy, demand: dict[str, float],
@@ -187,7 +207,7 @@ def submit(spec: TaskSpec) -> list[Hashable]:
     """Start one task; one handle per return value.
 
     Raises:
-        InfeasibleResourcesError: the whole cluster could never give what it asks for.
+        InfeasibleResourcesError: no node could ever give what it asks for.
     """
     running = backend()
     _check_feasible(running, spec.options, f"task {spec.name}")
@@ -198,7 +218,7 @@ def create_actor(spec: ActorSpec) -> Any:
     """Start an actor and return its id; warns (ResourcesBusyWarning) when it must wait.
 
     Raises:
-        InfeasibleResourcesError: the whole cluster could never give what it asks for.
+        InfeasibleResourcesError: no node could ever give what it asks for.
     """
     running = backend()
     what = f"actor {spec.meta.class_name}"

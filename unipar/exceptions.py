@@ -64,7 +64,7 @@ class HeadUnavailableError(UniparError):
 
 
 class InfeasibleResourcesError(UniparError, ValueError):
-    """A task or actor asks for more resources than the whole cluster has; it could never run."""
+    """A task or actor asks for more resources than any node has; it could never run."""
 
 
 class ResourcesBusyWarning(UserWarning):

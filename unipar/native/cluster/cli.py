@@ -461,3 +461,6 @@ def _print_node(node: dict[str, Any]) -> None:
           f"actors: {node['actors']}; workers: {node['workers']}; drivers: {node['drivers']}")
     print(f"    object store: {size(store['used'])} in memory of {size(store['limit'])}, "
           f"{size(store['spilled'])} spilled, {store['objects']} objects")
+    for row in node.get("infeasible") or ():
+        print(f"    pending, infeasible today (waits for a node that fits): {row['tasks']} "
+              f"task(s), {row['actors']} actor(s) asking {row['demand']}")

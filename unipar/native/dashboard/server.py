@@ -107,7 +107,7 @@ def _node_row(node: dict[str, Any], report: Any) -> dict[str, Any]:
                           "objects": report.get("objects", store["objects"])})
         row.update(tasks=report.get("tasks"), machine=report.get("machine"),
                    object_sizes=report.get("object_sizes"), log_dir=report.get("log_dir", ""),
-                   leases=report.get("leases", 0))
+                   leases=report.get("leases", 0), infeasible=report.get("infeasible", []))
         row["resources"] = {k: {"total": v, "in_use": v - available.get(k, 0.0)}
                             for k, v in total.items()}
     else:   # dead, or no answer: what the head last heard from its heartbeats

@@ -300,6 +300,7 @@ class Node:
             "queued": seen["tasks"]["queued"],
             "actors": self.actors.live(),
             "actor_table": self.actors.table_size(),
+            "infeasible": self.links.infeasible_today(),
             "objects": len(self.objects),
             "drivers": len(self.drivers),
             "runtime_envs": self.packages.report(),
@@ -439,6 +440,7 @@ async def _run(cfg: dict, secret: bytes, prestarted: list[Any] | None,
         from ..head.daemon import Head
         head = Head(secret)
         head.groups.can_grow = False   # a driver's own cluster: no node joins it
+        node.links.can_grow = False
         head_servers = await serve(head, secret, tcp_fd=cfg["head_fd"])  # noqa: F841
     await node.start(prestarted)
     if node.head.address:

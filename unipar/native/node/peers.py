@@ -50,6 +50,10 @@ class PeerLinks:
         self.head = head
         self.drivers = drivers
         self.peers: dict[str, Peer] = {}
+        # A cluster of `unipar start`: nodes may join it, so work no node fits today waits
+        # (as in Ray); a driver's own one-machine cluster sets False: such work fails.
+        self.can_grow = True
+        self._warned: set[tuple[str, str]] = set()   # (what, demand) already logged
         self.ticks = 0
         self.stopping = False
         self.on_message: Callable[[Peer, P.Message], None] = lambda peer, msg: None
@@ -179,20 +183,55 @@ class PeerLinks:
         totals = [self.sched.total] + [p.total for p in self.peers.values() if p.alive]
         return placement.infeasible(demand, totals, what)
 
+    def infeasible_today(self) -> list[dict[str, Any]]:
+        """Work queued here that no live node (this one or a peer) could hold today, one row
+        per shape: ``{"demand", "tasks", "actors"}``. On a cluster that may grow it waits for
+        a node that fits; ``unipar status`` lists it."""
+        totals = [self.sched.total] + [p.total for p in self.peers.values() if p.alive]
+        rows: dict[str, dict[str, Any]] = {}
+
+        def count(demand: dict[str, float], kind: str, n: int) -> None:
+            if any(placement.fits(t, demand) for t in totals):
+                return
+            row = rows.setdefault(repr(sorted(demand.items())),
+                                  {"demand": demand, "tasks": 0, "actors": 0})
+            row[kind] += n
+        for demand in self.sched.queued_shapes():
+            count(demand, "tasks", len(self.sched.queued_ids(demand)))
+        for _aid, demand in self.sched.waiting_actors():
+            count(demand, "actors", 1)
+        return list(rows.values())
+
     def check_feasible(self, demand: dict[str, float], what: str,
                        fail: Callable[[Exception], None]) -> None:
-        """Call ``fail(error)`` if no live node can hold ``demand``. This node's list of peers
-        may lag the head's by a second (a node that just joined): when it says no, the head's
-        list is fetched first, so the verdict comes later; meanwhile ``what`` waits here."""
+        """Call ``fail(error)`` if no live node can hold ``demand`` and the cluster cannot
+        grow; where it can, ``what`` waits here (queued) for a node that fits to join, and the
+        node logs why once. This node's list of peers may lag the head's by a second (a node
+        that just joined): when it says no, the head's list is fetched first, so the verdict
+        comes later; meanwhile ``what`` waits here."""
         if self.infeasible(demand, what) is None:
             return
 
+        def verdict() -> None:
+            error = self.infeasible(demand, what)
+            if error is None:
+                return
+            if not self.can_grow:
+                fail(error)
+            elif self._first_warning(what, demand):
+                log.warning("%s; it waits here until a node that fits joins", error)
+
         def answered(nodes: list) -> None:
             self.update(nodes)
-            error = self.infeasible(demand, what)
-            if error is not None:
-                fail(error)
+            verdict()
         if not self.head.ask(lambda r: P.ListNodes(r), answered):
-            error = self.infeasible(demand, what)
-            if error is not None:
-                fail(error)
+            verdict()
+
+    def _first_warning(self, what: str, demand: dict[str, float]) -> bool:
+        key = (what, repr(sorted(demand.items())))
+        if key in self._warned:
+            return False
+        if len(self._warned) > 1000:   # a long-lived node: bounded, a repeat now and then
+            self._warned.clear()
+        self._warned.add(key)
+        return True
