@@ -15,12 +15,16 @@ actor's socket: a remote driver) gets every call through the node, which keeps t
 
 When the connection drops, the caller asks again: a restarted actor gets the calls that were
 in flight again (within ``max_task_retries``); a dead one fails them with its death.
+
+A driver may call millions of actors over its life: a dead actor's route is dropped, keeping
+only its death (the last :data:`DEAD_KEPT`, for later calls), and idle routes through the node
+(which hold nothing) are dropped now and then (a later call asks the node again).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Callable, Protocol, Sequence
 
 from ...exceptions import ActorDiedError, TaskCancelledError
@@ -30,6 +34,8 @@ from ..wire.transport import Connection
 from .delivery import Delivery
 
 RETRY_RESOLVE = 0.02   # seconds before asking again when the node's answer was stale
+DEAD_KEPT = 10_000     # dead actors whose death later calls raise here (then the node answers)
+PRUNE_FIRST = 1024     # routes kept before idle ones are first dropped
 
 
 class ActorCall:
@@ -103,14 +109,22 @@ class ActorRouter:
         self.client = client
         self.lock = threading.RLock()
         self.routes: dict[bytes, _Route] = {}
+        self.dead: OrderedDict[bytes, bytes] = OrderedDict()   # actor id -> death, oldest first
+        self.dead_kept = DEAD_KEPT
+        self._prune_at = PRUNE_FIRST
         self.closed = False
 
     # -- submitting ----------------------------------------------------------------------------
     def call(self, actor_id: bytes, call: ActorCall) -> None:
         with self.lock:
+            death = self.dead.get(actor_id)
+            if death is not None:
+                self.client.fail_locally(call.return_ids, death)
+                return
             route = self.routes.get(actor_id)
             fresh = route is None
             if route is None:
+                self._prune()
                 route = self.routes[actor_id] = _Route(actor_id)
                 if self.client.remote:
                     route.state = "node"
@@ -122,6 +136,16 @@ class ActorRouter:
                 self._pump(route)
                 return
         self._resolve(route)
+
+    def _prune(self) -> None:
+        """Drop idle routes through the node (they hold nothing: a later call asks the node
+        again), amortized: when the table doubled since the last time. Under the lock."""
+        if len(self.routes) < self._prune_at:
+            return
+        for aid, route in list(self.routes.items()):
+            if route.state == "node" and not (route.queue or route.inflight or route.lost):
+                del self.routes[aid]
+        self._prune_at = max(PRUNE_FIRST, 2 * len(self.routes))
 
     def _resolve(self, route: _Route) -> None:
         def answered(fut: Any) -> None:
@@ -290,6 +314,11 @@ class ActorRouter:
             calls = route.lost + list(route.inflight.values()) + list(route.queue)
             route.lost, route.queue = [], deque()
             route.inflight.clear()
+            if self.routes.get(route.actor_id) is route:   # only its death stays
+                del self.routes[route.actor_id]
+                self.dead[route.actor_id] = death
+                while len(self.dead) > self.dead_kept:
+                    self.dead.popitem(last=False)
         for call in calls:
             if not call.cancelled:
                 self.client.fail_locally(call.return_ids, death)

@@ -36,6 +36,7 @@ from ..wire import protocol as P
 from ..cluster import session
 from ..node.spawn import report_ready
 from ..wire.server import ServerConnection, run_loop, serve
+from .actor_table import ActorTable
 from .groups import PlacementGroups
 from .jobs import Jobs
 from .journal import Journal, decode_state, encode_state
@@ -53,8 +54,7 @@ class Head:
         self._save_scheduled = False
         self.nodes: dict[str, dict[str, Any]] = {}
         self.names: dict[str, tuple[bytes, bytes]] = {}   # name -> (actor id, pickled meta)
-        self.actor_nodes: dict[bytes, str] = {}            # actor id -> hosting node id ("": dead)
-        self.actor_owners: dict[bytes, str] = {}           # actor id -> node that re-creates it
+        self.actor_table = ActorTable()   # where actors live, who owns them (bounded)
         self.last_seen: dict[str, float] = {}               # node id -> its last status (monotonic)
         self.conns: dict[str, ServerConnection] = {}
         self.dead: dict[str, str] = {}                      # node id -> why it was declared dead
@@ -84,8 +84,8 @@ class Head:
         data = self.journal.load()
         if data is None:
             return False
-        (self.nodes, self.dead, self.names, self.actor_nodes,
-         self.actor_owners) = decode_state(data)
+        (self.nodes, self.dead, self.names, actor_nodes, actor_owners) = decode_state(data)
+        self.actor_table.load(actor_nodes, actor_owners)
         self.groups.nodes = self.nodes
         self.jobs.restore(data.get("jobs", {}))
         now = time.monotonic()
@@ -231,18 +231,31 @@ class Head:
             conn.send(P.NodeDeclaredDead(node_id, reason))
         return True
 
+    @property
+    def actor_nodes(self) -> dict[bytes, str]:
+        """Actor id -> hosting node id ("": dead for good; the last DEAD_KEPT of those)."""
+        return self.actor_table.nodes
+
+    @property
+    def actor_owners(self) -> dict[bytes, str]:
+        """Actor id -> the node that re-creates it elsewhere (until it dies for good)."""
+        return self.actor_table.owners
+
     def on_actor_location(self, conn: ServerConnection, msg: P.ActorLocation) -> None:
         if self._told_dead(conn):
             return
-        if self.actor_nodes.get(msg.actor_id) != msg.node_id:
-            self.actor_nodes[msg.actor_id] = msg.node_id
+        changed, owner = self.actor_table.located(msg.actor_id, msg.node_id)
+        if changed:
             self.dirty()
+        if owner is not None and owner != conn.info.get("node_id"):
+            # It died on another node than its owner's: the owner drops what it kept to
+            # re-create it, and keeps its death (the cause) for later calls from there.
+            self._send_node(owner, P.ActorLocation(msg.actor_id, "", msg.death))
 
     def on_actor_owner(self, conn: ServerConnection, msg: P.ActorOwner) -> None:
         if self._told_dead(conn):
             return
-        if self.actor_owners.get(msg.actor_id) != msg.node_id:
-            self.actor_owners[msg.actor_id] = msg.node_id
+        if self.actor_table.owned(msg.actor_id, msg.node_id):
             self.dirty()
 
     def on_lookup_actor(self, conn: ServerConnection, msg: P.LookupActor) -> None:

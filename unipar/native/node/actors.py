@@ -107,9 +107,13 @@ class Actors:
         return sum(1 for a in self.actors.values() if a.state != "dead")
 
     def table_size(self) -> dict[str, int]:
-        """Its records, for ``node_info``: actors hosted (not dead), deaths kept, the bound."""
-        return {"hosted": len(self.actors), "deaths": len(self.deaths),
-                "deaths_kept": self.deaths.limit}
+        """Its records, for ``node_info``: actors hosted (not dead), deaths kept, the bound,
+        and (``remote_*``) those of actors on other nodes (:meth:`.Elsewhere.table_size`)."""
+        sizes = {"hosted": len(self.actors), "deaths": len(self.deaths),
+                 "deaths_kept": self.deaths.limit}
+        if self.elsewhere is not None:
+            sizes.update(self.elsewhere.table_size())
+        return sizes
 
     # -- creation ------------------------------------------------------------------------------
     def on_create_actor(self, conn: ServerConnection, msg: P.CreateActor) -> None:
@@ -323,7 +327,8 @@ class Actors:
         if actor.worker in self.pool.workers:
             self.pool.retire(actor.worker)   # type: ignore[arg-type]
         self.head.status_changed()
-        self.head.tell(P.ActorLocation(actor.msg.actor_id, ""))   # lookups: dead for good
+        # Lookups: dead for good; its owner (another node, if any) learns why.
+        self.head.tell(P.ActorLocation(actor.msg.actor_id, "", death))
         if actor.msg.name:
             self.head.tell(P.UnregisterName(0, actor.msg.name, actor.msg.actor_id))
         self.schedule()

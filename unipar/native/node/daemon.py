@@ -137,7 +137,8 @@ class Node:
         self.links.on_refresh = self._peers_refreshed
         self.links.stop = self._declared_dead
         self.head.handlers = {P.ReserveBundles.op: self._reserve_bundles,
-                              P.ReleaseBundles.op: self._release_bundles}
+                              P.ReleaseBundles.op: self._release_bundles,
+                              P.ActorLocation.op: self.remote.died_elsewhere}
 
     def _handlers(self) -> dict[str, Any]:
         """The protocol's table of contents: op -> the part that handles it."""

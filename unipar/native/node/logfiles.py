@@ -17,11 +17,13 @@ import logging
 import logging.handlers
 import os
 import re
+from collections import OrderedDict
 from typing import Any
 
 MAX_BYTES = 20 * 1024 * 1024    # a log file rotates past this size
 BACKUPS = 3                     # rotated copies kept per file
 PAGE_MAX = 1024 * 1024          # bytes one ReadLog answers at most
+ENDED_KEPT = 1000               # ended workers whose role the listing still shows
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _WORKER_FILE = re.compile(r"^worker-(w\d+)-(\d+)\.log(\.\d+)?$")
 
@@ -55,15 +57,45 @@ def link_session(session_dir: str, log_dir: str) -> None:
 
 
 class LogFiles:
-    """The log files of one node, and who wrote each (``note`` records worker roles)."""
+    """The log files of one node, and who wrote each (``note`` records worker roles).
 
-    def __init__(self, log_dir: str) -> None:
+    A node starts workers for as long as it lives: who wrote a file is kept for the live
+    workers (``writers``) and for the last :data:`ENDED_KEPT` that ended (``ended``); older
+    files are still listed and readable, without their role's details."""
+
+    def __init__(self, log_dir: str, ended_kept: int = ENDED_KEPT) -> None:
         self.log_dir = log_dir
-        self.writers: dict[str, dict[str, Any]] = {}   # worker id -> role, actor, ...
+        self.writers: dict[str, dict[str, Any]] = {}   # live worker id -> role, actor, ...
+        self.ended: OrderedDict[str, dict[str, Any]] = OrderedDict()   # oldest first
+        self.ended_kept = ended_kept
+        self._by_pid: dict[int, str] = {}   # live writer's pid -> worker id
 
     def note(self, worker_id: str, **info: Any) -> None:
         """Remember who worker ``worker_id`` is (role, pid, actor id and class, name)."""
         self.writers.setdefault(worker_id, {}).update(info)
+        if "pid" in info:
+            self._by_pid[info["pid"]] = worker_id
+
+    def writer_of(self, pid: int) -> str:
+        """The live worker with process id ``pid``, "" if none."""
+        return self._by_pid.get(pid, "")
+
+    def gone(self, worker_id: str) -> None:
+        """Worker ``worker_id`` ended: its record moves to the bounded ``ended`` table (its
+        file stays on disk, for ``unipar logs``)."""
+        info = self.writers.pop(worker_id, None)
+        if info is None:
+            return
+        if self._by_pid.get(info.get("pid", -1)) == worker_id:
+            del self._by_pid[info["pid"]]
+        self.ended[worker_id] = info
+        while len(self.ended) > self.ended_kept:
+            self.ended.popitem(last=False)
+
+    def table_size(self) -> dict[str, int]:
+        """Its records, for ``node_info``: live writers, ended ones kept, the bound."""
+        return {"writers": len(self.writers), "ended": len(self.ended),
+                "ended_kept": self.ended_kept}
 
     def listing(self) -> dict[str, Any]:
         files = []
@@ -84,7 +116,7 @@ class LogFiles:
             if match:
                 wid = match.group(1)
                 entry.update(role="worker", worker_id=wid, pid=int(match.group(2)))
-                entry.update(self.writers.get(wid, {}))
+                entry.update(self.writers.get(wid) or self.ended.get(wid) or {})
             files.append(entry)
         return {"log_dir": self.log_dir, "files": files}
 

@@ -74,8 +74,13 @@ class Observer:
     def disconnected(self, conn: ServerConnection) -> None:
         """A client or worker went away: its queue is gone, its running tasks ended."""
         self.task_log.client_gone(conn.info.get("client_id", 0))
-        if conn.info.get("worker_id"):
-            self.task_log.worker_gone(conn.info["worker_id"], time.time())
+        wid = conn.info.get("worker_id", "")
+        if wid:
+            self.task_log.worker_gone(wid, time.time())
+        elif conn.info.get("role") not in ("driver", "remote", "peer"):
+            wid = self.logs.writer_of(conn.info.get("pid", 0))   # retired: the pool forgot it
+        if wid:
+            self.logs.gone(wid)   # its file stays; its record goes to a bounded table
 
     def worker_connected(self, worker_id: str, pid: int, role: str,
                          actor: P.CreateActor | None) -> None:
@@ -93,7 +98,7 @@ class Observer:
         sizes = [obj.size for obj in list(self.objects().values()) if obj.kind is not None]
         return {"tasks": self.task_log.summary(), "machine": self.machine.latest(),
                 "machine_history": self.machine.columns(),
-                "log_dir": self.logs.log_dir,
+                "log_dir": self.logs.log_dir, "log_writers": self.logs.table_size(),
                 "object_sizes": {"count": len(sizes), "bytes": sum(sizes),
                                  "largest": max(sizes, default=0)}}
 

@@ -55,6 +55,9 @@ class Elsewhere(Protocol):
 
     def kill_remote(self, aid: bytes, no_restart: bool) -> bool: ...
 
+    def table_size(self) -> dict[str, int]:
+        """Counts of its per-actor records (``remote_*`` keys), for ``node_info``."""
+
     def check_feasible(self, demand: dict[str, float], what: str,
                        fail: Callable[[Exception], None]) -> None:
         """Call ``fail(error)`` if no live node can ever hold ``demand``."""

@@ -271,8 +271,35 @@ class RemoteActors:
             owned.pinned = True
             for oid in list(init.deps) + list(init.contained):
                 self.tasks.objects.pin(oid)
-            # The head then keeps its name when its node dies: we re-create it.
-            self.head.tell(P.ActorOwner(msg.actor_id, self.node_id))
+        # The head then keeps its name when its node dies (we re-create it, or bury it and
+        # free the name), and tells us when it dies for good there (died_elsewhere).
+        self.head.tell(P.ActorOwner(msg.actor_id, self.node_id))
+
+    def died_elsewhere(self, msg: P.ActorLocation) -> None:
+        """The head says an actor owned here died for good on the node hosting it (killed
+        through a handle there, out of restarts, its constructor failed). Drop what we kept
+        for it; its death (the cause) stays in ``dead_actors`` for later calls from here.
+        Calls still waiting here fail with it; calls sent there fail there."""
+        aid = msg.actor_id
+        if msg.node_id or self.actors.get(aid) is not None or aid in self.remote_creating:
+            return   # not a death, or it lives here again / is being re-created
+        owned = self.owned_actors.get(aid)
+        name = owned.msg.class_name if owned else aid.hex()[:12]
+        death = bytes(msg.death) if msg.death is not None else S.pack_error(
+            ActorDiedError(f"actor {name} died on its node"))
+        self.dead_actors.add(aid, DeadActor(name, owned.msg.name if owned else "",
+                                            owned.restarts if owned else 0, "", death))
+        self.remote_actors.pop(aid, None)
+        self.relocating.pop(aid, None)
+        for task in self.remote_calls.pop(aid, deque()):
+            self.tasks.fail_task(task, death)
+        self.disown(aid)
+
+    def table_size(self) -> dict[str, int]:
+        """Counts of its per-actor records (see :meth:`.Actors.table_size`)."""
+        return {"remote_hosted": len(self.remote_actors), "remote_queues": len(self.remote_calls),
+                "remote_owned": len(self.owned_actors), "remote_lookups": len(self.actor_lookups),
+                "remote_deaths": len(self.dead_actors)}
 
     def disown(self, aid: bytes) -> None:
         owned = self.owned_actors.pop(aid, None)
@@ -427,7 +454,7 @@ class RemoteActors:
         for task in list(calls) + list(self.remote_calls.pop(aid, deque())):
             self.tasks.fail_task(task, death)
         if owned is not None:
-            self.head.tell(P.ActorLocation(aid, ""))   # lookups now say: dead
+            self.head.tell(P.ActorLocation(aid, "", death))   # lookups now say: dead
             if owned.msg.name:
                 self.head.tell(P.UnregisterName(0, owned.msg.name, aid))
             self.disown(aid)

@@ -84,10 +84,13 @@ class UnregisterName(Message):
 
 @message
 class ActorLocation(Message):
-    """A node hosts this actor (so any node can route calls from handles it receives)."""
+    """A node hosts this actor (so any node can route calls from handles it receives).
+    ``node_id`` "": it died for good, ``death`` its packed error; the head passes that on to
+    the actor's owner (ActorOwner) when another node hosted it."""
     op = "actor_location"
     actor_id: bytes
     node_id: str
+    death: bytes | None = None
 
 
 @message
