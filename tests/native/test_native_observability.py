@@ -286,3 +286,15 @@ def test_tasks_of_a_driver_that_exits_at_once_are_listed_finished(cluster: Clust
         rows = listed(name)
         assert [t["state"] for t in rows] == ["finished"] * n, [
             (t["state"], t["error"][:200]) for t in rows]
+
+
+def test_a_task_whose_worker_was_stopped_is_listed_stopped_not_failed() -> None:
+    from unipar.native.node.events import TaskLog
+    log = TaskLog("node", lambda: [])
+    log.on_events("w1", 11, [["start", b"a", 1.0, "m.f", "task"], ["start", b"b", 1.0, "m.f",
+                                                                     "task"]])
+    log.on_events("w1", 11, [["end", b"a", 2.0, "stopped", "its worker was stopped"]])
+    log.worker_gone("w1", 3.0)   # b: the worker crashed while running it
+    states = {row["task_id"]: row["state"] for row in log.listing(10)}
+    assert states == {b"a".hex(): "stopped", b"b".hex(): "failed"}
+    assert log.summary()["failed"] == 1 and log.summary()["finished"] == 0

@@ -85,8 +85,9 @@ class Leases:
     def on_return_lease(self, conn: ServerConnection, msg: P.ReturnLease) -> None:
         self.end(msg.lease_id, msg.kill)
 
-    def end(self, lease_id: bytes, kill: bool) -> None:
-        """The lease is over (returned, or its client went away: ``kill`` stops its task)."""
+    def end(self, lease_id: bytes, kill: bool, client_gone: bool = False) -> None:
+        """The lease is over (returned, or its client went away: ``kill`` stops its task; at
+        once for a forced cancel, gently when ``client_gone``: see :meth:`_stop`)."""
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return
@@ -95,8 +96,11 @@ class Leases:
             self.sched.remove_task(lease_id)
             return
         w = self.pool.get(lease.worker)
-        if kill and w is not None:
-            self._stop(w)   # its death is noticed (and handled) like any other
+        if kill and w is not None:   # its death is noticed (and handled) like any other
+            if client_gone:
+                self._stop(w)
+            else:
+                self.pool.kill(w)
             return
         self.sched.task_finished(lease.worker, time.monotonic())
         self.schedule()
@@ -124,8 +128,9 @@ class Leases:
     def disconnected(self, conn: ServerConnection) -> None:
         for lease_id in list(conn.info.get("leases", ())):
             # Its pushed tasks are nobody's now: stop them (a graceful client returns its
-            # leases before it goes, so this is a crash or a kill).
-            self.end(lease_id, kill=True)
+            # leases before it goes; what is left is a crash, a kill, or a lease granted to it
+            # as it went, whose worker still holds events of the client's last tasks).
+            self.end(lease_id, kill=True, client_gone=True)
 
     def reconsider(self) -> None:
         """A peer joined or reported room: requests still queued here that a peer could

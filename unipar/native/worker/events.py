@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 import threading
 import time
 import traceback
@@ -123,7 +122,6 @@ class TaskEvents:
         except ConnectionError:
             pass   # the node is gone: nobody to tell
         finally:
-            sys.stdout.flush()
             os._exit(0)
 
 

@@ -15,7 +15,7 @@
   var nameBox = el("input", {id: "task-name", type: "search", placeholder: "name contains\u2026",
                              value: q.name || "", oninput: function () { tick(); }});
   var stateBox = el("select", {id: "task-state", onchange: function () { tick(); }},
-    ["", "running", "queued", "finished", "failed", "returned"].map(function (s) {
+    ["", "running", "queued", "finished", "failed", "returned", "stopped"].map(function (s) {
       return el("option", {value: s, text: s || "any state", selected: s === (q.state || "")});
     }));
   var limitBox = el("select", {id: "task-limit", onchange: function () { tick(); }},
