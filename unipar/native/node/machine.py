@@ -18,6 +18,7 @@ figure it reports as ``[N/A]`` is None.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import shutil
 import signal
@@ -112,7 +113,7 @@ def _figure(text: str) -> float | None:
     if text.startswith("["):
         return None
     value = float(text)   # ValueError: garbage, the caller skips the line
-    if value != value or value < 0 or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value) or value < 0:
         raise ValueError(text)
     return value
 
