@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import textwrap
+from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
@@ -23,7 +24,7 @@ from unipar import _state
 from unipar.exceptions import ActorDiedError
 from unipar.native.dashboard.server import query_node
 from unipar.native.head.actor_table import ActorTable
-from unipar.native.node.actors import DeadActor, Deaths
+from unipar.native.node.actors import Actors, DeadActor, Deaths
 from unipar.native.node.logfiles import LogFiles
 from unipar.testing import wait_for
 
@@ -205,3 +206,31 @@ def test_owner_node_frees_actors_that_died_on_a_peer(tmp_path) -> None:
         assert table["remote_deaths"] == 20 and table["remote_queues"] == 0, table
     finally:
         cluster.stop()
+
+
+class _Peers:
+    """The part of :class:`~unipar.native.node.ports.Elsewhere` ``_note_owner`` asks."""
+
+    def __init__(self) -> None:
+        self.live: set[bytes] = set()
+
+    def tracks(self, aid: bytes) -> bool:
+        return aid in self.live
+
+
+def test_a_drivers_owned_actor_list_drops_actors_dead_here_or_on_a_peer() -> None:
+    """What a driver's connection lists as its actors (killed when it leaves) stays bounded
+    when its actors die, whether they lived on its node or on a peer."""
+    actors = Actors("node", None, None, None, None, {}, None, lambda: None)  # type: ignore[arg-type]
+    peers = actors.elsewhere = _Peers()   # type: ignore[assignment]
+    conn = SimpleNamespace(info={})
+    kept = [b"kept-here", b"kept-there"]
+    actors.actors[kept[0]] = None   # type: ignore[assignment]
+    peers.live.add(kept[1])
+    for aid in kept:
+        actors._note_owner(conn, aid)   # type: ignore[arg-type]
+    for i in range(20_000):   # each dies (here: dropped from ``actors``; there: untracked)
+        actors._note_owner(conn, i.to_bytes(4, "big"))   # type: ignore[arg-type]
+    owned = conn.info["actors"]
+    assert len(owned) <= 2048, len(owned)
+    assert kept[0] in owned and kept[1] in owned

@@ -134,12 +134,14 @@ class Actors:
 
     def _note_owner(self, conn: ServerConnection, aid: bytes) -> None:
         """Remember that ``conn`` owns ``aid``. A driver may create actors for days: ids of
-        those dead here are dropped now and then (amortized: when the list doubled)."""
+        those no longer alive, here or on a peer, are dropped now and then (amortized: when
+        the list doubled; before adding ``aid``, which is not recorded anywhere yet)."""
         owned = conn.info.setdefault("actors", [])
-        owned.append(aid)
         if len(owned) >= conn.info.get("actors_prune_at", 1024):
-            owned[:] = [a for a in owned if self.deaths.get(a) is None]
+            owned[:] = [a for a in owned if a in self.actors or (
+                self.elsewhere is not None and self.elsewhere.tracks(a))]
             conn.info["actors_prune_at"] = max(1024, 2 * len(owned))
+        owned.append(aid)
 
     def host(self, msg: P.CreateActor, conn: ServerConnection | None) -> Actor:
         """Record an actor to host here; the caller then watches its constructor's deps."""

@@ -58,6 +58,9 @@ class Elsewhere(Protocol):
     def table_size(self) -> dict[str, int]:
         """Counts of its per-actor records (``remote_*`` keys), for ``node_info``."""
 
+    def tracks(self, aid: bytes) -> bool:
+        """Whether ``aid`` may still live on a peer (being created, hosted, re-created)."""
+
     def check_feasible(self, demand: dict[str, float], what: str,
                        fail: Callable[[Exception], None]) -> None:
         """Call ``fail(error)`` if no live node can ever hold ``demand``."""

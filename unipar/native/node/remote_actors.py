@@ -295,6 +295,10 @@ class RemoteActors:
             self.tasks.fail_task(task, death)
         self.disown(aid)
 
+    def tracks(self, aid: bytes) -> bool:
+        return (aid in self.remote_actors or aid in self.owned_actors
+                or aid in self.remote_creating)
+
     def table_size(self) -> dict[str, int]:
         """Counts of its per-actor records (see :meth:`.Actors.table_size`)."""
         return {"remote_hosted": len(self.remote_actors), "remote_queues": len(self.remote_calls),
