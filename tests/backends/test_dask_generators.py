@@ -28,20 +28,39 @@ def dask_client() -> Iterator[Any]:
     unipar.shutdown()
     unipar.init(backend="dask", num_cpus=2)
     try:
-        yield getattr(current_backend(), "dask_client")
+        yield current_backend().dask_client  # type: ignore[union-attr]
     finally:
         unipar.shutdown()
 
 
-def _nothing_left(client: Any) -> bool:
-    """Whether the scheduler holds no stream queue and no stream value."""
-    def state(dask_scheduler: Any = None) -> tuple[int, int]:
+def _stream_leftovers(client: Any) -> tuple[dict, list]:
+    """The stream queues the scheduler holds (with their clients and items), and the stream
+    values it keeps (with who wants them)."""
+    def state(dask_scheduler: Any = None) -> tuple[dict, list]:
         # Defined in here so that it travels by value (the scheduler cannot import tests).
-        queues = dask_scheduler.extensions["queues"].queues
-        return (sum(1 for name in queues if str(name).startswith("unipar-stream-")),
-                sum(1 for key in dask_scheduler.tasks
-                    if str(key).startswith("bytes-unipar-stream-")))
-    return client.run_on_scheduler(state) == (0, 0)
+        ext = dask_scheduler.extensions["queues"]
+        queues = {name: (ext.client_refcount.get(name),
+                         [r["value"] if r["type"] != "Future" else "Future" for r in q._queue])
+                  for name, q in ext.queues.items() if str(name).startswith("unipar-stream-")}
+        values = [(key, sorted(c.client_key for c in ts.who_wants))
+                  for key, ts in dask_scheduler.tasks.items()
+                  if str(key).startswith("bytes-unipar-stream-")]
+        return queues, values
+    return client.run_on_scheduler(state)
+
+
+def _nothing_left(client: Any, timeout: float = 30) -> None:
+    """Wait until the scheduler holds no stream queue and no stream value."""
+    left: Any = None
+
+    def clean() -> bool:
+        nonlocal left
+        left = _stream_leftovers(client)
+        return left == ({}, [])
+    try:
+        wait_for(clean, timeout=timeout)
+    except pytest.fail.Exception:
+        pytest.fail(f"left in the scheduler after {timeout} s: {left}", pytrace=False)
 
 
 def _lines(path: Path) -> int:
@@ -94,7 +113,7 @@ def test_finished_failed_and_dropped_streams_leave_nothing_in_the_scheduler(dask
     gen = record.options(_generator_backpressure_num_objects=2).remote(str(path), 1000)
     assert unipar.get(next(gen), timeout=60) == 0
     del gen
-    wait_for(lambda: _nothing_left(dask_client), timeout=30)
+    _nothing_left(dask_client)
     assert _lines(path) < 1000
 
 
@@ -112,7 +131,7 @@ def test_cancel_stops_an_actor_generator_method_at_its_next_yield(dask_client, t
     assert len(rest) <= 1
     assert unipar.get(actor.ping.remote(), timeout=60) == "pong"   # its thread is free again
     assert _lines(path) <= 3
-    wait_for(lambda: _nothing_left(dask_client), timeout=30)
+    _nothing_left(dask_client)
 
 
 def test_actor_generator_backpressure(dask_client, tmp_path):
@@ -155,7 +174,7 @@ def test_a_worker_death_reruns_and_skips_what_was_delivered(dask_client, tmp_pat
     got.touch()
     assert [unipar.get(r, timeout=60) for r in gen] == [3, 4, 5]
     assert (tmp_path / "got.died").exists()
-    wait_for(lambda: _nothing_left(dask_client), timeout=30)
+    _nothing_left(dask_client)
 
 
 def test_a_worker_death_past_max_retries_ends_with_worker_crashed(dask_client, tmp_path):
@@ -167,7 +186,7 @@ def test_a_worker_death_past_max_retries_ends_with_worker_crashed(dask_client, t
         unipar.get(next(gen), timeout=60)
     with pytest.raises(StopIteration):
         next(gen)
-    wait_for(lambda: _nothing_left(dask_client), timeout=30)
+    _nothing_left(dask_client)
 
 
 @unipar.remote

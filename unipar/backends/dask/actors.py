@@ -358,6 +358,11 @@ def where_ran(label: str) -> str:
     return f"{label} (dask worker {worker_address()}, pid={os.getpid()})"
 
 
+def local_worker() -> Any:
+    """This process's Dask worker (None before the first task set the process up)."""
+    return _WORKER
+
+
 def worker_address() -> str:
     """This Dask worker's address ("?" before the first task set the process up)."""
     return str(getattr(_WORKER, "address", None) or "?")

@@ -6,7 +6,7 @@ worker's): the values of one generator task or actor call, in order, as the work
     open: two distributed.Queues (values, control), named in the Header the task gets first
     the task or call runs ─▶ values queue: "s", Future of value 0, 1, ... , "e" (per run)
     the task's future is done (any way) ─▶ a done-callback puts "d" after them
-    next() ─▶ takes the next item: a value's Future becomes its ref (an index it already has,
+    next() ─▶ takes the next item (all that wait, in one trip): a value's Future becomes its ref (an index it already has,
               from a run again after a worker died, is dropped); "d" ends the stream, handing
               out the task's own failure (raised by the generator, cancelled, worker lost past
               its retries) once, in the values' place
@@ -118,9 +118,10 @@ class DaskStream(Stream):
             values = self._queues.values
             try:
                 with slot_released():
-                    if left is not None and left <= 0:   # poll: whatever is waiting now
-                        self._buffer.extend(values.get(batch=True))
-                    else:
+                    # Whatever is waiting, in one trip (a producer ahead of us sent several);
+                    # else wait for the next one.
+                    self._buffer.extend(values.get(batch=True))
+                    if not self._buffer and (left is None or left > 0):
                         self._buffer.append(values.get(timeout=left))
             except TimeoutError:
                 pass
@@ -152,9 +153,9 @@ class DaskStream(Stream):
         return None
 
     def _room(self) -> None:
+        # Not waited for: counts only grow, so the producer takes the largest it has.
         if self._queues.header.bound > 0:
-            with slot_released():
-                self._queues.control.put(self._received)
+            self._queues.send(self._queues.control.name, self._received)
 
     def _finish(self) -> DaskRef:
         """After "d": the task's failure once (if it failed), then the end."""
@@ -165,6 +166,7 @@ class DaskStream(Stream):
             with contextlib.suppress(Exception):   # a stored failure: its get raises it
                 failed = isinstance(end.future.result(timeout=60), Failed)
         self._closer()
+        self._buffer.clear()   # values a cancelled run sent after the end: let them go
         if failed and not self._end_given:
             self._end_given = True
             return end

@@ -7,10 +7,11 @@ Two ``distributed.Queue``s per stream, both made by the driver (generators.py), 
     worker (this module)                                  scheduler          driver
     --------------------                                  ---------          ------
     attach both queues; values <- "s"
-    each value i: scatter it as key <prefix>-<i>-<rand>
+    each value i: store it here as key <prefix><i>-<rand>
                   values <- that Future  ───────────────▶ holds the key ───▶ next(): one ref
-                  control -> (no wait) every waiting item ◀── consumed counts / -1 (stop)
                   bound > 0: wait while i + 1 - consumed >= bound
+                  control -> the items waiting ◀──────────────────── consumed counts / -1 (stop)
+                             (while waiting for room, else every CHECK_EVERY_S at most)
     the end (values, error, stop): values <- "e"; detach both queues
     the task's own result: how many values it yielded
 
@@ -20,29 +21,33 @@ attaches (``queue_create`` counts clients) and detaches when done with it, so a 
 vanishes under a producer still putting into it. A run again (the worker died; retries) yields
 from the start: the driver skips the indices it has, which assumes a deterministic generator,
 as Ray does. A -1 on the control queue (the stream was cancelled or dropped) ends the generator
-at its next ``yield`` with TaskCancelledError.
+with TaskCancelledError at the first ``yield`` that looks (the next one, unless the generator
+yields faster than every CHECK_EVERY_S).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ... import _state
 from ..._yielding import bound_method
 from ...exceptions import TaskCancelledError
+from . import actors as worker_side
 from .actors import dumps, pin
 
-__all__ = ["STREAM", "START", "END", "STOP", "Header", "Streaming", "method_of",
-           "value_index"]
+__all__ = ["END", "START", "STOP", "STREAM", "Header", "Streaming", "method_of", "value_index"]
 
 STREAM = "__unipar_dask_stream__:"   # method-name prefix: a streaming call of a generator method
 START = "s"      # on the values queue: a run of the generator attached the queues
 END = "e"        # on the values queue: that run ended and detaches
 STOP = -1        # on the control queue: stop at the next yield
 WAIT_SLICE_S = 1.0   # each wait for room is this long at most (a cancel's interrupt lands between)
+CHECK_EVERY_S = 0.05  # how often a producer with room looks for a stop (one scheduler trip)
 
 
 @dataclass(frozen=True)
@@ -69,13 +74,13 @@ class _Producer:
 
     def __init__(self, header: Header) -> None:
         from distributed import Queue
-        from ... import _state
         # The worker backend's client: actor threads are no Dask task threads (no get_client).
         self.client = getattr(_state.current(), "dask_client", None)
         assert self.client is not None, "a dask stream runs inside a dask worker"
         self.header = header
         self.count = 0
         self.consumed = 0
+        self.next_check = 0.0
         self.values = Queue(header.values, client=self.client)
         self.control = Queue(header.control, client=self.client)
         self.values.put(START)
@@ -88,7 +93,9 @@ class _Producer:
         """
         self._send(value)
         self.count += 1
-        self._read(self.control.get(batch=True))
+        if time.monotonic() >= self.next_check:   # a stop: read at most every CHECK_EVERY_S
+            self._read(self.control.get(batch=True))
+            self.next_check = time.monotonic() + CHECK_EVERY_S
         bound = self.header.bound
         while 0 < bound <= self.count - self.consumed:
             try:
@@ -102,7 +109,11 @@ class _Producer:
         data, nested = dumps(value)
         pin(nested)   # refs inside the value: kept here, as for a task's result (actors.py)
         key = f"{self.header.prefix}{self.count}-{uuid.uuid4().hex[:8]}"
-        self.values.put(self.client.scatter({key: data}, hash=False)[key])
+        # Stored on this worker, as a task's result is (scatter() finds no worker in an
+        # actor's threads, and would send the bytes through the scheduler to any worker).
+        future = self.client.sync(self.client._scatter, {key: data}, hash=False,
+                                  local_worker=worker_side.local_worker())[key]
+        self.values.put(future)
 
     def _read(self, items: list) -> None:
         for item in items:
