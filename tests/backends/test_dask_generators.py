@@ -117,6 +117,32 @@ def test_finished_failed_and_dropped_streams_leave_nothing_in_the_scheduler(dask
     assert _lines(path) < 1000
 
 
+@unipar.remote
+def gate(flag):
+    wait_for(lambda: os.path.exists(flag), timeout=60)
+    return "open"
+
+
+@unipar.remote
+def record_after(path, n, opened):
+    for i in range(n):
+        with open(path, "a") as f:
+            f.write(f"{i}\n")
+        yield i
+
+
+def test_a_stream_dropped_before_its_task_starts_stops_it(dask_client, tmp_path):
+    flag, path = tmp_path / "flag", tmp_path / "progress"
+    opened = gate.remote(str(flag))
+    gen = record_after.options(_generator_backpressure_num_objects=1).remote(
+        str(path), 1000, opened)
+    del gen   # the task waits for ``opened``: it has not started
+    flag.touch()
+    assert unipar.get(opened, timeout=60) == "open"
+    _nothing_left(dask_client)   # it started, saw the stop at its first yield, and went
+    assert _lines(path) <= 1
+
+
 def test_cancel_stops_an_actor_generator_method_at_its_next_yield(dask_client, tmp_path):
     path = tmp_path / "progress"
     actor = Recorder.remote()

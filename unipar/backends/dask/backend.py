@@ -18,12 +18,15 @@ How unipar's rules map onto Dask (the worker side is in :mod:`.actors`):
   is sent as one): a task blocked in ``get``/``wait`` secedes, which frees its thread but would
   not free a Dask resource, so nested tasks never deadlock;
 * actors are Dask actors hosting the user's instance (see ``ActorHost``); method results are
-  ordinary Dask futures.
+  ordinary Dask futures;
+* generator tasks and methods stream: each yielded value's Future reaches the driver through a
+  ``distributed.Queue`` as it is yielded (generators.py, streaming.py).
 
 This module is the seam's methods and the driver's state; the rest of the package, by role:
 handles.py (refs and actor ids), waiting.py (get/wait and the thread slot), names.py (named
 actors), workers.py (workers and resources), hosts.py and restarts.py (actor hosts and their
-restarts), actors.py (what runs inside workers), cluster.py (the private cluster), envs.py
+restarts), actors.py (what runs inside workers), generators.py and streaming.py (streaming
+generators, the driver's and the worker's side), cluster.py (the private cluster), envs.py
 (runtime_env), placement.py (scheduling strategies).
 """
 

@@ -12,8 +12,8 @@ worker's): the values of one generator task or actor call, in order, as the work
               its retries) once, in the values' place
     bound > 0: each value taken puts how many were taken on the control queue (room)
     cancel / drop ─▶ -1 on the control queue (the generator stops at its next yield)
-    end / drop ─▶ detach the queues; the scheduler frees them, and any value in them, once no
-                  run is attached either
+    end / drop, and the task's future done ─▶ detach the queues; the scheduler frees them, and
+                  any value in them, once no run is attached either
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ DONE = "d"   # on the values queue, put by the driver: the task's future is done
 
 
 class _Queues:
-    """A stream's two queues, as the driver holds them; closed once (end, or drop)."""
+    """A stream's two queues, as the driver holds them. The driver detaches once the stream
+    is closed (its end was handed out, or it was dropped) and the task's future is done: a
+    queue freed before a run of the task attached would be made afresh by that run, which
+    would then never see the stop."""
 
     def __init__(self, client: Any, bound: int) -> None:
         from distributed import Queue
@@ -53,6 +56,8 @@ class _Queues:
         self.open_runs = 0       # runs of the generator that attached and did not end
         self.ended = False       # "d" seen: the task is over
         self.runs_over = False   # ... and no run can still put (it was not cancelled)
+        self._lock = threading.Lock()
+        self._closed = self._done = self._detached = False
 
     def send(self, name: str, item: Any) -> None:
         """Put ``item`` on queue ``name`` without waiting (from any thread, even a finalizer);
@@ -60,11 +65,28 @@ class _Queues:
         with contextlib.suppress(Exception):
             self.client.loop.add_callback(_put_quietly, self.client, name, item)
 
+    def on_done(self) -> None:
+        """The task's future is done (a Dask callback thread): "d" goes after its values."""
+        self.send(self.values.name, DONE)
+        with self._lock:
+            self._done = True
+        self._detach_when_both()
+
     def close(self) -> None:
-        """Detach; a stream dropped before its end stops its generator first. Runs that died
-        (their worker did) never detached: detach for them too once the task is over."""
+        """The stream is closed; one dropped before its end stops its generator first."""
         if not self.ended:
             self.send(self.control.name, STOP)
+        with self._lock:
+            self._closed = True
+        self._detach_when_both()
+
+    def _detach_when_both(self) -> None:
+        with self._lock:
+            if self._detached or not (self._closed and self._done):
+                return
+            self._detached = True
+        # Runs that died (their worker did) never detached: detach for them too once every
+        # run is known to be over (only when this side read every marker).
         times = 1 + (self.open_runs if self.runs_over else 0)
         with contextlib.suppress(Exception):
             for _ in range(times):
@@ -98,7 +120,7 @@ class DaskStream(Stream):
         """``end``: the task's one result (the number of values, or its failure)."""
         self._end = end
         queues = self._queues   # the callback must not keep a dropped stream alive
-        end.future.add_done_callback(lambda _: queues.send(queues.values.name, DONE))
+        end.future.add_done_callback(lambda _: queues.on_done())
 
     def next(self, timeout: float | None) -> Hashable:
         deadline = None if timeout is None else time.monotonic() + timeout
