@@ -11,10 +11,6 @@ NOT_BUILT: dict[str, int] = {}
 # Tests that would block forever on a backend: expected failures that are not run.
 NOT_RUN: dict[str, dict[str, str]] = {
     "native": {
-        "test_cancel_stops_a_generator":
-            "KNOWN BUG, not a limit: a cancel of a streaming task pushed to a worker that already "
-            "ran that function earlier in the session can be lost, and the stream then waits "
-            "(passes alone; hangs after other generator tests) — to fix in client/streams.py",
     },
     "local": {
         "test_get_timeout_on_never_ending_task":

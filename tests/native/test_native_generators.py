@@ -178,3 +178,136 @@ def test_a_task_consuming_a_stream_lends_its_cpu(tmp_path):
         unipar.shutdown()
     """)
     assert "consumed [0, 1, 4, 9]" in out
+
+
+def test_a_cancel_landing_in_the_send_of_a_value_tears_and_wedges_nothing():
+    # A cancel's SIGINT reaches the worker at any point of a running generator, also while
+    # the worker itself sends a value (the race of a cancel just after a warm worker's first
+    # yield). Here the interrupt is raised inside that write by construction: the value must
+    # arrive whole, the generator end cancelled, and the connection keep working (else the
+    # task's result never leaves and its stream waits forever).
+    out = _run("""
+        import socket, threading
+        from unipar.native.wire import protocol as P
+        from unipar.native.wire.transport import Connection
+        from unipar.native.worker import interrupts, streaming
+
+        interrupts.install()   # as a worker does
+
+        class InterruptedOnce:
+            \"\"\"A socket whose first sendall gets the cancel's SIGINT before it writes.\"\"\"
+            def __init__(self, sock):
+                self.sock, self.armed = sock, True
+            def sendall(self, data):
+                if self.armed:
+                    self.armed = False
+                    interrupts.cancel(b"task")   # what the worker does on CancelTask
+                    for _ in range(1000):   # the handler runs here, mid-write
+                        pass
+                self.sock.sendall(data)
+            def __getattr__(self, name):
+                return getattr(self.sock, name)
+
+        mine, theirs = socket.socketpair()
+        worker_side = Connection("test", None, sock=InterruptedOnce(mine))
+        client_side = Connection("test", None, sock=theirs)
+        received, two = [], threading.Event()
+        def on_message(msg):
+            received.append((msg.op, getattr(msg, "index", None)))
+            if len(received) == 2:
+                two.set()
+        threading.Thread(target=client_side.serve_forever, args=(on_message,),
+                         daemon=True).start()
+
+        class Host:
+            def stream_conn(self):
+                return worker_side
+            def stream_record(self, value, owner):
+                return [b"v%d" % value, "inline", b"x", "", 1, []]
+            def node_conn(self):
+                raise AssertionError("values go over the task's reply connection")
+        streaming.install(Host())
+
+        def numbers():
+            yield 0
+            yield 1
+            yield 2
+
+        try:
+            with interrupts.running(b"task"):   # as the worker runs a task's code
+                streaming.Streaming(numbers)([b"stream", 1, 0])
+            print("outcome ran to the end")
+        except KeyboardInterrupt:
+            print("outcome cancelled")
+        worker_side.send(P.StreamAck(b"stream", 7))   # stands for the task's result
+        print("arrived", two.wait(30), received)
+    """)
+    assert "outcome cancelled" in out
+    assert "arrived True [('stream_item', 0), ('stream_ack', None)]" in out
+
+
+def test_cancel_of_a_generator_its_warm_worker_ran_before(tmp_path):
+    # The conformance case that hung: the worker already ran the function, so the cancel
+    # meets the task at its first yield. Each round must end, at most value 0 then the cancel.
+    out = _run(f"""
+        unipar.init(num_cpus=1)
+        never = {str(tmp_path / "never")!r}
+        done = {str(tmp_path / "done")!r}
+        open(done, "w").close()
+        print("warm", [unipar.get(r, timeout=60)[0] for r in held.remote(2, 1, done)])
+        tails = set()
+        for round in range(6):
+            gen = held.remote(3, 1, never)
+            if round % 2:   # after its first value instead of at once
+                unipar.get(gen.next(timeout=60), timeout=60)
+            unipar.cancel(gen)
+            tail = []
+            while True:
+                try:
+                    ref = gen.next(timeout=60)
+                except StopIteration:
+                    break
+                try:
+                    tail.append(unipar.get(ref, timeout=60)[0])
+                except unipar.TaskCancelledError:
+                    tail.append("cancelled")
+            tails.add(tail[-1])
+        print("tails", sorted(map(str, tails)))
+        print("still works", unipar.get(unipar.remote(lambda: 7).remote(), timeout=60))
+        unipar.shutdown()
+    """)
+    assert "warm [0, 1]" in out and "tails ['cancelled']" in out and "still works 7" in out
+
+
+def test_cancel_of_generators_queued_behind_another_task(tmp_path):
+    # One CPU, busy with a blocked generator: the ones submitted after it wait (pipelined on
+    # its worker once the function is known to be quick, or here) and are cancelled there.
+    out = _run(f"""
+        unipar.init(num_cpus=1)
+        marker = {str(tmp_path / "go")!r}
+        for _ in range(20):   # known quick: later ones may be pipelined behind the next
+            assert [unipar.get(r, timeout=60)[0] for r in held.remote(2, 5, None)] == [0, 1]
+        blocker = held.remote(2, 1, marker)
+        queued = [held.remote(2, 5, None) for _ in range(3)]
+        print("blocker first", unipar.get(blocker.next(timeout=60), timeout=60)[0])
+        for gen in queued:
+            unipar.cancel(gen)
+        open(marker, "w").close()
+        print("blocker rest", [unipar.get(r, timeout=60)[0] for r in blocker])
+        for gen in queued:
+            outcome = []
+            while True:
+                try:
+                    ref = gen.next(timeout=60)
+                except StopIteration:
+                    break
+                try:
+                    outcome.append(unipar.get(ref, timeout=60))
+                except unipar.TaskCancelledError:
+                    outcome.append("cancelled")
+            print("queued", outcome)
+        print("still works", [unipar.get(r, timeout=60)[0] for r in held.remote(2, 5, None)])
+        unipar.shutdown()
+    """)
+    assert "blocker first 0" in out and "blocker rest [1]" in out
+    assert out.count("queued ['cancelled']") == 3 and "still works [0, 1]" in out

@@ -20,7 +20,6 @@ import contextvars
 import importlib
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -36,6 +35,7 @@ from ..client.refs import NativeRef
 from ..wire import protocol as P
 from ..wire import serialization as S
 from ..wire.transport import Connection, Listener
+from . import interrupts
 from .events import LogFile, TaskEvents, hosting_actor, open_log
 from .output import Forward, current
 from .runtime_env import prepare as prepare_runtime_env
@@ -175,7 +175,7 @@ class Runtime:
     def _cancel(self, task_id: bytes) -> None:
         with self.task_lock:
             if self.current_task == task_id:
-                os.kill(os.getpid(), signal.SIGINT)   # KeyboardInterrupt in the task
+                interrupts.cancel(task_id)             # KeyboardInterrupt in the task
                 self.client.cancel_submitted()         # and in what it started directly
             else:   # not started yet (still queued here): never start it
                 self.cancelled.add(task_id)
@@ -328,7 +328,8 @@ class Runtime:
             self.events.started(msg.task_id, msg.name)
             fn = self._function(msg.fn_key, msg.fn_blob)
             args, kwargs, retry_filter = self._arguments(msg.args, msg.deps, cache=reply is None)
-            result = fn(*args, **kwargs)
+            with interrupts.running(msg.task_id):   # a cancel interrupts only this
+                result = fn(*args, **kwargs)
             with self.task_lock:
                 self.current_task = None
             status, results = self._results(msg.return_ids, result, msg.name, where,
@@ -535,8 +536,9 @@ def forked_main(secret_hex: str, env: dict[str, str], lifeline: Any) -> None:
 
 
 def _serve(secret: bytes) -> None:
-    # Daemons ignore SIGINT; we inherit that, but cancel() needs it to raise KeyboardInterrupt.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Daemons ignore SIGINT; we inherit that, but cancel() needs it to raise KeyboardInterrupt
+    # (only in the task's own code, never in the worker's: interrupts.py).
+    interrupts.install()
     for entry in reversed(os.environ.get("UNIPAR_DRIVER_SYS_PATH", "").split(os.pathsep)):
         if entry and entry not in sys.path:
             sys.path.insert(1, entry)

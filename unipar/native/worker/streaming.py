@@ -28,6 +28,7 @@ from typing import Any, Callable, Protocol
 from ...exceptions import TaskCancelledError
 from ..wire import protocol as P
 from ..wire.transport import Connection
+from .interrupts import shielded
 
 __all__ = ["STREAM", "StreamHost", "Streaming", "install", "on_ack", "method_of"]
 
@@ -120,9 +121,12 @@ class _Producer:
             _windows[self.stream_id] = self.window
 
     def emit(self, value: Any) -> None:
-        record = self.host.stream_record(value, self.owner)
-        self._send(P.StreamItem(self.stream_id, self.owner, self.count, record))
-        self.count += 1
+        # The worker's own work inside the task: a cancel's interrupt arriving meanwhile waits
+        # for the value to be sent whole (one cut mid-write wedged the connection).
+        with shielded():
+            record = self.host.stream_record(value, self.owner)
+            self._send(P.StreamItem(self.stream_id, self.owner, self.count, record))
+            self.count += 1
 
     def _send(self, msg: P.Message) -> None:
         (self.conn or self.host.node_conn()).send(msg)
@@ -131,10 +135,11 @@ class _Producer:
         with _lock:
             _windows.pop(self.stream_id, None)
         if self.conn is None:   # through the node: it may forget the stream's route
-            try:
-                self._send(P.StreamItem(self.stream_id, self.owner, -1, None))
-            except ConnectionError:
-                pass
+            with shielded():
+                try:
+                    self._send(P.StreamItem(self.stream_id, self.owner, -1, None))
+                except ConnectionError:
+                    pass
 
 
 class Streaming:
