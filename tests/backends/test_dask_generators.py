@@ -215,6 +215,28 @@ def test_a_worker_death_past_max_retries_ends_with_worker_crashed(dask_client, t
     _nothing_left(dask_client)
 
 
+@unipar.remote(max_restarts=1, max_task_retries=1)
+class DiesOnce:
+    def count(self, got, n):
+        """Yields 0..n-1; the first run kills the actor's worker once the driver has value 2."""
+        for i in range(n):
+            yield i
+            if i == 2 and not os.path.exists(got + ".died"):
+                wait_for(lambda: os.path.exists(got), timeout=60)
+                open(got + ".died", "w").close()
+                os._exit(1)
+
+
+def test_an_actor_generator_method_is_retried_on_the_restarted_actor(dask_client, tmp_path):
+    got = tmp_path / "got"
+    gen = DiesOnce.remote().count.remote(str(got), 6)
+    assert [unipar.get(next(gen), timeout=60) for _ in range(3)] == [0, 1, 2]
+    got.touch()
+    assert [unipar.get(r, timeout=60) for r in gen] == [3, 4, 5]
+    assert (tmp_path / "got.died").exists()
+    _nothing_left(dask_client)
+
+
 @unipar.remote
 def objects(n):
     inner = unipar.put({"inner": n})
