@@ -131,7 +131,8 @@ def _taint_step(step: Step, out: Taint, alias: dict[str, str]) -> None:
     inputs = step_inputs(step)
     read = {n for e in inputs for n in names(e)}
     own = getattr(step, "out", None)
-    if not (read & out.names or (own is not None and own in out.names)):
+    on_tainted_actor = isinstance(step, Call) and alias.get(step.actor, step.actor) in out.actors
+    if not (read & out.names or (own is not None and own in out.names) or on_tainted_actor):
         return
     if own is not None and not isinstance(step, NewActor):
         out.names.add(own)
