@@ -180,70 +180,91 @@ def test_a_task_consuming_a_stream_lends_its_cpu(tmp_path):
     assert "consumed [0, 1, 4, 9]" in out
 
 
+# A worker's reply connection (a socket pair) whose first write gets a cancel's SIGINT in
+# its middle, by construction; ``received`` collects what reaches the other end.
+INTERRUPTED_WRITE = """
+import socket, threading
+from unipar.native.wire import protocol as P
+from unipar.native.wire.transport import Connection
+from unipar.native.worker import interrupts, streaming
+
+interrupts.install()   # as a worker does
+
+class InterruptedOnce:
+    def __init__(self, sock):
+        self.sock, self.armed = sock, True
+    def sendall(self, data):
+        if self.armed:
+            self.armed = False
+            interrupts.cancel(b"task")   # what the worker does on CancelTask
+            for _ in range(1000):   # the handler runs here, mid-write
+                pass
+        self.sock.sendall(data)
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+mine, theirs = socket.socketpair()
+worker_side = Connection("test", None, sock=InterruptedOnce(mine))
+client_side = Connection("test", None, sock=theirs)
+received, two = [], threading.Event()
+def on_message(msg):
+    received.append((msg.op, getattr(msg, "index", None)))
+    if len(received) == 2:
+        two.set()
+threading.Thread(target=client_side.serve_forever, args=(on_message,), daemon=True).start()
+"""
+
+
 def test_a_cancel_landing_in_the_send_of_a_value_tears_and_wedges_nothing():
     # A cancel's SIGINT reaches the worker at any point of a running generator, also while
     # the worker itself sends a value (the race of a cancel just after a warm worker's first
-    # yield). Here the interrupt is raised inside that write by construction: the value must
-    # arrive whole, the generator end cancelled, and the connection keep working (else the
-    # task's result never leaves and its stream waits forever).
-    out = _run("""
-        import socket, threading
-        from unipar.native.wire import protocol as P
-        from unipar.native.wire.transport import Connection
-        from unipar.native.worker import interrupts, streaming
+    # yield). The value must arrive whole, the generator end cancelled, and the connection
+    # keep working (else the task's result never leaves and its stream waits forever).
+    out = _run(INTERRUPTED_WRITE + """
+class Host:
+    def stream_conn(self):
+        return worker_side
+    def stream_record(self, value, owner):
+        return [b"v%d" % value, "inline", b"x", "", 1, []]
+    def node_conn(self):
+        raise AssertionError("values go over the task's reply connection")
+streaming.install(Host())
 
-        interrupts.install()   # as a worker does
+def numbers():
+    yield 0
+    yield 1
+    yield 2
 
-        class InterruptedOnce:
-            \"\"\"A socket whose first sendall gets the cancel's SIGINT before it writes.\"\"\"
-            def __init__(self, sock):
-                self.sock, self.armed = sock, True
-            def sendall(self, data):
-                if self.armed:
-                    self.armed = False
-                    interrupts.cancel(b"task")   # what the worker does on CancelTask
-                    for _ in range(1000):   # the handler runs here, mid-write
-                        pass
-                self.sock.sendall(data)
-            def __getattr__(self, name):
-                return getattr(self.sock, name)
-
-        mine, theirs = socket.socketpair()
-        worker_side = Connection("test", None, sock=InterruptedOnce(mine))
-        client_side = Connection("test", None, sock=theirs)
-        received, two = [], threading.Event()
-        def on_message(msg):
-            received.append((msg.op, getattr(msg, "index", None)))
-            if len(received) == 2:
-                two.set()
-        threading.Thread(target=client_side.serve_forever, args=(on_message,),
-                         daemon=True).start()
-
-        class Host:
-            def stream_conn(self):
-                return worker_side
-            def stream_record(self, value, owner):
-                return [b"v%d" % value, "inline", b"x", "", 1, []]
-            def node_conn(self):
-                raise AssertionError("values go over the task's reply connection")
-        streaming.install(Host())
-
-        def numbers():
-            yield 0
-            yield 1
-            yield 2
-
-        try:
-            with interrupts.running(b"task"):   # as the worker runs a task's code
-                streaming.Streaming(numbers)([b"stream", 1, 0])
-            print("outcome ran to the end")
-        except KeyboardInterrupt:
-            print("outcome cancelled")
-        worker_side.send(P.StreamAck(b"stream", 7))   # stands for the task's result
-        print("arrived", two.wait(30), received)
-    """)
+try:
+    with interrupts.running(b"task"):   # as the worker runs a task's code
+        streaming.Streaming(numbers)([b"stream", 1, 0])
+    print("outcome ran to the end")
+except KeyboardInterrupt:
+    print("outcome cancelled")
+worker_side.send(P.StreamAck(b"stream", 7))   # stands for the task's result
+print("arrived", two.wait(30), received)
+""")
     assert "outcome cancelled" in out
     assert "arrived True [('stream_item', 0), ('stream_ack', None)]" in out
+
+
+def test_a_cancel_landing_in_the_send_of_a_printed_line_wedges_nothing():
+    # The same for what a task prints (a cancelled task printing in a loop hung this way).
+    out = _run(INTERRUPTED_WRITE + """
+from unipar.native.worker.output import Forward
+forward = Forward("stdout", lambda: "task", lambda: worker_side)
+try:
+    with interrupts.running(b"task"):
+        for i in range(3):
+            forward.write(f"line {i}\\n")
+    print("outcome ran to the end")
+except KeyboardInterrupt:
+    print("outcome cancelled")
+worker_side.send(P.StreamAck(b"stream", 7))   # stands for the task's result
+print("arrived", two.wait(30), received)
+""")
+    assert "outcome cancelled" in out
+    assert "arrived True [('log', None), ('stream_ack', None)]" in out
 
 
 def test_cancel_of_a_generator_its_warm_worker_ran_before(tmp_path):

@@ -12,6 +12,7 @@ from typing import Callable
 
 from ..wire import protocol as P
 from ..wire.transport import Connection
+from .interrupts import shielded
 
 # The running task's short name (``current.label``) on this thread, for the prefix.
 current = threading.local()
@@ -36,12 +37,15 @@ class Forward(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        with self.lock:
-            self.pending += text
-            if "\n" not in self.pending:
-                return len(text)
-            complete, _, self.pending = self.pending.rpartition("\n")
-        self._send(complete + "\n")
+        # A cancel's interrupt waits for the line to be sent whole (one cut mid-write wedged
+        # the connection the task's result goes back on).
+        with shielded():
+            with self.lock:
+                self.pending += text
+                if "\n" not in self.pending:
+                    return len(text)
+                complete, _, self.pending = self.pending.rpartition("\n")
+            self._send(complete + "\n")
         return len(text)
 
     def flush(self) -> None:
