@@ -138,7 +138,7 @@ class Actors:
         the list doubled; before adding ``aid``, which is not recorded anywhere yet)."""
         owned = conn.info.setdefault("actors", [])
         if len(owned) >= conn.info.get("actors_prune_at", 1024):
-            owned[:] = [a for a in owned if a in self.actors or (
+            owned[:] = [a for a in owned if a in self.actors or self._named_death(a) or (
                 self.elsewhere is not None and self.elsewhere.tracks(a))]
             conn.info["actors_prune_at"] = max(1024, 2 * len(owned))
         owned.append(aid)
@@ -207,7 +207,7 @@ class Actors:
         if actor is None or actor.state == "dead":
             return
         if msg.error is not None:
-            self.dead(actor, bytes(msg.error))
+            self.dead(actor, bytes(msg.error), keep_name=True)
             return
         actor.state = "alive"
         self._answer_address_waiters(actor)
@@ -307,9 +307,12 @@ class Actors:
         self.tasks.store_results(task, msg.results)
 
     # -- death and restarts --------------------------------------------------------------------
-    def dead(self, actor: Actor, death: bytes) -> None:
+    def dead(self, actor: Actor, death: bytes, keep_name: bool = False) -> None:
         """The actor is dead for good: every pending and later call fails with ``death``.
-        Only its :class:`DeadActor` record stays (in ``deaths``); the rest is freed."""
+        Only its :class:`DeadActor` record stays (in ``deaths``); the rest is freed. Its name
+        is freed too, except after a failed constructor (``keep_name``): as in Ray, that name
+        stays taken (get_actor gives a handle whose calls raise) until the actor is killed or
+        its driver leaves."""
         actor.state = "dead"
         actor.death = death
         aid = actor.msg.actor_id
@@ -331,9 +334,21 @@ class Actors:
         self.head.status_changed()
         # Lookups: dead for good; its owner (another node, if any) learns why.
         self.head.tell(P.ActorLocation(actor.msg.actor_id, "", death))
-        if actor.msg.name:
+        if actor.msg.name and not keep_name:
             self.head.tell(P.UnregisterName(0, actor.msg.name, actor.msg.actor_id))
         self.schedule()
+
+    def _named_death(self, aid: bytes) -> bool:
+        """Whether ``aid`` died here with a name, which it may still hold (see :meth:`dead`):
+        its driver's leaving frees it (bounded by the deaths kept)."""
+        record = self.deaths.get(aid)
+        return record is not None and bool(record.name)
+
+    def _free_kept_name(self, aid: bytes) -> None:
+        """Free the name a dead actor kept (see :meth:`dead`); nothing if it kept none (the
+        head ignores a name already freed or taken by another actor since)."""
+        if self._named_death(aid):
+            self.head.tell(P.UnregisterName(0, self.deaths.get(aid).name, aid))
 
     @staticmethod
     def _can_restart(actor: Actor) -> bool:
@@ -372,7 +387,8 @@ class Actors:
         for aid in conn.info.get("actors", ()):
             actor = self.actors.get(aid)
             if actor is None and self.deaths.get(aid) is not None:
-                continue   # dead already
+                self._free_kept_name(aid)   # dead already: its name goes with its driver
+                continue
             if actor is None and self.elsewhere is not None:
                 self.elsewhere.kill_remote(aid, True)
             elif actor is not None and actor.state != "dead":
@@ -381,6 +397,8 @@ class Actors:
 
     def on_kill_actor(self, conn: ServerConnection, msg: P.KillActor) -> None:
         actor = self.actors.get(msg.actor_id)
+        if actor is None and msg.no_restart:
+            self._free_kept_name(msg.actor_id)
         if actor is None and self.elsewhere is not None and self.deaths.get(msg.actor_id) is None:
             self.elsewhere.kill_remote(msg.actor_id, msg.no_restart)
         if actor is not None and actor.state != "dead":
