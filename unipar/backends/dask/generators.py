@@ -94,6 +94,17 @@ class _Queues:
                 self.control.close()
 
 
+def _failed(end: DaskRef) -> bool:
+    """Whether the (done) task behind ``end`` failed: a Dask error, or a stored failure."""
+    if end.future.status != "finished":
+        return True
+    try:
+        with slot_released():
+            return isinstance(end.future.result(timeout=60), Failed)
+    except Exception:   # its result could not be read: its get raises why
+        return True
+
+
 async def _put_quietly(client: Any, name: str, item: Any) -> None:
     with contextlib.suppress(Exception):
         await client.scheduler.queue_put(name=name, data=item)
@@ -113,6 +124,7 @@ class DaskStream(Stream):
         self._received = 0               # values handed out (indices below are duplicates)
         self._end: DaskRef | None = None
         self._end_given = False
+        self._failed: bool | None = None   # how the task ended, once "d" came
         self._cancelled = False
         self._closer = weakref.finalize(self, self._queues.close)
 
@@ -127,6 +139,8 @@ class DaskStream(Stream):
         with self._lock:
             while True:
                 if self._queues.ended:
+                    if self._end is None:
+                        raise StopIteration
                     return self._finish()
                 item = self._take(deadline, timeout)
                 ref = self._on_item(item)
@@ -183,15 +197,16 @@ class DaskStream(Stream):
         """After "d": the task's failure once (if it failed), then the end."""
         end = self._end
         assert end is not None
-        failed = end.future.status != "finished"
-        if not failed:
-            with contextlib.suppress(Exception):   # a stored failure: its get raises it
-                failed = isinstance(end.future.result(timeout=60), Failed)
-        self._closer()
-        self._buffer.clear()   # values a cancelled run sent after the end: let them go
-        if failed and not self._end_given:
+        if self._failed is None:
+            self._failed = _failed(end)
+            self._closer()
+            self._buffer.clear()   # values a cancelled run sent after the end: let them go
+        if self._failed and not self._end_given:
             self._end_given = True
             return end
+        # Let go of the task's result (the caller has the failure's ref): Dask would run the
+        # whole task again to get it back if its worker died while this stream is kept.
+        self._end = None
         raise StopIteration
 
     def cancel(self, force: bool) -> None:
