@@ -61,7 +61,7 @@ class Header:
 
 
 def value_index(key: str, prefix: str) -> int:
-    """The index a stream value's key carries (see :meth:`_Producer.emit`)."""
+    """The index a stream value's key carries (see :meth:`_Producer._send`)."""
     return int(key[len(prefix):].split("-", 1)[0])
 
 
