@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from multinode import Cluster, base_env
+from unipar.native.dashboard.server import query_node
 
 # Not marked chaos: `pytest -m chaos` (CI, under 10 minutes) must not select it.
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(7200)]
@@ -78,6 +79,17 @@ def _sample(procs: list[psutil.Process]) -> list[tuple[int, int, int]]:
     return [(p.memory_info().rss, p.num_fds(), p.num_threads()) for p in procs]
 
 
+def _tables(cluster: Cluster) -> dict:
+    """The driver's node's own counts of its per-item tables (``node_info``): what grows
+    with the number of actors, workers, objects or clients seen, if anything does."""
+    with open(cluster.secret_file) as f:
+        secret = bytes.fromhex(f.read().strip())
+    info = query_node(cluster.state()["node"], secret, 30)
+    return {"actor_table": info["actor_table"], "log_writers": info.get("log_writers"),
+            "objects": info["objects"], "drivers": info["drivers"], "workers": info["workers"],
+            "tasks": {k: v for k, v in info["tasks"].items() if isinstance(v, int)}}
+
+
 def test_soak_daemons_stay_flat(tmp_path, chaos):
     seconds = float(os.environ.get("UNIPAR_SOAK_SECONDS", 1800 * chaos.scale))
     state = str(tmp_path / "state")
@@ -101,6 +113,7 @@ def test_soak_daemons_stay_flat(tmp_path, chaos):
         assert driver.returncode == 0, out[-2000:] + err[-3000:]
         assert base, "the driver ended before its warm-up did"
         end = _sample(daemons)
+        tables = _tables(cluster)
     finally:
         cluster.stop()
     growth = [round(e[0] / b[0] - 1, 3) for b, e in zip(base, end)]
@@ -109,7 +122,7 @@ def test_soak_daemons_stay_flat(tmp_path, chaos):
                  rss_mib_end=[e[0] >> 20 for e in end],
                  rss_mib_every_30s=series[::6],
                  rss_growth=growth, fds=[(b[1], e[1]) for b, e in zip(base, end)],
-                 threads=[(b[2], e[2]) for b, e in zip(base, end)])
+                 threads=[(b[2], e[2]) for b, e in zip(base, end)], tables=tables)
     assert all(g <= 0.10 for g in growth), growth
     assert all(e[1] <= b[1] for b, e in zip(base, end)), "open files grew"
     assert all(e[2] <= b[2] for b, e in zip(base, end)), "threads grew"

@@ -14,7 +14,7 @@ last ``dead_kept`` of those; an older one is forgotten (lookups answer None: unk
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 
 DEAD_KEPT = 10_000   # dead actors whose lookups still answer "" (dead), then None (unknown)
 
@@ -27,12 +27,14 @@ class ActorTable:
         self.nodes: dict[bytes, str] = {}
         self.owners: dict[bytes, str] = {}
         self.dead_kept = dead_kept
-        self._dead: OrderedDict[bytes, None] = OrderedDict()   # dead ids, oldest first
+        # Dead ids, oldest first (one re-created, then dead again, is listed twice: harmless,
+        # it is dropped only while it is dead). A deque of the keys: 8 bytes per entry.
+        self._dead: deque[bytes] = deque()
 
     def load(self, nodes: dict[bytes, str], owners: dict[bytes, str]) -> None:
         """Take the tables a snapshot saved (dead ones in the order they were saved)."""
         self.nodes, self.owners = nodes, owners
-        self._dead = OrderedDict((aid, None) for aid, nid in nodes.items() if nid == "")
+        self._dead = deque(aid for aid, nid in nodes.items() if nid == "")
         self._trim()
 
     def located(self, aid: bytes, node_id: str) -> tuple[bool, str | None]:
@@ -42,10 +44,9 @@ class ActorTable:
             return False, None
         self.nodes[aid] = node_id
         if node_id:
-            self._dead.pop(aid, None)   # re-created
-            return True, None
+            return True, None   # (re-created: its old place in ``_dead`` no longer counts)
         owner = self.owners.pop(aid, None)
-        self._dead[aid] = None
+        self._dead.append(aid)
         self._trim()
         return True, owner
 
@@ -58,7 +59,7 @@ class ActorTable:
 
     def _trim(self) -> None:
         while len(self._dead) > self.dead_kept:
-            aid, _ = self._dead.popitem(last=False)
+            aid = self._dead.popleft()
             if self.nodes.get(aid) == "":
                 del self.nodes[aid]
 

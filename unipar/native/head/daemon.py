@@ -34,6 +34,7 @@ from typing import Any
 
 from ..wire import protocol as P
 from ..cluster import session
+from ..node.memory import return_big_buffers
 from ..node.spawn import report_ready
 from ..wire.server import ServerConnection, run_loop, serve
 from .actor_table import ActorTable
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     secret = bytes.fromhex(sys.stdin.buffer.readline().strip().decode())
     logging.basicConfig(level=logging.WARNING, format="(unipar head) %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return_big_buffers()   # big requests (job uploads) must not leave the RSS stepped up
     run_loop(_serve_head(cfg, secret))
     os._exit(0)   # nothing left to flush: skip interpreter teardown, shutdown stays fast
 

@@ -44,6 +44,7 @@ from .forwarding import Forwarding
 from .head_link import HeadLink
 from .leases import Leases
 from .logfiles import setup_daemon_log
+from .memory import return_big_buffers
 from .objects import ObjectDirectory
 from .observe import Observer, pending_of
 from .packages import Packages
@@ -469,6 +470,7 @@ def main(argv: list[str] | None = None, secret: bytes | None = None,
                         format="%(asctime)s (unipar node) %(levelname)s %(message)s")
     setup_daemon_log(cfg.get("log_dir", ""), cfg.get("log_level", "info"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the driver's Ctrl-C is the driver's to handle
+    return_big_buffers()   # objects passing through must not leave the RSS stepped up
     try:
         run_loop(_run(cfg, secret, prestarted, launcher))
     finally:
