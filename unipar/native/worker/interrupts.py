@@ -23,9 +23,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from contextlib import contextmanager
 from types import FrameType
-from typing import Iterator
 
 __all__ = ["cancel", "install", "on_sigint", "running", "shielded"]
 
@@ -36,12 +34,14 @@ class _State:
     task: bytes | None = None        # the task whose own code runs now
     cancelled: bytes | None = None   # the task the last cancel was for
     depth = 0                        # shielded sections open
+    main: threading.Thread | None = None   # the thread that installed the handler
 
 
 def install() -> None:
     """Route SIGINT to :func:`on_sigint` (daemons ignore it, and workers inherit that).
     Called once by the worker, on its main thread, before it runs anything."""
     signal.signal(signal.SIGINT, on_sigint)
+    _State.main = threading.current_thread()
 
 
 def cancel(task_id: bytes) -> None:
@@ -65,31 +65,42 @@ def _due() -> bool:
     return True
 
 
-@contextmanager
-def running(task_id: bytes) -> Iterator[None]:
+class running:
     """Around the code of task ``task_id`` (main thread): a cancel of it raises
-    KeyboardInterrupt in there, at once or, if it came first, as the section starts."""
-    _State.task = task_id
-    try:
+    KeyboardInterrupt in there, at once or, if it came first, as the section starts.
+    (A class, not a generator: it wraps every task the worker runs.)"""
+
+    __slots__ = ("task_id",)
+
+    def __init__(self, task_id: bytes) -> None:
+        self.task_id = task_id
+
+    def __enter__(self) -> None:
+        _State.task = self.task_id
         if _due():
+            _State.task = None
             raise KeyboardInterrupt
-        yield
-    finally:
+
+    def __exit__(self, *exc: object) -> None:
         _State.task = None
 
 
-@contextmanager
-def shielded() -> Iterator[None]:
+class shielded:
     """A section of the worker's own work inside a task that a cancel may not cut short:
     its interrupt is raised as the outermost section ends (in place of what the section
-    raised, if anything: the cancel wins). A no-op off the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _State.depth += 1
-    try:
-        yield
-    finally:
-        _State.depth -= 1
-        if _State.depth == 0 and _due():
-            raise KeyboardInterrupt
+    raised, if anything: the cancel wins). A no-op off the main thread (or before
+    :func:`install`)."""
+
+    __slots__ = ("main",)
+
+    def __enter__(self) -> None:
+        self.main = threading.current_thread() is _State.main
+        if self.main:
+            _State.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self.main:
+            _State.depth -= 1
+            if _State.depth == 0 and _due():
+                raise KeyboardInterrupt
+
