@@ -6,7 +6,7 @@
   delivered are not delivered twice; without one the stream ends with WorkerCrashedError.
 * A dropped stream and a cancelled actor stream stop their generator at its next ``yield``.
 * Values keep unipar's object semantics (big numpy arrays, values holding refs), and a task
-  can iterate a generator it started itself.
+  can iterate a generator it started itself (giving its CPUs back while it waits).
 """
 
 from __future__ import annotations
@@ -239,6 +239,12 @@ def test_values_keep_object_semantics():
 
 def test_a_task_iterates_a_generator_it_started():
     assert unipar.get(sum_of_stream.remote(5), timeout=120) == 0 + 1 + 4 + 9 + 16
+
+
+def test_tasks_waiting_on_their_streams_give_their_cpus_back():
+    # Both CPUs go to the two parents; their generator tasks run only if a parent waiting for
+    # its stream's next value gives its CPU back, as a parent waiting in get() does.
+    assert unipar.get([sum_of_stream.remote(4) for _ in range(2)], timeout=300) == [14, 14]
 
 
 def test_ended_streams_leave_no_state():

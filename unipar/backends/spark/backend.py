@@ -9,7 +9,7 @@ module supplies all three while user code runs only on executors::
     schedule(): ready + resources free -> an idle runner, or a new runner job:
         job thread: setJobGroup(runner) ;
            base.mapPartitions(runner_partition(payload)).collect() -> run task, report, next
-    ChannelServer (authenticated socket)  <---- task_done(+next) / log / nested submit/get/wait
+    ChannelServer (authenticated socket)  <---- task_done(+next) / log / yield / nested submit/get/wait
     actor = a never-ending one-task job   <---- actor_hello; then ("call", ...) / ("result", ...)
 
 * A **runner job** is one Spark task that runs unipar tasks one after another: after each it
@@ -23,6 +23,8 @@ module supplies all three while user code runs only on executors::
   **Slots** are real: a launched job holds one Spark task slot until it ends. A local session is
   ``local[slots]`` with ``slots`` well above ``num_cpus`` (see ``_local_slots``), so actors and
   blocked tasks do not starve the rest.
+* **Generators stream** (generators.py): each value comes over the channel as it is yielded
+  (``("yield", ...)``), its reply withheld while the stream's backpressure bound is reached.
 * **No deadlock when nested tasks outnumber slots**: a task blocked in ``get``/``wait`` (without
   a timeout) on a task that is ready but has no free slot runs that task itself, inline, in its
   own slot ("slot lending"). See docs/backend-spark.md.
@@ -441,17 +443,22 @@ class SparkBackend(TaskScheduler, Backend):
         self.streams.drop(dropped)
         return self.call_actor_stream(actor_id, call, held=True).id  # type: ignore[attr-defined]
 
-    def _remote_stream_next(self, stream_id: int, timeout: float | None,
+    def _remote_stream_next(self, caller: int | None, stream_id: int, timeout: float | None,
                             dropped: list[int]) -> SparkRef | None:
-        """The next ref of a stream executor code opened; None: it ended."""
+        """The next ref of a stream executor code opened; None: it ended. The calling task
+        gives its CPUs back while it waits, as in get()."""
         self.streams.drop(dropped)
         stream = self.streams.get(stream_id)
         if stream is None:
             return None
-        try:
-            return stream.next(timeout)
-        except StopIteration:
-            return None
+        with self.lock:
+            self._block(caller)
+            try:
+                return stream.next(timeout)
+            except StopIteration:
+                return None
+            finally:
+                self._unblock(caller)
 
     def _remote_stream_cancel(self, stream_id: int, force: bool) -> None:
         stream = self.streams.get(stream_id)

@@ -8,6 +8,7 @@ A task runs inside a *runner job*, a one-partition Spark job whose closure carri
     runner_partition(runner_id, payload)
       ensure_worker(session): connect, install ExecutorBackend, forward print()
       fn(*args)  --- nested .remote()/get()/wait() ---->  handlers (may answer "run it inline")
+                 --- ("yield", stream, i, value) ----->  generators.py (reply: go on / stop)
                  --- ("log", stream, line) ------------>  print with "(name pid=N) "
       ("task_done", id, attempt, outcome, runner) ----->  result table; reply: the next task
       ... until the reply is None; then the job ends
@@ -404,7 +405,9 @@ class ExecutorStream(Stream):
     def next(self, timeout: float | None) -> Hashable:
         if self._ended:
             raise StopIteration
-        ref = _client().call("stream_next", self._id, timeout, _take_dropped())
+        ctx = current_context()
+        caller = ctx.task_id if ctx is not None else None
+        ref = _client().call("stream_next", caller, self._id, timeout, _take_dropped())
         if ref is None:
             self._ended = True
             raise StopIteration
