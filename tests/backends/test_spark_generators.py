@@ -2,8 +2,9 @@
 
 * Actor generator methods (plain and ``async def``) hand out each value before the call ends,
   and honour backpressure.
-* A Python worker killed mid-stream: with a retry the task runs again and the values already
-  delivered are not delivered twice; without one the stream ends with WorkerCrashedError.
+* A Python worker killed mid-stream: with a retry the task (or, restarted, the actor's method)
+  runs again and the values already delivered are not delivered twice; without one the stream
+  ends with WorkerCrashedError.
 * A dropped stream and a cancelled actor stream stop their generator at its next ``yield``.
 * Values keep unipar's object semantics (big numpy arrays, values holding refs), and a task
   can iterate a generator it started itself (giving its CPUs back while it waits).
@@ -48,15 +49,7 @@ def _wait_file(path: str, deadline_s: float) -> bool:
 
 @unipar.remote
 def two_then_hang(marker_dir):
-    """Yields 0 and 1; the first run then writes its pid to a marker and hangs until killed."""
-    yield 0
-    yield 1
-    marker = Path(marker_dir) / "pid"
-    if not marker.exists():
-        _write_whole(marker, str(os.getpid()))
-        time.sleep(600)
-    yield 2
-    yield 3
+    yield from two_then_hang_values(marker_dir)
 
 
 @unipar.remote
@@ -112,8 +105,23 @@ class Streamer:
     def endless(self, closed_path):
         yield from _endless_values(closed_path)
 
+    def two_then_hang(self, marker_dir):
+        yield from two_then_hang_values(marker_dir)
+
     def ping(self):
         return "pong"
+
+
+def two_then_hang_values(marker_dir: str) -> Iterator[int]:
+    """0 and 1; the first run then writes its pid to a marker and hangs until killed; 2, 3."""
+    yield 0
+    yield 1
+    marker = Path(marker_dir) / "pid"
+    if not marker.exists():
+        _write_whole(marker, str(os.getpid()))
+        time.sleep(600)
+    yield 2
+    yield 3
 
 
 def _endless_values(closed_path: str) -> Iterator[int]:
@@ -199,6 +207,14 @@ def test_killed_worker_without_retries_ends_the_stream_with_the_crash(tmp_path):
         unipar.get(last, timeout=60)
     with pytest.raises(StopIteration):
         next(gen)
+
+
+def test_killed_actor_reruns_the_method_and_skips_delivered_values(tmp_path):
+    streamer = Streamer.options(max_restarts=1, max_task_retries=1).remote()
+    gen = streamer.two_then_hang.remote(str(tmp_path))
+    assert [unipar.get(gen.next(timeout=120), timeout=60) for _ in range(2)] == [0, 1]
+    _kill_descendant(_marker_pid(tmp_path / "pid"))
+    assert [unipar.get(r, timeout=120) for r in gen] == [2, 3]
 
 
 def test_dropped_stream_stops_its_generator(tmp_path):
