@@ -40,7 +40,6 @@ import cloudpickle
 from ...exceptions import GetTimeoutError, TaskCancelledError
 from ..base import Stream
 from .executor import SparkRef, channel_call
-from .results import Entry
 
 __all__ = ["STREAM", "StreamRunner", "SparkStream", "StreamTable"]
 
@@ -97,6 +96,14 @@ async def _pump_async(gen: Any, stream_id: int) -> None:
 
 
 # -- the driver side ---------------------------------------------------------------------------
+
+class Entry(Protocol):
+    """What the stream table reads of an entry of results.py's table (not imported from there:
+    results.py sees actors.py, which starts actor_server.py, which imports this module)."""
+
+    done: bool
+    error: BaseException | None
+
 
 class Owner(Protocol):
     """What the stream table may ask of the spark backend (results.py's table and its lock)."""
