@@ -4,6 +4,11 @@ Work running on the nodes goes on without the head; what needs the head waits fo
 bounded, clear error (HeadUnavailableError), never a raw socket error; ``unipar start --head``
 starts it again on its address, it reloads its tables, the nodes rejoin by themselves, named
 actors resolve again and ``unipar stop`` stops every process.
+
+The issue's bound for the run with the kill is the same run without it + 10 s: the test runs
+the map once without a kill first (same cluster, same work) and records both times
+(``run_s_without_kill``, ``run_s_with_kill``; the latter includes the seconds the test takes
+to start the head again, ``head_down_s``).
 """
 
 from __future__ import annotations
@@ -45,18 +50,20 @@ MAPPER = """
         time.sleep(0.01)
         return x * x
 
-    keeper = Keeper.options(name="keeper", lifetime="detached").remote()
+    n, name = int(sys.argv[1]), sys.argv[2]
+    run_began = time.monotonic()
+    keeper = Keeper.options(name=name, lifetime="detached").remote()
     assert unipar.get(keeper.add.remote(), timeout=60) == 1
-    n = int(sys.argv[1])
     refs = [square.remote(i) for i in range(n)]
     print("MAPPING", flush=True)
     got = unipar.get(refs, timeout=300)
     wrong = sum(1 for i, v in enumerate(got) if v != i * i)
     began = time.monotonic()
-    again = unipar.get_actor("keeper")      # needs the head: waits for it to come back
+    again = unipar.get_actor(name)      # needs the head: waits for it to come back
     count = unipar.get(again.add.remote(), timeout=60)
     print(json.dumps({"results": len(got), "wrong": wrong, "keeper": count,
-                      "lookup_waited_s": round(time.monotonic() - began, 2)}), flush=True)
+                      "lookup_waited_s": round(time.monotonic() - began, 2),
+                      "run_s": round(time.monotonic() - run_began, 2)}), flush=True)
 """
 
 NEW_DRIVER_WITHOUT_HEAD = """
@@ -92,16 +99,26 @@ def _nodes_alive(cluster: Cluster) -> int:
     return int(line.split()[1]) if line else 0
 
 
+def _mapper(cluster: Cluster, n: int, name: str) -> subprocess.Popen:
+    """The MAPPER driver: ``n`` squares, and a detached actor named ``name``."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(MAPPER), str(n), name],
+        env=dict(cluster.env, UNIPAR_ADDRESS="auto"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+
 def test_head_killed_mid_map_and_started_again(tmp_path, chaos):
     n = chaos.scaled(600)
     state = str(tmp_path / "state")
     cluster = Cluster(state, base_env(state))
     try:
         cluster.start(HEAD, [NODE])
-        mapper = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(MAPPER), str(n)],
-            env=dict(cluster.env, UNIPAR_ADDRESS="auto"), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+        baseline = _mapper(cluster, n, "keeper-baseline")   # the same run, no kill
+        out, err = baseline.communicate(timeout=300)
+        assert baseline.returncode == 0, err[-3000:]
+        without = json.loads(out.strip().splitlines()[-1])
+        assert without["results"] == n and without["wrong"] == 0
+        mapper = _mapper(cluster, n, "keeper")
         try:
             assert mapper.stdout is not None
             assert mapper.stdout.readline().strip() == "MAPPING"
@@ -144,7 +161,9 @@ def test_head_killed_mid_map_and_started_again(tmp_path, chaos):
         chaos.record(kills=1, tasks=n, lost=n - figures["results"], wrong=figures["wrong"],
                      head_down_s=round(began - killed_at, 2), rejoin_s=round(rejoin_s, 2),
                      new_driver_error_after_s=fresh["waited_s"],
-                     lookup_waited_s=figures["lookup_waited_s"])
+                     lookup_waited_s=figures["lookup_waited_s"],
+                     run_s_without_kill=without["run_s"], run_s_with_kill=figures["run_s"],
+                     run_s_bound=round(without["run_s"] + 10, 2))
     finally:
         stopped = cluster.stop()
     assert stopped is not None and stopped.returncode == 0
