@@ -56,6 +56,7 @@ class Runtime:
         self.role = role
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.functions: dict[str, Any] = {}
+        self.unloaded: dict[str, Any] = {}   # code of pushed tasks that never ran (_keep_code)
         self.client: Client = None  # type: ignore[assignment]
         self.label = "worker"
         self.current_task: bytes | None = None
@@ -167,8 +168,7 @@ class Runtime:
                 self.taken.discard(msg.task_id)
                 self.waiting.discard(msg.task_id)
             if taken:
-                if msg.fn_blob is not None:   # later pushes of it come without the code
-                    self._function(msg.fn_key, msg.fn_blob)
+                self._keep_code(msg)   # later pushes of it come without the code
                 return
         self.run_task(msg, reply)
 
@@ -225,8 +225,16 @@ class Runtime:
             raise self.setup_error
         fn = self.functions.get(key)
         if fn is None:
+            blob = self.unloaded.pop(key, None) if blob is None else blob
             fn = self.functions[key] = cloudpickle.loads(blob)
         return fn
+
+    def _keep_code(self, msg: P.RunTask) -> None:
+        """A pushed task that will not run (cancelled or taken back before it started) may
+        be the one that carried its function's code: keep the code, unloaded (loading it
+        could fail, and that is the first task that runs it to report)."""
+        if msg.fn_blob is not None and msg.fn_key not in self.functions:
+            self.unloaded[msg.fn_key] = msg.fn_blob
 
     def _arguments(self, packed: Any, deps: list, cache: bool = True) -> tuple[tuple, dict, Any]:
         """Arguments from their packed form and dependency values. ``cache``: keep big ones
@@ -323,6 +331,7 @@ class Runtime:
             with self.task_lock:
                 if msg.task_id in self.cancelled:
                     self.cancelled.discard(msg.task_id)
+                    self._keep_code(msg)   # later pushes of it come without the code
                     raise KeyboardInterrupt
                 self.current_task = msg.task_id
             self.events.started(msg.task_id, msg.name)
