@@ -8,6 +8,7 @@ runtime_env. A driver without runtime_env fails there exactly as the issue descr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -21,6 +22,8 @@ import zipfile
 
 import pytest
 
+from unipar.native.head.packages import PackageTable
+from unipar.native.node import packages as packages_module
 from unipar.native.node.packages import Packages
 from unipar.native.node.records import Obj
 from unipar.native.node.scheduler import ENV_TAG, Dispatch, RetireWorker, Scheduler, StartWorkers
@@ -29,7 +32,7 @@ from unipar.runtime_env import cached_names, install_package, note_use, noted_us
 
 from unipar.testing import wait_for
 
-from multinode import Cluster, base_env
+from multinode import Cluster, base_env, unipar as unipar_cli
 
 TAG = ENV_TAG + "ab12"
 
@@ -141,6 +144,83 @@ def _reply(handler, msg):
     handler(type("Conn", (), {"send": staticmethod(sent.append)})(), msg)
     [reply] = sent
     return reply.value
+
+
+class _Head:
+    """The node's head link as Packages sees it: questions wait until the test answers."""
+
+    def __init__(self) -> None:
+        self.asked: list = []
+        self.told: list = []
+
+    def ask(self, make, callback) -> bool:
+        self.asked.append((make(1), callback))
+        return True
+
+    def tell(self, msg) -> None:
+        self.told.append(msg)
+
+
+def test_a_node_pulls_a_package_another_node_keeps_and_falls_back_when_it_cannot():
+    objects, head, replies = _Objects(), _Head(), []
+    conn = type("Conn", (), {"send": staticmethod(replies.append)})()
+
+    def fetch(oid: bytes) -> bool:             # a pull from a peer begins: pending here
+        objects.objects[oid] = Obj()
+        return True
+
+    packages = Packages(objects, "/nonexistent", set, grace=10.0,  # type: ignore[arg-type]
+                        node_id="b", head=head, fetch=fetch)
+
+    async def scenario() -> None:
+        packages.on_find_packages(conn, P.FindPackages(1, ["sha256-far", "sha256-lost"]))
+        [(question, answer)] = head.asked
+        assert question.digests == ["sha256-far", "sha256-lost"] and question.node_id == "b"
+        answer({"sha256-far": ["a", b"far"], "sha256-lost": ["a", b"lost"]})
+        assert replies == []                            # it waits for the copies
+        far, lost = objects.objects[b"far"], objects.objects[b"lost"]
+        far.kind, far.size = "shm", 7
+        for sub in far.subscribers:
+            sub.send(None)
+        lost.kind = "error"                             # the peer lost it: upload it again
+        for sub in lost.subscribers:
+            sub.send(None)
+
+    asyncio.run(scenario())
+    assert [r.value for r in replies] == [{"sha256-far": b"far"}]
+    assert b"lost" not in objects.objects and objects.objects[b"far"].pins == 1
+    assert packages.report()["pulled"] == 1 and packages.report()["uploaded"] == 0
+    assert [(m.kept, m.dropped) for m in head.told] == [({"sha256-far": b"far"}, [])]
+
+
+def test_a_find_the_head_does_not_answer_is_answered_after_the_wait(monkeypatch):
+    monkeypatch.setattr(packages_module, "FIND_WAIT", 0.0)
+    replies: list = []
+    conn = type("Conn", (), {"send": staticmethod(replies.append)})()
+    packages = Packages(_Objects(), "/nonexistent", set, grace=10.0,  # type: ignore[arg-type]
+                        node_id="b", head=_Head(), fetch=lambda oid: True)
+
+    async def scenario() -> None:
+        packages.on_find_packages(conn, P.FindPackages(1, ["sha256-x"]))
+        while not replies:              # the head never answers: the wait ends it
+            await asyncio.sleep(0.01)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert [r.value for r in replies] == [{}]     # the driver uploads it
+
+
+def test_the_head_locates_packages_of_live_nodes_only():
+    alive = {"a", "b"}
+    table = PackageTable(lambda nid: nid in alive)
+    kept = P.PackagesKept("a", {"d1": b"x", "d2": b"y"}, [])
+    table.on_packages_kept(None, kept)                              # type: ignore[arg-type]
+    table.on_packages_kept(None, P.PackagesKept("a", {}, ["d2"]))  # type: ignore[arg-type]
+    assert _reply(table.on_locate_packages, P.LocatePackages(1, "b", ["d1", "d2"])) == {
+        "d1": ["a", b"x"]}
+    assert _reply(table.on_locate_packages, P.LocatePackages(2, "a", ["d1"])) == {}
+    alive.discard("a")
+    table.node_dead("a")
+    assert table.where == {}
 
 
 # -- a cluster that cannot see the driver's folder ----------------------------------------------
@@ -440,4 +520,57 @@ def test_a_kept_package_reaches_workers_on_another_node(tmp_path):
             assert got["ran"][0] == 11 and got["ran"][1] != got["me"]
         assert second["uploaded"] == first["uploaded"] == 1 and second["reused"] == 1
     finally:
+        cluster.stop()
+
+
+def test_a_driver_on_another_node_uploads_nothing_the_cluster_keeps(tmp_path):
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "onceper.py").write_text("VALUE = 13\n")
+    state = str(tmp_path / "state")
+    cluster = Cluster(state, base_env(state))
+    # Node B joins with a state dir of its own: "auto" there means node B's own socket.
+    other = Cluster(str(tmp_path / "state_b"), dict(
+        base_env(str(tmp_path / "state_b")), UNIPAR_CLUSTER_SECRET_FILE=cluster.secret_file))
+    body = """
+        from unipar.backends.base import current_backend
+        unipar.init(runtime_env={"working_dir": "."})
+
+        @unipar.remote(num_cpus=1)
+        def where():
+            import onceper
+            return [onceper.VALUE, unipar.get_runtime_context().get_node_id()]
+
+        nodes = [n["NodeID"] for n in unipar.nodes() if n["Alive"]]
+        ran = unipar.get([where.options(resources={f"node:{n}": 0.01}).remote()
+                          for n in nodes], timeout=120)
+        print("RESULT", json.dumps({"ran": ran, "nodes": nodes,
+                                    "me": unipar.get_runtime_context().get_node_id(),
+                                    **current_backend().client.node_info()["runtime_envs"]}))
+    """
+    report = """
+        from unipar.backends.base import current_backend
+        unipar.init()
+        print("RESULT", json.dumps(current_backend().client.node_info()["runtime_envs"]))
+    """
+    try:
+        cluster.start(["--num-cpus", "1"], [])
+        joined = unipar_cli(other.env, "start", "--address", cluster.head.removeprefix("tcp://"),
+                        "--num-cpus", "1")
+        assert joined.returncode == 0, joined.stdout + joined.stderr
+        other.records = other.state()["procs"]
+        first = _drive(cluster, str(project), body)
+        second = _drive(other, str(project), body)
+        after = _drive(cluster, str(project), report)
+        assert first["me"] != second["me"] and len(second["nodes"]) == 2
+        for got in (first, second):   # the module imports on every node
+            assert sorted(r[1] for r in got["ran"]) == sorted(got["nodes"])
+            assert all(r[0] == 13 for r in got["ran"])
+        assert first["uploaded"] == 1 and first["uploaded_bytes"] > 0
+        # Node B sent nothing anew: it pulled node A's copy; node A's counters did not grow.
+        assert second["uploaded"] == 0 and second["uploaded_bytes"] == 0
+        assert second["pulled"] == 1 and second["reused"] == 1
+        assert after["uploaded_bytes"] == first["uploaded_bytes"]
+    finally:
+        other.stop()
         cluster.stop()

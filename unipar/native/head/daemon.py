@@ -41,6 +41,7 @@ from .actor_table import ActorTable
 from .groups import PlacementGroups
 from .jobs import Jobs
 from .journal import Journal, decode_state, encode_state
+from .packages import PackageTable
 
 
 log = logging.getLogger("unipar.native.head")
@@ -77,6 +78,8 @@ class Head:
         self.handlers.update(self.groups.handlers())
         self.jobs = Jobs(os.path.join(session.state_dir(), "jobs"), self.dirty)
         self.handlers.update(self.jobs.handlers())
+        self.packages = PackageTable(lambda nid: nid in self.nodes and nid not in self.dead)
+        self.handlers.update(self.packages.handlers())
 
     # -- durability --------------------------------------------------------------------------
     def restore(self) -> bool:
@@ -219,6 +222,7 @@ class Head:
         if conn is not None:
             self._told_dead(conn)
         self.groups.node_dead(node_id)
+        self.packages.node_dead(node_id)
 
     def _told_dead(self, conn: ServerConnection) -> bool:
         """True if ``conn`` is a node declared dead: it is told so (once per connection),

@@ -101,7 +101,8 @@ class Node:
                                 lambda: pending_of(self.tasks.tasks), lambda: self.objects.objects)
         self.packages = Packages(self.objects, os.path.join(session_dir, "runtime_envs"),
                                  lambda: {w.env for w in self.pool.workers.values() if w.env},
-                                 config.runtime_env_grace())
+                                 config.runtime_env_grace(), node_id=node_id, head=self.head,
+                                 fetch=lambda oid: self.forwarding.fetch(None, oid))
         self.handlers = {**self._handlers(), **self.observe.handlers(),
                          **self.packages.handlers()}
 

@@ -59,7 +59,7 @@ from .messages.jobs import (
     SubmitJob, ListJobs, JobLogs, StopJob,
 )
 from .messages.runtime_env import (
-    FindPackages, KeepPackages,
+    FindPackages, KeepPackages, PackagesKept, LocatePackages,
 )
 
 __all__ = [
@@ -82,7 +82,7 @@ __all__ = [
     "ReleaseBundles",
     "Log", "TaskEvents", "QueueReport", "ListTasks", "Timeline", "ListLogs", "ReadLog",
     "SubmitJob", "ListJobs", "JobLogs", "StopJob",
-    "FindPackages", "KeepPackages",
+    "FindPackages", "KeepPackages", "PackagesKept", "LocatePackages",
 ]
 
 PROTOCOL_VERSION = 3
