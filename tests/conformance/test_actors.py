@@ -88,6 +88,11 @@ class Broken:
 
 
 @unipar.remote
+def fail_with(message):
+    raise ValueError(message)
+
+
+@unipar.remote
 def use_counter(counter, times):
     return unipar.get([counter.incr.remote() for _ in range(times)])[-1]
 
@@ -215,6 +220,19 @@ def test_a_named_actor_whose_constructor_failed_keeps_its_name(unipar_backend):
     unipar.kill(broken)
     with pytest.raises(ValueError):
         unipar.get_actor("broken-ctor")
+
+
+def test_a_named_actor_whose_constructor_argument_failed_keeps_its_name(unipar_backend):
+    # Its creation failed before the constructor ran: the same as a raising constructor.
+    bad_arg = fail_with.remote("no argument for you")
+    broken = Counter.options(name="broken-arg").remote(bad_arg)
+    with pytest.raises(unipar.ActorDiedError):
+        unipar.get(broken.incr.remote(), timeout=60)
+    with pytest.raises(unipar.ActorDiedError):
+        unipar.get(unipar.get_actor("broken-arg").incr.remote(), timeout=60)
+    unipar.kill(broken)
+    with pytest.raises(ValueError):
+        unipar.get_actor("broken-arg")
 
 
 def test_actors_run_in_parallel(unipar_backend, tmp_path):

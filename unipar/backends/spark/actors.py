@@ -164,7 +164,7 @@ class ActorTable:
             return
         if error is not None:
             self._die(actor, _died(f"actor {actor.name} could not start: a constructor argument "
-                                   f"failed: {error}", error))
+                                   f"failed: {error}", error), keep_name=True)
             return
         actor.state = "ready"
         self._ready.append(actor)
@@ -385,7 +385,8 @@ class ActorTable:
 
     def _die(self, actor: _Actor, error: ActorDiedError, keep_name: bool = False) -> None:
         """``actor`` is dead for good; its calls fail with ``error``. Its name is freed, except
-        after a failed constructor (``keep_name``): as in Ray, that name stays taken, and
+        when its creation failed (its constructor or an argument of it raised: ``keep_name``):
+        as in Ray, that name stays taken, and
         get_actor gives a handle whose calls raise, until the actor is killed."""
         if actor.state == "dead":
             return

@@ -170,7 +170,7 @@ class Actors:
         if self.objects.failed_dep(task) is not None:
             self.dead(actor, S.pack_error(ActorDiedError(
                 f"actor {actor.msg.class_name} could not start: an argument of its constructor "
-                "failed")))
+                "failed")), keep_name=True)   # its creation failed, as a raising constructor
             return
         actor.state = "pending"
         self.sched.add_actor(actor.msg.actor_id, actor.msg.resources, time.monotonic(),
@@ -314,7 +314,8 @@ class Actors:
     def dead(self, actor: Actor, death: bytes, keep_name: bool = False) -> None:
         """The actor is dead for good: every pending and later call fails with ``death``.
         Only its :class:`DeadActor` record stays (in ``deaths``); the rest is freed. Its name
-        is freed too, except after a failed constructor (``keep_name``): as in Ray, that name
+        is freed too, except when its creation failed (its constructor, or an argument of it,
+        raised: ``keep_name``): as in Ray, that name
         stays taken (get_actor gives a handle whose calls raise) until the actor is killed or
         its driver leaves."""
         actor.state = "dead"
