@@ -17,7 +17,9 @@ import pytest
 from multinode import Cluster, base_env
 
 KEY_FILES = ["test_tasks.py", "test_objects.py", "test_actors.py", "test_cluster.py",
-             "test_errors.py"]
+             "test_errors.py", "test_generators.py",
+             # issue #18's "done when": scikit-learn's n_jobs through joblib on a native cluster
+             "test_util.py::test_joblib_scikit_learn_cross_val_score"]
 SUITE_TIMEOUT = 1500
 
 pytestmark = pytest.mark.timeout(SUITE_TIMEOUT + 200)
