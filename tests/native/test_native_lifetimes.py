@@ -116,3 +116,32 @@ def test_refs_inside_a_put_value_are_at_the_node_before_a_task_reads_them(native
     for i in range(40):
         box = unipar.put([work.remote(i), work.remote(1)])
         assert unipar.get(inner_sum.remote(box), timeout=T) == i + 1
+
+
+@unipar.remote
+class Keeper:
+    """Keeps what its calls are given (refs nested in their arguments included)."""
+
+    def __init__(self) -> None:
+        self.kept: list[Any] = []
+
+    def keep(self, value: Any) -> int:
+        self.kept.append(value)
+        return len(self.kept)
+
+    def total(self) -> int:
+        return sum(unipar.get(ref, timeout=T)[0] for (ref,) in self.kept)
+
+
+def test_a_ref_an_actor_kept_from_a_call_outlives_the_caller_s_ref(native: None) -> None:
+    # A long `make fuzz` run: an actor kept [ref] from a direct call; the driver then dropped
+    # its ref and the node freed the object (ObjectLostError in the actor): the actor's own
+    # count reached the node after the driver's release, as the result went straight back.
+    keeper = Keeper.remote()
+    for i in range(20):
+        ref = unipar.put([i])
+        assert unipar.get(keeper.keep.remote([ref]), timeout=T) == i + 1
+        del ref
+        gc.collect()
+    time.sleep(0.3)   # past the worker's batching of ref counts: a free would have happened
+    assert unipar.get(keeper.total.remote(), timeout=T) == sum(range(20))

@@ -23,6 +23,7 @@ class RefTracker:
     def __init__(self) -> None:
         self.changes: deque[tuple[bytes, int]] = deque()
         self.counts: dict[bytes, int] = {}
+        self.unpickled = 0   # refs made by unpickling, ever (a worker asks: did a call borrow?)
 
     def drain(self) -> tuple[list[bytes], list[bytes]]:
         """Apply queued changes; returns ``(now_held, now_free)``, disjoint.
@@ -93,7 +94,7 @@ class NativeRef:
 
     def __reduce__(self) -> tuple[Any, ...]:
         note_ref(self.oid)
-        return (NativeRef, (self.oid,))
+        return (_unpickled, (self.oid,))
 
     def __hash__(self) -> int:
         return hash(self.oid)
@@ -103,6 +104,12 @@ class NativeRef:
 
     def __repr__(self) -> str:
         return f"native:{self.oid.hex()}"
+
+
+def _unpickled(oid: bytes) -> NativeRef:
+    """A ref rebuilt from a pickle: another process's ref, now also held here (borrowed)."""
+    TRACKER.unpickled += 1
+    return NativeRef(oid)
 
 
 class ActorId:

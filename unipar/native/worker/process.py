@@ -27,11 +27,11 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from ...exceptions import ActorDiedError, TaskCancelledError, capture_remote
+from ...exceptions import ActorDiedError, GetTimeoutError, TaskCancelledError, capture_remote
 from ..._yielding import bound_method
 from ...options import split_returns
 from ..client.client import Client
-from ..client.refs import NativeRef
+from ..client.refs import TRACKER, NativeRef
 from ..wire import protocol as P
 from ..wire import serialization as S
 from ..wire.transport import Connection, Listener
@@ -67,6 +67,7 @@ class Runtime:
         # this worker is busy), and those it took back (skipped when their turn comes).
         self.waiting: set[bytes] = set()
         self.taken: set[bytes] = set()
+        self.borrowing: set[bytes] = set()   # direct calls whose arguments held refs
         self.replies_posted = threading.Event()   # results wait for the reply flusher
         self.reply_lock = threading.Lock()          # guards unflushed
         # Big arguments stay mapped (pages already faulted in) until the node says the object
@@ -456,7 +457,7 @@ class Runtime:
         self.events.started(msg.task_id, name, "actor_call")
         try:
             method = method_of(self.instance, msg.method, bound_method)
-            args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
+            args, kwargs = self._call_arguments(msg, reply)
             result = method(*args, **kwargs)
             if asyncio.iscoroutine(result):
                 result = asyncio.run(result)
@@ -465,13 +466,36 @@ class Runtime:
             return "error", self._error_results(msg.return_ids, exc, self._where(msg))
         return self._results(msg.return_ids, result, name, self._where(msg), _owner(reply))
 
+    def _call_arguments(self, msg: P.RunActorTask, reply: Connection | None
+                        ) -> tuple[tuple, dict]:
+        """A call's arguments; notes the calls pushed directly whose arguments held refs."""
+        before = TRACKER.unpickled
+        args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
+        if reply is not None and TRACKER.unpickled != before:
+            self.borrowing.add(msg.task_id)
+        return args, kwargs
+
     def _finish_call(self, msg: P.RunActorTask, status: str, results: list,
                      reply: Connection | None) -> None:
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, Forward):
                 stream.finish()
         self.events.ended(msg.task_id, status)
+        if msg.task_id in self.borrowing:
+            self.borrowing.discard(msg.task_id)
+            self._borrows_known()
         self._reply(reply, P.TaskDone(msg.task_id, status, results))
+
+    def _borrows_known(self) -> None:
+        """Before a call pushed directly answers its caller (not the node): make sure the node
+        knows the refs the actor kept from the call's arguments. The caller lets go of its own
+        refs once it has the result; were our count still in this process's batch, the node
+        could free the object first. Ping goes after the batch on our node connection, and
+        the node answers in order (one round trip, only for calls whose arguments held refs)."""
+        try:
+            self.client.request(lambda r: P.Ping(r), timeout=30)
+        except (ConnectionError, GetTimeoutError):
+            pass   # the node is gone (or stuck): it frees nothing early then
 
     def _start_concurrent_call(self, msg: P.RunActorTask, reply: Connection | None = None) -> None:
         if self.pool is not None:
@@ -488,7 +512,7 @@ class Runtime:
             self.events.started(msg.task_id, name, "actor_call")
             try:
                 method = method_of(self.instance, msg.method, bound_method)
-                args, kwargs, _ = self._arguments(msg.args, msg.deps, cache=reply is None)
+                args, kwargs = self._call_arguments(msg, reply)
                 result = method(*args, **kwargs)
                 if asyncio.iscoroutine(result):
                     result = await result
