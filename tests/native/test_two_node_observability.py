@@ -38,7 +38,13 @@ TUTORIAL = """
         print(f"sort {i} done on pid {os.getpid()}", flush=True)
         return unipar.get_runtime_context().get_node_id()
 
-    print("NODES", sorted(set(unipar.get([sort.remote(i) for i in range(SORTS)], timeout=120))))
+    # Half the sorts on each node, pinned: this module is about seeing two machines work, not
+    # about where the scheduler puts work (test_native_multinode.py is).
+    from unipar.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    ids = [n["NodeID"] for n in unipar.nodes() if n["Alive"]]
+    refs = [sort.options(scheduling_strategy=NodeAffinitySchedulingStrategy(ids[i % 2])).remote(i)
+            for i in range(SORTS)]
+    print("NODES", sorted(set(unipar.get(refs, timeout=120))))
 """.replace("SORTS", str(SORTS))
 
 
