@@ -3,7 +3,9 @@
 What a run observes (and so what two runs are compared on):
 
 * every ``Get``: the value, with refs nested in it resolved in turn, or the exception's type
-  (the user's own type for a task's error: ``ValueError``, not ``TaskError``);
+  (the user's own type for a task's error: ``ValueError``, not ``TaskError``); a ``get`` of a
+  list that raised: each element's outcome (which failing element it raises is timing, on Ray
+  too);
 * every ``Fetch``, ``Put``, ``.remote()``, ``cancel``, ``get_actor``: whether it raised, and what;
 * every ``Wait``: that ``ready`` and ``not_ready`` split the input in order, that ``ready`` has
   at most ``num_returns`` distinct refs, and — for the long timeout only — exactly that many;
@@ -193,6 +195,15 @@ class Interpreter:
             return "actor"
         return value
 
+    def list_raised(self, what: Any, exc: Exception) -> Any:
+        """What a ``get`` that raised is compared on. For a list of two or more refs, the
+        outcome of each (in order): which failing element's error a list's ``get`` raises is
+        whichever failed first (as on Ray, whose get returns early on an error), so only
+        that it raised and what each element gives are compared. Anything else: ``exc``."""
+        if not (isinstance(what, list) and len(what) > 1):
+            raise exc
+        return ("list-raised", [self.canon(ref) for ref in what])
+
     def failed(self, exc: BaseException) -> str:
         if isinstance(exc, GetTimeoutError):
             self.run.hung = True
@@ -231,9 +242,18 @@ class Interpreter:
         elif isinstance(step, GetActor):
             self.env[step.out] = unipar.get_actor(self.ns + step.name)
         elif isinstance(step, Get):
-            return self.canon(unipar.get(self.value(step.what), timeout=self.timeout))
+            what = self.value(step.what)
+            try:
+                return self.canon(unipar.get(what, timeout=self.timeout))
+            except Exception as exc:
+                return self.list_raised(what, exc)
         elif isinstance(step, Fetch):
-            self.env[step.out] = unipar.get(self.value(step.what), timeout=self.timeout)
+            what = self.value(step.what)
+            try:
+                self.env[step.out] = unipar.get(what, timeout=self.timeout)
+            except Exception as exc:
+                self.env[step.out] = None
+                return self.list_raised(what, exc)
         elif isinstance(step, Wait):
             return self.wait(step)
         elif isinstance(step, Cancel):
