@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections import Counter
 from typing import Any, Callable, Iterator
 
 import unipar
@@ -28,7 +29,7 @@ from unipar import _state
 from unipar.backends.local import LocalBackend
 from unipar.options import InitOptions
 
-from dt_interp import Run, compare, compared_log, read_log, run
+from dt_interp import Run, compare, compared_counts, read_log, read_log_counts, run
 from dt_program import Program, render
 
 # Programs' logs. A call whose ref a program dropped may write after the run is over, so the
@@ -80,7 +81,7 @@ def _settle(count: Callable[[], int | None], baseline: int, timeout: float) -> i
         time.sleep(0.05)
 
 
-def _run_once(program: Program, ns: str, expect: set[tuple[str, int]] | None = None) -> Run:
+def _run_once(program: Program, ns: str, expect: Counter[tuple[str, int]] | None = None) -> Run:
     """Run the program; with ``expect`` (the oracle's side effects), wait a bounded time for
     the ones still missing: a call whose ref was dropped unawaited may still be running."""
     log = os.path.join(LOG_DIR, f"{uuid.uuid4().hex}.log")
@@ -88,10 +89,10 @@ def _run_once(program: Program, ns: str, expect: set[tuple[str, int]] | None = N
         result = run(program, log, ns, GET_TIMEOUT, expect, LEAK_WAIT)
         if expect is not None:
             deadline = time.monotonic() + LEAK_WAIT
-            while (not expect <= compared_log(program, result.log)
+            while (not expect <= compared_counts(program, result.counts)
                    and time.monotonic() < deadline):
                 time.sleep(0.05)
-                result.log = read_log(log)
+                result.log, result.counts = read_log(log), read_log_counts(log)
         return result
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -113,7 +114,7 @@ def check(program: Program, backend: str, origin: str, init_kwargs: dict[str, An
         want = _run_once(program, ns)
     counter = OBJECT_COUNTERS.get(backend)
     baseline = counter() if counter else None
-    got = _run_once(program, ns, compared_log(program, want.log))
+    got = _run_once(program, ns, compared_counts(program, want.counts))
     diffs = compare(program, want, got)
     if got.hung:
         restart(backend, init_kwargs)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -46,6 +47,7 @@ class Run:
     whose ref the program dropped unawaited may write later, see ``compared_log``)."""
     observations: dict[str, tuple[frozenset[str], Any]] = field(default_factory=dict)
     log: set[tuple[str, int]] = field(default_factory=set)
+    counts: Counter[tuple[str, int]] = field(default_factory=Counter)   # log lines, with repeats
     hung: bool = False   # a GetTimeoutError was seen: the backend may hold stuck work
 
 
@@ -155,7 +157,7 @@ class Interpreter:
     """Runs one program's steps against the public API and records what it observes."""
 
     def __init__(self, program: Program, log: str, ns: str, timeout: float,
-                 expect: set[tuple[str, int]] | None = None, settle: float = 0.0) -> None:
+                 expect: Counter[tuple[str, int]] | None = None, settle: float = 0.0) -> None:
         self.program = program
         self.log = log
         self.ns = ns
@@ -322,6 +324,7 @@ class Interpreter:
                 state = ("raised", self.failed(exc))
             self.observe(f"end state of actor {name}", {name}, state)
         self.run.log = read_log(self.log)
+        self.run.counts = read_log_counts(self.log)
 
     def await_side_effects(self) -> None:
         """Wait (at most ``settle`` s) for the oracle's side effects: a call nobody waited for
@@ -329,7 +332,7 @@ class Interpreter:
         end phase reads, and would find it killed after."""
         deadline = time.monotonic() + self.settle
         while (self.expect is not None and time.monotonic() < deadline
-               and not self.expect <= compared_log(self.program, read_log(self.log))):
+               and not self.expect <= compared_counts(self.program, read_log_counts(self.log))):
             time.sleep(0.05)
 
     def cleanup(self) -> None:
@@ -346,10 +349,23 @@ class Interpreter:
 
 def read_log(path: str) -> set[tuple[str, int]]:
     """The ``(who, tag)`` entries a program's calls wrote so far."""
+    return set(read_log_counts(path))
+
+
+def read_log_counts(path: str) -> Counter[tuple[str, int]]:
+    """The same, with how many times each was written (a task calling one actor twice writes
+    the same entry twice: waiting for the set alone would read the actor's state between)."""
     if not os.path.exists(path):
-        return set()
+        return Counter()
     with open(path) as f:
-        return {(who, int(tag)) for who, tag in (e.split() for e in f.read().splitlines())}
+        return Counter((who, int(tag)) for who, tag in (e.split() for e in f.read().splitlines()))
+
+
+def compared_counts(program: Program, counts: Counter[tuple[str, int]]
+                    ) -> Counter[tuple[str, int]]:
+    """:func:`compared_log`'s entries, with their counts."""
+    keep = compared_log(program, set(counts))
+    return Counter({entry: n for entry, n in counts.items() if entry in keep})
 
 
 def _ordered(part: list[Any], whole: list[Any]) -> bool:
@@ -359,7 +375,7 @@ def _ordered(part: list[Any], whole: list[Any]) -> bool:
 
 
 def run(program: Program, log: str, ns: str, timeout: float,
-        expect: set[tuple[str, int]] | None = None, settle: float = 0.0) -> Run:
+        expect: Counter[tuple[str, int]] | None = None, settle: float = 0.0) -> Run:
     """Run ``program`` on the backend unipar is initialised with; before the end phase, wait
     up to ``settle`` s for the side effects in ``expect``."""
     return Interpreter(program, log, ns, timeout, expect, settle).execute()
