@@ -174,7 +174,8 @@ def _biggest_node(demand: dict[str, float]) -> dict[str, float]:
     """What the node closest to ``demand`` has of it (for the error message)."""
     if not _nodes:
         return {k: 0.0 for k in demand}
-    best = max(_nodes, key=lambda n: sum(min(n.get(k, 0.0), v) / v for k, v in demand.items()))
+    best = max(_nodes, key=lambda n: sum(min(n.get(k, 0.0), v) / v
+                                         for k, v in demand.items() if v > 0))
     return {k: best.get(k, 0.0) for k in demand}
 
 
