@@ -112,7 +112,7 @@ def task_peer(sched: SchedulerView, demand: dict[str, float], peers: Sequence[P]
         if from_peer or room_here(sched, demand):
             return None
         candidates = [p for p in peers if p.room(demand)]
-    else:   # none has room: it waits here, queued ("stranded"), until one has
+    else:   # only peers could hold it: one with room now, else it waits here ("stranded")
         candidates = [p for p in peers if p.has(demand) and p.room(demand)]
     return _least_loaded(candidates) if candidates else None
 
