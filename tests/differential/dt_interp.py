@@ -400,7 +400,8 @@ def compare(program: Program, oracle: Run, other: Run) -> list[str]:
     diffs = []
     for key in sorted(oracle.observations.keys() | other.observations.keys(), key=_step_order):
         reads, want = oracle.observations.get(key, (frozenset(), "<not observed>"))
-        _, got = other.observations.get(key, (frozenset(), "<not observed>"))
+        other_reads, got = other.observations.get(key, (frozenset(), "<not observed>"))
+        reads = reads | other_reads   # a key one run did not observe reads what the other's did
         if got == want:
             continue
         uncertain = bool(reads & (t.names | t.actors))
