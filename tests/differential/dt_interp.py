@@ -141,7 +141,9 @@ def _taint_step(step: Step, out: Taint, alias: dict[str, str]) -> None:
     read = {n for e in inputs for n in names(e)}
     own = getattr(step, "out", None)
     on_tainted_actor = isinstance(step, Call) and alias.get(step.actor, step.actor) in out.actors
-    if not (read & out.names or (own is not None and own in out.names) or on_tainted_actor):
+    reads_tainted_actor = any(alias.get(n, n) in out.actors for n in read)   # a handle passed on
+    if not (read & out.names or (own is not None and own in out.names) or on_tainted_actor
+            or reads_tainted_actor):
         return
     if own is not None and not isinstance(step, NewActor):
         out.names.add(own)

@@ -21,3 +21,18 @@ def test_a_call_on_an_actor_built_from_a_cancelled_ref_is_tainted() -> None:
     out = taint(program)
     assert {"r3", "r7"} <= out.names and "a6" in out.actors and 5 in out.tags
     assert "r8" not in out.names   # untouched by the cancel: still compared
+
+
+def test_a_task_given_the_handle_of_a_tainted_actor_is_tainted() -> None:
+    # A long make fuzz run (2,304 programs): a6 built from cancelled r2 died on native; the task
+    # r11 = work(a6) calls it and raised ActorDiedError, on local it gave a value.
+    program = Program((
+        Task("r2", "work", 1, ()),
+        Cancel(Var("r2")),
+        NewActor("a6", "sync", 4, (Var("r2"),)),
+        Task("r11", "work", 8, (Var("a6"),)),
+        Task("r12", "work", 9, ()),
+    ))
+    out = taint(program)
+    assert "r11" in out.names and 8 in out.tags
+    assert "r12" not in out.names
