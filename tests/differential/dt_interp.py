@@ -124,6 +124,10 @@ def taint(program: Program) -> Taint:
                              and a.name == s.name), s.out)
                 for s in program.steps if isinstance(s, GetActor)}
     alias.update(names_of)
+    # What a variable's value may hold: anything its step was given (a put list holding a
+    # handle, a task echoing one), so a tainted task reaches the actors inside its arguments.
+    holds = {s.out: {n for e in step_inputs(s) for n in names(e)} for s in program.steps
+             if getattr(s, "out", None) is not None and not isinstance(s, NewActor)}
     for step in program.steps:
         if isinstance(step, Cancel):
             out.names.update(names(step.what))
@@ -131,12 +135,24 @@ def taint(program: Program) -> Taint:
     while changed:
         before = (len(out.names), len(out.tags), len(out.actors))
         for step in program.steps:
-            _taint_step(step, out, alias)
+            _taint_step(step, out, alias, holds)
         changed = before != (len(out.names), len(out.tags), len(out.actors))
     return out
 
 
-def _taint_step(step: Step, out: Taint, alias: dict[str, str]) -> None:
+def _reachable(read: set[str], holds: dict[str, set[str]]) -> set[str]:
+    """``read`` and every variable their values may hold, transitively."""
+    seen, todo = set(read), list(read)
+    while todo:
+        for n in holds.get(todo.pop(), ()):
+            if n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return seen
+
+
+def _taint_step(step: Step, out: Taint, alias: dict[str, str],
+                holds: dict[str, set[str]]) -> None:
     inputs = step_inputs(step)
     read = {n for e in inputs for n in names(e)}
     own = getattr(step, "out", None)
@@ -151,7 +167,7 @@ def _taint_step(step: Step, out: Taint, alias: dict[str, str]) -> None:
     if tag is not None:
         out.tags.add(tag)
     out.tags.update(t for e in inputs for t in inline_tags(e))
-    out.actors.update(alias[n] for n in read if n in alias)
+    out.actors.update(alias[n] for n in _reachable(read, holds) if n in alias)
     if isinstance(step, Call):
         out.actors.add(alias.get(step.actor, step.actor))
     if isinstance(step, NewActor):

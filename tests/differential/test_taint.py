@@ -4,7 +4,7 @@ cancel may have changed, and everything else. Cases a long ``make fuzz`` run fou
 from __future__ import annotations
 
 from dt_interp import taint
-from dt_program import Call, Cancel, Lit, NewActor, Program, Put, Task, Var
+from dt_program import Call, Cancel, ListOf, Lit, NewActor, Program, Put, Task, Var
 
 
 def test_a_call_on_an_actor_built_from_a_cancelled_ref_is_tainted() -> None:
@@ -36,3 +36,17 @@ def test_a_task_given_the_handle_of_a_tainted_actor_is_tainted() -> None:
     out = taint(program)
     assert "r11" in out.names and 8 in out.tags
     assert "r12" not in out.names
+
+
+def test_an_actor_inside_the_arguments_of_a_cancelled_task_is_tainted() -> None:
+    # A long make fuzz run (986 programs): r4 = work(r3), r3 a put list holding a1's handle;
+    # r4 cancelled: on native its call on a1 never happened, on local it had.
+    program = Program((
+        NewActor("a1", "sync", 1),
+        Put("r3", ListOf((ListOf((Lit(0), Var("a1"))),))),
+        Task("r4", "work", 2, (Var("r3"),)),
+        Cancel(Var("r4")),
+        NewActor("a5", "sync", 5),
+    ))
+    out = taint(program)
+    assert "a1" in out.actors and "a5" not in out.actors
