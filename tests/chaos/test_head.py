@@ -5,8 +5,9 @@ bounded, clear error (HeadUnavailableError), never a raw socket error; ``unipar 
 starts it again on its address, it reloads its tables, the nodes rejoin by themselves, named
 actors resolve again and ``unipar stop`` stops every process.
 
-The issue's bound for the run with the kill is the same run without it + 10 s: the test runs
-the map once without a kill first (same cluster, same work) and records both times
+The issue's scenario: 10,000 tasks (2 ms each, so the map lasts seconds and the kill lands in
+it). Its bound for the run with the kill is the same run without it + 10 s: the test runs the
+map once without a kill first (same cluster, same work) and records both times
 (``run_s_without_kill``, ``run_s_with_kill``; the latter includes the seconds the test takes
 to start the head again, ``head_down_s``).
 """
@@ -47,7 +48,7 @@ MAPPER = """
 
     @unipar.remote(max_retries=3)
     def square(x):
-        time.sleep(0.01)
+        time.sleep(0.002)
         return x * x
 
     n, name = int(sys.argv[1]), sys.argv[2]
@@ -108,7 +109,7 @@ def _mapper(cluster: Cluster, n: int, name: str) -> subprocess.Popen:
 
 
 def test_head_killed_mid_map_and_started_again(tmp_path, chaos):
-    n = chaos.scaled(600)
+    n = chaos.scaled(10_000)
     state = str(tmp_path / "state")
     cluster = Cluster(state, base_env(state))
     try:
@@ -125,6 +126,7 @@ def test_head_killed_mid_map_and_started_again(tmp_path, chaos):
             time.sleep(chaos.rng.uniform(0.05, 0.5))   # somewhere in the map
             os.kill(_head_pid(cluster), signal.SIGKILL)
             killed_at = time.monotonic()
+            assert mapper.poll() is None, "the map ended before the head was killed"
 
             # Without a head: status says the nodes still run; a new driver gets a clear error.
             status = unipar(cluster.env, "status")
