@@ -27,6 +27,9 @@ from .workloads import (Counter, Sizes, SortActor, bubble_sort, check_sorted, ma
 __all__ = ["DaskPlain", "SparkPlain", "SparkJobError", "RayPlain", "PLAIN_SUITES"]
 
 
+RAY_STORE_BYTES = 2 * 1024**3   # each raylet's object store, as unipar's ray backend sets it
+
+
 def _cpus() -> int:
     return os.cpu_count() or 1
 
@@ -163,8 +166,7 @@ class RayPlain:
         import ray
         self.ray = ray
         self.temp_dir = tempfile.mkdtemp(prefix="unipar-bench-ray-")
-        ray.init(num_cpus=_cpus(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                 object_store_memory=2 * 1024**3, _temp_dir=self.temp_dir)
+        self._init()
         self.r_noop = ray.remote(noop)
         self.r_sort = ray.remote(bubble_sort)
         self.r_sort_new = ray.remote(sort_new)
@@ -173,6 +175,10 @@ class RayPlain:
         self.r_put_back = ray.remote(put_back)
         self.a_sort = ray.remote(SortActor)
         self.a_counter = ray.remote(Counter)
+
+    def _init(self) -> None:
+        self.ray.init(num_cpus=_cpus(), include_dashboard=False, _node_ip_address="127.0.0.1",
+                      object_store_memory=RAY_STORE_BYTES, _temp_dir=self.temp_dir)
 
     def first_result(self) -> None:
         assert self.ray.get(self.r_noop.remote(1), timeout=600) == 1
@@ -273,6 +279,36 @@ class RayPlain:
 
     def w_get_large(self, s: Sizes, ref: Any) -> None:
         assert self.ray.get(ref, timeout=600).nbytes == s.big_bytes
+
+    # Ray cannot add a raylet to the cluster ray.init() started: off the clock, the driver
+    # moves to a two-raylet cluster (ray.cluster_utils) and back to a fresh one-node cluster
+    # after, so the workloads after this one and the shutdown figure see what they always do.
+    def prepare_transfer_cross_node(self, s: Sizes) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from .two_nodes import RayTwoNodes
+        self.ray.shutdown()
+        try:
+            nodes = RayTwoNodes(self.ray, _cpus(), RAY_STORE_BYTES, self.temp_dir)
+        except BaseException:
+            self._init()
+            raise
+        pinned = self.r_nbytes.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            nodes.node_id, soft=False))
+        try:
+            assert self.ray.get(pinned.remote(make_array(8)), timeout=600) == 8
+            return nodes, pinned, self.ray.put(make_array(s.xfer_bytes))
+        except BaseException:
+            self.cleanup_transfer_cross_node((nodes, None, None))
+            raise
+
+    def w_transfer_cross_node(self, s: Sizes, prepared: Any) -> None:
+        _nodes, pinned, ref = prepared
+        assert self.ray.get(pinned.remote(ref), timeout=600) == s.xfer_bytes
+
+    def cleanup_transfer_cross_node(self, prepared: Any) -> None:
+        prepared[0].stop()
+        self._init()
 
 
 class SparkPlain:

@@ -23,7 +23,7 @@ import traceback
 from typing import IO, Any
 
 from ..proctree import tree_rss
-from .workloads import PREPARE, Sizes, UniparSuite
+from .workloads import PREPARE, Sizes, make_unipar_suite
 
 IDLE_SETTLE_S = 0.5   # let pools finish spawning before the idle-memory sample
 FATAL_EXIT = 3        # exit status when the engine did not start (after a {"fatal"} line)
@@ -34,7 +34,7 @@ def make_suite(backend: str) -> Any:
     if backend.endswith("-plain"):
         from .baselines import PLAIN_SUITES
         return PLAIN_SUITES[backend][0]()
-    return UniparSuite(backend)
+    return make_unipar_suite(backend)
 
 
 def _emit(out: IO[str], **record: Any) -> None:
@@ -81,15 +81,25 @@ def _run_one(suite: Any, name: str, sizes: Sizes, out: IO[str]) -> None:
     try:
         prepare = getattr(suite, f"prepare_{name}", None) or PREPARE.get(name)
         extra = (prepare(sizes),) if prepare else ()
-        start = time.perf_counter()
-        workload(sizes, *extra)
-        _emit(out, name=name, value=time.perf_counter() - start)
-        cleanup = getattr(suite, f"cleanup_{name}", None)
-        if cleanup:
-            cleanup(*extra)
     except Exception as exc:
         traceback.print_exc()
         _emit(out, name=name, error=_error_text(exc))
+        return
+    cleanup = getattr(suite, f"cleanup_{name}", None)
+    try:
+        start = time.perf_counter()
+        workload(sizes, *extra)
+        _emit(out, name=name, value=time.perf_counter() - start)
+    except Exception as exc:
+        traceback.print_exc()
+        _emit(out, name=name, error=_error_text(exc))
+    finally:
+        # Even after a failure: what prepare started (a second node) must not outlive it.
+        if cleanup:
+            try:
+                cleanup(*extra)
+            except Exception:
+                traceback.print_exc()
 
 
 def main(argv: list[str] | None = None) -> int:

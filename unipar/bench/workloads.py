@@ -21,7 +21,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Sizes", "Workload", "WORKLOADS", "LIFECYCLE", "UniparSuite", "bubble_sort",
+__all__ = ["Sizes", "Workload", "WORKLOADS", "LIFECYCLE", "UniparSuite", "NativeSuite",
+           "make_unipar_suite", "bubble_sort",
            "random_list", "noop", "SortActor", "Counter"]
 
 
@@ -56,6 +57,11 @@ class Sizes:
         return max(8 * 2**20, int(800 * 2**20 * self.scale))
 
     @property
+    def xfer_bytes(self) -> int:
+        """The object of transfer_cross_node: 1 GiB at full scale, in whole MiB."""
+        return max(8, int(1024 * self.scale)) * 2**20
+
+    @property
     def actors(self) -> int:
         return 4                                    # "several actors": 4 actors, 5 sorts each
 
@@ -71,7 +77,8 @@ class Workload:
         return self.label.format(n=f"{sizes.count(self.full_count):,}" if self.full_count else "",
                                  mb=sizes.array_bytes // 2**20, len=sizes.sort_length,
                                  big=sizes.big_bytes // 2**20,
-                                 big10=sizes.big_bytes // 10 // 2**20)
+                                 big10=sizes.big_bytes // 10 // 2**20,
+                                 xfer=sizes.xfer_bytes // 2**20)
 
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -94,6 +101,9 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("put_large", "3 puts of a {big} MB array, one after another", "s"),
     Workload("put_concurrent", "10 tasks each put a {big10} MB array at once, twice", "s"),
     Workload("get_large", "get of a {big} MB object (zero-copy)", "s"),
+    # Between two nodes on one machine (issue #14): a task pinned to the second node gets an
+    # object stored on the first, so the whole object crosses from one store to the other.
+    Workload("transfer_cross_node", "a {xfer} MB object from one node to another", "s"),
 )
 
 LIFECYCLE: tuple[Workload, ...] = (
@@ -308,3 +318,35 @@ class UniparSuite:
         for _ in range(10):
             ready, _ = self.up.wait(refs, num_returns=len(refs), timeout=600)
             assert len(ready) == len(refs)
+
+
+class NativeSuite(UniparSuite):
+    """The native backend: every workload, and transfer_cross_node, for which a second node
+    daemon joins the driver's own cluster off the clock (:mod:`unipar.bench.two_nodes`)."""
+
+    def prepare_transfer_cross_node(self, s: Sizes) -> Any:
+        from ..util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        from .two_nodes import NativeSecondNode
+        node = NativeSecondNode()
+        try:
+            pinned = self.r_nbytes.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node.node_id, soft=False))
+            # A first task there off the clock: the nodes have met and a worker is up.
+            assert self.up.get(pinned.remote(make_array(8)), timeout=600) == 8
+            return node, pinned, self.up.put(make_array(s.xfer_bytes))
+        except BaseException:
+            node.stop()
+            raise
+
+    def w_transfer_cross_node(self, s: Sizes, prepared: Any) -> None:
+        _node, pinned, ref = prepared
+        assert self.up.get(pinned.remote(ref), timeout=600) == s.xfer_bytes
+
+    def cleanup_transfer_cross_node(self, prepared: Any) -> None:
+        node, _pinned, _ref = prepared
+        node.stop()
+
+
+def make_unipar_suite(backend: str) -> UniparSuite:
+    """The suite of a unipar backend: native has a workload the others cannot express."""
+    return NativeSuite(backend) if backend == "native" else UniparSuite(backend)
