@@ -145,3 +145,41 @@ def test_a_ref_an_actor_kept_from_a_call_outlives_the_caller_s_ref(native: None)
         gc.collect()
     time.sleep(0.3)   # past the worker's batching of ref counts: a free would have happened
     assert unipar.get(keeper.total.remote(), timeout=T) == sum(range(20))
+
+
+@unipar.remote
+def chatter(box: list, started: str) -> None:
+    """Talks to its node without pause, on the task's own thread, until cancelled: a cancel's
+    interrupt then lands in unipar's own code (a write to the node, a refcount flush) more
+    often than not."""
+    open(started, "w").close()
+    while True:
+        unipar.get(unipar.put([box[0]]), timeout=T)
+
+
+def node_cpus_free() -> float:
+    cluster = _state.current()._cluster   # type: ignore[union-attr]
+    return float(query_node(cluster.node_unix_address, cluster.secret, 10)["available"]["CPU"])
+
+
+def test_a_cancel_landing_in_unipar_s_own_code_loses_nothing(native: None, tmp_path) -> None:
+    # A long `make fuzz` run: a cancel's KeyboardInterrupt landed in a worker's write to its
+    # node, made by a get in the task's code. The connection's writer flag stayed set, so
+    # nothing that worker sent reached the node again: not its refcount releases (the refs
+    # nested in the task's arguments stayed held for good), not its result (its CPU stayed
+    # taken, so a 2-CPU node ran one task at a time, then none).
+    baseline = node_objects()
+    box = unipar.put(7)
+    for i in range(20):
+        started = tmp_path / f"started-{i}"
+        ref = chatter.remote([box], str(started))
+        wait_for(started.exists, timeout=30, message="the task to start")
+        time.sleep(0.01 * (i % 5))   # somewhere in its loop
+        unipar.cancel(ref)
+        with pytest.raises(unipar.exceptions.TaskCancelledError):
+            unipar.get(ref, timeout=T)
+    wait_for(lambda: node_cpus_free() == 2, timeout=30, interval=0.1,
+             message="both CPUs to be free once the cancelled tasks ended")
+    assert unipar.get([work.remote(i) for i in range(4)], timeout=T) == [0, 1, 2, 3]
+    del box, ref
+    back_to(baseline)

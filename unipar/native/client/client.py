@@ -466,6 +466,7 @@ class Client:
             entry = Entry(subscribed=True, local=not contained)
             entry.kind, entry.payload = "inline", packed
             self.objects.add(oid, entry)
+            ref = NativeRef.owned(oid)   # before any wait: if the wait fails, it releases
             if contained:
                 self.conn.post(P.PutObject(oid, "inline", P.blob(packed), "", len(packed),
                                            contained))
@@ -473,7 +474,7 @@ class Client:
                 # the node for the refs inside: the node must have them (and this value's
                 # pins on them) first. A ping answered after them says it has.
                 self.request(lambda r: P.Ping(r))
-            return NativeRef.owned(oid)
+            return ref
         return self._put_large(data, buffers, contained)
 
     def _put_large(self, data: bytes, buffers: list[Any], contained: list[bytes]) -> NativeRef:
