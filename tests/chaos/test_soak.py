@@ -79,6 +79,19 @@ def _sample(procs: list[psutil.Process]) -> list[tuple[int, int, int]]:
     return [(p.memory_info().rss, p.num_fds(), p.num_threads()) for p in procs]
 
 
+def _kinds(procs: list[psutil.Process]) -> list[dict[str, int]]:
+    """Each daemon's RSS by kind, in MiB (``/proc/PID/status``): anonymous memory (the heap,
+    Python's arenas, buffers), file pages (code, mapped files) and shared memory (store
+    segments it mapped). A step in one kind says where to look."""
+    kinds = []
+    for proc in procs:
+        with open(f"/proc/{proc.pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if line.startswith("Rss"))
+        kinds.append({name[3:].lower(): int(value.split()[0]) >> 10
+                      for name, value in fields.items() if name != "RssTotal"})
+    return kinds
+
+
 def _tables(cluster: Cluster) -> dict:
     """The driver's node's own counts of its per-item tables (``node_info``): what grows
     with the number of actors, workers, objects or clients seen, if anything does."""
@@ -108,11 +121,11 @@ def test_soak_daemons_stay_flat(tmp_path, chaos):
             now = _sample(daemons)
             series.append([round(time.monotonic() - began)] + [n[0] >> 20 for n in now])
             if not base and time.monotonic() - began >= seconds / 5:
-                base = now
+                base, base_kinds = now, _kinds(daemons)
         out, err = driver.communicate(timeout=60)
         assert driver.returncode == 0, out[-2000:] + err[-3000:]
         assert base, "the driver ended before its warm-up did"
-        end = _sample(daemons)
+        end, end_kinds = _sample(daemons), _kinds(daemons)
         tables = _tables(cluster)
     finally:
         cluster.stop()
@@ -121,7 +134,8 @@ def test_soak_daemons_stay_flat(tmp_path, chaos):
                  daemons=len(daemons), rss_mib_base=[b[0] >> 20 for b in base],
                  rss_mib_end=[e[0] >> 20 for e in end],
                  rss_mib_every_30s=series[::6],
-                 rss_growth=growth, fds=[(b[1], e[1]) for b, e in zip(base, end)],
+                 rss_growth=growth, rss_kinds_base=base_kinds, rss_kinds_end=end_kinds,
+                 fds=[(b[1], e[1]) for b, e in zip(base, end)],
                  threads=[(b[2], e[2]) for b, e in zip(base, end)], tables=tables)
     assert all(g <= 0.10 for g in growth), growth
     assert all(e[1] <= b[1] for b, e in zip(base, end)), "open files grew"
