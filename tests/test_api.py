@@ -104,6 +104,17 @@ def test_remote_decorator_forms_and_option_errors():
         unipar.remote(1, 2)
 
 
+def test_an_async_def_function_is_refused_as_a_task_naming_the_fix():
+    # As Ray (ValueError at the decorator): a coroutine is no task's result. Before, every
+    # backend accepted it and each call failed later ("cannot pickle 'coroutine' object").
+    async def fetch(x):
+        return x
+
+    for decorate in (unipar.remote, unipar.remote(num_cpus=1)):
+        with pytest.raises(ValueError, match="'async def'.*asyncio.run.*async actor"):
+            decorate(fetch)
+
+
 def test_task_error_is_dual_and_pickles():
     try:
         1 / 0

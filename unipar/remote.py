@@ -216,6 +216,13 @@ def _make_remote(target: Any, options: dict[str, Any]) -> Any:
     if inspect.isclass(target):
         return ActorClass(target, ActorOptions.create(**options))
     if callable(target):
+        if inspect.iscoroutinefunction(target):
+            # As Ray: a task's function runs to its result; a coroutine is not one (and cannot
+            # be sent back). Async code belongs in an actor, whose methods may be async.
+            raise ValueError(
+                f"@unipar.remote: {getattr(target, '__qualname__', target)!r} is an 'async def' "
+                "function, which cannot be a task; wrap it (def f(...): return "
+                "asyncio.run(coro(...))), or make it a method of an async actor")
         if _is_generator(target) and "num_returns" not in options:
             options = {**options, "num_returns": STREAMING}   # Ray's default for generators
         return RemoteFunction(target, TaskOptions.create(**options))
