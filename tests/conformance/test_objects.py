@@ -89,6 +89,35 @@ def test_wait_partial_on_timeout_and_poll(unipar_backend):
         unipar.cancel(slow, force=True)
 
 
+def test_wait_partitions_any_list_of_refs_as_documented(unipar_backend):
+    """``wait`` over generated lists (repeats, finished and pending refs, any num_returns):
+    ready + not_ready keep the input's order, each occurrence goes where its ref goes, and
+    ready holds the first ``num_returns`` distinct finished refs in input order."""
+    from hypothesis import given, settings, strategies as st
+
+    finished = [unipar.put(i) for i in range(4)]
+    # local runs a task to its end inside .remote() (limits.py): it has no pending refs.
+    pending = [] if unipar_backend == "local" else [stall.remote() for _ in range(2)]
+    pool = finished + pending
+
+    @settings(max_examples=100, deadline=None, database=None)
+    @given(st.lists(st.integers(0, len(pool) - 1), max_size=12), st.data())
+    def check(picks, data):
+        refs = [pool[i] for i in picks]
+        distinct = list(dict.fromkeys(picks))
+        n = data.draw(st.integers(0, len(distinct)))
+        ready, not_ready = unipar.wait(refs, num_returns=n, timeout=0)
+        done = [i for i in distinct if i < len(finished)][:n]
+        assert ready == [pool[i] for i in picks if i in done]
+        assert not_ready == [pool[i] for i in picks if i not in done]
+
+    try:
+        check()
+    finally:
+        for ref in pending:
+            unipar.cancel(ref, force=True)
+
+
 def test_wait_input_forms(unipar_backend):
     ref = unipar.put(1)
     assert unipar.wait(ref, timeout=30) == ([ref], [])
