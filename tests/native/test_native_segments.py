@@ -103,3 +103,16 @@ def test_views_from_get_keep_their_values_while_objects_come_and_go(native: None
         assert unipar.get(make.remote(20.0 + i), timeout=60)[-1] == 20 + i
         del ref
     assert (kept == 1.0).all() and (from_task == 3.0).all()
+
+
+def test_a_bigger_segment_serves_a_smaller_object_and_gives_its_tail_back(
+        store: ObjectStore) -> None:
+    # Big segments that could not serve smaller objects made every such put a new file on
+    # memory never touched before (put_concurrent after put_large: 10x slower per put).
+    put(store, b"a" * 16, np.full(4 * SIZE // 8, 1.0), os.getpid())
+    store.free(b"a" * 16)
+    assert store.pool.wait_idle(30) and len(store.pool.segments) == 1
+    path = put(store, b"b" * 16, np.full(SIZE // 8, 2.0), os.getpid())
+    assert store.pool.segments == [] and store.pool.bytes == 0   # taken, not a new file
+    assert os.path.getsize(path) < 2 * SIZE                      # its tail given back
+    assert (S.load_file(path) == 2.0).all()
