@@ -144,8 +144,10 @@ def wait(refs: ObjectRef | Sequence[ObjectRef], *, num_returns: int = 1,
                          "refs given")
     if not distinct or num_returns == 0:
         return [], ref_list
-    done = sorted(_state.backend().wait(distinct, num_returns, timeout, fetch_local))
-    chosen = set(done[:num_returns])
+    done = _state.backend().wait(distinct, num_returns, timeout, fetch_local)
+    if len(done) == num_returns == len(handles):   # all of them, no repeats: a batch's wait
+        return ref_list, []
+    chosen = set(sorted(done)[:num_returns])
     if len(distinct) < len(handles):   # repeats: each occurrence goes where its ref does
         ready_handles = {distinct[i] for i in chosen}
         chosen = {i for i, h in enumerate(handles) if h in ready_handles}
