@@ -98,8 +98,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     timeout = args.timeout or (900.0 if args.quick or scale < 1 else 1800.0)
     from ..proctree import exit_on_sigterm
     exit_on_sigterm()
+    _warn_uncompiled()
     report = run_bench(backends, names, repeat, Sizes(scale), baseline, timeout)
     return _output(report, args)
+
+
+def _warn_uncompiled() -> None:
+    """Say so when unipar's processes will compile its modules at every start: no bytecode
+    cache next to them and none may be written (PYTHONDONTWRITEBYTECODE). Cold start and
+    shutdown then include that compiling (~75 ms on a 2-core machine); an installed wheel has
+    its caches, a checkout gets them from one run without the variable."""
+    here = Path(__file__).resolve().parent.parent
+    if sys.dont_write_bytecode and not (here / "__pycache__").is_dir():
+        print("unipar bench: note: PYTHONDONTWRITEBYTECODE is set and unipar has no bytecode "
+              f"cache ({here}): every process compiles unipar's modules at start, which cold "
+              "start includes; run once without the variable to write the caches",
+              file=sys.stderr)
 
 
 def _output(report: Report, args: argparse.Namespace) -> int:
