@@ -116,3 +116,14 @@ def test_a_bigger_segment_serves_a_smaller_object_and_gives_its_tail_back(
     assert store.pool.segments == [] and store.pool.bytes == 0   # taken, not a new file
     assert os.path.getsize(path) < 2 * SIZE                      # its tail given back
     assert (S.load_file(path) == 2.0).all()
+
+
+def test_an_object_no_segment_holds_makes_the_pool_give_memory_back(store: ObjectStore) -> None:
+    # The new file needs that much fresh memory: pages the pool gives back are the warm ones
+    # the kernel hands out next. Kept, they made a 1 GiB transfer after 800 MB puts take
+    # never-touched memory on this VM (1.6 s instead of 0.86 s).
+    put(store, b"a" * 16, np.full(SIZE // 8, 1.0), os.getpid())
+    store.free(b"a" * 16)
+    assert store.pool.wait_idle(30) and len(store.pool.segments) == 1
+    put(store, b"b" * 16, np.full(4 * SIZE // 8, 2.0), os.getpid())
+    assert store.pool.segments == [] and store.pool.bytes == 0

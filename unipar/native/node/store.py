@@ -255,7 +255,11 @@ class ObjectStore:
             if producer is not None and size >= POOL_MIN and CAN_POOL:
                 entry.pooled = True
                 self._seen.add(producer)
-                self.pool.take(size, entry.path)
+                if not self.pool.take(size, entry.path):
+                    # None holds it: the new file needs as much fresh memory, and pages given
+                    # back now are the warm ones the kernel hands out next (memory never
+                    # touched costs far more on a VM), so the pool gives that much back.
+                    self.pool.shrink(size)
         else:
             self._check_disk(size)
             entry = _File(os.path.join(self._spill_dir(), name), size, False)
