@@ -243,17 +243,17 @@ class ObjectTable:
         return values
 
     # -- waiting -------------------------------------------------------------------------------
-    def scan(self, oids: Sequence[bytes]) -> tuple[list[int], list[int], bool]:
-        """``(ready indices, pending indices, any failed)``; call with the lock held."""
-        ready, pending, failed = [], [], False
-        entries = self.entries
-        for i, oid in enumerate(oids):
-            entry = entries.get(oid)
-            if entry is not None and entry.kind is not None:
-                ready.append(i)
-                failed = failed or entry.kind == "error"
-            else:
-                pending.append(i)
+    def scan(self, oids: Sequence[bytes], errors: bool = True) -> tuple[list[int], list[int], bool]:
+        """``(ready indices, pending indices, any failed)``; call with the lock held. Without
+        ``errors``, failed ones are not looked for (``any failed`` is False).
+
+        Comprehensions over ``map``, not a loop of appends: a wait on 1,000 finished refs is a
+        benchmark, and this was a third of it."""
+        found = list(map(self.entries.get, oids))
+        ready = [i for i, e in enumerate(found) if e is not None and e.kind is not None]
+        pending = [] if len(ready) == len(found) else [
+            i for i, e in enumerate(found) if e is None or e.kind is None]
+        failed = errors and any(found[i].kind == "error" for i in ready)   # type: ignore[union-attr]
         return ready, pending, failed
 
     def wait_ready(self, oids: Sequence[bytes], count: int, timeout: float | None,
@@ -268,14 +268,14 @@ class ObjectTable:
         Raises ClusterGoneError when the node goes away while waiting.
         """
         with self.cond:
-            ready, pending, failed = self.scan(oids)
-            if len(ready) >= count or (failed and stop_on_error):
+            ready, pending, failed = self.scan(oids, stop_on_error)
+            if len(ready) >= count or failed:
                 return ready
         prepare([oids[i] for i in pending])
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
-            ready, pending, failed = self.scan(oids)
-            if len(ready) >= count or (failed and stop_on_error) or timeout == 0:
+            ready, pending, failed = self.scan(oids, stop_on_error)
+            if len(ready) >= count or failed or timeout == 0:
                 return ready
             waiter = Waiter(count - len(ready), stop_on_error)
             for i in pending:   # once per occurrence: a repeated ref counts each time
@@ -298,7 +298,7 @@ class ObjectTable:
                 if remaining is not None and remaining <= 0:
                     break
                 self.cond.wait(1.0 if remaining is None else min(remaining, 1.0))
-            return self.scan(oids)[0]
+            return self.scan(oids, False)[0]
 
 
 def load(entry: Entry) -> Any:
