@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from unipar.native.wire.buffers import ChunkBuffers
 from unipar.testing import wait_for
 
@@ -27,6 +25,5 @@ def test_kept_buffers_are_let_go_when_idle() -> None:
     pool.take()
     assert pool.kept() == 2
     wait_for(lambda: pool.kept() == 0, timeout=10, message="the idle pool to let its buffers go")
-    assert len(held) == 16            # a buffer in use lives on with its user
-    time.sleep(0.05)
-    assert pool.take() is not held and pool.kept() == 1   # a new round starts a new pool
+    # The pool let go of them: a new round starts a new pool, with a fresh buffer.
+    assert pool.take() is not held and pool.kept() == 1
