@@ -21,6 +21,8 @@ e.g. ``return {"num_cpus": 4}``. Test modules that use the fixture are pickled b
 
 from __future__ import annotations
 
+import time
+import warnings
 from typing import Any, Iterator
 
 import cloudpickle
@@ -99,15 +101,49 @@ def unipar_backend_session(request: pytest.FixtureRequest,
         api.shutdown()
 
 
+# How long a test waits for the resources the test before it still holds (a task it cancelled
+# that has not ended yet, an actor being killed) before the backend is started afresh.
+SETTLE_S = 30.0
+
+
 @pytest.fixture
-def unipar_backend(unipar_backend_session: str, unipar_init_kwargs: dict[str, Any]) -> str:
+def unipar_backend(request: pytest.FixtureRequest, unipar_backend_session: str,
+                   unipar_init_kwargs: dict[str, Any]) -> str:
     """The name of the backend unipar is initialised on for this test.
 
-    If a test in between shut unipar down or switched backends, it is started again.
+    Every test starts on an idle cluster: if a test in between shut unipar down or switched
+    backends, it is started again; if resources are still held when the test begins (a test
+    before it left a task running or an actor alive), it waits up to ``SETTLE_S`` seconds for
+    them and then starts the backend afresh, with a warning that names the test that left them.
+    Without this, one test's leftovers starve every later test on a shared cluster.
     """
     if api.backend_name() != unipar_backend_session:
         _start(unipar_backend_session, unipar_init_kwargs)
+    else:
+        held = _held_resources(SETTLE_S)
+        if held:
+            warnings.warn(f"{_LAST_TEST[0] or 'a test before this one'} left {held} held on "
+                          f"backend {unipar_backend_session!r} for {SETTLE_S:g} s; the "
+                          f"backend was started afresh", stacklevel=1)
+            _start(unipar_backend_session, unipar_init_kwargs)
+    _LAST_TEST[0] = request.node.nodeid
     return unipar_backend_session
+
+
+_LAST_TEST: list[str | None] = [None]
+
+
+def _held_resources(timeout: float) -> dict[str, float]:
+    """What the cluster still holds after ``timeout`` s of waiting for it to go idle ({} when
+    every resource is free)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        total, free = api.cluster_resources(), api.available_resources()
+        held = {key: amount - free.get(key, 0.0) for key, amount in total.items()
+                if amount - free.get(key, 0.0) > 1e-9}
+        if not held or time.monotonic() >= deadline:
+            return held
+        time.sleep(0.05)
 
 
 def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.02,
@@ -116,7 +152,6 @@ def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.02,
 
     Returns that value. Use it instead of a bare ``sleep`` in tests.
     """
-    import time
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

@@ -81,8 +81,9 @@ class Supervisor:
     def __init__(self) -> None:
         self.workers = [Worker.remote() for _ in range(3)]
 
-    def work(self) -> list[str]:
-        return unipar.get([w.work.remote() for w in self.workers])
+    def work(self, timeout: float = 90.0) -> list[str]:
+        # A worker that cannot start (its CPU held elsewhere) must not hang the tree for ever.
+        return unipar.get([w.work.remote() for w in self.workers], timeout=timeout)
 
     def close(self) -> None:
         for worker in self.workers:
@@ -150,11 +151,13 @@ def actors(rounds: int = LISTS, length: int = LENGTH, spread: int = 4) -> dict[s
 def actor_tree() -> list[str]:
     """Section 4: a supervisor actor that starts and drives three worker actors."""
     supervisor = Supervisor.remote()
-    result = unipar.get(supervisor.work.remote(), timeout=300)
-    assert result == ["done", "done", "done"]
-    print(f"supervisor of 3 workers returned {result}")
-    unipar.get(supervisor.close.remote(), timeout=60)  # give the 4 CPUs back
-    unipar.kill(supervisor)
+    try:
+        result = unipar.get(supervisor.work.remote(), timeout=120)
+        assert result == ["done", "done", "done"]
+        print(f"supervisor of 3 workers returned {result}")
+        unipar.get(supervisor.close.remote(), timeout=60)  # give the 4 CPUs back
+    finally:
+        unipar.kill(supervisor)   # also when the tree failed: its actors hold CPUs
     return result
 
 

@@ -38,7 +38,9 @@ def test_actor_holds_its_cpus(unipar_backend):
     before = unipar.available_resources().get("CPU", 0)
     holder = Holder.options(num_cpus=1).remote()
     assert unipar.get(holder.ping.remote(), timeout=60) == "pong"
-    assert unipar.available_resources().get("CPU", 0) == before - 1
+    # Ray's view of what is free comes from the nodes' periodic reports: it may lag a moment.
+    unipar.testing.wait_for(lambda: unipar.available_resources().get("CPU", 0) == before - 1,
+                            timeout=30, message="the live actor's CPU to show as held")
     unipar.kill(holder)
     unipar.testing.wait_for(lambda: unipar.available_resources().get("CPU", 0) == before,
                             timeout=30, message="the killed actor's CPU to come back")

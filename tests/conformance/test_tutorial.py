@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import cloudpickle
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs" / "examples"))
 import tutorial  # noqa: E402
@@ -26,6 +27,7 @@ def test_tutorial_actors(unipar_backend):
     tutorial.actors(rounds=8, length=200, spread=3)
 
 
+@pytest.mark.timeout(300)   # the tree's own timeouts (90 s inside, 120 s outside) come first
 def test_tutorial_actor_tree(unipar_backend):
     assert tutorial.actor_tree() == ["done", "done", "done"]
     # The tree gave its 4 CPUs back: a task that needs all of them can run.
