@@ -77,6 +77,9 @@ def backend_name() -> str | None:
 
 # -- objects ------------------------------------------------------------------------------------
 
+_JUST_REFS = frozenset({ObjectRef})
+
+
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or timeout < 0):
@@ -86,6 +89,8 @@ def _check_timeout(timeout: float | None) -> None:
 def _as_ref_list(refs: Any, fn: str) -> list[ObjectRef]:
     if not isinstance(refs, (list, tuple)):
         raise TypeError(f"{fn}() takes an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
+    if set(map(type, refs)) <= _JUST_REFS:   # the common case, checked in C
+        return list(refs)
     for item in refs:
         if not isinstance(item, ObjectRef):
             raise TypeError(f"{fn}() takes ObjectRefs (from .remote() or put()), but the list "
@@ -132,11 +137,15 @@ def wait(refs: ObjectRef | Sequence[ObjectRef], *, num_returns: int = 1,
     """
     _check_timeout(timeout)
     ref_list = [refs] if isinstance(refs, ObjectRef) else _as_ref_list(refs, "wait")
-    # Refs are equal when their handles are: the handles are hashed (once each), not the refs
-    # (whose hash calls the handle's), and positions are compared, not refs (wait on 1,000
-    # finished refs is a benchmark: hashing was most of its time).
+    # Refs are equal when their handles are, and handles when their keys are: the keys are
+    # hashed (once each), not the refs (whose hash calls the handle's), and positions are
+    # compared, not refs (wait on 1,000 finished refs is a benchmark: hashing was most of it).
+    backend = _state.backend()
     handles = [r._handle for r in ref_list]
-    distinct = list(dict.fromkeys(handles))
+    keys = backend.handle_keys(handles)
+    repeats = len(set(keys)) < len(keys)
+    by_key = dict(zip(keys, handles)) if repeats else {}   # first occurrences, in order
+    distinct = list(by_key.values()) if repeats else handles
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
         raise ValueError(f"num_returns must be an integer >= 0, got {num_returns!r}")
     if num_returns > len(distinct):
@@ -144,13 +153,14 @@ def wait(refs: ObjectRef | Sequence[ObjectRef], *, num_returns: int = 1,
                          "refs given")
     if not distinct or num_returns == 0:
         return [], ref_list
-    done = _state.backend().wait(distinct, num_returns, timeout, fetch_local)
+    done = backend.wait(distinct, num_returns, timeout, fetch_local)
     if len(done) == num_returns == len(handles):   # all of them, no repeats: a batch's wait
         return ref_list, []
     chosen = set(sorted(done)[:num_returns])
-    if len(distinct) < len(handles):   # repeats: each occurrence goes where its ref does
-        ready_handles = {distinct[i] for i in chosen}
-        chosen = {i for i, h in enumerate(handles) if h in ready_handles}
+    if repeats:   # each occurrence goes where its ref does
+        distinct_keys = list(by_key)
+        ready_keys = {distinct_keys[i] for i in chosen}
+        chosen = {i for i, k in enumerate(keys) if k in ready_keys}
     ready = [r for i, r in enumerate(ref_list) if i in chosen]
     not_ready = [r for i, r in enumerate(ref_list) if i not in chosen]
     return ready, not_ready

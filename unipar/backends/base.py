@@ -34,7 +34,7 @@ from __future__ import annotations
 import concurrent.futures
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Hashable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Collection, Hashable, Mapping, Sequence
 
 from ..options import ActorOptions, InitOptions, TaskOptions
 
@@ -172,12 +172,20 @@ class Backend(ABC):
         """Values of ``handles`` in order; raises the first failure, or GetTimeoutError."""
 
     @abstractmethod
+    def handle_keys(self, handles: list[Hashable]) -> list[Hashable]:
+        """One hashable key per handle, equal exactly when the handles are equal: what
+        ``wait`` deduplicates on. The handles themselves will do; an engine whose handles
+        hash in Python code may return keys that hash in C (native: the object ids), because
+        a ``wait`` on 1,000 refs is a benchmark and hashing was most of it."""
+
+    @abstractmethod
     def wait(self, handles: Sequence[Hashable], num_returns: int, timeout: float | None,
-             fetch_local: bool) -> set[int]:
+             fetch_local: bool) -> Collection[int]:
         """Block until ``num_returns`` of the (distinct) handles are done, or the timeout passes.
 
-        Returns the indices of the handles that are done (failed counts as done); it may hold
-        more than ``num_returns``. Never raises on timeout.
+        Returns the indices of the handles that are done (failed counts as done), each once, in
+        any collection (a set, a list, a range); it may hold more than ``num_returns``. Never
+        raises on timeout.
         """
 
     @abstractmethod

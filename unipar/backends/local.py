@@ -218,6 +218,9 @@ class LocalBackend(Backend):
     def get(self, handles: Sequence[LocalRef], timeout: float | None) -> list[Any]:
         return [h.store().load(h.oid) for h in handles]
 
+    def handle_keys(self, handles: list[LocalRef]) -> list[LocalRef]:
+        return handles   # hashing them is not this engine's cost of a wait
+
     def wait(self, handles: Sequence[LocalRef], num_returns: int, timeout: float | None,
              fetch_local: bool) -> set[int]:
         return set(range(len(handles)))  # everything ran at .remote()

@@ -214,8 +214,11 @@ class NativeBackend(Backend):
     def get(self, handles: Sequence[NativeRef], timeout: float | None) -> list[Any]:
         return self.client.get(handles, timeout)
 
+    def handle_keys(self, handles: list[NativeRef]) -> list[bytes]:
+        return [h.oid for h in handles]
+
     def wait(self, handles: Sequence[NativeRef], num_returns: int, timeout: float | None,
-             fetch_local: bool) -> set[int]:
+             fetch_local: bool) -> Sequence[int]:
         return self.client.wait(handles, num_returns, timeout)
 
     def cancel(self, handle: NativeRef, force: bool, recursive: bool) -> None:

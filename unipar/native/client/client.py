@@ -512,7 +512,7 @@ class Client:
         self.conn.flush()   # what we wait for may still sit in our own outbox
 
     def _wait_ready(self, oids: Sequence[bytes], count: int, timeout: float | None,
-                    stop_on_error: bool) -> list[int]:
+                    stop_on_error: bool) -> Sequence[int]:
         return self.objects.wait_ready(oids, count, timeout, stop_on_error,
                                        self._prepare_wait, self._blocking)
 
@@ -534,8 +534,10 @@ class Client:
                 self.objects.forget_locations(oids)   # spilled meanwhile: ask where it is now
         raise ObjectLostError("an object's file vanished repeatedly while reading it")
 
-    def wait(self, refs: Sequence[NativeRef], num_returns: int, timeout: float | None) -> set[int]:
-        return set(self._wait_ready([r.oid for r in refs], num_returns, timeout, False))
+    def wait(self, refs: Sequence[NativeRef], num_returns: int,
+             timeout: float | None) -> Sequence[int]:
+        """Positions of the ready ``refs`` (distinct, ascending)."""
+        return self._wait_ready([r.oid for r in refs], num_returns, timeout, False)
 
     def future(self, ref: NativeRef) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()

@@ -243,7 +243,8 @@ class ObjectTable:
         return values
 
     # -- waiting -------------------------------------------------------------------------------
-    def scan(self, oids: Sequence[bytes], errors: bool = True) -> tuple[list[int], list[int], bool]:
+    def scan(self, oids: Sequence[bytes],
+             errors: bool = True) -> tuple[Sequence[int], list[int], bool]:
         """``(ready indices, pending indices, any failed)``; call with the lock held. Without
         ``errors``, failed ones are not looked for (``any failed`` is False).
 
@@ -255,6 +256,12 @@ class ObjectTable:
                 return [], [0], False
             return [0], [], errors and entry.kind == "error"
         found = list(map(self.entries.get, oids))
+        try:
+            kinds = [e.kind for e in found]   # AttributeError: one is not known here yet
+        except AttributeError:
+            kinds = [None]
+        if None not in kinds:   # every one finished: a batch's wait, and no list of indices
+            return range(len(oids)), [], errors and "error" in kinds
         ready = [i for i, e in enumerate(found) if e is not None and e.kind is not None]
         pending = [] if len(ready) == len(found) else [
             i for i, e in enumerate(found) if e is None or e.kind is None]
@@ -263,8 +270,8 @@ class ObjectTable:
 
     def wait_ready(self, oids: Sequence[bytes], count: int, timeout: float | None,
                    stop_on_error: bool, prepare: Callable[[list[bytes]], None],
-                   blocking: Callable[[bool], None]) -> list[int]:
-        """Indices of ready ``oids`` once ``count`` are ready (or one failed, if
+                   blocking: Callable[[bool], None]) -> Sequence[int]:
+        """Indices of ready ``oids`` (a list, or a range when all are) once ``count`` are ready (or one failed, if
         ``stop_on_error``) or the timeout passed. Each object's arrival costs O(1): the waiter
         is a counter hung on the pending entries, not a rescan of all ``oids``.
 
@@ -294,7 +301,8 @@ class ObjectTable:
         finally:
             blocking(False)
 
-    def _sleep(self, waiter: Waiter, oids: Sequence[bytes], deadline: float | None) -> list[int]:
+    def _sleep(self, waiter: Waiter, oids: Sequence[bytes],
+               deadline: float | None) -> Sequence[int]:
         with self.cond:
             while not waiter.done:
                 if self.dead:
