@@ -456,6 +456,9 @@ class ExecutorBackend(Backend):
                 continue
             return [cloudpickle.loads(v) for v in value]
 
+    def handle_keys(self, handles: list[Hashable]) -> list[Hashable]:
+        return handles
+
     def wait(self, handles: Sequence[Hashable], num_returns: int, timeout: float | None,
              fetch_local: bool) -> set[int]:
         while True:
