@@ -271,9 +271,10 @@ class ObjectTable:
     def wait_ready(self, oids: Sequence[bytes], count: int, timeout: float | None,
                    stop_on_error: bool, prepare: Callable[[list[bytes]], None],
                    blocking: Callable[[bool], None]) -> Sequence[int]:
-        """Indices of ready ``oids`` (a list, or a range when all are) once ``count`` are ready (or one failed, if
-        ``stop_on_error``) or the timeout passed. Each object's arrival costs O(1): the waiter
-        is a counter hung on the pending entries, not a rescan of all ``oids``.
+        """Indices of ready ``oids`` (a list, or a range when all are) once ``count`` are
+        ready (or one failed, if ``stop_on_error``) or the timeout passed. Each object's
+        arrival costs O(1): the waiter is a counter hung on the pending entries, not a rescan
+        of all ``oids``.
 
         ``prepare(pending ids)`` runs first when something is missing (subscribe, flush);
         ``blocking(True/False)`` brackets the sleep (a worker lends its CPU meanwhile).
