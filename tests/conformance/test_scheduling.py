@@ -87,5 +87,8 @@ def test_work_that_fits_no_bundle_is_refused(unipar_backend):
     pg = placement_group([{"CPU": 1}])
     with pytest.raises(unipar.InfeasibleResourcesError):
         where.options(placement_group=pg, num_cpus=2).remote()
+    # Removed once placed: on Ray 2.60 a group removed while its bundles were still being
+    # reserved once kept a CPU held for good (seen in CI: every later test starved).
+    assert pg.wait(60)
     remove_placement_group(pg)
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,7 +216,20 @@ class Netns:
         _ip("-n", self.hub, "link", "set", f"n{i}", "down")
 
     def restore(self, i: int) -> None:
+        """The cable plugged back in; returns once node ``i`` has its carrier again.
+
+        Addresses the node tried to reach while cut off are marked unreachable in its
+        neighbour (ARP) table, and a connection to them fails at once with "No route to host"
+        until the entry is re-probed: the tables are flushed, as a real link coming back does
+        after a few seconds."""
         _ip("-n", self.hub, "link", "set", f"n{i}", "up")
+        _ip("-n", self.names[i], "neigh", "flush", "all", check=False)
+        _ip("neigh", "flush", "to", self.ips[i], check=False)
+        deadline = time.monotonic() + 10.0
+        while "LOWER_UP" not in _ip("-n", self.names[i], "link", "show", "eth0").stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {i}'s link did not come back up within 10 s")
+            time.sleep(0.05)
 
     def exec_args(self, i: int) -> list[str]:
         """Prefix for a command that runs inside namespace ``i``."""
