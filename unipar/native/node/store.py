@@ -39,6 +39,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -63,6 +64,11 @@ POOL_MAX = 4 * 2**30      # ... and at most this much
 # once a pool held the big segments of 800 MB puts that could not serve it).
 POOL_SLACK = 2**20        # a segment this much smaller serves too (the producer's estimate is
                           # a little over what it writes; the file grows by what is missing)
+# A freed file still mapped somewhere is looked at again this many times, this often, before it
+# is unlinked: the node tells a worker caching a mapping to let go (Forget) as it frees the
+# object, and the worker's reader thread does within milliseconds (a pulled object read by a
+# task was pooled one time in five without this).
+RECHECKS, RECHECK_S = 10, 0.05
 # Reuse needs to see every process's mappings; elsewhere (no /proc) files are never reused.
 CAN_POOL = os.path.exists("/proc/self/maps")
 
@@ -116,7 +122,7 @@ class SegmentPool:
         ``pids`` maps it, then pools it (or unlinks it). False: the caller unlinks it."""
         if not self._reserve(size):
             return False
-        self._submit((path, size, pids))
+        self._submit((path, size, pids, 0))
         return True
 
     def shrink(self, need: int) -> None:
@@ -150,7 +156,7 @@ class SegmentPool:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    def _submit(self, job: tuple[str, int, set[int]]) -> None:
+    def _submit(self, job: tuple[str, int, set[int], int]) -> None:
         with self._lock:
             self._pending += 1
         self._jobs.put(job)
@@ -160,12 +166,21 @@ class SegmentPool:
             self._thread.start()
 
     def _run(self) -> None:
+        later: list[tuple[float, tuple[str, int, set[int], int]]] = []   # rechecks, by time
         while True:
-            path, size, pids = self._jobs.get()
+            try:
+                wait = max(0.0, later[0][0] - time.monotonic()) if later else None
+                path, size, pids, checks = self._jobs.get(timeout=wait)
+            except queue.Empty:
+                path, size, pids, checks = later.pop(0)[1]
             try:
                 st = os.stat(path)
                 key = (f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}", str(st.st_ino))
                 if any(self._maps(pid, key) for pid in sorted(pids)):
+                    if checks < RECHECKS:   # a reader told to let go (Forget) may not have yet
+                        later.append((time.monotonic() + RECHECK_S, (path, size, pids,
+                                                                     checks + 1)))
+                        continue
                     _unlink(path)   # still seen somewhere: it must not change under a reader
                     path = ""
                 else:
@@ -237,9 +252,10 @@ class ObjectStore:
     def alloc(self, oid: bytes, size: int, producer: int | None = None) -> str:
         """Reserve room for ``size`` bytes; returns the path the producer must write.
 
-        ``producer``: the pid of a process on this machine that writes the file itself
-        (serialization.write_file); it may get a pooled segment, already at ``path``.
-        Without it (the node writes, in chunks) the path is free.
+        ``producer``: the pid of the process on this machine that writes the file
+        (serialization.write_file, or this node pulling it in chunks); it may get a pooled
+        segment, already at ``path``, of about ``size`` bytes (the producer truncates it to
+        what it wrote). Without it (a remote driver's upload) the path is free.
 
         Raises:
             StoreFullError: no room in memory or on disk.
