@@ -15,7 +15,9 @@ inode). A reader that looks up a path just before a spill retries with the new p
 Objects copied from another node (or uploaded by a remote driver) are allocated here the same
 way and written chunk by chunk (:mod:`.transfer`): a pull writes ``<path>.tmp`` and renames it
 when the last chunk is in; an entry is never spilled before it is sealed, and :meth:`free`
-removes a partial file too. The store counts that traffic (:meth:`usage`).
+removes a partial file too. The store counts that traffic (:meth:`usage`). A pull is a producer
+like any other (this node writes the file): it may write into a pooled segment, and its file
+goes to the pool when freed.
 
 **Segments are reused.** Writing a fresh shared-memory file costs a page fault and the zeroing
 of every 4 KiB page, which halves the speed of a large put. So a freed object's file goes to a
