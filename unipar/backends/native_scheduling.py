@@ -81,7 +81,9 @@ class NativeScheduling:
                 self.wait(pg.id, None)
             return demand_in_bundle(demand, pg.id, strategy.placement_group_bundle_index)
         if isinstance(strategy, NodeAffinitySchedulingStrategy):
-            if strategy.node_id in self._live_nodes():
+            # A node missing from the cached list may have joined since: ask before refusing.
+            if (strategy.node_id in self._live_nodes()
+                    or strategy.node_id in self._live_nodes(fresh=True)):
                 return {**demand, NODE_KEY + strategy.node_id: 0.001}
             if strategy.soft:
                 return demand
@@ -94,10 +96,12 @@ class NativeScheduling:
             return demand
         return {**demand, NODE_KEY + nodes[next(self._spread) % len(nodes)]: 0.001}
 
-    def _live_nodes(self) -> list[str]:
+    def _live_nodes(self, fresh: bool = False) -> list[str]:
+        """Ids of the live nodes, as the head listed them at most NODES_TTL s ago (``fresh``:
+        now)."""
         with self._lock:
             at, nodes = self._alive
-            if time.monotonic() - at < NODES_TTL:
+            if not fresh and time.monotonic() - at < NODES_TTL:
                 return nodes
         nodes = sorted(n["NodeID"] for n in self._client().nodes() if n["Alive"])
         with self._lock:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .workloads import (Counter, Sizes, SortActor, bubble_sort, check_sorted, make_array, nbytes,
-                        noop, put_back, random_list, sort_new)
+                        noop, put_back, random_list, sort_new, warm_up_transfer)
 
 __all__ = ["DaskPlain", "SparkPlain", "SparkJobError", "RayPlain", "PLAIN_SUITES"]
 
@@ -283,7 +283,7 @@ class RayPlain:
     # Ray cannot add a raylet to the cluster ray.init() started: off the clock, the driver
     # moves to a two-raylet cluster (ray.cluster_utils) and back to a fresh one-node cluster
     # after, so the workloads after this one and the shutdown figure see what they always do.
-    def prepare_transfer_cross_node(self, s: Sizes) -> Any:
+    def prepare_transfer_cross_node(self, s: Sizes, warm: bool = False) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from .two_nodes import RayTwoNodes
@@ -297,6 +297,8 @@ class RayPlain:
             nodes.node_id, soft=False))
         try:
             assert self.ray.get(pinned.remote(make_array(8)), timeout=600) == 8
+            if warm:
+                warm_up_transfer(self.ray, pinned, s.xfer_bytes)
             return nodes, pinned, self.ray.put(make_array(s.xfer_bytes))
         except BaseException:
             self.cleanup_transfer_cross_node((nodes, None, None))
@@ -309,6 +311,12 @@ class RayPlain:
     def cleanup_transfer_cross_node(self, prepared: Any) -> None:
         prepared[0].stop()
         self._init()
+
+    def prepare_transfer_warm_node(self, s: Sizes) -> Any:
+        return self.prepare_transfer_cross_node(s, warm=True)
+
+    w_transfer_warm_node = w_transfer_cross_node
+    cleanup_transfer_warm_node = cleanup_transfer_cross_node
 
 
 class SparkPlain:

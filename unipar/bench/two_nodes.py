@@ -1,4 +1,5 @@
-"""A second node on this machine, for the one workload that needs two (``transfer_cross_node``).
+"""A second node on this machine, for the workloads that need two (``transfer_cross_node``,
+``transfer_warm_node``).
 
 Every suite starts one node; this module adds a second one off the clock and removes it after,
 so the other workloads and the life-cycle figures keep measuring the one-node engine:

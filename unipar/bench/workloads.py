@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,9 @@ WORKLOADS: tuple[Workload, ...] = (
     # Between two nodes on one machine (issue #14): a task pinned to the second node gets an
     # object stored on the first, so the whole object crosses from one store to the other.
     Workload("transfer_cross_node", "a {xfer} MB object from one node to another", "s"),
+    # The same to a node that received (and freed) one of that size before, as a cluster's
+    # long-lived nodes do: what the receiving store does with memory it used before shows.
+    Workload("transfer_warm_node", "a {xfer} MB object to a node that had one before", "s"),
 )
 
 LIFECYCLE: tuple[Workload, ...] = (
@@ -116,6 +120,18 @@ ALL_NAMES = tuple(w.name for w in WORKLOADS + LIFECYCLE)
 
 
 # -- plain functions shared by every suite (module level so every engine can pickle them) ----------
+
+WARM_SETTLE_S = 1.0   # after the warm-up transfer: the receiver frees its copy (asynchronously)
+
+
+def warm_up_transfer(engine: Any, pinned: Any, nbytes: int) -> None:
+    """Off the clock: one object of ``nbytes`` to the node ``pinned`` runs on, then freed
+    (``engine`` is the unipar or ray module)."""
+    first = engine.put(make_array(nbytes))
+    assert engine.get(pinned.remote(first), timeout=600) == nbytes
+    del first
+    time.sleep(WARM_SETTLE_S)
+
 
 def random_list(length: int, seed: int) -> list[int]:
     rng = random.Random(seed)
@@ -324,7 +340,7 @@ class NativeSuite(UniparSuite):
     """The native backend: every workload, and transfer_cross_node, for which a second node
     daemon joins the driver's own cluster off the clock (:mod:`unipar.bench.two_nodes`)."""
 
-    def prepare_transfer_cross_node(self, s: Sizes) -> Any:
+    def prepare_transfer_cross_node(self, s: Sizes, warm: bool = False) -> Any:
         from ..util.scheduling_strategies import NodeAffinitySchedulingStrategy
         from .two_nodes import NativeSecondNode
         node = NativeSecondNode()
@@ -333,10 +349,15 @@ class NativeSuite(UniparSuite):
                 node.node_id, soft=False))
             # A first task there off the clock: the nodes have met and a worker is up.
             assert self.up.get(pinned.remote(make_array(8)), timeout=600) == 8
+            if warm:
+                warm_up_transfer(self.up, pinned, s.xfer_bytes)
             return node, pinned, self.up.put(make_array(s.xfer_bytes))
         except BaseException:
             node.stop()
             raise
+
+    def prepare_transfer_warm_node(self, s: Sizes) -> Any:
+        return self.prepare_transfer_cross_node(s, warm=True)
 
     def w_transfer_cross_node(self, s: Sizes, prepared: Any) -> None:
         _node, pinned, ref = prepared
@@ -345,6 +366,9 @@ class NativeSuite(UniparSuite):
     def cleanup_transfer_cross_node(self, prepared: Any) -> None:
         node, _pinned, _ref = prepared
         node.stop()
+
+    w_transfer_warm_node = w_transfer_cross_node
+    cleanup_transfer_warm_node = cleanup_transfer_cross_node
 
 
 def make_unipar_suite(backend: str) -> UniparSuite:
