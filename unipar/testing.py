@@ -122,15 +122,15 @@ def unipar_backend(request: pytest.FixtureRequest, unipar_backend_session: str,
     else:
         held = _held_resources(SETTLE_S)
         if held:
-            warnings.warn(f"{_LAST_TEST[0] or 'a test before this one'} left {held} held on "
-                          f"backend {unipar_backend_session!r} for {SETTLE_S:g} s; the "
-                          f"backend was started afresh", stacklevel=1)
+            last = request.config.stash.get(_LAST_TEST, "a test before this one")
+            warnings.warn(f"{last} left {held} held on backend {unipar_backend_session!r} "
+                          f"for {SETTLE_S:g} s; the backend was started afresh", stacklevel=1)
             _start(unipar_backend_session, unipar_init_kwargs)
-    _LAST_TEST[0] = request.node.nodeid
+    request.config.stash[_LAST_TEST] = request.node.nodeid
     return unipar_backend_session
 
 
-_LAST_TEST: list[str | None] = [None]
+_LAST_TEST = pytest.StashKey[str]()   # the node id of the last test that used the fixture
 
 
 def _held_resources(timeout: float) -> dict[str, float]:
