@@ -337,8 +337,9 @@ class UniparSuite:
 
 
 class NativeSuite(UniparSuite):
-    """The native backend: every workload, and transfer_cross_node, for which a second node
-    daemon joins the driver's own cluster off the clock (:mod:`unipar.bench.two_nodes`)."""
+    """The native backend: every workload, and the two transfers between nodes, for which a
+    second node daemon joins the driver's own cluster off the clock
+    (:mod:`unipar.bench.two_nodes`)."""
 
     def prepare_transfer_cross_node(self, s: Sizes, warm: bool = False) -> Any:
         from ..util.scheduling_strategies import NodeAffinitySchedulingStrategy
