@@ -255,14 +255,19 @@ PULLED_AGAIN = f"""
 """
 
 
-def test_a_node_writes_pulled_objects_into_memory_it_used_before(cluster: Cluster):
+def test_a_node_writes_pulled_objects_into_memory_it_used_before(tmp_path):
     # Fresh memory is most of what a pull costs (a page allocation under every copied page;
     # 0.4-1.3 s a GiB on this project's VM): a pulled object's file goes to the segment pool
     # when freed, and the next pull of about its size writes into it: byte-identical, also
-    # when the segment was bigger than the new object (it is cut to size).
-    node_a, _node_b = _nodes(cluster)
-    driver = Driver(cluster, PULLED_AGAIN)
+    # when the segment was bigger than the new object (it is cut to size). A cluster of its
+    # own: A's pool starts empty, whatever the other tests left in theirs.
+    state = str(tmp_path / "state")
+    cluster = Cluster(state, base_env(state))
+    driver = None
     try:
+        cluster.start(HEAD, [NODE_B])
+        node_a, _node_b = _nodes(cluster)
+        driver = Driver(cluster, PULLED_AGAIN)
         pooled = []
         for n in SIZES:
             assert int(driver.expect("PULLED")) == n
@@ -270,12 +275,14 @@ def test_a_node_writes_pulled_objects_into_memory_it_used_before(cluster: Cluste
                                    interval=0.2, message="A's pool to hold the pulled file"))
             driver.say("next")
         driver.finish()
+        assert not _partials(node_a)
     finally:
-        driver.kill()
+        if driver is not None:
+            driver.kill()
+        cluster.stop()
     assert pooled[0] >= SIZES[0]
     # Each later pull took the pooled segment (else the pool would hold both files now).
     assert pooled[1] < SIZES[0] + SIZES[1] and pooled[2] < SIZES[1] + SIZES[2]
-    assert not _partials(node_a)
 
 
 def test_remote_driver_puts_and_gets_objects_bigger_than_its_frame_limit(cluster: Cluster,
