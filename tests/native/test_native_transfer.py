@@ -9,6 +9,7 @@ the test looks at a daemon read a line from stdin.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -17,7 +18,7 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -128,15 +129,22 @@ class Driver:
             self.proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    state = str(tmp_path_factory.mktemp("unipar-state"))
+@contextlib.contextmanager
+def _own_cluster(tmp_path: Any) -> Iterator[Cluster]:
+    """A started cluster (A and B), stopped after its tests whatever happens."""
+    state = str(tmp_path / "state")
     c = Cluster(state, base_env(state))
     try:
         c.start(HEAD, [NODE_B])
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    with _own_cluster(tmp_path_factory.mktemp("unipar-transfer")) as c:
+        yield c
 
 
 MADE_ON_B = f"""
@@ -261,25 +269,20 @@ def test_a_node_writes_pulled_objects_into_memory_it_used_before(tmp_path):
     # when freed, and the next pull of about its size writes into it: byte-identical, also
     # when the segment was bigger than the new object (it is cut to size). A cluster of its
     # own: A's pool starts empty, whatever the other tests left in theirs.
-    state = str(tmp_path / "state")
-    cluster = Cluster(state, base_env(state))
-    driver = None
-    try:
-        cluster.start(HEAD, [NODE_B])
+    with _own_cluster(tmp_path) as cluster:
         node_a, _node_b = _nodes(cluster)
         driver = Driver(cluster, PULLED_AGAIN)
-        pooled = []
-        for n in SIZES:
-            assert int(driver.expect("PULLED")) == n
-            pooled.append(wait_for(lambda: _store(cluster, node_a)["pooled"], timeout=60,
-                                   interval=0.2, message="A's pool to hold the pulled file"))
-            driver.say("next")
-        driver.finish()
-        assert not _partials(node_a)
-    finally:
-        if driver is not None:
+        try:
+            pooled = []
+            for n in SIZES:
+                assert int(driver.expect("PULLED")) == n
+                pooled.append(wait_for(lambda: _store(cluster, node_a)["pooled"], timeout=60,
+                                       interval=0.2, message="A's pool to hold the pulled file"))
+                driver.say("next")
+            driver.finish()
+        finally:
             driver.kill()
-        cluster.stop()
+        assert not _partials(node_a)
     assert pooled[0] >= SIZES[0]
     # Each later pull took the pooled segment (else the pool would hold both files now).
     assert pooled[1] < SIZES[0] + SIZES[1] and pooled[2] < SIZES[1] + SIZES[2]
@@ -371,11 +374,13 @@ KILLED_SOURCE = f"""
 
 
 def test_a_transfer_whose_source_dies_fails_cleanly(tmp_path):
-    state = str(tmp_path / "state")
-    c = Cluster(state, base_env(state))
+    with _own_cluster(tmp_path) as c:
+        _source_dies_mid_transfer(c)
+
+
+def _source_dies_mid_transfer(c: Cluster) -> None:
     driver = None
     try:
-        c.start(HEAD, [NODE_B])
         node_a, node_b = _nodes(c)
         driver = Driver(c, KILLED_SOURCE)
         for _attempt in range(5):
@@ -405,7 +410,6 @@ def test_a_transfer_whose_source_dies_fails_cleanly(tmp_path):
                 os.kill(record["pid"], signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        c.stop()
 
 
 def _stop_mid_transfer(node: dict[str, Any], driver: Driver) -> bool:
