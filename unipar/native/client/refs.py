@@ -72,11 +72,10 @@ TRACKER = RefTracker()
 class NativeRef:
     """The native engine's handle: hashable, picklable, counted while alive."""
 
-    __slots__ = ("oid", "_hash", "__weakref__")
+    __slots__ = ("oid", "__weakref__")
 
     def __init__(self, oid: bytes) -> None:
         self.oid = oid
-        self._hash = hash(oid)   # kept: wait's dedupe hashes a thousand refs at a time
         TRACKER.changes.append((oid, 1))
 
     @classmethod
@@ -84,7 +83,6 @@ class NativeRef:
         """The first ref to an object this process just created (submit, put, actor call)."""
         ref = object.__new__(cls)
         ref.oid = oid
-        ref._hash = hash(oid)
         TRACKER.own(oid)
         return ref
 
@@ -99,7 +97,7 @@ class NativeRef:
         return (_unpickled, (self.oid,))
 
     def __hash__(self) -> int:
-        return self._hash
+        return hash(self.oid)   # bytes keep their hash: no need to keep it here too
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, NativeRef) and other.oid == self.oid
